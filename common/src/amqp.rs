@@ -1,0 +1,84 @@
+//! Applies the [`Topology`](crate::topology::Topology) with lapin, and opens
+//! named connections. Shared by every process so that all of them declare
+//! exactly the same exchanges, queues and arguments.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind as LapinExchangeKind};
+
+use crate::topology::{ArgValue, ExchangeKind, QueueSpec, Topology};
+
+/// Opens a connection that shows up as `connection_name` in RabbitMQ's management UI.
+pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
+    Connection::connect(url, properties).await
+}
+
+/// Declares exchanges, queues and bindings; safe to call again with the same topology.
+pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    for exchange in &topology.exchanges {
+        let kind = match exchange.kind {
+            ExchangeKind::Direct => LapinExchangeKind::Direct,
+            ExchangeKind::Fanout => LapinExchangeKind::Fanout,
+        };
+        channel
+            .exchange_declare(
+                exchange.name.as_str().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for queue in &topology.queues {
+        declare_queue(channel, queue).await?;
+    }
+    tracing::debug!(queues = topology.queues.len(), "amqp topology declared");
+    Ok(())
+}
+
+async fn declare_queue(channel: &Channel, queue: &QueueSpec) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            queue.name.as_str().into(),
+            QueueDeclareOptions::durable(),
+            field_table(&queue.arguments),
+        )
+        .await?;
+    for (exchange, routing_key) in &queue.bindings {
+        channel
+            .queue_bind(
+                queue.name.as_str().into(),
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn field_table(arguments: &[(String, ArgValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in arguments {
+        let value = match value {
+            ArgValue::Str(s) => AMQPValue::LongString(s.as_str().into()),
+            ArgValue::Int(i) => AMQPValue::LongLongInt(*i),
+        };
+        table.insert(key.as_str().into(), value);
+    }
+    table
+}
+
+/// Reads a string header, whatever string type the publisher used.
+pub fn header_str<'a>(headers: Option<&'a FieldTable>, key: &str) -> Option<&'a str> {
+    match headers?.inner().get(key)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}

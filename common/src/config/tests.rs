@@ -1,0 +1,120 @@
+use super::*;
+
+fn load_fixture(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Some(Path::new("fixture.toml")), &ConfigOverrides::default())
+}
+
+fn invalid_key(err: ConfigError) -> String {
+    match err {
+        ConfigError::Invalid { key, .. } => key,
+        other => panic!("expected an invalid-key error, got: {other}"),
+    }
+}
+
+#[test]
+fn shipped_example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gpuq.example.toml");
+    let config = Config::load(&path, &ConfigOverrides::default()).unwrap();
+    assert_eq!(config.namespace, "gpuq");
+    assert_eq!(config.dispatcher.gpus.len(), 1);
+    assert_eq!(config.registry().default_model("echo").unwrap().id, "echo");
+    match config.registry().model("sleep").unwrap().runtime_params().unwrap() {
+        crate::registry::RuntimeParams::Sleep(p) => assert_eq!(p.duration_ms, 20),
+        other => panic!("unexpected params {other:?}"),
+    }
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let config = load_fixture("").unwrap();
+    assert_eq!(config.namespace, "gpuq");
+    assert_eq!(config.queues.queue_type, QueueType::Quorum);
+    assert_eq!(config.worker.concurrency, 1);
+    assert!(config.registry().is_empty());
+}
+
+#[test]
+fn environment_overrides_replace_urls() {
+    let overrides = ConfigOverrides::from_lookup(|name| match name {
+        ENV_AMQP_URL => Some("amqp://u:p@broker:5672/%2f".into()),
+        ENV_REDIS_URL => Some("redis://cache:6379/3".into()),
+        _ => None,
+    });
+    let config = Config::parse("amqp_url = \"amqp://x\"", None, &overrides).unwrap();
+    assert_eq!(config.amqp_url, "amqp://u:p@broker:5672/%2f");
+    assert_eq!(config.redis_url, "redis://cache:6379/3");
+}
+
+#[test]
+fn unknown_key_is_rejected_and_named() {
+    let err = load_fixture(include_str!("../../fixtures/bad-unknown-key.toml")).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("prefetch"), "{text}");
+    assert!(text.contains("fixture.toml"), "{text}");
+}
+
+#[test]
+fn unknown_runtime_is_rejected_and_named() {
+    let err = load_fixture(include_str!("../../fixtures/bad-runtime.toml")).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("tensorflow") && text.contains("runtime"), "{text}");
+}
+
+#[test]
+fn zero_vram_is_rejected_with_its_key() {
+    let err = load_fixture(include_str!("../../fixtures/bad-zero-vram.toml")).unwrap_err();
+    assert_eq!(invalid_key(err), "models[0].vram_mib");
+}
+
+#[test]
+fn duplicate_model_id_is_rejected_with_its_key() {
+    let err = load_fixture(include_str!("../../fixtures/bad-duplicate-model.toml")).unwrap_err();
+    assert_eq!(invalid_key(err), "models[1].id");
+}
+
+#[test]
+fn impossible_values_name_their_key() {
+    let cases = [
+        ("namespace = \"Has.Dots\"", "namespace"),
+        ("amqp_url = \"http://x\"", "amqp_url"),
+        ("redis_url = \"localhost:6379\"", "redis_url"),
+        ("[queues]\ndelivery_limit = 0", "queues.delivery_limit"),
+        ("[worker]\nconcurrency = 0", "worker.concurrency"),
+        ("[worker]\nheartbeat_interval_ms = 1000\nheartbeat_ttl_ms = 1500", "worker.heartbeat_ttl_ms"),
+        ("[dispatcher]\nworkers_per_gpu = 0", "dispatcher.workers_per_gpu"),
+        (
+            "[dispatcher]\nvram_reserve_mib = 1000\n[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 800",
+            "dispatcher.gpus[0].memory_mib",
+        ),
+        (
+            "[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 8000\n[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 8000",
+            "dispatcher.gpus[1].index",
+        ),
+        (
+            "[[models]]\nid = \"a.b\"\nfeature = \"f\"\nruntime = \"echo\"\nvram_mib = 1",
+            "models[0].id",
+        ),
+        (
+            "[[models]]\nid = \"a\"\nfeature = \"f\"\nruntime = \"echo\"\nvram_mib = 1\ntimeout_s = 0",
+            "models[0].timeout_s",
+        ),
+        (
+            "[[models]]\nid = \"a\"\nfeature = \"f\"\nruntime = \"sleep\"\nvram_mib = 1\n[models.params]\nfail_rate = 2.0",
+            "models[0].params",
+        ),
+        (
+            "[[models]]\nid = \"a\"\nfeature = \"f\"\nruntime = \"echo\"\nvram_mib = 1\ndefault = true\n[[models]]\nid = \"b\"\nfeature = \"f\"\nruntime = \"echo\"\nvram_mib = 1\ndefault = true",
+            "models[1].default",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = load_fixture(text).expect_err(text);
+        assert_eq!(invalid_key(err), key, "config: {text}");
+    }
+}
+
+#[test]
+fn invalid_url_error_does_not_leak_the_password() {
+    let err = load_fixture("amqp_url = \"http://user:secret@host\"").unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
+}

@@ -1,0 +1,138 @@
+//! Every AMQP and Redis name gpuq uses, derived from one namespace.
+//!
+//! Keeping the naming in one place is what lets other clients (pika, redis-cli, a
+//! dashboard) find things, and lets tests run side by side under their own
+//! namespace. AMQP names use `.` as separator, Redis keys use `:`.
+
+/// Names for one namespace (config key `namespace`, default `gpuq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    namespace: String,
+}
+
+impl Names {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Durable direct exchange that every job is published to.
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.namespace)
+    }
+
+    /// Exchange that receives rejected and unusable messages.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.namespace)
+    }
+
+    /// Queue bound to the dead-letter exchange with `#`-like catch-all binding.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    /// Durable queue holding the jobs of one model.
+    pub fn model_queue(&self, model_id: &str) -> String {
+        format!("{}.model.{model_id}", self.namespace)
+    }
+
+    /// Routing key that reaches a feature's default model.
+    pub fn feature_routing_key(feature: &str) -> String {
+        feature.to_owned()
+    }
+
+    /// Routing key that reaches one model of a feature.
+    pub fn pinned_routing_key(feature: &str, model_id: &str) -> String {
+        format!("{feature}.{model_id}")
+    }
+
+    /// Hash with a job's status, timings, error and result.
+    pub fn job_key(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}", self.namespace)
+    }
+
+    /// Pub/sub channel carrying every status transition as JSON.
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.namespace)
+    }
+
+    /// Hash describing one worker process; expires unless its heartbeat renews it.
+    pub fn worker_key(&self, worker_id: &str) -> String {
+        format!("{}:worker:{worker_id}", self.namespace)
+    }
+
+    /// Set of worker ids that have announced themselves (entries may have expired).
+    pub fn workers_set(&self) -> String {
+        format!("{}:workers", self.namespace)
+    }
+
+    /// Hash describing one dispatcher host; expires unless its heartbeat renews it.
+    pub fn host_key(&self, host_id: &str) -> String {
+        format!("{}:host:{host_id}", self.namespace)
+    }
+
+    /// Set of host ids that have announced themselves (entries may have expired).
+    pub fn hosts_set(&self) -> String {
+        format!("{}:hosts", self.namespace)
+    }
+
+    /// Capped list of recent dead-lettered messages, newest first, as JSON.
+    pub fn dead_letters_list(&self) -> String {
+        format!("{}:dead", self.namespace)
+    }
+
+    /// Pattern matching every Redis key of this namespace.
+    pub fn redis_pattern(&self) -> String {
+        format!("{}:*", self.namespace)
+    }
+}
+
+/// Fields of the job hash (`<namespace>:job:<id>`); see docs/protocol.md.
+pub mod job_field {
+    pub const STATUS: &str = "status";
+    pub const FEATURE: &str = "feature";
+    pub const MODEL: &str = "model";
+    pub const WORKER: &str = "worker";
+    pub const HOST: &str = "host";
+    pub const GPU: &str = "gpu";
+    pub const ATTEMPTS: &str = "attempts";
+    pub const PROGRESS: &str = "progress";
+    pub const CREATED_MS: &str = "created_ms";
+    pub const STARTED_MS: &str = "started_ms";
+    pub const FINISHED_MS: &str = "finished_ms";
+    pub const ERROR_CODE: &str = "error_code";
+    pub const ERROR_MESSAGE: &str = "error_message";
+    pub const RESULT: &str = "result";
+    pub const METADATA: &str = "metadata";
+}
+
+/// Headers added to a dead-lettered message.
+pub mod dead_letter_header {
+    pub const ERROR_CODE: &str = "x-gpuq-error-code";
+    pub const ERROR_MESSAGE: &str = "x-gpuq-error";
+    pub const SOURCE_QUEUE: &str = "x-gpuq-source-queue";
+    pub const WORKER: &str = "x-gpuq-worker";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_scheme() {
+        let names = Names::new("gpuq");
+        assert_eq!(names.jobs_exchange(), "gpuq.jobs");
+        assert_eq!(names.model_queue("trellis"), "gpuq.model.trellis");
+        assert_eq!(names.dead_letter_queue(), "gpuq.dead");
+        assert_eq!(Names::pinned_routing_key("mesh_segmentation", "partfield"), "mesh_segmentation.partfield");
+        assert_eq!(names.job_key("abc"), "gpuq:job:abc");
+        assert_eq!(names.events_channel(), "gpuq:events");
+        assert_eq!(names.worker_key("h-gpu0-slot0"), "gpuq:worker:h-gpu0-slot0");
+        assert_eq!(names.redis_pattern(), "gpuq:*");
+    }
+}

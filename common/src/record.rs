@@ -1,0 +1,274 @@
+//! The Redis records gpuq writes, as typed structs for readers.
+//!
+//! Records are Redis hashes of human-readable string fields (numbers in decimal,
+//! structured values as JSON) so that `redis-cli HGETALL` and any dashboard can
+//! read them. Writers (workers, dispatchers) produce the fields with `to_fields`;
+//! readers (producer, CLI) parse them with `from_hash`, tolerating missing fields.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::job_field;
+use crate::wire::{ErrorCode, JobError, JobStatus};
+
+fn parse_num<T: std::str::FromStr>(hash: &HashMap<String, String>, field: &str) -> Option<T> {
+    hash.get(field).and_then(|v| v.parse().ok())
+}
+
+fn text(hash: &HashMap<String, String>, field: &str) -> Option<String> {
+    hash.get(field).filter(|v| !v.is_empty()).cloned()
+}
+
+/// A job's record (`<namespace>:job:<id>`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub status: Option<JobStatus>,
+    pub feature: Option<String>,
+    pub model: Option<String>,
+    pub worker: Option<String>,
+    pub host: Option<String>,
+    pub gpu: Option<String>,
+    pub attempts: u32,
+    /// Fraction done, 0 to 1.
+    pub progress: Option<f64>,
+    pub created_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub error: Option<JobError>,
+    /// The model's outputs as JSON.
+    pub result: Option<serde_json::Value>,
+}
+
+impl JobRecord {
+    /// Parses `HGETALL` output; `None` when the hash is empty (no such job, or expired).
+    pub fn from_hash(job_id: &str, hash: &HashMap<String, String>) -> Option<JobRecord> {
+        if hash.is_empty() {
+            return None;
+        }
+        let error_code = hash
+            .get(job_field::ERROR_CODE)
+            .and_then(|code| serde_json::from_value::<ErrorCode>(serde_json::Value::String(code.clone())).ok());
+        let error = error_code.map(|code| JobError {
+            code,
+            message: hash.get(job_field::ERROR_MESSAGE).cloned().unwrap_or_default(),
+        });
+        Some(JobRecord {
+            job_id: job_id.to_owned(),
+            status: hash.get(job_field::STATUS).and_then(|s| JobStatus::parse(s)),
+            feature: text(hash, job_field::FEATURE),
+            model: text(hash, job_field::MODEL),
+            worker: text(hash, job_field::WORKER),
+            host: text(hash, job_field::HOST),
+            gpu: text(hash, job_field::GPU),
+            attempts: parse_num(hash, job_field::ATTEMPTS).unwrap_or(0),
+            progress: parse_num(hash, job_field::PROGRESS),
+            created_ms: parse_num(hash, job_field::CREATED_MS),
+            started_ms: parse_num(hash, job_field::STARTED_MS),
+            finished_ms: parse_num(hash, job_field::FINISHED_MS),
+            error,
+            result: hash
+                .get(job_field::RESULT)
+                .and_then(|r| serde_json::from_str(r).ok()),
+        })
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.status.is_some_and(JobStatus::is_final)
+    }
+}
+
+/// A worker's record (`<namespace>:worker:<id>`), refreshed by its heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub worker_id: String,
+    pub host: String,
+    pub gpu: String,
+    pub pid: u32,
+    /// `starting`, `idle`, `busy` or `stopping`.
+    pub state: String,
+    pub vram_budget_mib: u64,
+    /// Models whose queues this worker consumes.
+    pub models: Vec<String>,
+    /// Comma-separated ids of the jobs running now.
+    pub current_jobs: Vec<String>,
+    pub jobs_done: u64,
+    pub jobs_failed: u64,
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+impl WorkerRecord {
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("worker_id", self.worker_id.clone()),
+            ("host", self.host.clone()),
+            ("gpu", self.gpu.clone()),
+            ("pid", self.pid.to_string()),
+            ("state", self.state.clone()),
+            ("vram_budget_mib", self.vram_budget_mib.to_string()),
+            ("models", serde_json::to_string(&self.models).unwrap_or_default()),
+            ("current_jobs", serde_json::to_string(&self.current_jobs).unwrap_or_default()),
+            ("jobs_done", self.jobs_done.to_string()),
+            ("jobs_failed", self.jobs_failed.to_string()),
+            ("started_ms", self.started_ms.to_string()),
+            ("heartbeat_ms", self.heartbeat_ms.to_string()),
+        ]
+    }
+
+    pub fn from_hash(hash: &HashMap<String, String>) -> Option<WorkerRecord> {
+        let json_list = |field: &str| -> Vec<String> {
+            hash.get(field)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default()
+        };
+        Some(WorkerRecord {
+            worker_id: text(hash, "worker_id")?,
+            host: text(hash, "host").unwrap_or_default(),
+            gpu: text(hash, "gpu").unwrap_or_default(),
+            pid: parse_num(hash, "pid").unwrap_or(0),
+            state: text(hash, "state").unwrap_or_default(),
+            vram_budget_mib: parse_num(hash, "vram_budget_mib").unwrap_or(0),
+            models: json_list("models"),
+            current_jobs: json_list("current_jobs"),
+            jobs_done: parse_num(hash, "jobs_done").unwrap_or(0),
+            jobs_failed: parse_num(hash, "jobs_failed").unwrap_or(0),
+            started_ms: parse_num(hash, "started_ms").unwrap_or(0),
+            heartbeat_ms: parse_num(hash, "heartbeat_ms").unwrap_or(0),
+        })
+    }
+}
+
+/// One GPU as a host reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuRecord {
+    pub index: u32,
+    pub name: String,
+    pub memory_total_mib: u64,
+    /// `nvml` or `declared`.
+    pub source: String,
+}
+
+/// One planned worker slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub worker_id: String,
+    pub gpu: u32,
+    pub vram_budget_mib: u64,
+    pub models: Vec<String>,
+}
+
+/// A dispatcher host's record (`<namespace>:host:<id>`), refreshed by its heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub version: String,
+    pub pid: u32,
+    /// Where the GPU list came from: `nvml` or `declared`.
+    pub gpu_source: String,
+    pub gpus: Vec<GpuRecord>,
+    pub slots: Vec<SlotRecord>,
+    /// Models no slot of this host can hold, with the reason.
+    pub unplaced_models: Vec<String>,
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+impl HostRecord {
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("host_id", self.host_id.clone()),
+            ("version", self.version.clone()),
+            ("pid", self.pid.to_string()),
+            ("gpu_source", self.gpu_source.clone()),
+            ("gpus", serde_json::to_string(&self.gpus).unwrap_or_default()),
+            ("slots", serde_json::to_string(&self.slots).unwrap_or_default()),
+            ("unplaced_models", serde_json::to_string(&self.unplaced_models).unwrap_or_default()),
+            ("started_ms", self.started_ms.to_string()),
+            ("heartbeat_ms", self.heartbeat_ms.to_string()),
+        ]
+    }
+
+    pub fn from_hash(hash: &HashMap<String, String>) -> Option<HostRecord> {
+        fn json<T: serde::de::DeserializeOwned + Default>(hash: &HashMap<String, String>, field: &str) -> T {
+            hash.get(field)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default()
+        }
+        Some(HostRecord {
+            host_id: text(hash, "host_id")?,
+            version: text(hash, "version").unwrap_or_default(),
+            pid: parse_num(hash, "pid").unwrap_or(0),
+            gpu_source: text(hash, "gpu_source").unwrap_or_default(),
+            gpus: json(hash, "gpus"),
+            slots: json(hash, "slots"),
+            unplaced_models: json(hash, "unplaced_models"),
+            started_ms: parse_num(hash, "started_ms").unwrap_or(0),
+            heartbeat_ms: parse_num(hash, "heartbeat_ms").unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn job_record_parses_a_failed_job() {
+        let record = JobRecord::from_hash(
+            "j1",
+            &hash(&[
+                ("status", "failed"),
+                ("feature", "echo"),
+                ("attempts", "2"),
+                ("error_code", "invalid_input"),
+                ("error_message", "missing 'text'"),
+                ("created_ms", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(record.status, Some(JobStatus::Failed));
+        assert_eq!(record.attempts, 2);
+        assert_eq!(record.error.unwrap().code, ErrorCode::InvalidInput);
+        assert!(JobRecord::from_hash("j2", &HashMap::new()).is_none());
+    }
+
+    #[test]
+    fn worker_and_host_records_round_trip_through_hash_fields() {
+        let worker = WorkerRecord {
+            worker_id: "h-gpu0-slot0".into(),
+            host: "h".into(),
+            gpu: "0".into(),
+            pid: 42,
+            state: "idle".into(),
+            vram_budget_mib: 8000,
+            models: vec!["echo".into()],
+            current_jobs: vec![],
+            jobs_done: 3,
+            jobs_failed: 1,
+            started_ms: 1,
+            heartbeat_ms: 2,
+        };
+        let fields: HashMap<String, String> = worker.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(WorkerRecord::from_hash(&fields).unwrap(), worker);
+
+        let host = HostRecord {
+            host_id: "h".into(),
+            version: "0.1.0".into(),
+            pid: 7,
+            gpu_source: "declared".into(),
+            gpus: vec![GpuRecord { index: 0, name: "g".into(), memory_total_mib: 24576, source: "declared".into() }],
+            slots: vec![SlotRecord { worker_id: "h-gpu0-slot0".into(), gpu: 0, vram_budget_mib: 12000, models: vec!["echo".into()] }],
+            unplaced_models: vec!["big: needs 99999 MiB".into()],
+            started_ms: 1,
+            heartbeat_ms: 2,
+        };
+        let fields: HashMap<String, String> = host.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(HostRecord::from_hash(&fields).unwrap(), host);
+    }
+}

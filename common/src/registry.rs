@@ -1,0 +1,166 @@
+//! The model registry: which models exist, which feature each serves, how much
+//! VRAM each needs and which runtime runs it.
+//!
+//! Producers use it to refuse unknown features before publishing, the dispatcher
+//! to plan budgets and workers to pick their queues. Routing rule: a feature's
+//! default model is the one marked `default = true`, else its first entry.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model id: its queue is `<namespace>.model.<id>`.
+    pub id: String,
+    /// Feature served, e.g. `mesh_segmentation`.
+    pub feature: String,
+    /// Which runtime runs the model.
+    pub runtime: RuntimeKind,
+    /// VRAM the model needs once loaded, MiB.
+    pub vram_mib: u64,
+    /// Default run-time limit of a job, seconds. Default 600.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+    /// The feature's default model (at most one per feature).
+    #[serde(default)]
+    pub default: bool,
+    /// Runtime-specific settings.
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+fn default_timeout_s() -> u64 {
+    600
+}
+
+/// Runtimes a model can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// Synthetic: returns its inputs as outputs. For tests and benchmarks.
+    Echo,
+    /// Synthetic: holds its declared VRAM budget for a while, may fail on purpose.
+    /// For tests and benchmarks.
+    Sleep,
+}
+
+/// Typed, validated `params` of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeParams {
+    Echo,
+    Sleep(SleepParams),
+}
+
+/// Params of the synthetic `sleep` runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SleepParams {
+    /// Run time when the job gives no `duration_ms` input. Default 20.
+    pub duration_ms: u64,
+    /// Probability in [0, 1] that a job fails on purpose. Default 0.
+    pub fail_rate: f64,
+}
+
+impl ModelConfig {
+    /// Checks `params` against the runtime; the error names the bad param.
+    pub fn runtime_params(&self) -> Result<RuntimeParams, String> {
+        match self.runtime {
+            RuntimeKind::Echo => {
+                if let Some(name) = self.params.keys().next() {
+                    return Err(format!("runtime 'echo' takes no params, got '{name}'"));
+                }
+                Ok(RuntimeParams::Echo)
+            }
+            RuntimeKind::Sleep => {
+                let mut params = SleepParams {
+                    duration_ms: 20,
+                    fail_rate: 0.0,
+                };
+                for (name, value) in &self.params {
+                    match name.as_str() {
+                        "duration_ms" => {
+                            params.duration_ms = value
+                                .as_integer()
+                                .and_then(|v| u64::try_from(v).ok())
+                                .ok_or("'duration_ms' must be a non-negative integer")?;
+                        }
+                        "fail_rate" => {
+                            let rate = value
+                                .as_float()
+                                .or_else(|| value.as_integer().map(|v| v as f64))
+                                .ok_or("'fail_rate' must be a number")?;
+                            if !(0.0..=1.0).contains(&rate) {
+                                return Err("'fail_rate' must be between 0 and 1".into());
+                            }
+                            params.fail_rate = rate;
+                        }
+                        other => {
+                            return Err(format!(
+                                "runtime 'sleep' has no param '{other}' (known: duration_ms, fail_rate)"
+                            ))
+                        }
+                    }
+                }
+                Ok(RuntimeParams::Sleep(params))
+            }
+        }
+    }
+}
+
+/// Lookups over the registered models, built once at config load.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    models: Vec<ModelConfig>,
+    default_by_feature: BTreeMap<String, usize>,
+}
+
+impl Registry {
+    pub fn new(models: &[ModelConfig]) -> Self {
+        let mut default_by_feature = BTreeMap::new();
+        for (i, model) in models.iter().enumerate() {
+            if model.default {
+                default_by_feature.insert(model.feature.clone(), i);
+            }
+        }
+        for (i, model) in models.iter().enumerate() {
+            default_by_feature.entry(model.feature.clone()).or_insert(i);
+        }
+        Self {
+            models: models.to_vec(),
+            default_by_feature,
+        }
+    }
+
+    pub fn models(&self) -> &[ModelConfig] {
+        &self.models
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    pub fn model(&self, id: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.id == id)
+    }
+
+    /// The model that jobs routed by feature name alone go to.
+    pub fn default_model(&self, feature: &str) -> Option<&ModelConfig> {
+        self.default_by_feature.get(feature).map(|&i| &self.models[i])
+    }
+
+    pub fn is_default(&self, model: &ModelConfig) -> bool {
+        self.default_model(&model.feature).is_some_and(|d| d.id == model.id)
+    }
+
+    /// Every feature with at least one model, sorted.
+    pub fn features(&self) -> impl Iterator<Item = &str> {
+        self.default_by_feature.keys().map(String::as_str)
+    }
+
+    /// Models of one feature, in registry order.
+    pub fn models_for<'a>(&'a self, feature: &'a str) -> impl Iterator<Item = &'a ModelConfig> {
+        self.models.iter().filter(move |m| m.feature == feature)
+    }
+}

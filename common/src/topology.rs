@@ -1,0 +1,164 @@
+//! The AMQP topology as plain data, derived from the config.
+//!
+//! Every process declares the same topology idempotently at start, so the order
+//! in which producers, dispatchers and workers come up does not matter. This
+//! module only describes it; `amqp` (feature `amqp`) applies it with lapin.
+
+use crate::config::{Config, QueueType};
+use crate::names::Names;
+
+/// A queue argument value (`x-...` arguments are strings or integers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgValue {
+    Str(String),
+    Int(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: ExchangeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub arguments: Vec<(String, ArgValue)>,
+    /// `(exchange, routing key)` pairs.
+    pub bindings: Vec<(String, String)>,
+    /// The model this queue holds jobs for; `None` for the dead-letter queue.
+    pub model_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+}
+
+impl Topology {
+    /// Exchanges, the dead-letter queue and one queue per registered model.
+    pub fn for_config(config: &Config) -> Topology {
+        let names = config.names();
+        let mut queues = vec![dead_letter_queue(config, &names)];
+        for model in config.registry().models() {
+            let mut bindings = vec![(
+                names.jobs_exchange(),
+                Names::pinned_routing_key(&model.feature, &model.id),
+            )];
+            if config.registry().is_default(model) {
+                bindings.push((names.jobs_exchange(), Names::feature_routing_key(&model.feature)));
+            }
+            queues.push(QueueSpec {
+                name: names.model_queue(&model.id),
+                arguments: model_queue_arguments(config, &names),
+                bindings,
+                model_id: Some(model.id.clone()),
+            });
+        }
+        Topology {
+            exchanges: vec![
+                ExchangeSpec {
+                    name: names.jobs_exchange(),
+                    kind: ExchangeKind::Direct,
+                },
+                ExchangeSpec {
+                    name: names.dead_letter_exchange(),
+                    kind: ExchangeKind::Fanout,
+                },
+            ],
+            queues,
+        }
+    }
+
+    /// The queue of one model, if registered.
+    pub fn model_queue(&self, model_id: &str) -> Option<&QueueSpec> {
+        self.queues
+            .iter()
+            .find(|q| q.model_id.as_deref() == Some(model_id))
+    }
+}
+
+fn queue_type_arguments(config: &Config) -> Vec<(String, ArgValue)> {
+    match config.queues.queue_type {
+        QueueType::Quorum => vec![("x-queue-type".into(), ArgValue::Str("quorum".into()))],
+        QueueType::Classic => vec![("x-queue-type".into(), ArgValue::Str("classic".into()))],
+    }
+}
+
+fn model_queue_arguments(config: &Config, names: &Names) -> Vec<(String, ArgValue)> {
+    let mut args = queue_type_arguments(config);
+    args.push((
+        "x-dead-letter-exchange".into(),
+        ArgValue::Str(names.dead_letter_exchange()),
+    ));
+    match config.queues.queue_type {
+        QueueType::Quorum => {
+            args.push((
+                "x-delivery-limit".into(),
+                ArgValue::Int(i64::from(config.queues.delivery_limit)),
+            ));
+            // At-least-once dead-lettering: a poison message is never dropped on the way
+            // to the dead-letter queue. RabbitMQ requires reject-publish overflow for it.
+            args.push(("x-dead-letter-strategy".into(), ArgValue::Str("at-least-once".into())));
+            args.push(("x-overflow".into(), ArgValue::Str("reject-publish".into())));
+        }
+        QueueType::Classic => {
+            args.push(("x-max-priority".into(), ArgValue::Int(9)));
+        }
+    }
+    args
+}
+
+fn dead_letter_queue(config: &Config, names: &Names) -> QueueSpec {
+    QueueSpec {
+        name: names.dead_letter_queue(),
+        arguments: queue_type_arguments(config),
+        bindings: vec![(names.dead_letter_exchange(), String::new())],
+        model_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigOverrides;
+
+    const CONFIG: &str = r#"
+namespace = "t1"
+[[models]]
+id = "echo"
+feature = "echo"
+runtime = "echo"
+vram_mib = 100
+[[models]]
+id = "echo_b"
+feature = "echo"
+runtime = "echo"
+vram_mib = 100
+"#;
+
+    #[test]
+    fn default_model_gets_the_feature_binding_and_every_model_its_pinned_one() {
+        let config = Config::parse(CONFIG, None, &ConfigOverrides::default()).unwrap();
+        let topology = Topology::for_config(&config);
+        let echo = topology.model_queue("echo").unwrap();
+        assert_eq!(echo.name, "t1.model.echo");
+        assert_eq!(
+            echo.bindings,
+            vec![("t1.jobs".to_string(), "echo.echo".to_string()), ("t1.jobs".to_string(), "echo".to_string())]
+        );
+        let echo_b = topology.model_queue("echo_b").unwrap();
+        assert_eq!(echo_b.bindings, vec![("t1.jobs".to_string(), "echo.echo_b".to_string())]);
+        assert!(echo.arguments.contains(&("x-queue-type".into(), ArgValue::Str("quorum".into()))));
+        assert!(echo.arguments.contains(&("x-delivery-limit".into(), ArgValue::Int(5))));
+        assert!(echo.arguments.contains(&("x-dead-letter-exchange".into(), ArgValue::Str("t1.dlx".into()))));
+        assert_eq!(topology.queues[0].name, "t1.dead");
+    }
+}

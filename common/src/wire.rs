@@ -1,0 +1,481 @@
+//! The public message contract: what a publisher sends, what a worker replies.
+//!
+//! Any AMQP client may publish a [`JobMessage`], as msgpack (`application/msgpack`,
+//! maps with named fields) or JSON (`application/json`). This module decodes both
+//! and reports *why* a body is unusable, so the worker can record a clear error
+//! instead of dropping the message. It owns no IO.
+//!
+//! Values inside `inputs`, `result` and `metadata` are [`rmpv::Value`]: msgpack's
+//! own data model, a superset of JSON's that also carries raw bytes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the message schema this build writes and the highest it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Content type of msgpack bodies (`application/x-msgpack` is accepted too).
+pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
+/// Content type of JSON bodies.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// A dynamically typed value: the type of every input, output and metadata entry.
+pub type Value = rmpv::Value;
+/// Named values: a job's inputs or a model's outputs.
+pub type ValueMap = BTreeMap<String, Value>;
+
+fn default_schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// A job as it travels through RabbitMQ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// Schema version of this body; absent means 1. Newer versions are refused.
+    #[serde(default = "default_schema_version")]
+    pub schema_version: u32,
+    /// The job's id, also its idempotency key. May be omitted when the AMQP
+    /// `message_id` property carries it.
+    #[serde(default)]
+    pub job_id: String,
+    /// Feature name, e.g. `text_to_textured_mesh`.
+    pub feature: String,
+    /// Model id that must run the job; absent means the feature's default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Named inputs, interpreted by the model.
+    #[serde(default)]
+    pub inputs: ValueMap,
+    /// 0 (lowest) to 9; honoured by classic queues only (see docs/protocol.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Run-time limit in seconds; absent means the model's `timeout_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Opaque client data, stored with the job and never interpreted.
+    #[serde(default, skip_serializing_if = "ValueMap::is_empty")]
+    pub metadata: ValueMap,
+    /// When the client submitted the job, unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at_ms: Option<u64>,
+}
+
+/// Lifecycle state of a job, as stored in Redis and sent in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Processing,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+        JobStatus::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Processing => "processing",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::TimedOut => "timed_out",
+        }
+    }
+
+    /// A final job never runs again, even when its message is redelivered.
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Processing)
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stable, machine-readable reason for a failed or dead-lettered job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is neither valid msgpack nor valid JSON of a job.
+    MalformedMessage,
+    /// `content_type` is set to something other than msgpack or JSON.
+    UnsupportedContentType,
+    /// `schema_version` is newer than this worker understands.
+    UnsupportedSchemaVersion,
+    /// Neither the body nor `message_id` carries a job id.
+    MissingJobId,
+    /// The body exceeds the configured maximum message size.
+    PayloadTooLarge,
+    /// No model serves the job's feature.
+    UnknownFeature,
+    /// The job pins a model that does not exist or does not serve its feature.
+    UnknownModel,
+    /// The broker could not route the job to any queue.
+    Unroutable,
+    /// An input is missing or has the wrong type.
+    InvalidInput,
+    /// `timeout_s` or `priority` is out of range.
+    InvalidParameter,
+    /// The model raised an error while running the job.
+    ModelFailed,
+    /// The job ran longer than its timeout.
+    Timeout,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedMessage => "malformed_message",
+            ErrorCode::UnsupportedContentType => "unsupported_content_type",
+            ErrorCode::UnsupportedSchemaVersion => "unsupported_schema_version",
+            ErrorCode::MissingJobId => "missing_job_id",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnknownFeature => "unknown_feature",
+            ErrorCode::UnknownModel => "unknown_model",
+            ErrorCode::Unroutable => "unroutable",
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::ModelFailed => "model_failed",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error recorded against a job: a stable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct JobError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// One status transition, published as JSON on the events channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub job_id: String,
+    pub status: JobStatus,
+    /// When the transition happened, unix milliseconds.
+    pub ts_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+/// The reply published to a job's `reply_to` queue once it is final.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReply {
+    pub schema_version: u32,
+    pub job_id: String,
+    pub status: JobStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ValueMap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    pub finished_at_ms: u64,
+}
+
+/// Body encoding, chosen by the AMQP `content_type` property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Msgpack,
+    Json,
+}
+
+impl Encoding {
+    /// Maps a `content_type` to an encoding. Without one, the body is sniffed:
+    /// a JSON object starts with `{`, a msgpack map never does.
+    pub fn detect(content_type: Option<&str>, body: &[u8]) -> Result<Encoding, JobError> {
+        let Some(content_type) = content_type.filter(|ct| !ct.is_empty()) else {
+            let first = body.iter().find(|b| !b.is_ascii_whitespace());
+            return Ok(if first == Some(&b'{') {
+                Encoding::Json
+            } else {
+                Encoding::Msgpack
+            });
+        };
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
+                Ok(Encoding::Msgpack)
+            }
+            "application/json" | "text/json" => Ok(Encoding::Json),
+            _ => Err(JobError::new(
+                ErrorCode::UnsupportedContentType,
+                format!(
+                    "content_type '{content_type}' is not supported; use '{CONTENT_TYPE_MSGPACK}' or '{CONTENT_TYPE_JSON}'"
+                ),
+            )),
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Msgpack => CONTENT_TYPE_MSGPACK,
+            Encoding::Json => CONTENT_TYPE_JSON,
+        }
+    }
+
+    pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, EncodeError> {
+        match self {
+            Encoding::Msgpack => Ok(rmp_serde::to_vec_named(value)?),
+            Encoding::Json => Ok(serde_json::to_vec(value)?),
+        }
+    }
+}
+
+/// Serialization of our own types failed (a bug or a non-string map key).
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("msgpack encoding failed: {0}")]
+    Msgpack(#[from] rmp_serde::encode::Error),
+    #[error("json encoding failed: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl JobMessage {
+    /// Decodes a body and checks what any worker needs: a supported schema
+    /// version and a job id (`fallback_job_id` is the AMQP `message_id`).
+    pub fn decode(
+        content_type: Option<&str>,
+        body: &[u8],
+        fallback_job_id: Option<&str>,
+    ) -> Result<JobMessage, JobError> {
+        let mut job: JobMessage = match Encoding::detect(content_type, body)? {
+            Encoding::Json => serde_json::from_slice(body).map_err(|e| {
+                JobError::new(
+                    ErrorCode::MalformedMessage,
+                    format!("body is not a valid JSON job: {e}"),
+                )
+            })?,
+            Encoding::Msgpack => rmp_serde::from_slice(body).map_err(|e| {
+                JobError::new(
+                    ErrorCode::MalformedMessage,
+                    format!("body is not a valid msgpack job: {e}"),
+                )
+            })?,
+        };
+        if job.schema_version == 0 || job.schema_version > SCHEMA_VERSION {
+            return Err(JobError::new(
+                ErrorCode::UnsupportedSchemaVersion,
+                format!(
+                    "schema_version {} is not supported; this worker reads 1 to {SCHEMA_VERSION}",
+                    job.schema_version
+                ),
+            ));
+        }
+        if job.job_id.is_empty() {
+            job.job_id = fallback_job_id.unwrap_or_default().to_owned();
+        }
+        validate_job_id(&job.job_id)?;
+        Ok(job)
+    }
+}
+
+/// Longest accepted job id, in bytes; ids are Redis key parts and AMQP short strings.
+pub const MAX_JOB_ID_LEN: usize = 128;
+
+/// A job id is 1 to 128 printable ASCII characters without spaces.
+pub fn validate_job_id(job_id: &str) -> Result<(), JobError> {
+    if job_id.is_empty() {
+        return Err(JobError::new(
+            ErrorCode::MissingJobId,
+            "the job has no id: set 'job_id' in the body or the AMQP message_id property",
+        ));
+    }
+    if job_id.len() > MAX_JOB_ID_LEN || !job_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(JobError::new(
+            ErrorCode::MalformedMessage,
+            format!("job id must be 1 to {MAX_JOB_ID_LEN} printable ASCII characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+/// Renders a value as JSON for Redis and people: bytes become an array of numbers.
+pub fn value_to_json(value: &Value) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+/// Renders a map of values as a JSON object string.
+pub fn value_map_to_json_string(map: &ValueMap) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_job() -> JobMessage {
+        let mut inputs = ValueMap::new();
+        inputs.insert("prompt".into(), Value::from("a wooden chair"));
+        inputs.insert("steps".into(), Value::from(12));
+        inputs.insert("scale".into(), Value::from(0.5));
+        inputs.insert("image".into(), Value::Binary(vec![0, 1, 2, 255]));
+        let mut metadata = ValueMap::new();
+        metadata.insert("user".into(), Value::from("u-42"));
+        JobMessage {
+            schema_version: SCHEMA_VERSION,
+            job_id: "job-1".into(),
+            feature: "text_to_textured_mesh".into(),
+            model: Some("trellis".into()),
+            inputs,
+            priority: Some(3),
+            timeout_s: Some(120),
+            metadata,
+            submitted_at_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    #[test]
+    fn job_round_trips_through_msgpack_with_named_fields() {
+        let job = sample_job();
+        let body = Encoding::Msgpack.encode(&job).unwrap();
+        // Named fields: the body is a map, so field order is not part of the contract.
+        assert_eq!(body[0] & 0xf0, 0x80, "msgpack body must be a map");
+        let decoded = JobMessage::decode(Some(CONTENT_TYPE_MSGPACK), &body, None).unwrap();
+        assert_eq!(decoded, job);
+    }
+
+    #[test]
+    fn job_round_trips_through_json() {
+        let mut job = sample_job();
+        job.inputs.remove("image"); // JSON has no bytes type
+        let body = Encoding::Json.encode(&job).unwrap();
+        let decoded = JobMessage::decode(Some("application/json; charset=utf-8"), &body, None).unwrap();
+        assert_eq!(decoded, job);
+    }
+
+    #[test]
+    fn minimal_json_job_takes_defaults_and_message_id() {
+        let body = br#"{"feature": "echo", "inputs": {"text": "hi"}}"#;
+        let job = JobMessage::decode(None, body, Some("from-message-id")).unwrap();
+        assert_eq!(job.job_id, "from-message-id");
+        assert_eq!(job.schema_version, 1);
+        assert_eq!(job.model, None);
+        assert_eq!(job.inputs["text"], Value::from("hi"));
+    }
+
+    #[test]
+    fn missing_job_id_is_reported() {
+        let err = JobMessage::decode(None, br#"{"feature":"echo"}"#, None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MissingJobId);
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let err = JobMessage::decode(Some(CONTENT_TYPE_JSON), b"{not json", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedMessage);
+        let err = JobMessage::decode(None, &[0xc1, 0x00, 0xff], None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedMessage);
+        let err = JobMessage::decode(Some(CONTENT_TYPE_JSON), br#"{"inputs": 3}"#, None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedMessage);
+    }
+
+    #[test]
+    fn unknown_content_type_and_future_schema_are_refused() {
+        let err = JobMessage::decode(Some("text/plain"), b"hello", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedContentType);
+        let body = br#"{"schema_version": 99, "job_id": "a", "feature": "echo"}"#;
+        let err = JobMessage::decode(None, body, None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedSchemaVersion);
+    }
+
+    #[test]
+    fn job_ids_with_spaces_or_too_long_are_refused() {
+        assert!(validate_job_id("abc-123_x.y").is_ok());
+        assert_eq!(validate_job_id("a b").unwrap_err().code, ErrorCode::MalformedMessage);
+        assert!(validate_job_id(&"x".repeat(MAX_JOB_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn status_and_event_round_trip_as_json() {
+        for status in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(status.as_str()), Some(status));
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+        }
+        let event = StatusEvent {
+            job_id: "j".into(),
+            status: JobStatus::Failed,
+            ts_ms: 5,
+            feature: Some("echo".into()),
+            model: None,
+            worker: Some("w".into()),
+            attempt: Some(2),
+            error: Some(JobError::new(ErrorCode::InvalidInput, "missing 'text'")),
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""code":"invalid_input""#), "{json}");
+        assert_eq!(serde_json::from_str::<StatusEvent>(&json).unwrap(), event);
+    }
+
+    #[test]
+    fn reply_round_trips_in_both_encodings() {
+        let mut result = ValueMap::new();
+        result.insert("mesh".into(), Value::from("artifact:abc"));
+        let reply = JobReply {
+            schema_version: SCHEMA_VERSION,
+            job_id: "j".into(),
+            status: JobStatus::Completed,
+            result: Some(result),
+            error: None,
+            finished_at_ms: 9,
+        };
+        let packed = Encoding::Msgpack.encode(&reply).unwrap();
+        assert_eq!(rmp_serde::from_slice::<JobReply>(&packed).unwrap(), reply);
+        let json = Encoding::Json.encode(&reply).unwrap();
+        assert_eq!(serde_json::from_slice::<JobReply>(&json).unwrap(), reply);
+    }
+
+    #[test]
+    fn error_codes_serialize_as_their_names() {
+        for code in [ErrorCode::MalformedMessage, ErrorCode::Timeout, ErrorCode::UnknownFeature] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        }
+    }
+}
