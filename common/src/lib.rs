@@ -7,6 +7,7 @@
 //! - [`topology`]: the AMQP topology as plain data.
 //! - [`record`]: the Redis job, worker and host records, parsed for readers.
 //! - `amqp` (feature `amqp`): declares the topology with lapin.
+//! - `process` (feature `process`): logging, signal shutdown, host id for binaries.
 //!
 //! It owns no IO beyond reading the config file and, with `amqp`, declaring topology.
 
@@ -14,6 +15,8 @@
 pub mod amqp;
 pub mod config;
 pub mod names;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod record;
 pub mod registry;
 pub mod topology;

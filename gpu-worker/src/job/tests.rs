@@ -1,0 +1,93 @@
+use super::*;
+use gpuq_common::ConfigOverrides;
+
+const CONFIG: &str = r#"
+[jobs]
+max_timeout_s = 1000
+[[models]]
+id = "a"
+feature = "seg"
+runtime = "echo"
+vram_mib = 10
+timeout_s = 30
+[[models]]
+id = "b"
+feature = "seg"
+runtime = "echo"
+vram_mib = 10
+[[models]]
+id = "c"
+feature = "rig"
+runtime = "echo"
+vram_mib = 10
+"#;
+
+fn setup() -> (Config, ModelConfig) {
+    let config = Config::parse(CONFIG, None, &ConfigOverrides::default()).unwrap();
+    let model_a = config.registry().model("a").unwrap().clone();
+    (config, model_a)
+}
+
+fn job(feature: &str, model: Option<&str>) -> JobMessage {
+    JobMessage {
+        schema_version: 1,
+        job_id: "j".into(),
+        feature: feature.into(),
+        model: model.map(str::to_owned),
+        inputs: ValueMap::new(),
+        priority: None,
+        timeout_s: None,
+        metadata: ValueMap::new(),
+        submitted_at_ms: None,
+    }
+}
+
+#[test]
+fn job_for_the_queue_model_runs_with_the_model_timeout() {
+    let (config, a) = setup();
+    assert_eq!(route(&job("seg", None), &a, &config), Ok(Route::Run { timeout: Duration::from_secs(30) }));
+    assert_eq!(route(&job("seg", Some("a")), &a, &config), Ok(Route::Run { timeout: Duration::from_secs(30) }));
+}
+
+#[test]
+fn job_timeout_overrides_model_timeout_within_limits() {
+    let (config, a) = setup();
+    let mut j = job("seg", None);
+    j.timeout_s = Some(5);
+    assert_eq!(route(&j, &a, &config), Ok(Route::Run { timeout: Duration::from_secs(5) }));
+    for bad in [0, 1001] {
+        j.timeout_s = Some(bad);
+        assert_eq!(route(&j, &a, &config).unwrap_err().code, ErrorCode::InvalidParameter);
+    }
+}
+
+#[test]
+fn job_pinning_a_sibling_model_is_forwarded() {
+    let (config, a) = setup();
+    assert_eq!(
+        route(&job("seg", Some("b")), &a, &config),
+        Ok(Route::Forward { routing_key: "seg.b".into() })
+    );
+}
+
+#[test]
+fn job_pinning_an_unknown_or_foreign_model_fails() {
+    let (config, a) = setup();
+    assert_eq!(route(&job("seg", Some("zzz")), &a, &config).unwrap_err().code, ErrorCode::UnknownModel);
+    assert_eq!(route(&job("seg", Some("c")), &a, &config).unwrap_err().code, ErrorCode::UnknownModel);
+}
+
+#[test]
+fn feature_mismatch_and_unknown_feature_fail() {
+    let (config, a) = setup();
+    assert_eq!(route(&job("nope", None), &a, &config).unwrap_err().code, ErrorCode::UnknownFeature);
+    assert_eq!(route(&job("rig", None), &a, &config).unwrap_err().code, ErrorCode::InvalidParameter);
+}
+
+#[test]
+fn absurd_priority_fails() {
+    let (config, a) = setup();
+    let mut j = job("seg", None);
+    j.priority = Some(200);
+    assert_eq!(route(&j, &a, &config).unwrap_err().code, ErrorCode::InvalidParameter);
+}

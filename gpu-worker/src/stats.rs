@@ -1,0 +1,54 @@
+//! Live counters of one worker, read by its heartbeat.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+pub struct WorkerStats {
+    jobs_done: AtomicU64,
+    jobs_failed: AtomicU64,
+    running: Mutex<BTreeSet<String>>,
+}
+
+/// Removes a job from the running set when dropped, even if its task panics.
+pub struct RunningJob {
+    stats: Arc<WorkerStats>,
+    job_id: String,
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        self.stats.running.lock().expect("stats lock").remove(&self.job_id);
+    }
+}
+
+impl WorkerStats {
+    pub fn job_started(self: &Arc<Self>, job_id: &str) -> RunningJob {
+        self.running.lock().expect("stats lock").insert(job_id.to_owned());
+        RunningJob {
+            stats: Arc::clone(self),
+            job_id: job_id.to_owned(),
+        }
+    }
+
+    pub fn job_finished(&self, success: bool) {
+        if success {
+            self.jobs_done.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.jobs_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn jobs_done(&self) -> u64 {
+        self.jobs_done.load(Ordering::Relaxed)
+    }
+
+    pub fn jobs_failed(&self) -> u64 {
+        self.jobs_failed.load(Ordering::Relaxed)
+    }
+
+    pub fn running_jobs(&self) -> Vec<String> {
+        self.running.lock().expect("stats lock").iter().cloned().collect()
+    }
+}

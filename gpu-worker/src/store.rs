@@ -1,0 +1,212 @@
+//! Owns the worker's Redis connection: job claims, outcomes, dead-letter notes
+//! and the worker's heartbeat record.
+//!
+//! Each job costs two round trips: a claim script and an outcome script. Both
+//! are Lua so that the check ("is this job already final?") and the write are
+//! one atomic step, and both publish the status event in the same step, so a
+//! subscriber never sees an event before the hash says the same.
+
+use std::time::Duration;
+
+use gpuq_common::record::WorkerRecord;
+use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+/// Redis could not be reached or refused a command; the caller retries or requeues.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct StoreError(#[from] redis::RedisError);
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The job is ours to run; `attempt` counts every claim, this one included.
+    Run { attempt: u32 },
+    /// The job already ended (redelivery of a finished job): ack without running.
+    AlreadyFinal(JobStatus),
+}
+
+/// Who is claiming, written into the job record.
+#[derive(Debug, Clone)]
+pub struct ClaimContext<'a> {
+    pub job_id: &'a str,
+    pub feature: &'a str,
+    pub model: &'a str,
+    pub worker: &'a str,
+    pub host: &'a str,
+    pub gpu: &'a str,
+    /// Client metadata as JSON, stored only when the record has none yet.
+    pub metadata_json: Option<String>,
+}
+
+/// The final state of a job, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: JobStatus,
+    /// Outputs as a JSON object string, for completed jobs.
+    pub result_json: Option<String>,
+    pub error: Option<JobError>,
+}
+
+const CLAIM_SCRIPT: &str = r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
+  return status
+end
+local now = ARGV[1]
+redis.call('HSET', KEYS[1], 'status', 'processing', 'feature', ARGV[2], 'model', ARGV[3],
+  'worker', ARGV[4], 'host', ARGV[5], 'gpu', ARGV[6], 'started_ms', now, 'progress', '0')
+redis.call('HSETNX', KEYS[1], 'created_ms', now)
+if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'metadata', ARGV[8]) end
+redis.call('PERSIST', KEYS[1])
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('PUBLISH', KEYS[2], cjson.encode({job_id = ARGV[7], status = 'processing',
+  ts_ms = tonumber(now), feature = ARGV[2], model = ARGV[3], worker = ARGV[4], attempt = attempt}))
+return attempt
+"#;
+
+const FINISH_SCRIPT: &str = r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
+  return status
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_ms', ARGV[2])
+if ARGV[1] == 'completed' then
+  redis.call('HSET', KEYS[1], 'progress', '1', 'result', ARGV[4])
+  redis.call('HDEL', KEYS[1], 'error_code', 'error_message')
+else
+  redis.call('HSET', KEYS[1], 'error_code', ARGV[5], 'error_message', ARGV[6])
+end
+redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[2])
+if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'feature', ARGV[8]) end
+if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'model', ARGV[9]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[7])
+return 'ok'
+"#;
+
+/// Upper bound of the recent dead letters kept in `<namespace>:dead`.
+const DEAD_LETTERS_KEPT: isize = 1000;
+
+#[derive(Clone)]
+pub struct Store {
+    connection: ConnectionManager,
+    names: Names,
+    finished_ttl_s: u64,
+    claim_script: Script,
+    finish_script: Script,
+}
+
+impl Store {
+    pub async fn connect(url: &str, names: Names, finished_ttl_s: u64) -> Result<Store, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2);
+        let connection = client.get_connection_manager_with_config(config).await?;
+        Ok(Store {
+            connection,
+            names,
+            finished_ttl_s,
+            claim_script: Script::new(CLAIM_SCRIPT),
+            finish_script: Script::new(FINISH_SCRIPT),
+        })
+    }
+
+    /// Atomically marks a job `processing` unless it is already final.
+    pub async fn claim(&self, ctx: &ClaimContext<'_>) -> Result<Claim, StoreError> {
+        let mut connection = self.connection.clone();
+        let reply: redis::Value = self
+            .claim_script
+            .key(self.names.job_key(ctx.job_id))
+            .key(self.names.events_channel())
+            .arg(now_ms())
+            .arg(ctx.feature)
+            .arg(ctx.model)
+            .arg(ctx.worker)
+            .arg(ctx.host)
+            .arg(ctx.gpu)
+            .arg(ctx.job_id)
+            .arg(ctx.metadata_json.as_deref().unwrap_or(""))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(match reply {
+            redis::Value::Int(attempt) => Claim::Run {
+                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            },
+            other => {
+                let status: String = redis::from_redis_value(other).map_err(redis::RedisError::from)?;
+                Claim::AlreadyFinal(JobStatus::parse(&status).unwrap_or(JobStatus::Completed))
+            }
+        })
+    }
+
+    /// Stores a final outcome, sets the record's TTL and publishes the event.
+    /// Returns `false` when the job had already ended (the outcome is dropped).
+    pub async fn finish(&self, job_id: &str, outcome: &Outcome, event: &StatusEvent) -> Result<bool, StoreError> {
+        debug_assert!(outcome.status.is_final());
+        let mut connection = self.connection.clone();
+        let event_json = serde_json::to_string(event).unwrap_or_default();
+        let (code, message) = outcome
+            .error
+            .as_ref()
+            .map(|e| (e.code.as_str(), e.message.as_str()))
+            .unwrap_or_default();
+        let reply: String = self
+            .finish_script
+            .key(self.names.job_key(job_id))
+            .key(self.names.events_channel())
+            .arg(outcome.status.as_str())
+            .arg(event.ts_ms)
+            .arg(self.finished_ttl_s)
+            .arg(outcome.result_json.as_deref().unwrap_or("{}"))
+            .arg(code)
+            .arg(message)
+            .arg(event_json)
+            .arg(event.feature.as_deref().unwrap_or(""))
+            .arg(event.model.as_deref().unwrap_or(""))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(reply == "ok")
+    }
+
+    /// Records a message that could not be run at all, for people to inspect.
+    pub async fn note_dead_letter(&self, entry: &serde_json::Value) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.dead_letters_list();
+        redis::pipe()
+            .lpush(&key, entry.to_string())
+            .ignore()
+            .ltrim(&key, 0, DEAD_LETTERS_KEPT - 1)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the worker's record and renews its expiry.
+    pub async fn heartbeat(&self, record: &WorkerRecord, ttl: Duration) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.worker_key(&record.worker_id);
+        redis::pipe()
+            .hset_multiple(&key, &record.to_fields())
+            .ignore()
+            .pexpire(&key, ttl.as_millis() as i64)
+            .ignore()
+            .sadd(self.names.workers_set(), &record.worker_id)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the worker's record on a clean exit.
+    pub async fn remove_worker(&self, worker_id: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: () = connection.del(self.names.worker_key(worker_id)).await?;
+        let _: () = connection.srem(self.names.workers_set(), worker_id).await?;
+        Ok(())
+    }
+}

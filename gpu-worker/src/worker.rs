@@ -1,0 +1,276 @@
+//! The worker's life: pick the models its budget allows, consume their queues,
+//! run jobs up to its concurrency, heartbeat, and stop cleanly.
+//!
+//! Shutdown (token cancelled) stops the consumers first, lets in-flight jobs
+//! finish for `worker.shutdown_grace_s`, then closes the connection: whatever is
+//! still unacked goes back to its queue, so nothing is lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gpuq_common::config::Config;
+use gpuq_common::record::WorkerRecord;
+use gpuq_common::registry::{ModelConfig, Registry};
+use gpuq_common::topology::Topology;
+use gpuq_common::{now_ms, redact_url};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::amqp::{Broker, BrokerError};
+use crate::job::{handle_delivery, JobContext, LoadedModel};
+use crate::models::{self, LoadError};
+use crate::stats::WorkerStats;
+use crate::store::{Store, StoreError};
+
+/// Who this worker is and what it may serve; set by the dispatcher or by flags.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub worker_id: String,
+    pub host_id: String,
+    /// GPU index as the dispatcher numbers it (`-` without a GPU).
+    pub gpu: String,
+    /// VRAM this worker may use, MiB; `None` means no limit.
+    pub vram_budget_mib: Option<u64>,
+    /// Serve only these models (still subject to the budget); `None` means all.
+    pub models: Option<Vec<String>>,
+}
+
+/// Why `run` returned normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The shutdown token was cancelled.
+    Shutdown,
+    /// A model thread is stuck past its job's timeout; restart the process.
+    RestartRequested,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("no model can be served: {0}")]
+    NoModels(String),
+    #[error("unknown model '{0}' in --models; it is not in the registry")]
+    UnknownModel(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the broker closed the consumers (queue deleted or connection lost)")]
+    ConsumersClosed,
+}
+
+/// Models this worker serves: those in `filter` (all when `None`) whose declared
+/// VRAM fits the budget. Returns the chosen models and, for each refused one, why.
+pub fn select_models(
+    registry: &Registry,
+    budget_mib: Option<u64>,
+    filter: Option<&[String]>,
+) -> Result<(Vec<ModelConfig>, Vec<String>), WorkerError> {
+    if let Some(filter) = filter {
+        if let Some(unknown) = filter.iter().find(|id| registry.model(id).is_none()) {
+            return Err(WorkerError::UnknownModel(unknown.clone()));
+        }
+    }
+    let mut chosen = Vec::new();
+    let mut refused = Vec::new();
+    for model in registry.models() {
+        if filter.is_some_and(|f| !f.contains(&model.id)) {
+            continue;
+        }
+        match budget_mib {
+            Some(budget) if model.vram_mib > budget => refused.push(format!(
+                "model '{}' needs {} MiB, more than this worker's budget of {budget} MiB",
+                model.id, model.vram_mib
+            )),
+            _ => chosen.push(model.clone()),
+        }
+    }
+    if chosen.is_empty() {
+        let reason = if refused.is_empty() {
+            "the registry has no models".to_owned()
+        } else {
+            refused.join("; ")
+        };
+        return Err(WorkerError::NoModels(reason));
+    }
+    Ok((chosen, refused))
+}
+
+/// Runs the worker until `shutdown` is cancelled or a model gets stuck.
+pub async fn run(config: Config, options: WorkerOptions, shutdown: CancellationToken) -> Result<ExitReason, WorkerError> {
+    let config = Arc::new(config);
+    let (served, refused) = select_models(config.registry(), options.vram_budget_mib, options.models.as_deref())?;
+    for reason in &refused {
+        tracing::info!("not consuming: {reason}");
+    }
+    let mut loaded = HashMap::new();
+    for model in &served {
+        let model_impl = models::load(model)?;
+        loaded.insert(model.id.clone(), LoadedModel { config: model.clone(), model: Arc::from(model_impl) });
+    }
+    let names = config.names();
+    tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
+    let store = Store::connect(&config.redis_url, names.clone(), config.jobs.finished_ttl_s).await?;
+    let broker = Arc::new(Broker::connect(&config.amqp_url, &options.worker_id, names.clone(), &Topology::for_config(&config)).await?);
+
+    let stats = Arc::new(WorkerStats::default());
+    let restart = CancellationToken::new();
+    let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
+    let context = Arc::new(JobContext {
+        config: Arc::clone(&config),
+        names,
+        worker_id: options.worker_id.clone(),
+        host_id: options.host_id.clone(),
+        gpu: options.gpu.clone(),
+        store: store.clone(),
+        broker: Arc::clone(&broker),
+        models: loaded,
+        stats: Arc::clone(&stats),
+        restart: restart.clone(),
+    });
+
+    let stopping = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        store.clone(),
+        Arc::clone(&config),
+        options.clone(),
+        served_ids.clone(),
+        Arc::clone(&stats),
+        stopping.clone(),
+    ));
+
+    let concurrency = config.worker.concurrency;
+    let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
+    let mut deliveries = broker.consume(&served_ids, prefetch, &options.worker_id).await?;
+    tracing::info!(models = ?served_ids, concurrency, "consuming");
+
+    let permits = Arc::new(Semaphore::new(concurrency as usize));
+    let tracker = TaskTracker::new();
+    let outcome = loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(ExitReason::Shutdown),
+            _ = restart.cancelled() => break Ok(ExitReason::RestartRequested),
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(ExitReason::Shutdown),
+            _ = restart.cancelled() => break Ok(ExitReason::RestartRequested),
+            next = deliveries.next() => next,
+        };
+        match next {
+            Some((model_id, Ok(delivery))) => {
+                let context = Arc::clone(&context);
+                tracker.spawn(async move {
+                    handle_delivery(context, model_id, delivery).await;
+                    drop(permit);
+                });
+            }
+            Some((model_id, Err(error))) => {
+                tracing::error!(%error, model = %model_id, "consumer failed");
+                break Err(WorkerError::Broker(error.into()));
+            }
+            None => break Err(WorkerError::ConsumersClosed),
+        }
+    };
+
+    broker.cancel_consumers().await;
+    drop(deliveries);
+    tracker.close();
+    let grace = Duration::from_secs(config.worker.shutdown_grace_s);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(grace_s = grace.as_secs(), "in-flight jobs outlived the grace period; they go back to their queues");
+    }
+    stopping.cancel();
+    let _ = heartbeat.await;
+    if let Err(error) = store.remove_worker(&options.worker_id).await {
+        tracing::warn!(%error, "worker record not removed; it will expire");
+    }
+    broker.close().await;
+    tracing::info!(reason = ?outcome.as_ref().ok(), "worker stopped");
+    outcome
+}
+
+async fn heartbeat_loop(
+    store: Store,
+    config: Arc<Config>,
+    options: WorkerOptions,
+    models: Vec<String>,
+    stats: Arc<WorkerStats>,
+    stopping: CancellationToken,
+) {
+    let started_ms = now_ms();
+    let interval = Duration::from_millis(config.worker.heartbeat_interval_ms);
+    let ttl = Duration::from_millis(config.worker.heartbeat_ttl_ms);
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let current_jobs = stats.running_jobs();
+        let record = WorkerRecord {
+            worker_id: options.worker_id.clone(),
+            host: options.host_id.clone(),
+            gpu: options.gpu.clone(),
+            pid: std::process::id(),
+            state: if current_jobs.is_empty() { "idle" } else { "busy" }.to_owned(),
+            vram_budget_mib: options.vram_budget_mib.unwrap_or(0),
+            models: models.clone(),
+            current_jobs,
+            jobs_done: stats.jobs_done(),
+            jobs_failed: stats.jobs_failed(),
+            started_ms,
+            heartbeat_ms: now_ms(),
+        };
+        if let Err(error) = store.heartbeat(&record, ttl).await {
+            tracing::warn!(%error, "heartbeat not written");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuq_common::ConfigOverrides;
+
+    fn registry() -> Registry {
+        let text = r#"
+[[models]]
+id = "small"
+feature = "f"
+runtime = "echo"
+vram_mib = 1000
+[[models]]
+id = "big"
+feature = "g"
+runtime = "echo"
+vram_mib = 20000
+"#;
+        Config::parse(text, None, &ConfigOverrides::default()).unwrap().registry().clone()
+    }
+
+    #[test]
+    fn models_over_budget_are_refused_with_a_reason() {
+        let (chosen, refused) = select_models(&registry(), Some(8000), None).unwrap();
+        assert_eq!(chosen.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["small"]);
+        assert!(refused[0].contains("'big' needs 20000 MiB"), "{refused:?}");
+    }
+
+    #[test]
+    fn no_budget_serves_everything_and_filter_narrows() {
+        assert_eq!(select_models(&registry(), None, None).unwrap().0.len(), 2);
+        let only_big = ["big".to_string()];
+        assert_eq!(select_models(&registry(), None, Some(&only_big)).unwrap().0[0].id, "big");
+    }
+
+    #[test]
+    fn nothing_fitting_or_unknown_filter_is_an_error() {
+        assert!(matches!(select_models(&registry(), Some(10), None), Err(WorkerError::NoModels(_))));
+        let unknown = ["nope".to_string()];
+        assert!(matches!(select_models(&registry(), None, Some(&unknown)), Err(WorkerError::UnknownModel(_))));
+    }
+}

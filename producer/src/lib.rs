@@ -1,0 +1,18 @@
+//! gpuq's producer side: a library to submit jobs and read their fate, and the
+//! `gpuq` command line built on it.
+//!
+//! - `producer`: the API ([`Producer`], [`JobRequest`]).
+//! - `amqp`: owns lapin (confirmed, mandatory publishes; queue depths).
+//! - `store`: owns redis (queued records, reads, waiting on events).
+//! - `system`: the system snapshot and its tables.
+//! - `cli`: the `gpuq` commands.
+
+mod amqp;
+pub mod cli;
+mod producer;
+mod store;
+mod system;
+
+pub use amqp::QueueDepth;
+pub use producer::{JobRequest, Producer, ProducerError, SubmitError};
+pub use system::{QueueStatus, SystemStatus};

@@ -1,0 +1,261 @@
+//! The producer API: submit jobs, read their status, wait for them, and see the
+//! whole system (hosts, workers, queue depths).
+//!
+//! A job's `queued` record is written to Redis *before* it is published, so a
+//! worker's `processing` can never be overwritten by a late `queued`. The
+//! publish is mandatory and confirmed: a job nothing can route is an error here,
+//! never a silent drop.
+
+use std::time::Duration;
+
+use gpuq_common::config::Config;
+use gpuq_common::record::JobRecord;
+use gpuq_common::topology::Topology;
+use gpuq_common::wire::{validate_job_id, value_map_to_json_string, Encoding, SCHEMA_VERSION};
+use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, Names, ValueMap};
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+
+use crate::amqp::{PublishOutcome, Publisher, QueueDepth};
+use crate::store::{QueuedJob, Store};
+use crate::system::{QueueStatus, SystemStatus};
+
+/// A job to submit. Only `feature` is required.
+#[derive(Debug, Clone, Default)]
+pub struct JobRequest {
+    pub feature: String,
+    /// Pin a model of the feature; default: the feature's default model.
+    pub model: Option<String>,
+    pub inputs: ValueMap,
+    /// Client-chosen id (the idempotency key); default: a new UUIDv7.
+    pub job_id: Option<String>,
+    pub priority: Option<u8>,
+    pub timeout_s: Option<u64>,
+    pub metadata: ValueMap,
+}
+
+impl JobRequest {
+    pub fn new(feature: impl Into<String>) -> Self {
+        Self {
+            feature: feature.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn input(mut self, name: impl Into<String>, value: impl Into<gpuq_common::Value>) -> Self {
+        self.inputs.insert(name.into(), value.into());
+        self
+    }
+
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("unknown feature '{feature}'; known features: {}", if known.is_empty() { "(none)".to_owned() } else { known.join(", ") })]
+    UnknownFeature { feature: String, known: Vec<String> },
+    #[error("unknown model '{model}' for feature '{feature}'; models of this feature: {}", if known.is_empty() { "(none)".to_owned() } else { known.join(", ") })]
+    UnknownModel { model: String, feature: String, known: Vec<String> },
+    #[error("no queue is bound to routing key '{routing_key}' on exchange '{exchange}': unknown feature or model, or no process has declared the topology yet")]
+    Unroutable { exchange: String, routing_key: String },
+    #[error("the broker refused the job (nack); it was not queued")]
+    Refused,
+    #[error("a job with id '{0}' already exists")]
+    DuplicateJobId(String),
+    #[error("invalid job: {0}")]
+    Invalid(JobError),
+    #[error("rabbitmq: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("redis: {0}")]
+    Store(#[from] redis::RedisError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error("rabbitmq: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("redis: {0}")]
+    Store(#[from] redis::RedisError),
+}
+
+pub struct Producer {
+    config: Config,
+    names: Names,
+    publisher: Publisher,
+    store: Store,
+}
+
+impl Producer {
+    /// Connects to RabbitMQ and Redis. With a registry in `config`, also declares
+    /// the topology, so jobs can be queued before any worker has started.
+    pub async fn connect(config: Config) -> Result<Producer, ProducerError> {
+        let names = config.names();
+        let topology = (!config.registry().is_empty()).then(|| Topology::for_config(&config));
+        let publisher = Publisher::connect(&config.amqp_url, topology.as_ref()).await?;
+        let store = Store::connect(&config.redis_url, names.clone()).await?;
+        Ok(Producer { config, names, publisher, store })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Checks the request against the registry (when there is one).
+    fn check(&self, request: &JobRequest) -> Result<(), SubmitError> {
+        let registry = self.config.registry();
+        if registry.is_empty() {
+            return Ok(());
+        }
+        if registry.default_model(&request.feature).is_none() {
+            return Err(SubmitError::UnknownFeature {
+                feature: request.feature.clone(),
+                known: registry.features().map(str::to_owned).collect(),
+            });
+        }
+        if let Some(model) = &request.model {
+            if registry.model(model).is_none_or(|m| m.feature != request.feature) {
+                return Err(SubmitError::UnknownModel {
+                    model: model.clone(),
+                    feature: request.feature.clone(),
+                    known: registry.models_for(&request.feature).map(|m| m.id.clone()).collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a job and returns its id once the broker has confirmed it.
+    pub async fn submit(&self, request: JobRequest) -> Result<String, SubmitError> {
+        self.check(&request)?;
+        let job_id = request.job_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        validate_job_id(&job_id).map_err(SubmitError::Invalid)?;
+        if request.priority.is_some_and(|p| p > 9) {
+            return Err(SubmitError::Invalid(JobError::new(ErrorCode::InvalidParameter, "priority must be 0 to 9")));
+        }
+        let created_ms = now_ms();
+        let message = JobMessage {
+            schema_version: SCHEMA_VERSION,
+            job_id: job_id.clone(),
+            feature: request.feature.clone(),
+            model: request.model.clone(),
+            inputs: request.inputs,
+            priority: request.priority,
+            timeout_s: request.timeout_s,
+            metadata: request.metadata,
+            submitted_at_ms: Some(created_ms),
+        };
+        let body = Encoding::Msgpack
+            .encode(&message)
+            .map_err(|e| SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string())))?;
+        if body.len() as u64 > self.config.queues.max_message_bytes {
+            return Err(SubmitError::Invalid(JobError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("job body is {} bytes; the limit is {}", body.len(), self.config.queues.max_message_bytes),
+            )));
+        }
+        let queued = QueuedJob {
+            job_id: &job_id,
+            feature: &message.feature,
+            model: message.model.as_deref(),
+            created_ms,
+            metadata_json: (!message.metadata.is_empty()).then(|| value_map_to_json_string(&message.metadata)),
+        };
+        if !self.store.write_queued(&queued).await? {
+            return Err(SubmitError::DuplicateJobId(job_id));
+        }
+        let routing_key = match &message.model {
+            Some(model) => Names::pinned_routing_key(&message.feature, model),
+            None => Names::feature_routing_key(&message.feature),
+        };
+        let mut properties = BasicProperties::default()
+            .with_content_type(Encoding::Msgpack.content_type().into())
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(job_id.as_str()))
+            .with_timestamp(created_ms / 1000)
+            .with_app_id("gpuq".into());
+        if let Some(priority) = message.priority {
+            properties = properties.with_priority(priority);
+        }
+        let exchange = self.names.jobs_exchange();
+        let outcome = match self.publisher.publish(&exchange, &routing_key, &body, properties).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // Never reached the broker: the job does not exist.
+                let _ = self.store.delete_job(&job_id).await;
+                return Err(error.into());
+            }
+        };
+        match outcome {
+            PublishOutcome::Queued => Ok(job_id),
+            PublishOutcome::Unroutable => {
+                let error = SubmitError::Unroutable { exchange, routing_key };
+                self.record_failure(&job_id, ErrorCode::Unroutable, &error).await;
+                Err(error)
+            }
+            PublishOutcome::Refused => {
+                self.record_failure(&job_id, ErrorCode::Unroutable, &SubmitError::Refused).await;
+                Err(SubmitError::Refused)
+            }
+        }
+    }
+
+    async fn record_failure(&self, job_id: &str, code: ErrorCode, error: &SubmitError) {
+        let job_error = JobError::new(code, error.to_string());
+        if let Err(store_error) = self
+            .store
+            .mark_failed(job_id, &job_error, self.config.jobs.finished_ttl_s, now_ms())
+            .await
+        {
+            tracing::warn!(error = %store_error, job_id, "failure not recorded in redis");
+        }
+    }
+
+    /// The job's record, or `None` if unknown or expired.
+    pub async fn status(&self, job_id: &str) -> Result<Option<JobRecord>, ProducerError> {
+        Ok(self.store.job(job_id).await?)
+    }
+
+    /// Waits until the job is final or `timeout` passes; returns the last record.
+    pub async fn wait(&self, job_id: &str, timeout: Duration) -> Result<Option<JobRecord>, ProducerError> {
+        Ok(self.store.wait_final(job_id, timeout).await?)
+    }
+
+    /// Messages waiting and consumers of a model's queue; `None` if the queue does not exist.
+    pub async fn queue_depth(&self, model_id: &str) -> Result<Option<QueueDepth>, ProducerError> {
+        Ok(self.publisher.queue_depth(&self.names.model_queue(model_id)).await?)
+    }
+
+    /// Hosts, workers and the queue of every registered model.
+    pub async fn system_status(&self) -> Result<SystemStatus, ProducerError> {
+        let hosts = self.store.hosts().await?;
+        let workers = self.store.workers().await?;
+        let mut queues = Vec::new();
+        for model in self.config.registry().models() {
+            let queue = self.names.model_queue(&model.id);
+            let depth = self.publisher.queue_depth(&queue).await?;
+            queues.push(QueueStatus {
+                model: model.id.clone(),
+                feature: model.feature.clone(),
+                queue,
+                vram_mib: model.vram_mib,
+                messages: depth.as_ref().map(|d| d.messages),
+                consumers: depth.as_ref().map(|d| d.consumers),
+            });
+        }
+        let dead_letter_queue = self.names.dead_letter_queue();
+        let dead_letters = self.publisher.queue_depth(&dead_letter_queue).await?.map(|d| d.messages);
+        Ok(SystemStatus {
+            hosts,
+            workers,
+            queues,
+            dead_letters,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.publisher.close().await;
+    }
+}

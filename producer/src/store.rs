@@ -1,0 +1,196 @@
+//! Owns the producer's Redis connection: writes `queued` records, reads job,
+//! worker and host records, and waits on the events channel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gpuq_common::names::job_field;
+use gpuq_common::record::{HostRecord, JobRecord, WorkerRecord};
+use gpuq_common::{JobError, JobStatus, Names, StatusEvent};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+#[derive(Clone)]
+pub struct Store {
+    client: redis::Client,
+    connection: ConnectionManager,
+    names: Names,
+}
+
+/// A new job's first record.
+pub struct QueuedJob<'a> {
+    pub job_id: &'a str,
+    pub feature: &'a str,
+    pub model: Option<&'a str>,
+    pub created_ms: u64,
+    pub metadata_json: Option<String>,
+}
+
+impl Store {
+    pub async fn connect(url: &str, names: Names) -> Result<Store, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let connection = client.get_connection_manager_with_config(config).await?;
+        Ok(Store { client, connection, names })
+    }
+
+    /// Writes the `queued` record and publishes its event, in one round trip.
+    /// Fails if a job with this id already exists.
+    pub async fn write_queued(&self, job: &QueuedJob<'_>) -> Result<bool, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.job_key(job.job_id);
+        let mut fields = vec![
+            (job_field::STATUS, JobStatus::Queued.as_str().to_owned()),
+            (job_field::FEATURE, job.feature.to_owned()),
+            (job_field::ATTEMPTS, "0".to_owned()),
+            (job_field::PROGRESS, "0".to_owned()),
+        ];
+        if let Some(model) = job.model {
+            fields.push((job_field::MODEL, model.to_owned()));
+        }
+        if let Some(metadata) = &job.metadata_json {
+            fields.push((job_field::METADATA, metadata.clone()));
+        }
+        let event = StatusEvent {
+            job_id: job.job_id.to_owned(),
+            status: JobStatus::Queued,
+            ts_ms: job.created_ms,
+            feature: Some(job.feature.to_owned()),
+            model: job.model.map(str::to_owned),
+            worker: None,
+            attempt: None,
+            error: None,
+        };
+        // HSETNX on created_ms is the existence check: a job id is used once.
+        let (created,): (bool,) = redis::pipe()
+            .atomic()
+            .hset_nx(&key, job_field::CREATED_MS, job.created_ms)
+            .query_async(&mut connection)
+            .await?;
+        if !created {
+            return Ok(false);
+        }
+        redis::pipe()
+            .atomic()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .publish(self.names.events_channel(), serde_json::to_string(&event).unwrap_or_default())
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(true)
+    }
+
+    /// Records why a job never reached a queue.
+    pub async fn mark_failed(&self, job_id: &str, error: &JobError, ttl_s: u64, now_ms: u64) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let key = self.names.job_key(job_id);
+        let event = StatusEvent {
+            job_id: job_id.to_owned(),
+            status: JobStatus::Failed,
+            ts_ms: now_ms,
+            feature: None,
+            model: None,
+            worker: None,
+            attempt: None,
+            error: Some(error.clone()),
+        };
+        redis::pipe()
+            .atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    (job_field::STATUS, JobStatus::Failed.as_str().to_owned()),
+                    (job_field::FINISHED_MS, now_ms.to_string()),
+                    (job_field::ERROR_CODE, error.code.as_str().to_owned()),
+                    (job_field::ERROR_MESSAGE, error.message.clone()),
+                ],
+            )
+            .ignore()
+            .expire(&key, ttl_s as i64)
+            .ignore()
+            .publish(self.names.events_channel(), serde_json::to_string(&event).unwrap_or_default())
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+    }
+
+    /// Forgets a job that never reached the broker.
+    pub async fn delete_job(&self, job_id: &str) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        connection.del(self.names.job_key(job_id)).await
+    }
+
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let hash: HashMap<String, String> = connection.hgetall(self.names.job_key(job_id)).await?;
+        Ok(JobRecord::from_hash(job_id, &hash))
+    }
+
+    /// Waits until the job is final or `timeout` passes; returns the last record seen.
+    pub async fn wait_final(&self, job_id: &str, timeout: Duration) -> Result<Option<JobRecord>, redis::RedisError> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.names.events_channel()).await?;
+        // Read after subscribing, so a transition between the two is not missed.
+        let record = self.job(job_id).await?;
+        if record.as_ref().is_some_and(JobRecord::is_final) {
+            return Ok(record);
+        }
+        let mut messages = pubsub.on_message();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => return self.job(job_id).await,
+            };
+            let Ok(event) = serde_json::from_slice::<StatusEvent>(message.get_payload_bytes()) else {
+                continue;
+            };
+            if event.job_id == job_id && event.status.is_final() {
+                return self.job(job_id).await;
+            }
+        }
+    }
+
+    /// Live worker records; ids whose record expired are dropped from the index.
+    pub async fn workers(&self) -> Result<Vec<WorkerRecord>, redis::RedisError> {
+        let hashes = self.live_members(&self.names.workers_set(), |id| self.names.worker_key(id)).await?;
+        Ok(hashes.iter().filter_map(WorkerRecord::from_hash).collect())
+    }
+
+    /// Live host records; ids whose record expired are dropped from the index.
+    pub async fn hosts(&self) -> Result<Vec<HostRecord>, redis::RedisError> {
+        let hashes = self.live_members(&self.names.hosts_set(), |id| self.names.host_key(id)).await?;
+        Ok(hashes.iter().filter_map(HostRecord::from_hash).collect())
+    }
+
+    async fn live_members(
+        &self,
+        set: &str,
+        key_of: impl Fn(&str) -> String,
+    ) -> Result<Vec<HashMap<String, String>>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let mut ids: Vec<String> = connection.smembers(set).await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(key_of(id));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut connection).await?;
+        let mut live = Vec::new();
+        for (id, hash) in ids.iter().zip(hashes) {
+            if hash.is_empty() {
+                let _: () = connection.srem(set, id).await?;
+            } else {
+                live.push(hash);
+            }
+        }
+        Ok(live)
+    }
+}

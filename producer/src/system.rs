@@ -1,0 +1,109 @@
+//! A snapshot of the whole system, and its rendering as readable tables.
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use gpuq_common::now_ms;
+use gpuq_common::record::{HostRecord, WorkerRecord};
+use serde::Serialize;
+
+/// One model's queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatus {
+    pub model: String,
+    pub feature: String,
+    pub queue: String,
+    pub vram_mib: u64,
+    /// Messages ready in the queue; `None` if the queue does not exist yet.
+    pub messages: Option<u32>,
+    /// Consumers (workers) on the queue; `None` if the queue does not exist yet.
+    pub consumers: Option<u32>,
+}
+
+impl QueueStatus {
+    /// No worker consumes this queue: its jobs wait.
+    pub fn is_unserved(&self) -> bool {
+        self.consumers.unwrap_or(0) == 0
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemStatus {
+    pub hosts: Vec<HostRecord>,
+    pub workers: Vec<WorkerRecord>,
+    pub queues: Vec<QueueStatus>,
+    /// Messages in the dead-letter queue.
+    pub dead_letters: Option<u32>,
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    table
+}
+
+fn age(ms: u64) -> String {
+    let seconds = now_ms().saturating_sub(ms) as f64 / 1000.0;
+    format!("{seconds:.1}s ago")
+}
+
+impl SystemStatus {
+    /// Hosts and GPUs, workers, then queues, as text tables.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut hosts = table(&["host", "gpu", "name", "memory MiB", "source", "slots", "heartbeat"]);
+        for host in &self.hosts {
+            for gpu in &host.gpus {
+                let slots = host.slots.iter().filter(|s| s.gpu == gpu.index).count();
+                hosts.add_row(vec![
+                    host.host_id.clone(),
+                    gpu.index.to_string(),
+                    gpu.name.clone(),
+                    gpu.memory_total_mib.to_string(),
+                    gpu.source.clone(),
+                    slots.to_string(),
+                    age(host.heartbeat_ms),
+                ]);
+            }
+        }
+        out.push_str(&format!("HOSTS ({})\n{hosts}\n", self.hosts.len()));
+        for host in &self.hosts {
+            for reason in &host.unplaced_models {
+                out.push_str(&format!("  ! {}: {reason}\n", host.host_id));
+            }
+        }
+        let mut workers = table(&["worker", "host", "gpu", "pid", "state", "budget MiB", "models", "running", "done", "failed", "heartbeat"]);
+        for w in &self.workers {
+            workers.add_row(vec![
+                w.worker_id.clone(),
+                w.host.clone(),
+                w.gpu.clone(),
+                w.pid.to_string(),
+                w.state.clone(),
+                w.vram_budget_mib.to_string(),
+                w.models.join(","),
+                w.current_jobs.join(","),
+                w.jobs_done.to_string(),
+                w.jobs_failed.to_string(),
+                age(w.heartbeat_ms),
+            ]);
+        }
+        out.push_str(&format!("\nWORKERS ({})\n{workers}\n", self.workers.len()));
+        let mut queues = table(&["model", "feature", "vram MiB", "queue", "ready", "consumers"]);
+        let show = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
+        for q in &self.queues {
+            queues.add_row(vec![
+                q.model.clone(),
+                q.feature.clone(),
+                q.vram_mib.to_string(),
+                q.queue.clone(),
+                show(q.messages),
+                show(q.consumers),
+            ]);
+        }
+        out.push_str(&format!("\nQUEUES ({})\n{queues}\n", self.queues.len()));
+        for q in self.queues.iter().filter(|q| q.is_unserved()) {
+            out.push_str(&format!("  ! model '{}' has no consumer: no live host serves it, its jobs wait\n", q.model));
+        }
+        out.push_str(&format!("\ndead-letter queue: {} message(s)\n", show(self.dead_letters)));
+        out
+    }
+}
