@@ -10,7 +10,8 @@ use crate::topology::{ArgValue, ExchangeKind, QueueSpec, Topology};
 
 /// Opens a connection that shows up as `connection_name` in RabbitMQ's management UI.
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, lapin::Error> {
-    let properties = ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
     Connection::connect(url, properties).await
 }
 

@@ -189,6 +189,8 @@ pub struct DispatcherConfig {
     pub restart_backoff_initial_ms: u64,
     /// Longest delay between restarts, milliseconds. Default 30000.
     pub restart_backoff_max_ms: u64,
+    /// Consecutive quick crashes (within 30 s of start) after which a slot is marked failed. Default 5.
+    pub crash_loop_limit: u32,
     /// GPUs declared by hand, used where NVML is unavailable.
     pub gpus: Vec<DeclaredGpu>,
 }
@@ -203,6 +205,7 @@ impl Default for DispatcherConfig {
             worker_bin: None,
             restart_backoff_initial_ms: 500,
             restart_backoff_max_ms: 30_000,
+            crash_loop_limit: 5,
             gpus: Vec::new(),
         }
     }
@@ -232,7 +235,11 @@ impl Config {
     }
 
     /// Parses and validates config text (`path` only names the source in errors).
-    pub fn parse(text: &str, path: Option<&Path>, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
+    pub fn parse(
+        text: &str,
+        path: Option<&Path>,
+        overrides: &ConfigOverrides,
+    ) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.map(Path::to_owned),
             source: Box::new(source),
@@ -264,12 +271,20 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         check_identifier("namespace", &self.namespace)?;
         check_url("amqp_url", &self.amqp_url, &["amqp", "amqps"])?;
-        check_url("redis_url", &self.redis_url, &["redis", "rediss", "redis+unix", "unix"])?;
+        check_url(
+            "redis_url",
+            &self.redis_url,
+            &["redis", "rediss", "redis+unix", "unix"],
+        )?;
         if self.queues.delivery_limit == 0 {
             return Err(invalid("queues.delivery_limit", "must be at least 1"));
         }
-        if self.queues.max_message_bytes < 1024 || self.queues.max_message_bytes > 512 * 1024 * 1024 {
-            return Err(invalid("queues.max_message_bytes", "must be between 1024 and 536870912 (512 MiB, RabbitMQ's hard limit)"));
+        if self.queues.max_message_bytes < 1024 || self.queues.max_message_bytes > 512 * 1024 * 1024
+        {
+            return Err(invalid(
+                "queues.max_message_bytes",
+                "must be between 1024 and 536870912 (512 MiB, RabbitMQ's hard limit)",
+            ));
         }
         if self.jobs.finished_ttl_s == 0 {
             return Err(invalid("jobs.finished_ttl_s", "must be at least 1 second"));
@@ -288,7 +303,10 @@ impl Config {
             return Err(invalid("worker.concurrency", "must be between 1 and 256"));
         }
         if worker.heartbeat_interval_ms < 100 {
-            return Err(invalid("worker.heartbeat_interval_ms", "must be at least 100"));
+            return Err(invalid(
+                "worker.heartbeat_interval_ms",
+                "must be at least 100",
+            ));
         }
         if worker.heartbeat_ttl_ms < 2 * worker.heartbeat_interval_ms {
             return Err(invalid(
@@ -305,10 +323,16 @@ impl Config {
             check_identifier("dispatcher.host_id", host_id)?;
         }
         if !(1..=64).contains(&dispatcher.workers_per_gpu) {
-            return Err(invalid("dispatcher.workers_per_gpu", "must be between 1 and 64"));
+            return Err(invalid(
+                "dispatcher.workers_per_gpu",
+                "must be between 1 and 64",
+            ));
         }
         if dispatcher.max_models_per_worker == 0 {
-            return Err(invalid("dispatcher.max_models_per_worker", "must be at least 1"));
+            return Err(invalid(
+                "dispatcher.max_models_per_worker",
+                "must be at least 1",
+            ));
         }
         if dispatcher.restart_backoff_initial_ms == 0
             || dispatcher.restart_backoff_initial_ms > dispatcher.restart_backoff_max_ms
@@ -318,10 +342,16 @@ impl Config {
                 "must be at least 1 and at most dispatcher.restart_backoff_max_ms",
             ));
         }
+        if dispatcher.crash_loop_limit == 0 {
+            return Err(invalid("dispatcher.crash_loop_limit", "must be at least 1"));
+        }
         let mut indices = BTreeSet::new();
         for (i, gpu) in dispatcher.gpus.iter().enumerate() {
             if !indices.insert(gpu.index) {
-                return Err(invalid(format!("dispatcher.gpus[{i}].index"), format!("GPU index {} is declared twice", gpu.index)));
+                return Err(invalid(
+                    format!("dispatcher.gpus[{i}].index"),
+                    format!("GPU index {} is declared twice", gpu.index),
+                ));
             }
             if gpu.memory_mib <= dispatcher.vram_reserve_mib {
                 return Err(invalid(
@@ -344,7 +374,10 @@ impl Config {
             check_identifier(&key("id"), &model.id)?;
             check_identifier(&key("feature"), &model.feature)?;
             if !ids.insert(model.id.as_str()) {
-                return Err(invalid(key("id"), format!("model id '{}' is registered twice", model.id)));
+                return Err(invalid(
+                    key("id"),
+                    format!("model id '{}' is registered twice", model.id),
+                ));
             }
             if model.vram_mib == 0 {
                 return Err(invalid(key("vram_mib"), "must be at least 1 MiB"));
@@ -352,14 +385,20 @@ impl Config {
             if model.timeout_s == 0 || model.timeout_s > self.jobs.max_timeout_s {
                 return Err(invalid(
                     key("timeout_s"),
-                    format!("must be between 1 and jobs.max_timeout_s = {}", self.jobs.max_timeout_s),
+                    format!(
+                        "must be between 1 and jobs.max_timeout_s = {}",
+                        self.jobs.max_timeout_s
+                    ),
                 ));
             }
             if model.default {
                 if let Some(other) = defaults.insert(&model.feature, &model.id) {
                     return Err(invalid(
                         key("default"),
-                        format!("feature '{}' already has default model '{other}'", model.feature),
+                        format!(
+                            "feature '{}' already has default model '{other}'",
+                            model.feature
+                        ),
                     ));
                 }
             }
@@ -395,7 +434,15 @@ fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> 
         Some(scheme) if schemes.contains(&scheme) => Ok(()),
         _ => Err(invalid(
             key,
-            format!("'{}' must start with one of: {}", crate::redact_url(url), schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ")),
+            format!(
+                "'{}' must start with one of: {}",
+                crate::redact_url(url),
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )),
     }
 }

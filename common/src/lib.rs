@@ -61,8 +61,14 @@ mod tests {
 
     #[test]
     fn redact_url_hides_only_the_password() {
-        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
         assert_eq!(redact_url("rediss://:pw@host/1"), "rediss://:***@host/1");
         assert_eq!(redact_url("amqp://user@host"), "amqp://user@host");
         assert_eq!(redact_url("not a url"), "not a url");

@@ -129,7 +129,10 @@ mod tests {
         assert_eq!(names.jobs_exchange(), "gpuq.jobs");
         assert_eq!(names.model_queue("trellis"), "gpuq.model.trellis");
         assert_eq!(names.dead_letter_queue(), "gpuq.dead");
-        assert_eq!(Names::pinned_routing_key("mesh_segmentation", "partfield"), "mesh_segmentation.partfield");
+        assert_eq!(
+            Names::pinned_routing_key("mesh_segmentation", "partfield"),
+            "mesh_segmentation.partfield"
+        );
         assert_eq!(names.job_key("abc"), "gpuq:job:abc");
         assert_eq!(names.events_channel(), "gpuq:events");
         assert_eq!(names.worker_key("h-gpu0-slot0"), "gpuq:worker:h-gpu0-slot0");

@@ -47,16 +47,21 @@ impl JobRecord {
         if hash.is_empty() {
             return None;
         }
-        let error_code = hash
-            .get(job_field::ERROR_CODE)
-            .and_then(|code| serde_json::from_value::<ErrorCode>(serde_json::Value::String(code.clone())).ok());
+        let error_code = hash.get(job_field::ERROR_CODE).and_then(|code| {
+            serde_json::from_value::<ErrorCode>(serde_json::Value::String(code.clone())).ok()
+        });
         let error = error_code.map(|code| JobError {
             code,
-            message: hash.get(job_field::ERROR_MESSAGE).cloned().unwrap_or_default(),
+            message: hash
+                .get(job_field::ERROR_MESSAGE)
+                .cloned()
+                .unwrap_or_default(),
         });
         Some(JobRecord {
             job_id: job_id.to_owned(),
-            status: hash.get(job_field::STATUS).and_then(|s| JobStatus::parse(s)),
+            status: hash
+                .get(job_field::STATUS)
+                .and_then(|s| JobStatus::parse(s)),
             feature: text(hash, job_field::FEATURE),
             model: text(hash, job_field::MODEL),
             worker: text(hash, job_field::WORKER),
@@ -108,8 +113,14 @@ impl WorkerRecord {
             ("pid", self.pid.to_string()),
             ("state", self.state.clone()),
             ("vram_budget_mib", self.vram_budget_mib.to_string()),
-            ("models", serde_json::to_string(&self.models).unwrap_or_default()),
-            ("current_jobs", serde_json::to_string(&self.current_jobs).unwrap_or_default()),
+            (
+                "models",
+                serde_json::to_string(&self.models).unwrap_or_default(),
+            ),
+            (
+                "current_jobs",
+                serde_json::to_string(&self.current_jobs).unwrap_or_default(),
+            ),
             ("jobs_done", self.jobs_done.to_string()),
             ("jobs_failed", self.jobs_failed.to_string()),
             ("started_ms", self.started_ms.to_string()),
@@ -150,13 +161,24 @@ pub struct GpuRecord {
     pub source: String,
 }
 
-/// One planned worker slot.
+/// One planned worker slot and the state of its process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlotRecord {
     pub worker_id: String,
     pub gpu: u32,
     pub vram_budget_mib: u64,
     pub models: Vec<String>,
+    /// `starting`, `running`, `backoff`, `failed` (crash loop) or `stopped`.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Times the worker process was restarted.
+    #[serde(default)]
+    pub restarts: u32,
+    /// How the last worker process ended, e.g. `exit code 1` or `signal SIGKILL`.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }
 
 /// A dispatcher host's record (`<namespace>:host:<id>`), refreshed by its heartbeat.
@@ -182,16 +204,28 @@ impl HostRecord {
             ("version", self.version.clone()),
             ("pid", self.pid.to_string()),
             ("gpu_source", self.gpu_source.clone()),
-            ("gpus", serde_json::to_string(&self.gpus).unwrap_or_default()),
-            ("slots", serde_json::to_string(&self.slots).unwrap_or_default()),
-            ("unplaced_models", serde_json::to_string(&self.unplaced_models).unwrap_or_default()),
+            (
+                "gpus",
+                serde_json::to_string(&self.gpus).unwrap_or_default(),
+            ),
+            (
+                "slots",
+                serde_json::to_string(&self.slots).unwrap_or_default(),
+            ),
+            (
+                "unplaced_models",
+                serde_json::to_string(&self.unplaced_models).unwrap_or_default(),
+            ),
             ("started_ms", self.started_ms.to_string()),
             ("heartbeat_ms", self.heartbeat_ms.to_string()),
         ]
     }
 
     pub fn from_hash(hash: &HashMap<String, String>) -> Option<HostRecord> {
-        fn json<T: serde::de::DeserializeOwned + Default>(hash: &HashMap<String, String>, field: &str) -> T {
+        fn json<T: serde::de::DeserializeOwned + Default>(
+            hash: &HashMap<String, String>,
+            field: &str,
+        ) -> T {
             hash.get(field)
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default()
@@ -215,7 +249,10 @@ mod tests {
     use super::*;
 
     fn hash(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -254,7 +291,11 @@ mod tests {
             started_ms: 1,
             heartbeat_ms: 2,
         };
-        let fields: HashMap<String, String> = worker.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let fields: HashMap<String, String> = worker
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         assert_eq!(WorkerRecord::from_hash(&fields).unwrap(), worker);
 
         let host = HostRecord {
@@ -262,13 +303,31 @@ mod tests {
             version: "0.1.0".into(),
             pid: 7,
             gpu_source: "declared".into(),
-            gpus: vec![GpuRecord { index: 0, name: "g".into(), memory_total_mib: 24576, source: "declared".into() }],
-            slots: vec![SlotRecord { worker_id: "h-gpu0-slot0".into(), gpu: 0, vram_budget_mib: 12000, models: vec!["echo".into()] }],
+            gpus: vec![GpuRecord {
+                index: 0,
+                name: "g".into(),
+                memory_total_mib: 24576,
+                source: "declared".into(),
+            }],
+            slots: vec![SlotRecord {
+                worker_id: "h-gpu0-slot0".into(),
+                gpu: 0,
+                vram_budget_mib: 12000,
+                models: vec!["echo".into()],
+                state: "running".into(),
+                pid: Some(9),
+                restarts: 1,
+                last_exit: Some("exit code 1".into()),
+            }],
             unplaced_models: vec!["big: needs 99999 MiB".into()],
             started_ms: 1,
             heartbeat_ms: 2,
         };
-        let fields: HashMap<String, String> = host.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let fields: HashMap<String, String> = host
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         assert_eq!(HostRecord::from_hash(&fields).unwrap(), host);
     }
 }

@@ -147,11 +147,14 @@ impl Registry {
 
     /// The model that jobs routed by feature name alone go to.
     pub fn default_model(&self, feature: &str) -> Option<&ModelConfig> {
-        self.default_by_feature.get(feature).map(|&i| &self.models[i])
+        self.default_by_feature
+            .get(feature)
+            .map(|&i| &self.models[i])
     }
 
     pub fn is_default(&self, model: &ModelConfig) -> bool {
-        self.default_model(&model.feature).is_some_and(|d| d.id == model.id)
+        self.default_model(&model.feature)
+            .is_some_and(|d| d.id == model.id)
     }
 
     /// Every feature with at least one model, sorted.

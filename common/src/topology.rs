@@ -53,7 +53,10 @@ impl Topology {
                 Names::pinned_routing_key(&model.feature, &model.id),
             )];
             if config.registry().is_default(model) {
-                bindings.push((names.jobs_exchange(), Names::feature_routing_key(&model.feature)));
+                bindings.push((
+                    names.jobs_exchange(),
+                    Names::feature_routing_key(&model.feature),
+                ));
             }
             queues.push(QueueSpec {
                 name: names.model_queue(&model.id),
@@ -106,7 +109,10 @@ fn model_queue_arguments(config: &Config, names: &Names) -> Vec<(String, ArgValu
             ));
             // At-least-once dead-lettering: a poison message is never dropped on the way
             // to the dead-letter queue. RabbitMQ requires reject-publish overflow for it.
-            args.push(("x-dead-letter-strategy".into(), ArgValue::Str("at-least-once".into())));
+            args.push((
+                "x-dead-letter-strategy".into(),
+                ArgValue::Str("at-least-once".into()),
+            ));
             args.push(("x-overflow".into(), ArgValue::Str("reject-publish".into())));
         }
         QueueType::Classic => {
@@ -152,13 +158,26 @@ vram_mib = 100
         assert_eq!(echo.name, "t1.model.echo");
         assert_eq!(
             echo.bindings,
-            vec![("t1.jobs".to_string(), "echo.echo".to_string()), ("t1.jobs".to_string(), "echo".to_string())]
+            vec![
+                ("t1.jobs".to_string(), "echo.echo".to_string()),
+                ("t1.jobs".to_string(), "echo".to_string())
+            ]
         );
         let echo_b = topology.model_queue("echo_b").unwrap();
-        assert_eq!(echo_b.bindings, vec![("t1.jobs".to_string(), "echo.echo_b".to_string())]);
-        assert!(echo.arguments.contains(&("x-queue-type".into(), ArgValue::Str("quorum".into()))));
-        assert!(echo.arguments.contains(&("x-delivery-limit".into(), ArgValue::Int(5))));
-        assert!(echo.arguments.contains(&("x-dead-letter-exchange".into(), ArgValue::Str("t1.dlx".into()))));
+        assert_eq!(
+            echo_b.bindings,
+            vec![("t1.jobs".to_string(), "echo.echo_b".to_string())]
+        );
+        assert!(echo
+            .arguments
+            .contains(&("x-queue-type".into(), ArgValue::Str("quorum".into()))));
+        assert!(echo
+            .arguments
+            .contains(&("x-delivery-limit".into(), ArgValue::Int(5))));
+        assert!(echo.arguments.contains(&(
+            "x-dead-letter-exchange".into(),
+            ArgValue::Str("t1.dlx".into())
+        )));
         assert_eq!(topology.queues[0].name, "t1.dead");
     }
 }

@@ -330,7 +330,9 @@ pub fn validate_job_id(job_id: &str) -> Result<(), JobError> {
     if job_id.len() > MAX_JOB_ID_LEN || !job_id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(JobError::new(
             ErrorCode::MalformedMessage,
-            format!("job id must be 1 to {MAX_JOB_ID_LEN} printable ASCII characters without spaces"),
+            format!(
+                "job id must be 1 to {MAX_JOB_ID_LEN} printable ASCII characters without spaces"
+            ),
         ));
     }
     Ok(())
@@ -386,7 +388,8 @@ mod tests {
         let mut job = sample_job();
         job.inputs.remove("image"); // JSON has no bytes type
         let body = Encoding::Json.encode(&job).unwrap();
-        let decoded = JobMessage::decode(Some("application/json; charset=utf-8"), &body, None).unwrap();
+        let decoded =
+            JobMessage::decode(Some("application/json; charset=utf-8"), &body, None).unwrap();
         assert_eq!(decoded, job);
     }
 
@@ -412,7 +415,8 @@ mod tests {
         assert_eq!(err.code, ErrorCode::MalformedMessage);
         let err = JobMessage::decode(None, &[0xc1, 0x00, 0xff], None).unwrap_err();
         assert_eq!(err.code, ErrorCode::MalformedMessage);
-        let err = JobMessage::decode(Some(CONTENT_TYPE_JSON), br#"{"inputs": 3}"#, None).unwrap_err();
+        let err =
+            JobMessage::decode(Some(CONTENT_TYPE_JSON), br#"{"inputs": 3}"#, None).unwrap_err();
         assert_eq!(err.code, ErrorCode::MalformedMessage);
     }
 
@@ -428,7 +432,10 @@ mod tests {
     #[test]
     fn job_ids_with_spaces_or_too_long_are_refused() {
         assert!(validate_job_id("abc-123_x.y").is_ok());
-        assert_eq!(validate_job_id("a b").unwrap_err().code, ErrorCode::MalformedMessage);
+        assert_eq!(
+            validate_job_id("a b").unwrap_err().code,
+            ErrorCode::MalformedMessage
+        );
         assert!(validate_job_id(&"x".repeat(MAX_JOB_ID_LEN + 1)).is_err());
     }
 
@@ -474,8 +481,15 @@ mod tests {
 
     #[test]
     fn error_codes_serialize_as_their_names() {
-        for code in [ErrorCode::MalformedMessage, ErrorCode::Timeout, ErrorCode::UnknownFeature] {
-            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+        for code in [
+            ErrorCode::MalformedMessage,
+            ErrorCode::Timeout,
+            ErrorCode::UnknownFeature,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
         }
     }
 }

@@ -11,11 +11,11 @@ use gpuq_common::topology::Topology;
 use gpuq_common::{JobError, Names};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,12 @@ pub struct Broker {
 
 impl Broker {
     /// Connects, opens both channels and declares the topology.
-    pub async fn connect(url: &str, worker_id: &str, names: Names, topology: &Topology) -> Result<Broker, BrokerError> {
+    pub async fn connect(
+        url: &str,
+        worker_id: &str,
+        names: Names,
+        topology: &Topology,
+    ) -> Result<Broker, BrokerError> {
         let connection = connect(url, &format!("gpuq-worker {worker_id}")).await?;
         let consume_channel = connection.create_channel().await?;
         let publish_channel = connection.create_channel().await?;
@@ -80,7 +85,11 @@ impl Broker {
                 .await?;
             self.consumer_tags.lock().expect("tags lock").push(tag);
             let model_id = model_id.clone();
-            streams.push(consumer.map(move |delivery| (model_id.clone(), delivery)).boxed());
+            streams.push(
+                consumer
+                    .map(move |delivery| (model_id.clone(), delivery))
+                    .boxed(),
+            );
         }
         Ok(futures_util::stream::select_all(streams).boxed())
     }
@@ -125,10 +134,20 @@ impl Broker {
 
     /// Re-publishes a job under another routing key (a job pinned to a model
     /// other than the queue's). Returns `false` when nothing could route it.
-    pub async fn forward(&self, routing_key: &str, delivery: &Delivery) -> Result<bool, BrokerError> {
+    pub async fn forward(
+        &self,
+        routing_key: &str,
+        delivery: &Delivery,
+    ) -> Result<bool, BrokerError> {
         let exchange = self.names.jobs_exchange();
-        self.publish_confirmed(&exchange, routing_key, &delivery.data, delivery.properties.clone(), true)
-            .await
+        self.publish_confirmed(
+            &exchange,
+            routing_key,
+            &delivery.data,
+            delivery.properties.clone(),
+            true,
+        )
+        .await
     }
 
     /// Sends a job's reply to its `reply_to` queue (RPC style).

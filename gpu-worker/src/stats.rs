@@ -19,13 +19,20 @@ pub struct RunningJob {
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
-        self.stats.running.lock().expect("stats lock").remove(&self.job_id);
+        self.stats
+            .running
+            .lock()
+            .expect("stats lock")
+            .remove(&self.job_id);
     }
 }
 
 impl WorkerStats {
     pub fn job_started(self: &Arc<Self>, job_id: &str) -> RunningJob {
-        self.running.lock().expect("stats lock").insert(job_id.to_owned());
+        self.running
+            .lock()
+            .expect("stats lock")
+            .insert(job_id.to_owned());
         RunningJob {
             stats: Arc::clone(self),
             job_id: job_id.to_owned(),
@@ -49,6 +56,11 @@ impl WorkerStats {
     }
 
     pub fn running_jobs(&self) -> Vec<String> {
-        self.running.lock().expect("stats lock").iter().cloned().collect()
+        self.running
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 }

@@ -99,7 +99,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(url: &str, names: Names, finished_ttl_s: u64) -> Result<Store, StoreError> {
+    pub async fn connect(
+        url: &str,
+        names: Names,
+        finished_ttl_s: u64,
+    ) -> Result<Store, StoreError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -137,7 +141,8 @@ impl Store {
                 attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
             },
             other => {
-                let status: String = redis::from_redis_value(other).map_err(redis::RedisError::from)?;
+                let status: String =
+                    redis::from_redis_value(other).map_err(redis::RedisError::from)?;
                 Claim::AlreadyFinal(JobStatus::parse(&status).unwrap_or(JobStatus::Completed))
             }
         })
@@ -145,7 +150,12 @@ impl Store {
 
     /// Stores a final outcome, sets the record's TTL and publishes the event.
     /// Returns `false` when the job had already ended (the outcome is dropped).
-    pub async fn finish(&self, job_id: &str, outcome: &Outcome, event: &StatusEvent) -> Result<bool, StoreError> {
+    pub async fn finish(
+        &self,
+        job_id: &str,
+        outcome: &Outcome,
+        event: &StatusEvent,
+    ) -> Result<bool, StoreError> {
         debug_assert!(outcome.status.is_final());
         let mut connection = self.connection.clone();
         let event_json = serde_json::to_string(event).unwrap_or_default();

@@ -91,7 +91,10 @@ mod tests {
     use crate::models::Model;
 
     fn sleep_model(fail_rate: f64) -> SleepModel {
-        SleepModel::new(SleepParams { duration_ms: 1, fail_rate })
+        SleepModel::new(SleepParams {
+            duration_ms: 1,
+            fail_rate,
+        })
     }
 
     #[test]
@@ -113,10 +116,17 @@ mod tests {
     #[test]
     fn sleep_rejects_wrong_input_types() {
         let model = sleep_model(0.0);
-        for (name, value) in [("duration_ms", Value::from("soon")), ("duration_ms", Value::from(-5)), ("fail", Value::from(1))] {
+        for (name, value) in [
+            ("duration_ms", Value::from("soon")),
+            ("duration_ms", Value::from(-5)),
+            ("fail", Value::from(1)),
+        ] {
             let mut inputs = ValueMap::new();
             inputs.insert(name.into(), value);
-            assert_eq!(model.validate(&inputs).unwrap_err().code, ErrorCode::InvalidInput);
+            assert_eq!(
+                model.validate(&inputs).unwrap_err().code,
+                ErrorCode::InvalidInput
+            );
         }
     }
 
@@ -124,7 +134,13 @@ mod tests {
     fn sleep_fails_on_request_and_at_rate_one() {
         let mut inputs = ValueMap::new();
         inputs.insert("fail".into(), Value::from(true));
-        assert_eq!(sleep_model(0.0).run(&inputs).unwrap_err().code, ErrorCode::ModelFailed);
-        assert_eq!(sleep_model(1.0).run(&ValueMap::new()).unwrap_err().code, ErrorCode::ModelFailed);
+        assert_eq!(
+            sleep_model(0.0).run(&inputs).unwrap_err().code,
+            ErrorCode::ModelFailed
+        );
+        assert_eq!(
+            sleep_model(1.0).run(&ValueMap::new()).unwrap_err().code,
+            ErrorCode::ModelFailed
+        );
     }
 }

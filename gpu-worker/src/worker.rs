@@ -101,21 +101,44 @@ pub fn select_models(
 }
 
 /// Runs the worker until `shutdown` is cancelled or a model gets stuck.
-pub async fn run(config: Config, options: WorkerOptions, shutdown: CancellationToken) -> Result<ExitReason, WorkerError> {
+pub async fn run(
+    config: Config,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) -> Result<ExitReason, WorkerError> {
     let config = Arc::new(config);
-    let (served, refused) = select_models(config.registry(), options.vram_budget_mib, options.models.as_deref())?;
+    let (served, refused) = select_models(
+        config.registry(),
+        options.vram_budget_mib,
+        options.models.as_deref(),
+    )?;
     for reason in &refused {
         tracing::info!("not consuming: {reason}");
     }
     let mut loaded = HashMap::new();
     for model in &served {
         let model_impl = models::load(model)?;
-        loaded.insert(model.id.clone(), LoadedModel { config: model.clone(), model: Arc::from(model_impl) });
+        loaded.insert(
+            model.id.clone(),
+            LoadedModel {
+                config: model.clone(),
+                model: Arc::from(model_impl),
+            },
+        );
     }
     let names = config.names();
     tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
-    let store = Store::connect(&config.redis_url, names.clone(), config.jobs.finished_ttl_s).await?;
-    let broker = Arc::new(Broker::connect(&config.amqp_url, &options.worker_id, names.clone(), &Topology::for_config(&config)).await?);
+    let store =
+        Store::connect(&config.redis_url, names.clone(), config.jobs.finished_ttl_s).await?;
+    let broker = Arc::new(
+        Broker::connect(
+            &config.amqp_url,
+            &options.worker_id,
+            names.clone(),
+            &Topology::for_config(&config),
+        )
+        .await?,
+    );
 
     let stats = Arc::new(WorkerStats::default());
     let restart = CancellationToken::new();
@@ -145,7 +168,9 @@ pub async fn run(config: Config, options: WorkerOptions, shutdown: CancellationT
 
     let concurrency = config.worker.concurrency;
     let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
-    let mut deliveries = broker.consume(&served_ids, prefetch, &options.worker_id).await?;
+    let mut deliveries = broker
+        .consume(&served_ids, prefetch, &options.worker_id)
+        .await?;
     tracing::info!(models = ?served_ids, concurrency, "consuming");
 
     let permits = Arc::new(Semaphore::new(concurrency as usize));
@@ -182,7 +207,10 @@ pub async fn run(config: Config, options: WorkerOptions, shutdown: CancellationT
     tracker.close();
     let grace = Duration::from_secs(config.worker.shutdown_grace_s);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(grace_s = grace.as_secs(), "in-flight jobs outlived the grace period; they go back to their queues");
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "in-flight jobs outlived the grace period; they go back to their queues"
+        );
     }
     stopping.cancel();
     let _ = heartbeat.await;
@@ -217,7 +245,12 @@ async fn heartbeat_loop(
             host: options.host_id.clone(),
             gpu: options.gpu.clone(),
             pid: std::process::id(),
-            state: if current_jobs.is_empty() { "idle" } else { "busy" }.to_owned(),
+            state: if current_jobs.is_empty() {
+                "idle"
+            } else {
+                "busy"
+            }
+            .to_owned(),
             vram_budget_mib: options.vram_budget_mib.unwrap_or(0),
             models: models.clone(),
             current_jobs,
@@ -250,13 +283,19 @@ feature = "g"
 runtime = "echo"
 vram_mib = 20000
 "#;
-        Config::parse(text, None, &ConfigOverrides::default()).unwrap().registry().clone()
+        Config::parse(text, None, &ConfigOverrides::default())
+            .unwrap()
+            .registry()
+            .clone()
     }
 
     #[test]
     fn models_over_budget_are_refused_with_a_reason() {
         let (chosen, refused) = select_models(&registry(), Some(8000), None).unwrap();
-        assert_eq!(chosen.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["small"]);
+        assert_eq!(
+            chosen.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["small"]
+        );
         assert!(refused[0].contains("'big' needs 20000 MiB"), "{refused:?}");
     }
 
@@ -264,13 +303,22 @@ vram_mib = 20000
     fn no_budget_serves_everything_and_filter_narrows() {
         assert_eq!(select_models(&registry(), None, None).unwrap().0.len(), 2);
         let only_big = ["big".to_string()];
-        assert_eq!(select_models(&registry(), None, Some(&only_big)).unwrap().0[0].id, "big");
+        assert_eq!(
+            select_models(&registry(), None, Some(&only_big)).unwrap().0[0].id,
+            "big"
+        );
     }
 
     #[test]
     fn nothing_fitting_or_unknown_filter_is_an_error() {
-        assert!(matches!(select_models(&registry(), Some(10), None), Err(WorkerError::NoModels(_))));
+        assert!(matches!(
+            select_models(&registry(), Some(10), None),
+            Err(WorkerError::NoModels(_))
+        ));
         let unknown = ["nope".to_string()];
-        assert!(matches!(select_models(&registry(), None, Some(&unknown)), Err(WorkerError::UnknownModel(_))));
+        assert!(matches!(
+            select_models(&registry(), None, Some(&unknown)),
+            Err(WorkerError::UnknownModel(_))
+        ));
     }
 }

@@ -31,14 +31,22 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub async fn connect(url: &str, topology: Option<&Topology>) -> Result<Publisher, lapin::Error> {
+    pub async fn connect(
+        url: &str,
+        topology: Option<&Topology>,
+    ) -> Result<Publisher, lapin::Error> {
         let connection = connect(url, &format!("gpuq-producer pid{}", std::process::id())).await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         if let Some(topology) = topology {
             declare_topology(&channel, topology).await?;
         }
-        Ok(Publisher { connection, channel })
+        Ok(Publisher {
+            connection,
+            channel,
+        })
     }
 
     /// Publishes with `mandatory` and waits for the broker's confirm.
@@ -55,7 +63,13 @@ impl Publisher {
         };
         let confirmation = self
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
             .await?
             .await?;
         Ok(match confirmation {
@@ -70,7 +84,11 @@ impl Publisher {
         // A passive declare of a missing queue closes its channel: use a throwaway one.
         let channel = self.connection.create_channel().await?;
         let declared = channel
-            .queue_declare(queue.into(), QueueDeclareOptions::default().passive(), FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::default().passive(),
+                FieldTable::default(),
+            )
             .await;
         let depth = match declared {
             Ok(queue) => Some(QueueDepth {

@@ -106,7 +106,9 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let config = load_config(cli.config.as_ref())?;
-    let producer = Producer::connect(config).await.context("connecting to rabbitmq and redis")?;
+    let producer = Producer::connect(config)
+        .await
+        .context("connecting to rabbitmq and redis")?;
     let code = match cli.command {
         Command::Submit(args) => submit(&producer, args).await?,
         Command::Status { job_id, json } => match producer.status(&job_id).await? {
@@ -136,7 +138,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 /// Parses `name=value` inputs; values are JSON when they parse, else strings.
 pub fn parse_inputs(pairs: &[String], json: Option<&str>) -> anyhow::Result<ValueMap> {
     let mut inputs = match json {
-        Some(json) => serde_json::from_str::<ValueMap>(json).context("--inputs-json must be a JSON object")?,
+        Some(json) => {
+            serde_json::from_str::<ValueMap>(json).context("--inputs-json must be a JSON object")?
+        }
         None => ValueMap::new(),
     };
     for pair in pairs {
@@ -190,7 +194,11 @@ async fn submit(producer: &Producer, args: SubmitArgs) -> anyhow::Result<i32> {
         Some(JobStatus::Completed) => 0,
         Some(status) if status.is_final() => 2,
         _ => {
-            eprintln!("gave up waiting after {} s; the job is still {}", args.wait_timeout_s, record.status.map_or("unknown".into(), |s| s.to_string()));
+            eprintln!(
+                "gave up waiting after {} s; the job is still {}",
+                args.wait_timeout_s,
+                record.status.map_or("unknown".into(), |s| s.to_string())
+            );
             3
         }
     })
@@ -198,10 +206,15 @@ async fn submit(producer: &Producer, args: SubmitArgs) -> anyhow::Result<i32> {
 
 fn print_record(record: &JobRecord, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(record).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(record).unwrap_or_default()
+        );
         return;
     }
-    let status = record.status.map_or("unknown".to_owned(), |s| s.to_string());
+    let status = record
+        .status
+        .map_or("unknown".to_owned(), |s| s.to_string());
     println!("status: {status}");
     if let Some(model) = &record.model {
         println!("model: {model}");
@@ -226,13 +239,21 @@ mod tests {
 
     #[test]
     fn inputs_parse_as_json_when_they_can() {
-        let pairs = vec!["n=3".to_string(), "text=hello world".to_string(), "flag=true".to_string(), "s=\"7\"".to_string()];
+        let pairs = vec![
+            "n=3".to_string(),
+            "text=hello world".to_string(),
+            "flag=true".to_string(),
+            "s=\"7\"".to_string(),
+        ];
         let inputs = parse_inputs(&pairs, Some(r#"{"a": [1, 2]}"#)).unwrap();
         assert_eq!(inputs["n"], Value::from(3));
         assert_eq!(inputs["text"], Value::from("hello world"));
         assert_eq!(inputs["flag"], Value::from(true));
         assert_eq!(inputs["s"], Value::from("7"));
-        assert_eq!(inputs["a"], Value::Array(vec![Value::from(1), Value::from(2)]));
+        assert_eq!(
+            inputs["a"],
+            Value::Array(vec![Value::from(1), Value::from(2)])
+        );
     }
 
     #[test]

@@ -58,9 +58,16 @@ pub enum SubmitError {
     #[error("unknown feature '{feature}'; known features: {}", if known.is_empty() { "(none)".to_owned() } else { known.join(", ") })]
     UnknownFeature { feature: String, known: Vec<String> },
     #[error("unknown model '{model}' for feature '{feature}'; models of this feature: {}", if known.is_empty() { "(none)".to_owned() } else { known.join(", ") })]
-    UnknownModel { model: String, feature: String, known: Vec<String> },
+    UnknownModel {
+        model: String,
+        feature: String,
+        known: Vec<String>,
+    },
     #[error("no queue is bound to routing key '{routing_key}' on exchange '{exchange}': unknown feature or model, or no process has declared the topology yet")]
-    Unroutable { exchange: String, routing_key: String },
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("the broker refused the job (nack); it was not queued")]
     Refused,
     #[error("a job with id '{0}' already exists")]
@@ -96,7 +103,12 @@ impl Producer {
         let topology = (!config.registry().is_empty()).then(|| Topology::for_config(&config));
         let publisher = Publisher::connect(&config.amqp_url, topology.as_ref()).await?;
         let store = Store::connect(&config.redis_url, names.clone()).await?;
-        Ok(Producer { config, names, publisher, store })
+        Ok(Producer {
+            config,
+            names,
+            publisher,
+            store,
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -116,11 +128,17 @@ impl Producer {
             });
         }
         if let Some(model) = &request.model {
-            if registry.model(model).is_none_or(|m| m.feature != request.feature) {
+            if registry
+                .model(model)
+                .is_none_or(|m| m.feature != request.feature)
+            {
                 return Err(SubmitError::UnknownModel {
                     model: model.clone(),
                     feature: request.feature.clone(),
-                    known: registry.models_for(&request.feature).map(|m| m.id.clone()).collect(),
+                    known: registry
+                        .models_for(&request.feature)
+                        .map(|m| m.id.clone())
+                        .collect(),
                 });
             }
         }
@@ -130,10 +148,16 @@ impl Producer {
     /// Queues a job and returns its id once the broker has confirmed it.
     pub async fn submit(&self, request: JobRequest) -> Result<String, SubmitError> {
         self.check(&request)?;
-        let job_id = request.job_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let job_id = request
+            .job_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         validate_job_id(&job_id).map_err(SubmitError::Invalid)?;
         if request.priority.is_some_and(|p| p > 9) {
-            return Err(SubmitError::Invalid(JobError::new(ErrorCode::InvalidParameter, "priority must be 0 to 9")));
+            return Err(SubmitError::Invalid(JobError::new(
+                ErrorCode::InvalidParameter,
+                "priority must be 0 to 9",
+            )));
         }
         let created_ms = now_ms();
         let message = JobMessage {
@@ -147,13 +171,17 @@ impl Producer {
             metadata: request.metadata,
             submitted_at_ms: Some(created_ms),
         };
-        let body = Encoding::Msgpack
-            .encode(&message)
-            .map_err(|e| SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string())))?;
+        let body = Encoding::Msgpack.encode(&message).map_err(|e| {
+            SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string()))
+        })?;
         if body.len() as u64 > self.config.queues.max_message_bytes {
             return Err(SubmitError::Invalid(JobError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("job body is {} bytes; the limit is {}", body.len(), self.config.queues.max_message_bytes),
+                format!(
+                    "job body is {} bytes; the limit is {}",
+                    body.len(),
+                    self.config.queues.max_message_bytes
+                ),
             )));
         }
         let queued = QueuedJob {
@@ -161,7 +189,8 @@ impl Producer {
             feature: &message.feature,
             model: message.model.as_deref(),
             created_ms,
-            metadata_json: (!message.metadata.is_empty()).then(|| value_map_to_json_string(&message.metadata)),
+            metadata_json: (!message.metadata.is_empty())
+                .then(|| value_map_to_json_string(&message.metadata)),
         };
         if !self.store.write_queued(&queued).await? {
             return Err(SubmitError::DuplicateJobId(job_id));
@@ -180,7 +209,11 @@ impl Producer {
             properties = properties.with_priority(priority);
         }
         let exchange = self.names.jobs_exchange();
-        let outcome = match self.publisher.publish(&exchange, &routing_key, &body, properties).await {
+        let outcome = match self
+            .publisher
+            .publish(&exchange, &routing_key, &body, properties)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(error) => {
                 // Never reached the broker: the job does not exist.
@@ -191,12 +224,17 @@ impl Producer {
         match outcome {
             PublishOutcome::Queued => Ok(job_id),
             PublishOutcome::Unroutable => {
-                let error = SubmitError::Unroutable { exchange, routing_key };
-                self.record_failure(&job_id, ErrorCode::Unroutable, &error).await;
+                let error = SubmitError::Unroutable {
+                    exchange,
+                    routing_key,
+                };
+                self.record_failure(&job_id, ErrorCode::Unroutable, &error)
+                    .await;
                 Err(error)
             }
             PublishOutcome::Refused => {
-                self.record_failure(&job_id, ErrorCode::Unroutable, &SubmitError::Refused).await;
+                self.record_failure(&job_id, ErrorCode::Unroutable, &SubmitError::Refused)
+                    .await;
                 Err(SubmitError::Refused)
             }
         }
@@ -206,7 +244,12 @@ impl Producer {
         let job_error = JobError::new(code, error.to_string());
         if let Err(store_error) = self
             .store
-            .mark_failed(job_id, &job_error, self.config.jobs.finished_ttl_s, now_ms())
+            .mark_failed(
+                job_id,
+                &job_error,
+                self.config.jobs.finished_ttl_s,
+                now_ms(),
+            )
             .await
         {
             tracing::warn!(error = %store_error, job_id, "failure not recorded in redis");
@@ -219,13 +262,20 @@ impl Producer {
     }
 
     /// Waits until the job is final or `timeout` passes; returns the last record.
-    pub async fn wait(&self, job_id: &str, timeout: Duration) -> Result<Option<JobRecord>, ProducerError> {
+    pub async fn wait(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, ProducerError> {
         Ok(self.store.wait_final(job_id, timeout).await?)
     }
 
     /// Messages waiting and consumers of a model's queue; `None` if the queue does not exist.
     pub async fn queue_depth(&self, model_id: &str) -> Result<Option<QueueDepth>, ProducerError> {
-        Ok(self.publisher.queue_depth(&self.names.model_queue(model_id)).await?)
+        Ok(self
+            .publisher
+            .queue_depth(&self.names.model_queue(model_id))
+            .await?)
     }
 
     /// Hosts, workers and the queue of every registered model.
@@ -246,7 +296,11 @@ impl Producer {
             });
         }
         let dead_letter_queue = self.names.dead_letter_queue();
-        let dead_letters = self.publisher.queue_depth(&dead_letter_queue).await?.map(|d| d.messages);
+        let dead_letters = self
+            .publisher
+            .queue_depth(&dead_letter_queue)
+            .await?
+            .map(|d| d.messages);
         Ok(SystemStatus {
             hosts,
             workers,

@@ -34,7 +34,11 @@ impl Store {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));
         let connection = client.get_connection_manager_with_config(config).await?;
-        Ok(Store { client, connection, names })
+        Ok(Store {
+            client,
+            connection,
+            names,
+        })
     }
 
     /// Writes the `queued` record and publishes its event, in one round trip.
@@ -77,7 +81,10 @@ impl Store {
             .atomic()
             .hset_multiple(&key, &fields)
             .ignore()
-            .publish(self.names.events_channel(), serde_json::to_string(&event).unwrap_or_default())
+            .publish(
+                self.names.events_channel(),
+                serde_json::to_string(&event).unwrap_or_default(),
+            )
             .ignore()
             .query_async::<()>(&mut connection)
             .await?;
@@ -85,7 +92,13 @@ impl Store {
     }
 
     /// Records why a job never reached a queue.
-    pub async fn mark_failed(&self, job_id: &str, error: &JobError, ttl_s: u64, now_ms: u64) -> Result<(), redis::RedisError> {
+    pub async fn mark_failed(
+        &self,
+        job_id: &str,
+        error: &JobError,
+        ttl_s: u64,
+        now_ms: u64,
+    ) -> Result<(), redis::RedisError> {
         let mut connection = self.connection.clone();
         let key = self.names.job_key(job_id);
         let event = StatusEvent {
@@ -112,7 +125,10 @@ impl Store {
             .ignore()
             .expire(&key, ttl_s as i64)
             .ignore()
-            .publish(self.names.events_channel(), serde_json::to_string(&event).unwrap_or_default())
+            .publish(
+                self.names.events_channel(),
+                serde_json::to_string(&event).unwrap_or_default(),
+            )
             .ignore()
             .query_async::<()>(&mut connection)
             .await
@@ -131,7 +147,11 @@ impl Store {
     }
 
     /// Waits until the job is final or `timeout` passes; returns the last record seen.
-    pub async fn wait_final(&self, job_id: &str, timeout: Duration) -> Result<Option<JobRecord>, redis::RedisError> {
+    pub async fn wait_final(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<JobRecord>, redis::RedisError> {
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.subscribe(self.names.events_channel()).await?;
         // Read after subscribing, so a transition between the two is not missed.
@@ -146,7 +166,8 @@ impl Store {
                 Ok(Some(message)) => message,
                 Ok(None) | Err(_) => return self.job(job_id).await,
             };
-            let Ok(event) = serde_json::from_slice::<StatusEvent>(message.get_payload_bytes()) else {
+            let Ok(event) = serde_json::from_slice::<StatusEvent>(message.get_payload_bytes())
+            else {
                 continue;
             };
             if event.job_id == job_id && event.status.is_final() {
@@ -157,13 +178,17 @@ impl Store {
 
     /// Live worker records; ids whose record expired are dropped from the index.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, redis::RedisError> {
-        let hashes = self.live_members(&self.names.workers_set(), |id| self.names.worker_key(id)).await?;
+        let hashes = self
+            .live_members(&self.names.workers_set(), |id| self.names.worker_key(id))
+            .await?;
         Ok(hashes.iter().filter_map(WorkerRecord::from_hash).collect())
     }
 
     /// Live host records; ids whose record expired are dropped from the index.
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, redis::RedisError> {
-        let hashes = self.live_members(&self.names.hosts_set(), |id| self.names.host_key(id)).await?;
+        let hashes = self
+            .live_members(&self.names.hosts_set(), |id| self.names.host_key(id))
+            .await?;
         Ok(hashes.iter().filter_map(HostRecord::from_hash).collect())
     }
 

@@ -36,7 +36,9 @@ pub struct SystemStatus {
 
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
     table
 }
 
@@ -49,7 +51,15 @@ impl SystemStatus {
     /// Hosts and GPUs, workers, then queues, as text tables.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut hosts = table(&["host", "gpu", "name", "memory MiB", "source", "slots", "heartbeat"]);
+        let mut hosts = table(&[
+            "host",
+            "gpu",
+            "name",
+            "memory MiB",
+            "source",
+            "slots",
+            "heartbeat",
+        ]);
         for host in &self.hosts {
             for gpu in &host.gpus {
                 let slots = host.slots.iter().filter(|s| s.gpu == gpu.index).count();
@@ -70,7 +80,19 @@ impl SystemStatus {
                 out.push_str(&format!("  ! {}: {reason}\n", host.host_id));
             }
         }
-        let mut workers = table(&["worker", "host", "gpu", "pid", "state", "budget MiB", "models", "running", "done", "failed", "heartbeat"]);
+        let mut workers = table(&[
+            "worker",
+            "host",
+            "gpu",
+            "pid",
+            "state",
+            "budget MiB",
+            "models",
+            "running",
+            "done",
+            "failed",
+            "heartbeat",
+        ]);
         for w in &self.workers {
             workers.add_row(vec![
                 w.worker_id.clone(),
@@ -87,7 +109,14 @@ impl SystemStatus {
             ]);
         }
         out.push_str(&format!("\nWORKERS ({})\n{workers}\n", self.workers.len()));
-        let mut queues = table(&["model", "feature", "vram MiB", "queue", "ready", "consumers"]);
+        let mut queues = table(&[
+            "model",
+            "feature",
+            "vram MiB",
+            "queue",
+            "ready",
+            "consumers",
+        ]);
         let show = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
         for q in &self.queues {
             queues.add_row(vec![
@@ -101,9 +130,15 @@ impl SystemStatus {
         }
         out.push_str(&format!("\nQUEUES ({})\n{queues}\n", self.queues.len()));
         for q in self.queues.iter().filter(|q| q.is_unserved()) {
-            out.push_str(&format!("  ! model '{}' has no consumer: no live host serves it, its jobs wait\n", q.model));
+            out.push_str(&format!(
+                "  ! model '{}' has no consumer: no live host serves it, its jobs wait\n",
+                q.model
+            ));
         }
-        out.push_str(&format!("\ndead-letter queue: {} message(s)\n", show(self.dead_letters)));
+        out.push_str(&format!(
+            "\ndead-letter queue: {} message(s)\n",
+            show(self.dead_letters)
+        ));
         out
     }
 }

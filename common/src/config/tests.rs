@@ -1,7 +1,11 @@
 use super::*;
 
 fn load_fixture(text: &str) -> Result<Config, ConfigError> {
-    Config::parse(text, Some(Path::new("fixture.toml")), &ConfigOverrides::default())
+    Config::parse(
+        text,
+        Some(Path::new("fixture.toml")),
+        &ConfigOverrides::default(),
+    )
 }
 
 fn invalid_key(err: ConfigError) -> String {
@@ -18,7 +22,13 @@ fn shipped_example_config_loads() {
     assert_eq!(config.namespace, "gpuq");
     assert_eq!(config.dispatcher.gpus.len(), 1);
     assert_eq!(config.registry().default_model("echo").unwrap().id, "echo");
-    match config.registry().model("sleep").unwrap().runtime_params().unwrap() {
+    match config
+        .registry()
+        .model("sleep")
+        .unwrap()
+        .runtime_params()
+        .unwrap()
+    {
         crate::registry::RuntimeParams::Sleep(p) => assert_eq!(p.duration_ms, 20),
         other => panic!("unexpected params {other:?}"),
     }
@@ -57,7 +67,10 @@ fn unknown_key_is_rejected_and_named() {
 fn unknown_runtime_is_rejected_and_named() {
     let err = load_fixture(include_str!("../../fixtures/bad-runtime.toml")).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("tensorflow") && text.contains("runtime"), "{text}");
+    assert!(
+        text.contains("tensorflow") && text.contains("runtime"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -41,16 +41,23 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let overrides = ConfigOverrides::from_lookup(|name| std::env::var(name).ok());
     let config = Config::load(&args.config, &overrides).context("loading config")?;
-    let host_id = args.host_id.unwrap_or_else(gpuq_common::process::default_host_id);
+    let host_id = args
+        .host_id
+        .unwrap_or_else(gpuq_common::process::default_host_id);
     let options = WorkerOptions {
-        worker_id: args.worker_id.unwrap_or_else(|| format!("{host_id}-pid{}", std::process::id())),
+        worker_id: args
+            .worker_id
+            .unwrap_or_else(|| format!("{host_id}-pid{}", std::process::id())),
         host_id,
         gpu: args.gpu,
         vram_budget_mib: args.vram_budget_mib,
         models: args.models,
     };
     let shutdown = shutdown_on_signals();
-    match gpuq_worker::run(config, options, shutdown).await.context("worker failed")? {
+    match gpuq_worker::run(config, options, shutdown)
+        .await
+        .context("worker failed")?
+    {
         ExitReason::Shutdown => Ok(()),
         ExitReason::RestartRequested => std::process::exit(EXIT_RESTART_REQUESTED),
     }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use gpuq_common::config::Config;
 use gpuq_common::registry::ModelConfig;
 use gpuq_common::wire::{value_map_to_json_string, Encoding, JobReply, SCHEMA_VERSION};
-use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, Names, StatusEvent, ValueMap};
+use gpuq_common::{
+    now_ms, ErrorCode, JobError, JobMessage, JobStatus, Names, StatusEvent, ValueMap,
+};
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -54,7 +56,11 @@ pub enum Route {
 }
 
 /// Decides what to do with a job found on `queue_model`'s queue.
-pub fn route(job: &JobMessage, queue_model: &ModelConfig, config: &Config) -> Result<Route, JobError> {
+pub fn route(
+    job: &JobMessage,
+    queue_model: &ModelConfig,
+    config: &Config,
+) -> Result<Route, JobError> {
     let registry = config.registry();
     if job.feature != queue_model.feature {
         let code = if registry.default_model(&job.feature).is_none() {
@@ -77,7 +83,10 @@ pub fn route(job: &JobMessage, queue_model: &ModelConfig, config: &Config) -> Re
             }),
             _ => Err(JobError::new(
                 ErrorCode::UnknownModel,
-                format!("model '{pinned}' does not exist or does not serve feature '{}'", job.feature),
+                format!(
+                    "model '{pinned}' does not exist or does not serve feature '{}'",
+                    job.feature
+                ),
             )),
         };
     }
@@ -105,7 +114,11 @@ pub fn route(job: &JobMessage, queue_model: &ModelConfig, config: &Config) -> Re
 
 /// Handles one delivery from `model_id`'s queue to its ack (or requeue).
 pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: Delivery) {
-    let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string());
     let span = tracing::info_span!("job", job_id = message_id.as_deref().unwrap_or("?"), model = %model_id);
     process(&ctx, &model_id, &delivery, message_id.as_deref())
         .instrument(span)
@@ -113,12 +126,19 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: D
 }
 
 async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_id: Option<&str>) {
-    let content_type = delivery.properties.content_type().as_ref().map(|ct| ct.to_string());
+    let content_type = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .map(|ct| ct.to_string());
     let max_bytes = ctx.config.queues.max_message_bytes;
     let decoded = if delivery.data.len() as u64 > max_bytes {
         Err(JobError::new(
             ErrorCode::PayloadTooLarge,
-            format!("job body is {} bytes; the limit (queues.max_message_bytes) is {max_bytes}", delivery.data.len()),
+            format!(
+                "job body is {} bytes; the limit (queues.max_message_bytes) is {max_bytes}",
+                delivery.data.len()
+            ),
         ))
     } else {
         JobMessage::decode(content_type.as_deref(), &delivery.data, message_id)
@@ -127,12 +147,17 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         Ok(job) => job,
         Err(error) => return dead_letter(ctx, model_id, delivery, message_id, error).await,
     };
-    let encoding = Encoding::detect(content_type.as_deref(), &delivery.data).unwrap_or(Encoding::Msgpack);
+    let encoding =
+        Encoding::detect(content_type.as_deref(), &delivery.data).unwrap_or(Encoding::Msgpack);
     let loaded = &ctx.models[model_id];
     let timeout = match route(&job, &loaded.config, &ctx.config) {
         Ok(Route::Run { timeout }) => timeout,
-        Ok(Route::Forward { routing_key }) => return forward(ctx, &job, model_id, delivery, encoding, &routing_key).await,
-        Err(error) => return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await,
+        Ok(Route::Forward { routing_key }) => {
+            return forward(ctx, &job, model_id, delivery, encoding, &routing_key).await
+        }
+        Err(error) => {
+            return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await
+        }
     };
     if let Err(error) = loaded.model.validate(&job.inputs) {
         return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await;
@@ -159,10 +184,24 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
     };
     tracing::debug!(attempt, "job claimed");
     let outcome = run_model(ctx, loaded, &job, timeout).await;
-    record_and_ack(ctx, &job, model_id, delivery, encoding, outcome, Some(attempt)).await;
+    record_and_ack(
+        ctx,
+        &job,
+        model_id,
+        delivery,
+        encoding,
+        outcome,
+        Some(attempt),
+    )
+    .await;
 }
 
-async fn run_model(ctx: &JobContext, loaded: &LoadedModel, job: &JobMessage, timeout: Duration) -> Outcome {
+async fn run_model(
+    ctx: &JobContext,
+    loaded: &LoadedModel,
+    job: &JobMessage,
+    timeout: Duration,
+) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
     let model = Arc::clone(&loaded.model);
     let inputs = job.inputs.clone();
@@ -172,16 +211,28 @@ async fn run_model(ctx: &JobContext, loaded: &LoadedModel, job: &JobMessage, tim
         Ok(Ok(Err(error))) => failed(JobStatus::Failed, error),
         Ok(Err(join_error)) => failed(
             JobStatus::Failed,
-            JobError::new(ErrorCode::ModelFailed, format!("the model crashed: {join_error}")),
+            JobError::new(
+                ErrorCode::ModelFailed,
+                format!("the model crashed: {join_error}"),
+            ),
         ),
         Err(_) => {
             // The model thread cannot be interrupted; the process restarts once the
             // outcome is recorded so its slot (and VRAM) comes back clean.
-            tracing::error!(timeout_s = timeout.as_secs(), "job timed out; the worker will restart");
+            tracing::error!(
+                timeout_s = timeout.as_secs(),
+                "job timed out; the worker will restart"
+            );
             ctx.restart.cancel();
             failed(
                 JobStatus::TimedOut,
-                JobError::new(ErrorCode::Timeout, format!("the job ran longer than its timeout of {} s", timeout.as_secs())),
+                JobError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the job ran longer than its timeout of {} s",
+                        timeout.as_secs()
+                    ),
+                ),
             )
         }
     }
@@ -212,7 +263,16 @@ async fn fail_without_running(
     error: JobError,
 ) {
     tracing::warn!(code = %error.code, message = %error.message, "job refused");
-    record_and_ack(ctx, job, model_id, delivery, encoding, failed(JobStatus::Failed, error), None).await;
+    record_and_ack(
+        ctx,
+        job,
+        model_id,
+        delivery,
+        encoding,
+        failed(JobStatus::Failed, error),
+        None,
+    )
+    .await;
 }
 
 /// Stores the outcome, replies if asked, then acks. If Redis stays unreachable
@@ -238,7 +298,9 @@ async fn record_and_ack(
         error: outcome.error.clone(),
     };
     match with_retries(|| ctx.store.finish(&job.job_id, &outcome, &event)).await {
-        Ok(true) => ctx.stats.job_finished(outcome.status == JobStatus::Completed),
+        Ok(true) => ctx
+            .stats
+            .job_finished(outcome.status == JobStatus::Completed),
         Ok(false) => tracing::info!("job already ended elsewhere; outcome dropped"),
         Err(error) => {
             tracing::error!(%error, "cannot record the outcome in redis; requeueing the job");
@@ -246,7 +308,16 @@ async fn record_and_ack(
         }
     }
     if let Some(reply_to) = delivery.properties.reply_to().as_ref() {
-        send_reply(ctx, job, delivery, encoding, &outcome, reply_to.as_str(), finished_at_ms).await;
+        send_reply(
+            ctx,
+            job,
+            delivery,
+            encoding,
+            &outcome,
+            reply_to.as_str(),
+            finished_at_ms,
+        )
+        .await;
     }
     tracing::info!(status = %outcome.status, "job finished");
     amqp::ack(delivery).await;
@@ -273,11 +344,20 @@ async fn send_reply(
         error: outcome.error.clone(),
         finished_at_ms,
     };
-    let correlation_id = delivery.properties.correlation_id().as_ref().map(|c| c.to_string());
+    let correlation_id = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.to_string());
     let sent = match encoding.encode(&reply) {
         Ok(body) => ctx
             .broker
-            .reply(reply_to, correlation_id.as_deref(), encoding.content_type(), &body)
+            .reply(
+                reply_to,
+                correlation_id.as_deref(),
+                encoding.content_type(),
+                &body,
+            )
             .await
             .map_err(|e| e.to_string()),
         Err(error) => Err(error.to_string()),
@@ -288,14 +368,24 @@ async fn send_reply(
     }
 }
 
-async fn forward(ctx: &JobContext, job: &JobMessage, model_id: &str, delivery: &Delivery, encoding: Encoding, routing_key: &str) {
+async fn forward(
+    ctx: &JobContext,
+    job: &JobMessage,
+    model_id: &str,
+    delivery: &Delivery,
+    encoding: Encoding,
+    routing_key: &str,
+) {
     match ctx.broker.forward(routing_key, delivery).await {
         Ok(true) => {
             tracing::info!(routing_key, "job pins another model; forwarded");
             amqp::ack(delivery).await;
         }
         Ok(false) => {
-            let error = JobError::new(ErrorCode::Unroutable, format!("no queue is bound to routing key '{routing_key}'"));
+            let error = JobError::new(
+                ErrorCode::Unroutable,
+                format!("no queue is bound to routing key '{routing_key}'"),
+            );
             fail_without_running(ctx, job, model_id, delivery, encoding, error).await;
         }
         Err(error) => {
@@ -307,7 +397,13 @@ async fn forward(ctx: &JobContext, job: &JobMessage, model_id: &str, delivery: &
 
 /// A message that is not a usable job: copy it to the dead-letter queue with the
 /// reason, note it in Redis (and on the job, when its id is known), then ack.
-async fn dead_letter(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_id: Option<&str>, error: JobError) {
+async fn dead_letter(
+    ctx: &JobContext,
+    model_id: &str,
+    delivery: &Delivery,
+    message_id: Option<&str>,
+    error: JobError,
+) {
     tracing::warn!(code = %error.code, message = %error.message, "unusable message dead-lettered");
     let source_queue = ctx.names.model_queue(model_id);
     let note = serde_json::json!({
@@ -333,11 +429,16 @@ async fn dead_letter(ctx: &JobContext, model_id: &str, delivery: &Delivery, mess
             error: Some(error.clone()),
         };
         let outcome = failed(JobStatus::Failed, error.clone());
-        if let Err(store_error) = with_retries(|| ctx.store.finish(job_id, &outcome, &event)).await {
+        if let Err(store_error) = with_retries(|| ctx.store.finish(job_id, &outcome, &event)).await
+        {
             tracing::warn!(error = %store_error, "failure of unusable job not recorded in redis");
         }
     }
-    match ctx.broker.dead_letter(delivery, &source_queue, &error, &ctx.worker_id).await {
+    match ctx
+        .broker
+        .dead_letter(delivery, &source_queue, &error, &ctx.worker_id)
+        .await
+    {
         Ok(()) => amqp::ack(delivery).await,
         // The queue's own dead-letter exchange still takes it, without our headers.
         Err(broker_error) => {

@@ -45,8 +45,18 @@ fn job(feature: &str, model: Option<&str>) -> JobMessage {
 #[test]
 fn job_for_the_queue_model_runs_with_the_model_timeout() {
     let (config, a) = setup();
-    assert_eq!(route(&job("seg", None), &a, &config), Ok(Route::Run { timeout: Duration::from_secs(30) }));
-    assert_eq!(route(&job("seg", Some("a")), &a, &config), Ok(Route::Run { timeout: Duration::from_secs(30) }));
+    assert_eq!(
+        route(&job("seg", None), &a, &config),
+        Ok(Route::Run {
+            timeout: Duration::from_secs(30)
+        })
+    );
+    assert_eq!(
+        route(&job("seg", Some("a")), &a, &config),
+        Ok(Route::Run {
+            timeout: Duration::from_secs(30)
+        })
+    );
 }
 
 #[test]
@@ -54,10 +64,18 @@ fn job_timeout_overrides_model_timeout_within_limits() {
     let (config, a) = setup();
     let mut j = job("seg", None);
     j.timeout_s = Some(5);
-    assert_eq!(route(&j, &a, &config), Ok(Route::Run { timeout: Duration::from_secs(5) }));
+    assert_eq!(
+        route(&j, &a, &config),
+        Ok(Route::Run {
+            timeout: Duration::from_secs(5)
+        })
+    );
     for bad in [0, 1001] {
         j.timeout_s = Some(bad);
-        assert_eq!(route(&j, &a, &config).unwrap_err().code, ErrorCode::InvalidParameter);
+        assert_eq!(
+            route(&j, &a, &config).unwrap_err().code,
+            ErrorCode::InvalidParameter
+        );
     }
 }
 
@@ -66,22 +84,38 @@ fn job_pinning_a_sibling_model_is_forwarded() {
     let (config, a) = setup();
     assert_eq!(
         route(&job("seg", Some("b")), &a, &config),
-        Ok(Route::Forward { routing_key: "seg.b".into() })
+        Ok(Route::Forward {
+            routing_key: "seg.b".into()
+        })
     );
 }
 
 #[test]
 fn job_pinning_an_unknown_or_foreign_model_fails() {
     let (config, a) = setup();
-    assert_eq!(route(&job("seg", Some("zzz")), &a, &config).unwrap_err().code, ErrorCode::UnknownModel);
-    assert_eq!(route(&job("seg", Some("c")), &a, &config).unwrap_err().code, ErrorCode::UnknownModel);
+    assert_eq!(
+        route(&job("seg", Some("zzz")), &a, &config)
+            .unwrap_err()
+            .code,
+        ErrorCode::UnknownModel
+    );
+    assert_eq!(
+        route(&job("seg", Some("c")), &a, &config).unwrap_err().code,
+        ErrorCode::UnknownModel
+    );
 }
 
 #[test]
 fn feature_mismatch_and_unknown_feature_fail() {
     let (config, a) = setup();
-    assert_eq!(route(&job("nope", None), &a, &config).unwrap_err().code, ErrorCode::UnknownFeature);
-    assert_eq!(route(&job("rig", None), &a, &config).unwrap_err().code, ErrorCode::InvalidParameter);
+    assert_eq!(
+        route(&job("nope", None), &a, &config).unwrap_err().code,
+        ErrorCode::UnknownFeature
+    );
+    assert_eq!(
+        route(&job("rig", None), &a, &config).unwrap_err().code,
+        ErrorCode::InvalidParameter
+    );
 }
 
 #[test]
@@ -89,5 +123,8 @@ fn absurd_priority_fails() {
     let (config, a) = setup();
     let mut j = job("seg", None);
     j.priority = Some(200);
-    assert_eq!(route(&j, &a, &config).unwrap_err().code, ErrorCode::InvalidParameter);
+    assert_eq!(
+        route(&j, &a, &config).unwrap_err().code,
+        ErrorCode::InvalidParameter
+    );
 }

@@ -1,0 +1,406 @@
+//! Harness for the end-to-end tests: runs the real `gpuq`, `gpuq-dispatcher` and
+//! `gpuq-worker` binaries against the real RabbitMQ and Redis on this machine.
+//!
+//! Every [`TestSystem`] has its own namespace (queue, exchange and Redis key
+//! prefix), so tests run in parallel. Dropping it stops every process it started
+//! (SIGTERM, then SIGKILL, by pid) and deletes its queues, exchanges and keys,
+//! also when the test failed. Every wait has a deadline.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use gpuq_common::topology::Topology;
+use gpuq_common::{Config, ConfigOverrides, Names};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// RabbitMQ URL for tests (`GPUQ_AMQP_URL` or the local default).
+pub fn amqp_url() -> String {
+    std::env::var("GPUQ_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Redis URL for tests (`GPUQ_REDIS_URL` or the local default).
+pub fn redis_url() -> String {
+    std::env::var("GPUQ_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// Path of a workspace binary, built by `cargo build --workspace --bins`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A process started by a test; stopped by pid when dropped.
+pub struct ProcessGuard {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl ProcessGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), signal);
+    }
+
+    /// Waits for the process to exit on its own; returns its exit code (`None` for a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let child = self.child.as_mut().context("process already reaped")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!(
+                "----- last lines of {} ({}) -----\n{tail}",
+                self.name,
+                self.log.display()
+            );
+        }
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// One isolated gpuq system: a namespace, a config file, and the processes started for it.
+pub struct TestSystem {
+    pub names: Names,
+    pub config: Config,
+    pub config_path: PathBuf,
+    dir: tempfile::TempDir,
+    redis: redis::Client,
+}
+
+impl TestSystem {
+    /// Writes a config: `namespace`, the broker URLs, fast heartbeats, then `body`.
+    pub fn new(body: &str) -> TestSystem {
+        let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            "namespace = \"{namespace}\"\namqp_url = \"{}\"\nredis_url = \"{}\"\n{body}",
+            amqp_url(),
+            redis_url()
+        );
+        let text = if text.contains("[worker]") {
+            text
+        } else {
+            format!("{text}\n[worker]\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 10\n")
+        };
+        let config_path = dir.path().join("gpuq.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let config = Config::parse(&text, Some(&config_path), &ConfigOverrides::default())
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
+        TestSystem {
+            names: config.names(),
+            redis: redis::Client::open(redis_url()).expect("redis url"),
+            config,
+            config_path,
+            dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts a binary with `--config` and `args`; output goes to a log file.
+    pub fn spawn(&self, binary_name: &str, args: &[&str]) -> ProcessGuard {
+        let log = self.dir.path().join(format!(
+            "{binary_name}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary(binary_name))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary_name}: {e}"));
+        ProcessGuard {
+            child: Some(child),
+            name: binary_name.to_owned(),
+            log,
+        }
+    }
+
+    pub fn dispatcher(&self, args: &[&str]) -> ProcessGuard {
+        self.spawn("gpuq-dispatcher", args)
+    }
+
+    /// Runs the `gpuq` CLI to completion (killed after `timeout`).
+    pub fn gpuq(&self, args: &[&str], timeout: Duration) -> Output {
+        self.gpuq_with_config(&self.config_path, args, timeout)
+    }
+
+    pub fn gpuq_with_config(&self, config: &Path, args: &[&str], timeout: Duration) -> Output {
+        let mut child = Command::new(binary("gpuq"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting gpuq");
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().expect("gpuq wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("gpuq output")
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        self.redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    pub async fn amqp(&self) -> lapin::Connection {
+        gpuq_common::amqp::connect(&amqp_url(), "gpuq-tests")
+            .await
+            .expect("amqp connection")
+    }
+
+    /// `HGETALL` of a job's record, read with plain Redis commands.
+    pub async fn job_hash(&self, job_id: &str) -> HashMap<String, String> {
+        let mut connection = self.redis().await;
+        redis::cmd("HGETALL")
+            .arg(self.names.job_key(job_id))
+            .query_async(&mut connection)
+            .await
+            .expect("HGETALL")
+    }
+
+    /// Polls a job's record until its status is one of `statuses`.
+    pub async fn wait_for_status(
+        &self,
+        job_id: &str,
+        statuses: &[&str],
+        timeout: Duration,
+    ) -> HashMap<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let hash = self.job_hash(job_id).await;
+            if hash
+                .get("status")
+                .is_some_and(|s| statuses.contains(&s.as_str()))
+            {
+                return hash;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} did not reach {statuses:?} within {timeout:?}; record: {hash:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages and consumers of a queue (passive declare on a throwaway channel).
+    pub async fn queue_depth(&self, queue: &str) -> Option<(u32, u32)> {
+        let connection = self.amqp().await;
+        let channel = connection.create_channel().await.ok()?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::default().passive(),
+                FieldTable::default(),
+            )
+            .await
+            .ok()
+            .map(|q| (q.message_count(), q.consumer_count()));
+        let _ = connection.close(200, "done".into()).await;
+        declared
+    }
+
+    /// Waits until `queue` has at least `consumers` consumers.
+    pub async fn wait_for_consumers(&self, queue: &str, consumers: u32, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let depth = self.queue_depth(queue).await;
+            if depth.is_some_and(|(_, c)| c >= consumers) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue {queue} has {depth:?}, wanted {consumers} consumer(s) within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn cleanup(&self) {
+        let names = self.names.clone();
+        let topology = Topology::for_config(&self.config);
+        let redis = self.redis.clone();
+        // Drop may run inside a runtime: do the async clean-up on a thread of its own.
+        let cleaner = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(connection) =
+                    gpuq_common::amqp::connect(&amqp_url(), "gpuq-tests-cleanup").await
+                {
+                    if let Ok(channel) = connection.create_channel().await {
+                        for queue in &topology.queues {
+                            let _ = channel
+                                .queue_delete(
+                                    queue.name.as_str().into(),
+                                    QueueDeleteOptions::default(),
+                                )
+                                .await;
+                        }
+                        for exchange in &topology.exchanges {
+                            let _ = channel
+                                .exchange_delete(
+                                    exchange.name.as_str().into(),
+                                    ExchangeDeleteOptions::default(),
+                                )
+                                .await;
+                        }
+                    }
+                    let _ = connection.close(200, "cleanup".into()).await;
+                }
+                if let Ok(mut connection) = redis.get_multiplexed_async_connection().await {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(names.redis_pattern())
+                        .query_async(&mut connection)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> = redis::cmd("DEL")
+                            .arg(keys)
+                            .query_async(&mut connection)
+                            .await;
+                    }
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// First line of a process's stdout (the job id printed by `gpuq submit`).
+pub fn first_line(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// A GPU declaration plus an echo and a sleep model, the usual test registry.
+pub const ONE_GPU_ECHO_SLEEP: &str = r#"
+[dispatcher]
+host_id = "host-a"
+[[dispatcher.gpus]]
+index = 0
+memory_mib = 16384
+
+[[models]]
+id = "echo"
+feature = "echo"
+runtime = "echo"
+vram_mib = 256
+timeout_s = 30
+
+[[models]]
+id = "sleep"
+feature = "sleep"
+runtime = "sleep"
+vram_mib = 4096
+timeout_s = 30
+"#;
