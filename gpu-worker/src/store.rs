@@ -79,6 +79,7 @@ else
   redis.call('HSET', KEYS[1], 'error_code', ARGV[5], 'error_message', ARGV[6])
 end
 redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'attempts', '0')
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'feature', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'model', ARGV[9]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])

@@ -264,6 +264,57 @@ impl TestSystem {
         }
     }
 
+    /// Publishes raw bytes to the jobs exchange, as any AMQP client could.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], content_type: Option<&str>, message_id: Option<&str>) {
+        let connection = self.amqp().await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel.confirm_select(Default::default()).await.expect("confirm_select");
+        let mut properties = lapin::BasicProperties::default().with_delivery_mode(2);
+        if let Some(content_type) = content_type {
+            properties = properties.with_content_type(content_type.into());
+        }
+        if let Some(message_id) = message_id {
+            properties = properties.with_message_id(message_id.into());
+        }
+        let confirm = channel
+            .basic_publish(
+                self.names.jobs_exchange().as_str().into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack() && confirm.take_message().is_none(), "job to '{routing_key}' was not routed");
+        let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// Recent dead-letter notes (`<namespace>:dead`), newest first.
+    pub async fn dead_letter_notes(&self) -> Vec<String> {
+        let mut connection = self.redis().await;
+        redis::cmd("LRANGE")
+            .arg(self.names.dead_letters_list())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .expect("LRANGE")
+    }
+
+    /// A field of a worker's record.
+    pub async fn worker_field(&self, worker_id: &str, field: &str) -> Option<String> {
+        let mut connection = self.redis().await;
+        redis::cmd("HGET")
+            .arg(self.names.worker_key(worker_id))
+            .arg(field)
+            .query_async(&mut connection)
+            .await
+            .expect("HGET")
+    }
+
     /// Messages and consumers of a queue (passive declare on a throwaway channel).
     pub async fn queue_depth(&self, queue: &str) -> Option<(u32, u32)> {
         let connection = self.amqp().await;
