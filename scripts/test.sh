@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+scripts/python-env.sh
 # The end-to-end tests run the built binaries, so build them first.
 cargo build --locked --workspace --bins
 cargo test --locked --workspace "$@"

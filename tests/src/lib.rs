@@ -265,10 +265,19 @@ impl TestSystem {
     }
 
     /// Publishes raw bytes to the jobs exchange, as any AMQP client could.
-    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], content_type: Option<&str>, message_id: Option<&str>) {
+    pub async fn publish_raw(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+        message_id: Option<&str>,
+    ) {
         let connection = self.amqp().await;
         let channel = connection.create_channel().await.expect("channel");
-        channel.confirm_select(Default::default()).await.expect("confirm_select");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm_select");
         let mut properties = lapin::BasicProperties::default().with_delivery_mode(2);
         if let Some(content_type) = content_type {
             properties = properties.with_content_type(content_type.into());
@@ -280,7 +289,10 @@ impl TestSystem {
             .basic_publish(
                 self.names.jobs_exchange().as_str().into(),
                 routing_key.into(),
-                lapin::options::BasicPublishOptions { mandatory: true, ..Default::default() },
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 properties,
             )
@@ -288,7 +300,10 @@ impl TestSystem {
             .expect("publish")
             .await
             .expect("confirm");
-        assert!(confirm.is_ack() && confirm.take_message().is_none(), "job to '{routing_key}' was not routed");
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "job to '{routing_key}' was not routed"
+        );
         let _ = connection.close(200, "done".into()).await;
     }
 
