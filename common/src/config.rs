@@ -191,8 +191,27 @@ pub struct DispatcherConfig {
     pub restart_backoff_max_ms: u64,
     /// Consecutive quick crashes (within 30 s of start) after which a slot is marked failed. Default 5.
     pub crash_loop_limit: u32,
+    /// Serve only these models on this host (default: every model that fits).
+    pub models: Option<Vec<String>>,
     /// GPUs declared by hand, used where NVML is unavailable.
     pub gpus: Vec<DeclaredGpu>,
+    /// Explicit slots; a GPU with any replaces its `workers_per_gpu` equal slots.
+    pub slots: Vec<SlotConfig>,
+}
+
+/// An explicit worker slot (`[[dispatcher.slots]]`), e.g. one dedicated to a heavy
+/// model while light models share another.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// GPU index the slot runs on.
+    pub gpu: u32,
+    /// Budget in MiB; default an equal share of what the GPU's other slots leave.
+    #[serde(default)]
+    pub vram_mib: Option<u64>,
+    /// Models this slot serves; default every model that fits its budget.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
 }
 
 impl Default for DispatcherConfig {
@@ -206,7 +225,9 @@ impl Default for DispatcherConfig {
             restart_backoff_initial_ms: 500,
             restart_backoff_max_ms: 30_000,
             crash_loop_limit: 5,
+            models: None,
             gpus: Vec::new(),
+            slots: Vec::new(),
         }
     }
 }
@@ -294,7 +315,28 @@ impl Config {
         }
         self.validate_worker()?;
         self.validate_dispatcher()?;
-        self.validate_models()
+        self.validate_models()?;
+        self.validate_model_references()
+    }
+
+    /// Model ids named outside `[[models]]` must be registered.
+    fn validate_model_references(&self) -> Result<(), ConfigError> {
+        let known = |id: &String| self.models.iter().any(|m| &m.id == id);
+        if let Some(unknown) = self.dispatcher.models.iter().flatten().find(|id| !known(id)) {
+            return Err(invalid("dispatcher.models", format!("model '{unknown}' is not in the registry")));
+        }
+        for (i, slot) in self.dispatcher.slots.iter().enumerate() {
+            if let Some(unknown) = slot.models.iter().flatten().find(|id| !known(id)) {
+                return Err(invalid(
+                    format!("dispatcher.slots[{i}].models"),
+                    format!("model '{unknown}' is not in the registry"),
+                ));
+            }
+            if slot.vram_mib == Some(0) {
+                return Err(invalid(format!("dispatcher.slots[{i}].vram_mib"), "must be at least 1 MiB"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_worker(&self) -> Result<(), ConfigError> {

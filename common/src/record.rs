@@ -151,12 +151,26 @@ impl WorkerRecord {
     }
 }
 
-/// One GPU as a host reports it.
+/// One GPU as a host reports it (live values are refreshed with NVML only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuRecord {
     pub index: u32,
+    #[serde(default)]
+    pub uuid: Option<String>,
     pub name: String,
     pub memory_total_mib: u64,
+    #[serde(default)]
+    pub memory_used_mib: u64,
+    /// Memory used by processes that are not this host's gpuq workers.
+    #[serde(default)]
+    pub foreign_used_mib: u64,
+    #[serde(default)]
+    pub utilization_percent: Option<u32>,
+    #[serde(default)]
+    pub temperature_c: Option<u32>,
+    /// Compute processes on the GPU.
+    #[serde(default)]
+    pub processes: u32,
     /// `nvml` or `declared`.
     pub source: String,
 }
@@ -189,6 +203,9 @@ pub struct HostRecord {
     pub pid: u32,
     /// Where the GPU list came from: `nvml` or `declared`.
     pub gpu_source: String,
+    /// Why NVML was not used, when the declared inventory was.
+    #[serde(default)]
+    pub nvml_error: Option<String>,
     pub gpus: Vec<GpuRecord>,
     pub slots: Vec<SlotRecord>,
     /// Models no slot of this host can hold, with the reason.
@@ -204,6 +221,7 @@ impl HostRecord {
             ("version", self.version.clone()),
             ("pid", self.pid.to_string()),
             ("gpu_source", self.gpu_source.clone()),
+            ("nvml_error", self.nvml_error.clone().unwrap_or_default()),
             (
                 "gpus",
                 serde_json::to_string(&self.gpus).unwrap_or_default(),
@@ -235,6 +253,7 @@ impl HostRecord {
             version: text(hash, "version").unwrap_or_default(),
             pid: parse_num(hash, "pid").unwrap_or(0),
             gpu_source: text(hash, "gpu_source").unwrap_or_default(),
+            nvml_error: text(hash, "nvml_error"),
             gpus: json(hash, "gpus"),
             slots: json(hash, "slots"),
             unplaced_models: json(hash, "unplaced_models"),
@@ -303,10 +322,17 @@ mod tests {
             version: "0.1.0".into(),
             pid: 7,
             gpu_source: "declared".into(),
+            nvml_error: Some("no driver".into()),
             gpus: vec![GpuRecord {
                 index: 0,
+                uuid: None,
                 name: "g".into(),
                 memory_total_mib: 24576,
+                memory_used_mib: 0,
+                foreign_used_mib: 0,
+                utilization_percent: None,
+                temperature_c: None,
+                processes: 0,
                 source: "declared".into(),
             }],
             slots: vec![SlotRecord {

@@ -1,40 +1,47 @@
 //! The dispatcher's life: discover GPUs, plan slots, declare the AMQP topology,
-//! supervise one worker per slot, keep the host record fresh, stop cleanly.
+//! supervise one worker per slot, keep the host record fresh, reload on SIGHUP,
+//! stop cleanly.
 //!
 //! Shutdown stops every worker with SIGTERM (each finishes or returns its
-//! in-flight jobs within `worker.shutdown_grace_s`), then removes the host record.
+//! in-flight jobs within `worker.shutdown_grace_s`), then removes the host
+//! record. A worker whose heartbeat goes stale is killed and restarted.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use gpuq_common::amqp::{connect, declare_topology};
 use gpuq_common::config::Config;
 use gpuq_common::process::LogFormat;
-use gpuq_common::record::{HostRecord, SlotRecord};
+use gpuq_common::record::HostRecord;
 use gpuq_common::topology::Topology;
-use gpuq_common::{now_ms, redact_url};
+use gpuq_common::{now_ms, redact_url, ConfigOverrides};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::gpu::{discover, DiscoveryError, GpuInfo, GpuSource};
-use crate::plan::{plan, Plan};
+use crate::gpu::{choose_gpus, DiscoveryError, GpuInfo, GpuSource, VisibleDevices};
+use crate::nvml::NvmlReader;
+use crate::plan::{plan, OverCommitted, Plan};
+use crate::slots::Slots;
 use crate::store::Store;
-use crate::supervisor::{
-    supervise_slot, RestartPolicy, SharedSlotStatus, SlotStatus, WorkerCommand,
-};
+use crate::supervisor::{RestartPolicy, WorkerCommand};
 
-/// Settings from the command line.
+/// Settings from the command line and environment, gathered by `main`.
 #[derive(Debug, Clone)]
 pub struct DispatcherOptions {
-    /// The config file, passed on to workers.
+    /// The config file, passed on to workers and re-read on SIGHUP.
     pub config_path: PathBuf,
+    /// Environment overrides, re-applied on reload.
+    pub overrides: ConfigOverrides,
     /// Overrides `dispatcher.host_id`.
     pub host_id: Option<String>,
-    /// Serve only these models.
+    /// Serve only these models (overrides `dispatcher.models`).
     pub models: Option<Vec<String>>,
     /// Overrides `dispatcher.worker_bin`.
     pub worker_bin: Option<PathBuf>,
+    /// The host's `CUDA_VISIBLE_DEVICES`: which GPUs it may use.
+    pub cuda_visible_devices: Option<String>,
     pub log_format: LogFormat,
 }
 
@@ -42,6 +49,8 @@ pub struct DispatcherOptions {
 pub enum DispatcherError {
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Plan(#[from] OverCommitted),
     #[error("worker binary {0} not found; set dispatcher.worker_bin or --worker-bin")]
     WorkerBinary(PathBuf),
     #[error("unknown model '{0}' in --models; it is not in the registry")]
@@ -53,10 +62,7 @@ pub enum DispatcherError {
     #[error("redis: {0}")]
     Store(#[from] redis::RedisError),
     #[error("config path {path}: {source}")]
-    ConfigPath {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ConfigPath { path: PathBuf, source: std::io::Error },
 }
 
 fn worker_binary(options: &DispatcherOptions, config: &Config) -> Result<PathBuf, DispatcherError> {
@@ -77,51 +83,87 @@ fn worker_binary(options: &DispatcherOptions, config: &Config) -> Result<PathBuf
     }
 }
 
+fn make_plan(host_id: &str, gpus: &[GpuInfo], config: &Config, options: &DispatcherOptions) -> Result<Plan, DispatcherError> {
+    if let Some(unknown) = options.models.iter().flatten().find(|id| config.registry().model(id).is_none()) {
+        return Err(DispatcherError::UnknownModel(unknown.clone()));
+    }
+    let plan = plan(host_id, gpus, &config.dispatcher, config.registry(), options.models.as_deref())?;
+    if plan.slots.iter().all(|s| s.models.is_empty()) {
+        return Err(DispatcherError::NothingToServe(plan.describe()));
+    }
+    Ok(plan)
+}
+
+async fn declare(config: &Config, host_id: &str) -> Result<(), DispatcherError> {
+    let connection = connect(&config.amqp_url, &format!("gpuq-dispatcher {host_id}")).await?;
+    let channel = connection.create_channel().await?;
+    declare_topology(&channel, &Topology::for_config(config)).await?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    let _ = connection.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// What the host knows about its GPUs.
+struct Gpus {
+    list: Vec<GpuInfo>,
+    source: GpuSource,
+    nvml: Option<NvmlReader>,
+    nvml_error: Option<String>,
+}
+
+impl Gpus {
+    fn discover(config: &Config, options: &DispatcherOptions) -> Result<Gpus, DiscoveryError> {
+        let visible = VisibleDevices::parse(options.cuda_visible_devices.as_deref());
+        let reader = NvmlReader::open();
+        let readings = reader.as_ref().map_err(Clone::clone).and_then(NvmlReader::read);
+        let (list, source, nvml_error) =
+            choose_gpus(readings, &config.dispatcher.gpus, &visible, options.cuda_visible_devices.as_deref())?;
+        match &nvml_error {
+            Some(reason) => tracing::warn!("{reason}; using the GPU inventory declared in config (live GPU memory is not read)"),
+            None => tracing::info!(gpus = list.len(), "GPUs discovered with NVML"),
+        }
+        Ok(Gpus {
+            list,
+            source,
+            nvml: if source == GpuSource::Nvml { reader.ok() } else { None },
+            nvml_error,
+        })
+    }
+
+    /// Refreshes live memory, utilization and temperature from NVML.
+    fn refresh(&mut self, our_pids: &[u32]) {
+        let Some(reader) = &self.nvml else { return };
+        match reader.read() {
+            Ok(devices) => {
+                for gpu in &mut self.list {
+                    if let Some(device) = devices.iter().find(|d| Some(&d.uuid) == gpu.uuid.as_ref()) {
+                        *gpu = GpuInfo::from_nvml(device, our_pids);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "NVML refresh failed"),
+        }
+    }
+}
+
 /// Runs the dispatcher until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    options: DispatcherOptions,
-    shutdown: CancellationToken,
-) -> Result<(), DispatcherError> {
+pub async fn run(config: Config, options: DispatcherOptions, shutdown: CancellationToken) -> Result<(), DispatcherError> {
     let host_id = options
         .host_id
         .clone()
         .or_else(|| config.dispatcher.host_id.clone())
         .unwrap_or_else(gpuq_common::process::default_host_id);
-    if let Some(unknown) = options
-        .models
-        .iter()
-        .flatten()
-        .find(|id| config.registry().model(id).is_none())
-    {
-        return Err(DispatcherError::UnknownModel(unknown.clone()));
-    }
     let program = worker_binary(&options, &config)?;
-    let config_path = std::fs::canonicalize(&options.config_path).map_err(|source| {
-        DispatcherError::ConfigPath {
-            path: options.config_path.clone(),
-            source,
-        }
+    let config_path = std::fs::canonicalize(&options.config_path).map_err(|source| DispatcherError::ConfigPath {
+        path: options.config_path.clone(),
+        source,
     })?;
-    let (gpus, source) = discover(&config.dispatcher.gpus)?;
-    let plan = plan(
-        &host_id,
-        &gpus,
-        &config.dispatcher,
-        config.registry(),
-        options.models.as_deref(),
-    );
-    tracing::info!(host = %host_id, gpus = gpus.len(), "plan:\n{}", plan.describe());
-    if plan.slots.iter().all(|s| s.models.is_empty()) {
-        return Err(DispatcherError::NothingToServe(plan.describe()));
-    }
+    let mut gpus = Gpus::discover(&config, &options)?;
+    let mut current_plan = make_plan(&host_id, &gpus.list, &config, &options)?;
+    tracing::info!(host = %host_id, gpus = gpus.list.len(), "plan:\n{}", current_plan.describe());
 
     tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
-    let connection = connect(&config.amqp_url, &format!("gpuq-dispatcher {host_id}")).await?;
-    let channel = connection.create_channel().await?;
-    declare_topology(&channel, &Topology::for_config(&config)).await?;
-    let _ = channel.close(200, "topology declared".into()).await;
-    let _ = connection.close(200, "topology declared".into()).await;
+    declare(&config, &host_id).await?;
     let store = Store::connect(&config.redis_url, config.names()).await?;
 
     let command = Arc::new(WorkerCommand {
@@ -137,43 +179,48 @@ pub async fn run(
         stable_after: Duration::from_secs(30),
         stop_grace: Duration::from_secs(config.worker.shutdown_grace_s + 5),
     };
-    let tracker = TaskTracker::new();
-    let mut statuses = Vec::new();
-    for slot in &plan.slots {
-        let status: SharedSlotStatus = Arc::new(Mutex::new(SlotStatus {
-            state: "idle",
-            ..SlotStatus::default()
-        }));
-        statuses.push(Arc::clone(&status));
-        if slot.models.is_empty() {
-            continue;
-        }
-        tracker.spawn(supervise_slot(
-            slot.clone(),
-            Arc::clone(&command),
-            policy.clone(),
-            status,
-            shutdown.clone(),
-        ));
-    }
-    tracker.close();
+    let mut slots = Slots::new(command, policy, shutdown.clone());
+    slots.apply(&current_plan);
 
+    let started = Instant::now();
     let started_ms = now_ms();
     let interval = Duration::from_millis(config.worker.heartbeat_interval_ms);
     let ttl = Duration::from_millis(config.worker.heartbeat_ttl_ms);
     let mut ticker = tokio::time::interval(interval);
+    let mut hangup = signal(SignalKind::hangup()).expect("installing SIGHUP handler");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = hangup.recv() => {
+                if let Some(new_plan) = reload(&options, &host_id, &gpus.list).await {
+                    let summary = slots.apply(&new_plan);
+                    tracing::info!(?summary, "config reloaded; plan:\n{}", new_plan.describe());
+                    current_plan = new_plan;
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
         }
-        let record = host_record(&host_id, started_ms, &gpus, source, &plan, &statuses);
+        gpus.refresh(&slots.worker_pids());
+        watchdog(&store, &slots, ttl).await;
+        let record = HostRecord {
+            host_id: host_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            gpu_source: gpus.source.as_str().to_owned(),
+            nvml_error: gpus.nvml_error.clone(),
+            gpus: gpus.list.iter().map(GpuInfo::to_record).collect(),
+            slots: slots.records(),
+            unplaced_models: current_plan.unplaced.clone(),
+            started_ms,
+            heartbeat_ms: now_ms(),
+        };
         if let Err(error) = store.heartbeat(&record, ttl).await {
             tracing::warn!(%error, "host heartbeat not written");
         }
     }
     tracing::info!("stopping workers");
-    tracker.wait().await;
+    slots.stop_all(started).await;
     if let Err(error) = store.remove_host(&host_id).await {
         tracing::warn!(%error, "host record not removed; it will expire");
     }
@@ -181,41 +228,51 @@ pub async fn run(
     Ok(())
 }
 
-fn host_record(
-    host_id: &str,
-    started_ms: u64,
-    gpus: &[GpuInfo],
-    source: GpuSource,
-    plan: &Plan,
-    statuses: &[SharedSlotStatus],
-) -> HostRecord {
-    let slots = plan
-        .slots
-        .iter()
-        .zip(statuses)
-        .map(|(slot, status)| {
-            let status = status.lock().expect("slot status lock").clone();
-            SlotRecord {
-                worker_id: slot.worker_id.clone(),
-                gpu: slot.gpu,
-                vram_budget_mib: slot.vram_budget_mib,
-                models: slot.models.clone(),
-                state: status.state.to_owned(),
-                pid: status.pid,
-                restarts: status.restarts,
-                last_exit: status.last_exit,
-            }
-        })
-        .collect();
-    HostRecord {
-        host_id: host_id.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        pid: std::process::id(),
-        gpu_source: source.as_str().to_owned(),
-        gpus: gpus.iter().map(GpuInfo::to_record).collect(),
-        slots,
-        unplaced_models: plan.unplaced.clone(),
-        started_ms,
-        heartbeat_ms: now_ms(),
+/// Re-reads the config and re-plans; on any error keeps the running plan.
+/// Heartbeat, restart and shutdown settings keep their start-up values.
+async fn reload(options: &DispatcherOptions, host_id: &str, gpus: &[GpuInfo]) -> Option<Plan> {
+    tracing::info!(path = %options.config_path.display(), "SIGHUP: reloading config");
+    let result = async {
+        let config = Config::load(&options.config_path, &options.overrides).map_err(|e| e.to_string())?;
+        let plan = make_plan(host_id, gpus, &config, options).map_err(|e| e.to_string())?;
+        declare(&config, host_id).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(plan)
+    }
+    .await;
+    match result {
+        Ok(reloaded) => Some(reloaded),
+        Err(error) => {
+            tracing::error!(%error, "reload failed; keeping the running plan");
+            None
+        }
+    }
+}
+
+/// Kills workers whose heartbeat is older than `ttl` (or that never wrote one
+/// within a startup allowance); their supervisors restart them.
+async fn watchdog(store: &Store, slots: &Slots, ttl: Duration) {
+    let startup_allowance = ttl.max(Duration::from_secs(30));
+    let workers = slots.settled_workers(startup_allowance);
+    if workers.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = workers.iter().map(|(id, _)| id.clone()).collect();
+    let heartbeats: HashMap<String, Option<(u64, u32)>> = match store.worker_heartbeats(&ids).await {
+        Ok(heartbeats) => ids.into_iter().zip(heartbeats).collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read worker heartbeats; watchdog skipped");
+            return;
+        }
+    };
+    let now = now_ms();
+    for (worker_id, pid) in workers {
+        let fresh = heartbeats
+            .get(&worker_id)
+            .copied()
+            .flatten()
+            .is_some_and(|(at, beat_pid)| beat_pid == pid && now.saturating_sub(at) <= ttl.as_millis() as u64);
+        if !fresh {
+            slots.kill_unresponsive(&worker_id, pid);
+        }
     }
 }

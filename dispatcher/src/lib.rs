@@ -2,16 +2,20 @@
 //!
 //! - `dispatcher`: the daemon's life: discover, plan, declare topology, supervise,
 //!   heartbeat the host record, shut down.
-//! - `gpu`: GPU discovery as gpuq types. `plan`: VRAM planning (pure).
+//! - `gpu`: GPU discovery as gpuq types (pure); `nvml`: owns nvml-wrapper.
+//! - `plan`: VRAM planning (pure).
+//! - `slots`: the running slots, kept in line with the plan (start, reload, stop).
 //! - `supervisor`: one worker process per slot, restarts, crash-loop limit.
 //! - `store`: owns redis (the host record).
 
 mod dispatcher;
 mod gpu;
+mod nvml;
 mod plan;
+mod slots;
 mod store;
 mod supervisor;
 
 pub use dispatcher::{run, DispatcherError, DispatcherOptions};
 pub use gpu::{GpuInfo, GpuSource};
-pub use plan::{plan, Plan, SlotPlan};
+pub use plan::{plan, OverCommitted, Plan, SlotPlan};

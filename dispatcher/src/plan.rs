@@ -1,12 +1,15 @@
 //! VRAM planning: which worker slots a host runs, with what budget and models.
 //!
 //! Pure functions over the discovered GPUs and the registry, so every rule is
-//! unit-tested without a GPU. Per GPU: `workers_per_gpu` slots sharing
-//! `total - reserve - memory used by processes that are not ours`. A slot serves
-//! every model (in the host's model filter) whose declared VRAM fits its budget.
+//! unit-tested without a GPU. Per GPU, the usable memory is
+//! `total - vram_reserve_mib - memory used by processes that are not ours`. It is
+//! split into `workers_per_gpu` equal slots, unless `[[dispatcher.slots]]` lists
+//! slots for that GPU: then those slots, with their fixed budgets, share it, and
+//! slots without a budget split what the fixed ones leave. A slot serves its
+//! listed models (default: every model) whose declared VRAM fits its budget.
 
-use gpuq_common::config::DispatcherConfig;
-use gpuq_common::registry::Registry;
+use gpuq_common::config::{DispatcherConfig, SlotConfig};
+use gpuq_common::registry::{ModelConfig, Registry};
 
 use crate::gpu::GpuInfo;
 
@@ -15,6 +18,8 @@ use crate::gpu::GpuInfo;
 pub struct SlotPlan {
     pub worker_id: String,
     pub gpu: u32,
+    /// `CUDA_VISIBLE_DEVICES` for the worker.
+    pub cuda_visible_devices: String,
     pub vram_budget_mib: u64,
     pub models: Vec<String>,
 }
@@ -22,56 +27,111 @@ pub struct SlotPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub slots: Vec<SlotPlan>,
-    /// Models this host cannot serve, each with the reason.
+    /// Models this host cannot serve, or config it ignored, each with the reason.
     pub unplaced: Vec<String>,
 }
 
-/// Plans the slots of one host.
+/// A plan that would over-commit a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dispatcher.slots on GPU {gpu} ask for {asked} MiB but only {usable} MiB is usable (total {total} - reserve {reserve} - used by others {foreign})")]
+pub struct OverCommitted {
+    pub gpu: u32,
+    pub asked: u64,
+    pub usable: u64,
+    pub total: u64,
+    pub reserve: u64,
+    pub foreign: u64,
+}
+
+/// Plans the slots of one host. `model_filter` (from `--models`) narrows
+/// `dispatcher.models`, which narrows the registry.
 pub fn plan(
     host_id: &str,
     gpus: &[GpuInfo],
     config: &DispatcherConfig,
     registry: &Registry,
     model_filter: Option<&[String]>,
-) -> Plan {
-    let candidates: Vec<_> = registry
+) -> Result<Plan, OverCommitted> {
+    let host_filter = model_filter.or(config.models.as_deref());
+    let candidates: Vec<&ModelConfig> = registry
         .models()
         .iter()
-        .filter(|m| model_filter.is_none_or(|f| f.contains(&m.id)))
+        .filter(|m| host_filter.is_none_or(|f| f.contains(&m.id)))
         .collect();
     let mut slots = Vec::new();
+    let mut unplaced = Vec::new();
     for gpu in gpus {
         let usable = gpu
             .memory_total_mib
             .saturating_sub(config.vram_reserve_mib)
             .saturating_sub(gpu.foreign_used_mib);
-        let budget = usable / u64::from(config.workers_per_gpu);
-        for slot in 0..config.workers_per_gpu {
-            let models: Vec<String> = candidates
-                .iter()
-                .filter(|m| m.vram_mib <= budget)
-                .map(|m| m.id.clone())
-                .collect();
+        let declared: Vec<&SlotConfig> = config.slots.iter().filter(|s| s.gpu == gpu.index).collect();
+        let budgets = slot_budgets(gpu, usable, config, &declared)?;
+        for (slot_index, budget) in budgets.into_iter().enumerate() {
+            let worker_id = format!("{host_id}-gpu{}-slot{slot_index}", gpu.index);
+            let listed = declared.get(slot_index).and_then(|s| s.models.as_ref());
+            let mut models = Vec::new();
+            for model in &candidates {
+                if listed.is_some_and(|l| !l.contains(&model.id)) {
+                    continue;
+                }
+                if model.vram_mib <= budget {
+                    models.push(model.id.clone());
+                } else if listed.is_some() {
+                    unplaced.push(format!(
+                        "model {} is listed for slot {worker_id} but needs {} MiB; the slot has {budget} MiB",
+                        model.id, model.vram_mib
+                    ));
+                }
+            }
             slots.push(SlotPlan {
-                worker_id: format!("{host_id}-gpu{}-slot{slot}", gpu.index),
+                worker_id,
                 gpu: gpu.index,
+                cuda_visible_devices: gpu.cuda_visible_devices(),
                 vram_budget_mib: budget,
                 models,
             });
         }
     }
+    for slot in config.slots.iter().filter(|s| !gpus.iter().any(|g| g.index == s.gpu)) {
+        unplaced.push(format!("dispatcher.slots entry for GPU {} ignored: host {host_id} has no such GPU", slot.gpu));
+    }
     let largest = slots.iter().map(|s| s.vram_budget_mib).max().unwrap_or(0);
-    let unplaced = candidates
-        .iter()
-        .filter(|m| m.vram_mib > largest)
-        .map(|m| {
+    for model in &candidates {
+        if slots.iter().any(|s| s.models.contains(&model.id)) {
+            continue;
+        }
+        unplaced.push(if model.vram_mib > largest {
             format!(
                 "no GPU on host {host_id} has enough memory for model {}: needs {} MiB, largest slot has {largest} MiB",
-                m.id, m.vram_mib
+                model.id, model.vram_mib
             )
-        })
-        .collect();
-    Plan { slots, unplaced }
+        } else {
+            format!("model {} is not listed for any slot on host {host_id}", model.id)
+        });
+    }
+    Ok(Plan { slots, unplaced })
+}
+
+fn slot_budgets(gpu: &GpuInfo, usable: u64, config: &DispatcherConfig, declared: &[&SlotConfig]) -> Result<Vec<u64>, OverCommitted> {
+    if declared.is_empty() {
+        let share = usable / u64::from(config.workers_per_gpu);
+        return Ok(vec![share; config.workers_per_gpu as usize]);
+    }
+    let fixed: u64 = declared.iter().filter_map(|s| s.vram_mib).sum();
+    if fixed > usable {
+        return Err(OverCommitted {
+            gpu: gpu.index,
+            asked: fixed,
+            usable,
+            total: gpu.memory_total_mib,
+            reserve: config.vram_reserve_mib,
+            foreign: gpu.foreign_used_mib,
+        });
+    }
+    let flexible = declared.iter().filter(|s| s.vram_mib.is_none()).count() as u64;
+    let share = (usable - fixed).checked_div(flexible).unwrap_or(0);
+    Ok(declared.iter().map(|s| s.vram_mib.unwrap_or(share)).collect())
 }
 
 impl Plan {
@@ -97,111 +157,4 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use gpuq_common::{Config, ConfigOverrides};
-
-    fn config(workers_per_gpu: u32, reserve: u64) -> Config {
-        let text = format!(
-            r#"
-[dispatcher]
-workers_per_gpu = {workers_per_gpu}
-vram_reserve_mib = {reserve}
-[[models]]
-id = "light"
-feature = "seg"
-runtime = "echo"
-vram_mib = 4096
-[[models]]
-id = "heavy"
-feature = "mesh"
-runtime = "echo"
-vram_mib = 19456
-"#
-        );
-        Config::parse(&text, None, &ConfigOverrides::default()).unwrap()
-    }
-
-    fn gpu(index: u32, total: u64, foreign: u64) -> GpuInfo {
-        GpuInfo {
-            index,
-            uuid: None,
-            name: format!("gpu{index}"),
-            memory_total_mib: total,
-            memory_used_mib: foreign,
-            foreign_used_mib: foreign,
-            utilization_percent: None,
-            temperature_c: None,
-            source: crate::gpu::GpuSource::Declared,
-        }
-    }
-
-    #[test]
-    fn one_slot_per_gpu_gets_everything_after_the_reserve() {
-        let c = config(1, 1024);
-        let p = plan("h", &[gpu(0, 24576, 0)], &c.dispatcher, c.registry(), None);
-        assert_eq!(p.slots.len(), 1);
-        assert_eq!(p.slots[0].vram_budget_mib, 23552);
-        assert_eq!(p.slots[0].worker_id, "h-gpu0-slot0");
-        assert_eq!(p.slots[0].models, ["light", "heavy"]);
-        assert!(p.unplaced.is_empty());
-    }
-
-    #[test]
-    fn slots_split_the_budget_and_drop_models_that_no_longer_fit() {
-        let c = config(2, 576);
-        let p = plan(
-            "h",
-            &[gpu(0, 24576, 0), gpu(1, 24576, 0)],
-            &c.dispatcher,
-            c.registry(),
-            None,
-        );
-        assert_eq!(p.slots.len(), 4);
-        assert!(p.slots.iter().all(|s| s.vram_budget_mib == 12000));
-        assert!(p.slots.iter().all(|s| s.models == ["light"]));
-        assert_eq!(p.slots[3].worker_id, "h-gpu1-slot1");
-        assert_eq!(p.unplaced.len(), 1);
-        assert_eq!(
-            p.unplaced[0],
-            "no GPU on host h has enough memory for model heavy: needs 19456 MiB, largest slot has 12000 MiB"
-        );
-    }
-
-    #[test]
-    fn memory_used_by_other_processes_shrinks_the_budget() {
-        let c = config(1, 0);
-        let p = plan(
-            "h",
-            &[gpu(0, 24000, 6000)],
-            &c.dispatcher,
-            c.registry(),
-            None,
-        );
-        assert_eq!(p.slots[0].vram_budget_mib, 18000);
-        assert_eq!(p.slots[0].models, ["light"]);
-    }
-
-    #[test]
-    fn model_filter_limits_what_the_host_serves() {
-        let c = config(1, 0);
-        let only = ["heavy".to_string()];
-        let p = plan(
-            "h",
-            &[gpu(0, 24000, 0)],
-            &c.dispatcher,
-            c.registry(),
-            Some(&only),
-        );
-        assert_eq!(p.slots[0].models, ["heavy"]);
-    }
-
-    #[test]
-    fn a_gpu_too_small_for_anything_gets_an_empty_slot() {
-        let c = config(1, 0);
-        let p = plan("h", &[gpu(0, 2048, 0)], &c.dispatcher, c.registry(), None);
-        assert!(p.slots[0].models.is_empty());
-        assert_eq!(p.unplaced.len(), 2);
-        assert!(p.describe().contains("not started"));
-    }
-}
+mod tests;

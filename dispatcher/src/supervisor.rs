@@ -44,11 +44,13 @@ pub struct RestartPolicy {
     pub stop_grace: Duration,
 }
 
-/// Live state of a slot, read by the host heartbeat.
+/// Live state of a slot, read by the host heartbeat and the watchdog.
 #[derive(Debug, Clone, Default)]
 pub struct SlotStatus {
     pub state: &'static str,
     pub pid: Option<u32>,
+    /// When the current process started.
+    pub started_at: Option<Instant>,
     pub restarts: u32,
     pub last_exit: Option<String>,
 }
@@ -86,7 +88,7 @@ fn spawn_worker(command: &WorkerCommand, slot: &SlotPlan) -> std::io::Result<Chi
         .args(["--vram-budget-mib", &slot.vram_budget_mib.to_string()])
         .args(["--models", &slot.models.join(",")])
         .args(["--log-format", log_format])
-        .env("CUDA_VISIBLE_DEVICES", slot.gpu.to_string())
+        .env("CUDA_VISIBLE_DEVICES", &slot.cuda_visible_devices)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     set_parent_death_signal(&mut process);
@@ -144,6 +146,7 @@ pub async fn supervise_slot(
                 update(&status, |s| {
                     s.state = "running";
                     s.pid = pid;
+                    s.started_at = Some(Instant::now());
                 });
                 tracing::info!(worker = %slot.worker_id, pid, "worker started");
                 tokio::select! {
@@ -163,6 +166,7 @@ pub async fn supervise_slot(
         tracing::warn!(worker = %slot.worker_id, %exit, "worker exited");
         update(&status, |s| {
             s.pid = None;
+            s.started_at = None;
             s.last_exit = Some(exit);
         });
         if started.elapsed() >= policy.stable_after || restart_requested {

@@ -103,6 +103,9 @@ fn impossible_values_name_their_key() {
             "[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 8000\n[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 8000",
             "dispatcher.gpus[1].index",
         ),
+        ("[dispatcher]\nmodels = [\"ghost\"]", "dispatcher.models"),
+        ("[[dispatcher.slots]]\ngpu = 0\nmodels = [\"ghost\"]", "dispatcher.slots[0].models"),
+        ("[[dispatcher.slots]]\ngpu = 0\nvram_mib = 0", "dispatcher.slots[0].vram_mib"),
         (
             "[[models]]\nid = \"a.b\"\nfeature = \"f\"\nruntime = \"echo\"\nvram_mib = 1",
             "models[0].id",

@@ -37,6 +37,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::load(&args.config, &overrides).context("loading config")?;
     let options = DispatcherOptions {
         config_path: args.config,
+        overrides,
+        cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
         host_id: args.host_id,
         models: args.models,
         worker_bin: args.worker_bin,
