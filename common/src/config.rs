@@ -322,8 +322,17 @@ impl Config {
     /// Model ids named outside `[[models]]` must be registered.
     fn validate_model_references(&self) -> Result<(), ConfigError> {
         let known = |id: &String| self.models.iter().any(|m| &m.id == id);
-        if let Some(unknown) = self.dispatcher.models.iter().flatten().find(|id| !known(id)) {
-            return Err(invalid("dispatcher.models", format!("model '{unknown}' is not in the registry")));
+        if let Some(unknown) = self
+            .dispatcher
+            .models
+            .iter()
+            .flatten()
+            .find(|id| !known(id))
+        {
+            return Err(invalid(
+                "dispatcher.models",
+                format!("model '{unknown}' is not in the registry"),
+            ));
         }
         for (i, slot) in self.dispatcher.slots.iter().enumerate() {
             if let Some(unknown) = slot.models.iter().flatten().find(|id| !known(id)) {
@@ -333,7 +342,10 @@ impl Config {
                 ));
             }
             if slot.vram_mib == Some(0) {
-                return Err(invalid(format!("dispatcher.slots[{i}].vram_mib"), "must be at least 1 MiB"));
+                return Err(invalid(
+                    format!("dispatcher.slots[{i}].vram_mib"),
+                    "must be at least 1 MiB",
+                ));
             }
         }
         Ok(())

@@ -62,7 +62,10 @@ pub enum DispatcherError {
     #[error("redis: {0}")]
     Store(#[from] redis::RedisError),
     #[error("config path {path}: {source}")]
-    ConfigPath { path: PathBuf, source: std::io::Error },
+    ConfigPath {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn worker_binary(options: &DispatcherOptions, config: &Config) -> Result<PathBuf, DispatcherError> {
@@ -83,11 +86,27 @@ fn worker_binary(options: &DispatcherOptions, config: &Config) -> Result<PathBuf
     }
 }
 
-fn make_plan(host_id: &str, gpus: &[GpuInfo], config: &Config, options: &DispatcherOptions) -> Result<Plan, DispatcherError> {
-    if let Some(unknown) = options.models.iter().flatten().find(|id| config.registry().model(id).is_none()) {
+fn make_plan(
+    host_id: &str,
+    gpus: &[GpuInfo],
+    config: &Config,
+    options: &DispatcherOptions,
+) -> Result<Plan, DispatcherError> {
+    if let Some(unknown) = options
+        .models
+        .iter()
+        .flatten()
+        .find(|id| config.registry().model(id).is_none())
+    {
         return Err(DispatcherError::UnknownModel(unknown.clone()));
     }
-    let plan = plan(host_id, gpus, &config.dispatcher, config.registry(), options.models.as_deref())?;
+    let plan = plan(
+        host_id,
+        gpus,
+        &config.dispatcher,
+        config.registry(),
+        options.models.as_deref(),
+    )?;
     if plan.slots.iter().all(|s| s.models.is_empty()) {
         return Err(DispatcherError::NothingToServe(plan.describe()));
     }
@@ -115,9 +134,16 @@ impl Gpus {
     fn discover(config: &Config, options: &DispatcherOptions) -> Result<Gpus, DiscoveryError> {
         let visible = VisibleDevices::parse(options.cuda_visible_devices.as_deref());
         let reader = NvmlReader::open();
-        let readings = reader.as_ref().map_err(Clone::clone).and_then(NvmlReader::read);
-        let (list, source, nvml_error) =
-            choose_gpus(readings, &config.dispatcher.gpus, &visible, options.cuda_visible_devices.as_deref())?;
+        let readings = reader
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(NvmlReader::read);
+        let (list, source, nvml_error) = choose_gpus(
+            readings,
+            &config.dispatcher.gpus,
+            &visible,
+            options.cuda_visible_devices.as_deref(),
+        )?;
         match &nvml_error {
             Some(reason) => tracing::warn!("{reason}; using the GPU inventory declared in config (live GPU memory is not read)"),
             None => tracing::info!(gpus = list.len(), "GPUs discovered with NVML"),
@@ -125,7 +151,11 @@ impl Gpus {
         Ok(Gpus {
             list,
             source,
-            nvml: if source == GpuSource::Nvml { reader.ok() } else { None },
+            nvml: if source == GpuSource::Nvml {
+                reader.ok()
+            } else {
+                None
+            },
             nvml_error,
         })
     }
@@ -136,7 +166,9 @@ impl Gpus {
         match reader.read() {
             Ok(devices) => {
                 for gpu in &mut self.list {
-                    if let Some(device) = devices.iter().find(|d| Some(&d.uuid) == gpu.uuid.as_ref()) {
+                    if let Some(device) =
+                        devices.iter().find(|d| Some(&d.uuid) == gpu.uuid.as_ref())
+                    {
                         *gpu = GpuInfo::from_nvml(device, our_pids);
                     }
                 }
@@ -147,16 +179,22 @@ impl Gpus {
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled.
-pub async fn run(config: Config, options: DispatcherOptions, shutdown: CancellationToken) -> Result<(), DispatcherError> {
+pub async fn run(
+    config: Config,
+    options: DispatcherOptions,
+    shutdown: CancellationToken,
+) -> Result<(), DispatcherError> {
     let host_id = options
         .host_id
         .clone()
         .or_else(|| config.dispatcher.host_id.clone())
         .unwrap_or_else(gpuq_common::process::default_host_id);
     let program = worker_binary(&options, &config)?;
-    let config_path = std::fs::canonicalize(&options.config_path).map_err(|source| DispatcherError::ConfigPath {
-        path: options.config_path.clone(),
-        source,
+    let config_path = std::fs::canonicalize(&options.config_path).map_err(|source| {
+        DispatcherError::ConfigPath {
+            path: options.config_path.clone(),
+            source,
+        }
     })?;
     let mut gpus = Gpus::discover(&config, &options)?;
     let mut current_plan = make_plan(&host_id, &gpus.list, &config, &options)?;
@@ -233,7 +271,8 @@ pub async fn run(config: Config, options: DispatcherOptions, shutdown: Cancellat
 async fn reload(options: &DispatcherOptions, host_id: &str, gpus: &[GpuInfo]) -> Option<Plan> {
     tracing::info!(path = %options.config_path.display(), "SIGHUP: reloading config");
     let result = async {
-        let config = Config::load(&options.config_path, &options.overrides).map_err(|e| e.to_string())?;
+        let config =
+            Config::load(&options.config_path, &options.overrides).map_err(|e| e.to_string())?;
         let plan = make_plan(host_id, gpus, &config, options).map_err(|e| e.to_string())?;
         declare(&config, host_id).await.map_err(|e| e.to_string())?;
         Ok::<_, String>(plan)
@@ -249,15 +288,18 @@ async fn reload(options: &DispatcherOptions, host_id: &str, gpus: &[GpuInfo]) ->
 }
 
 /// Kills workers whose heartbeat is older than `ttl` (or that never wrote one
-/// within a startup allowance); their supervisors restart them.
+/// within a startup allowance); their supervisors restart them. Workers beat
+/// from the moment Redis answers, before loading models, so the allowance only
+/// covers process start and the Redis connection.
 async fn watchdog(store: &Store, slots: &Slots, ttl: Duration) {
-    let startup_allowance = ttl.max(Duration::from_secs(30));
+    let startup_allowance = ttl * 2;
     let workers = slots.settled_workers(startup_allowance);
     if workers.is_empty() {
         return;
     }
     let ids: Vec<String> = workers.iter().map(|(id, _)| id.clone()).collect();
-    let heartbeats: HashMap<String, Option<(u64, u32)>> = match store.worker_heartbeats(&ids).await {
+    let heartbeats: HashMap<String, Option<(u64, u32)>> = match store.worker_heartbeats(&ids).await
+    {
         Ok(heartbeats) => ids.into_iter().zip(heartbeats).collect(),
         Err(error) => {
             tracing::warn!(%error, "cannot read worker heartbeats; watchdog skipped");
@@ -270,7 +312,9 @@ async fn watchdog(store: &Store, slots: &Slots, ttl: Duration) {
             .get(&worker_id)
             .copied()
             .flatten()
-            .is_some_and(|(at, beat_pid)| beat_pid == pid && now.saturating_sub(at) <= ttl.as_millis() as u64);
+            .is_some_and(|(at, beat_pid)| {
+                beat_pid == pid && now.saturating_sub(at) <= ttl.as_millis() as u64
+            });
         if !fresh {
             slots.kill_unresponsive(&worker_id, pid);
         }

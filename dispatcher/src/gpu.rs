@@ -51,7 +51,10 @@ impl GpuInfo {
         GpuInfo {
             index: gpu.index,
             uuid: None,
-            name: gpu.name.clone().unwrap_or_else(|| format!("declared-gpu-{}", gpu.index)),
+            name: gpu
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("declared-gpu-{}", gpu.index)),
             memory_total_mib: gpu.memory_mib,
             memory_used_mib: 0,
             foreign_used_mib: 0,
@@ -150,7 +153,9 @@ impl VisibleDevices {
             VisibleDevices::All => true,
             VisibleDevices::Only(selectors) => selectors.iter().any(|s| match s {
                 DeviceSelector::Index(i) => *i == index,
-                DeviceSelector::Uuid(prefix) => uuid.is_some_and(|u| u.starts_with(prefix.as_str())),
+                DeviceSelector::Uuid(prefix) => {
+                    uuid.is_some_and(|u| u.starts_with(prefix.as_str()))
+                }
             }),
         }
     }
@@ -225,7 +230,14 @@ mod tests {
 
     #[test]
     fn nvml_reading_becomes_gpu_info_with_foreign_memory_excluding_ours() {
-        let d = device(1, vec![(100, Some(4096 * MIB)), (200, Some(2048 * MIB)), (300, None)]);
+        let d = device(
+            1,
+            vec![
+                (100, Some(4096 * MIB)),
+                (200, Some(2048 * MIB)),
+                (300, None),
+            ],
+        );
         let gpu = GpuInfo::from_nvml(&d, &[200]);
         assert_eq!(gpu.index, 1);
         assert_eq!(gpu.memory_total_mib, 81_559);
@@ -242,10 +254,20 @@ mod tests {
         assert_eq!(VisibleDevices::parse(None), VisibleDevices::All);
         assert_eq!(
             VisibleDevices::parse(Some("0, 2,GPU-ab")),
-            VisibleDevices::Only(vec![DeviceSelector::Index(0), DeviceSelector::Index(2), DeviceSelector::Uuid("GPU-ab".into())])
+            VisibleDevices::Only(vec![
+                DeviceSelector::Index(0),
+                DeviceSelector::Index(2),
+                DeviceSelector::Uuid("GPU-ab".into())
+            ])
         );
-        assert_eq!(VisibleDevices::parse(Some("1,-1,2")), VisibleDevices::Only(vec![DeviceSelector::Index(1)]));
-        assert_eq!(VisibleDevices::parse(Some("")), VisibleDevices::Only(vec![]));
+        assert_eq!(
+            VisibleDevices::parse(Some("1,-1,2")),
+            VisibleDevices::Only(vec![DeviceSelector::Index(1)])
+        );
+        assert_eq!(
+            VisibleDevices::parse(Some("")),
+            VisibleDevices::Only(vec![])
+        );
         let only = VisibleDevices::parse(Some("1,GPU-3"));
         assert!(only.allows(1, None));
         assert!(only.allows(3, Some("GPU-3aaa-bbbb")));
@@ -264,9 +286,18 @@ mod tests {
 
     #[test]
     fn without_nvml_the_declared_inventory_is_used_and_the_reason_kept() {
-        let declared = vec![DeclaredGpu { index: 0, memory_mib: 24576, name: None }];
-        let (gpus, source, fallback) =
-            choose_gpus(Err("libnvidia-ml.so not found".into()), &declared, &VisibleDevices::All, None).unwrap();
+        let declared = vec![DeclaredGpu {
+            index: 0,
+            memory_mib: 24576,
+            name: None,
+        }];
+        let (gpus, source, fallback) = choose_gpus(
+            Err("libnvidia-ml.so not found".into()),
+            &declared,
+            &VisibleDevices::All,
+            None,
+        )
+        .unwrap();
         assert_eq!(source, GpuSource::Declared);
         assert_eq!(gpus[0].name, "declared-gpu-0");
         assert_eq!(fallback.as_deref(), Some("libnvidia-ml.so not found"));
@@ -274,9 +305,20 @@ mod tests {
 
     #[test]
     fn neither_source_is_a_clear_error() {
-        let err = choose_gpus(Err("no driver".into()), &[], &VisibleDevices::All, None).unwrap_err();
-        assert!(err.to_string().contains("no driver") && err.to_string().contains("[[dispatcher.gpus]]"), "{err}");
-        let err = choose_gpus(Ok(vec![device(0, vec![])]), &[], &VisibleDevices::parse(Some("5")), Some("5")).unwrap_err();
+        let err =
+            choose_gpus(Err("no driver".into()), &[], &VisibleDevices::All, None).unwrap_err();
+        assert!(
+            err.to_string().contains("no driver")
+                && err.to_string().contains("[[dispatcher.gpus]]"),
+            "{err}"
+        );
+        let err = choose_gpus(
+            Ok(vec![device(0, vec![])]),
+            &[],
+            &VisibleDevices::parse(Some("5")),
+            Some("5"),
+        )
+        .unwrap_err();
         assert!(matches!(err, DiscoveryError::AllHidden { found: 1, .. }));
     }
 }

@@ -30,12 +30,17 @@ pub struct NvmlReader {
 impl NvmlReader {
     /// Opens NVML; the error says why it is unavailable.
     pub fn open() -> Result<NvmlReader, String> {
-        Nvml::init().map(|nvml| NvmlReader { nvml }).map_err(|e| format!("NVML unavailable: {e}"))
+        Nvml::init()
+            .map(|nvml| NvmlReader { nvml })
+            .map_err(|e| format!("NVML unavailable: {e}"))
     }
 
     /// Reads every GPU NVML sees.
     pub fn read(&self) -> Result<Vec<NvmlDevice>, String> {
-        let count = self.nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
+        let count = self
+            .nvml
+            .device_count()
+            .map_err(|e| format!("NVML device count: {e}"))?;
         (0..count).map(|index| self.read_device(index)).collect()
     }
 
@@ -44,7 +49,9 @@ impl NvmlReader {
             .nvml
             .device_by_index(index)
             .map_err(|e| format!("NVML device {index}: {e}"))?;
-        let memory = device.memory_info().map_err(|e| format!("NVML memory of device {index}: {e}"))?;
+        let memory = device
+            .memory_info()
+            .map_err(|e| format!("NVML memory of device {index}: {e}"))?;
         let processes = device
             .running_compute_processes()
             .unwrap_or_default()
@@ -59,7 +66,9 @@ impl NvmlReader {
             .collect();
         Ok(NvmlDevice {
             index,
-            uuid: device.uuid().map_err(|e| format!("NVML uuid of device {index}: {e}"))?,
+            uuid: device
+                .uuid()
+                .map_err(|e| format!("NVML uuid of device {index}: {e}"))?,
             name: device.name().unwrap_or_else(|_| format!("gpu-{index}")),
             memory_total_bytes: memory.total,
             memory_used_bytes: memory.used,

@@ -65,7 +65,8 @@ pub fn plan(
             .memory_total_mib
             .saturating_sub(config.vram_reserve_mib)
             .saturating_sub(gpu.foreign_used_mib);
-        let declared: Vec<&SlotConfig> = config.slots.iter().filter(|s| s.gpu == gpu.index).collect();
+        let declared: Vec<&SlotConfig> =
+            config.slots.iter().filter(|s| s.gpu == gpu.index).collect();
         let budgets = slot_budgets(gpu, usable, config, &declared)?;
         for (slot_index, budget) in budgets.into_iter().enumerate() {
             let worker_id = format!("{host_id}-gpu{}-slot{slot_index}", gpu.index);
@@ -93,8 +94,15 @@ pub fn plan(
             });
         }
     }
-    for slot in config.slots.iter().filter(|s| !gpus.iter().any(|g| g.index == s.gpu)) {
-        unplaced.push(format!("dispatcher.slots entry for GPU {} ignored: host {host_id} has no such GPU", slot.gpu));
+    for slot in config
+        .slots
+        .iter()
+        .filter(|s| !gpus.iter().any(|g| g.index == s.gpu))
+    {
+        unplaced.push(format!(
+            "dispatcher.slots entry for GPU {} ignored: host {host_id} has no such GPU",
+            slot.gpu
+        ));
     }
     let largest = slots.iter().map(|s| s.vram_budget_mib).max().unwrap_or(0);
     for model in &candidates {
@@ -113,7 +121,12 @@ pub fn plan(
     Ok(Plan { slots, unplaced })
 }
 
-fn slot_budgets(gpu: &GpuInfo, usable: u64, config: &DispatcherConfig, declared: &[&SlotConfig]) -> Result<Vec<u64>, OverCommitted> {
+fn slot_budgets(
+    gpu: &GpuInfo,
+    usable: u64,
+    config: &DispatcherConfig,
+    declared: &[&SlotConfig],
+) -> Result<Vec<u64>, OverCommitted> {
     if declared.is_empty() {
         let share = usable / u64::from(config.workers_per_gpu);
         return Ok(vec![share; config.workers_per_gpu as usize]);
@@ -131,7 +144,10 @@ fn slot_budgets(gpu: &GpuInfo, usable: u64, config: &DispatcherConfig, declared:
     }
     let flexible = declared.iter().filter(|s| s.vram_mib.is_none()).count() as u64;
     let share = (usable - fixed).checked_div(flexible).unwrap_or(0);
-    Ok(declared.iter().map(|s| s.vram_mib.unwrap_or(share)).collect())
+    Ok(declared
+        .iter()
+        .map(|s| s.vram_mib.unwrap_or(share))
+        .collect())
 }
 
 impl Plan {

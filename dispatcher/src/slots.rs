@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::plan::{Plan, SlotPlan};
-use crate::supervisor::{supervise_slot, RestartPolicy, SharedSlotStatus, SlotStatus, WorkerCommand};
+use crate::supervisor::{
+    supervise_slot, RestartPolicy, SharedSlotStatus, SlotStatus, WorkerCommand,
+};
 
 struct Slot {
     plan: SlotPlan,
@@ -43,7 +45,11 @@ pub struct ApplySummary {
 }
 
 impl Slots {
-    pub fn new(command: Arc<WorkerCommand>, policy: RestartPolicy, shutdown: CancellationToken) -> Slots {
+    pub fn new(
+        command: Arc<WorkerCommand>,
+        policy: RestartPolicy,
+        shutdown: CancellationToken,
+    ) -> Slots {
         Slots {
             slots: Vec::new(),
             command,
@@ -86,13 +92,22 @@ impl Slots {
 
     fn start(&self, plan: SlotPlan, predecessor: Option<JoinHandle<()>>) -> Slot {
         let status: SharedSlotStatus = Arc::new(Mutex::new(SlotStatus {
-            state: if plan.models.is_empty() { "unused" } else { "starting" },
+            state: if plan.models.is_empty() {
+                "unused"
+            } else {
+                "starting"
+            },
             ..SlotStatus::default()
         }));
         let stop = self.shutdown.child_token();
         let task = (!plan.models.is_empty()).then(|| {
-            let (plan, command, policy, status, stop) =
-                (plan.clone(), Arc::clone(&self.command), self.policy.clone(), Arc::clone(&status), stop.clone());
+            let (plan, command, policy, status, stop) = (
+                plan.clone(),
+                Arc::clone(&self.command),
+                self.policy.clone(),
+                Arc::clone(&status),
+                stop.clone(),
+            );
             self.tracker.spawn(async move {
                 if let Some(predecessor) = predecessor {
                     let _ = predecessor.await;
@@ -100,7 +115,12 @@ impl Slots {
                 supervise_slot(plan, command, policy, status, stop).await;
             })
         });
-        Slot { plan, status, stop, task }
+        Slot {
+            plan,
+            status,
+            stop,
+            task,
+        }
     }
 
     /// Pids of the running worker processes.
@@ -129,10 +149,15 @@ impl Slots {
     /// Kills a worker that stopped heart-beating; its supervisor restarts it.
     pub fn kill_unresponsive(&self, worker_id: &str, pid: u32) {
         let current = self.slots.iter().any(|s| {
-            s.plan.worker_id == worker_id && s.status.lock().expect("slot status lock").pid == Some(pid)
+            s.plan.worker_id == worker_id
+                && s.status.lock().expect("slot status lock").pid == Some(pid)
         });
         if current {
-            tracing::error!(worker = worker_id, pid, "worker stopped heart-beating; killing it so it restarts");
+            tracing::error!(
+                worker = worker_id,
+                pid,
+                "worker stopped heart-beating; killing it so it restarts"
+            );
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
@@ -163,6 +188,9 @@ impl Slots {
         }
         self.tracker.close();
         self.tracker.wait().await;
-        tracing::debug!(uptime_s = started.elapsed().as_secs(), "all workers stopped");
+        tracing::debug!(
+            uptime_s = started.elapsed().as_secs(),
+            "all workers stopped"
+        );
     }
 }

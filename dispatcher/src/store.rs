@@ -43,17 +43,20 @@ impl Store {
     }
 
     /// Each worker's last heartbeat time and pid, `None` when it has no record.
-    pub async fn worker_heartbeats(&self, worker_ids: &[String]) -> Result<Vec<Option<(u64, u32)>>, redis::RedisError> {
+    pub async fn worker_heartbeats(
+        &self,
+        worker_ids: &[String],
+    ) -> Result<Vec<Option<(u64, u32)>>, redis::RedisError> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         for id in worker_ids {
-            pipe.cmd("HMGET").arg(self.names.worker_key(id)).arg("heartbeat_ms").arg("pid");
+            pipe.cmd("HMGET")
+                .arg(self.names.worker_key(id))
+                .arg("heartbeat_ms")
+                .arg("pid");
         }
         let replies: Vec<(Option<u64>, Option<u32>)> = pipe.query_async(&mut connection).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(at, pid)| at.zip(pid))
-            .collect())
+        Ok(replies.into_iter().map(|(at, pid)| at.zip(pid)).collect())
     }
 
     pub async fn remove_host(&self, host_id: &str) -> Result<(), redis::RedisError> {

@@ -1,11 +1,12 @@
 //! Live counters of one worker, read by its heartbeat.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub struct WorkerStats {
+    ready: AtomicBool,
     jobs_done: AtomicU64,
     jobs_failed: AtomicU64,
     running: Mutex<BTreeSet<String>>,
@@ -45,6 +46,15 @@ impl WorkerStats {
         } else {
             self.jobs_failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Models loaded and queues consumed.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     pub fn jobs_done(&self) -> u64 {

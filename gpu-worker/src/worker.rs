@@ -115,6 +115,51 @@ pub async fn run(
     for reason in &refused {
         tracing::info!("not consuming: {reason}");
     }
+    let names = config.names();
+    tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
+    let store =
+        Store::connect(&config.redis_url, names.clone(), config.jobs.finished_ttl_s).await?;
+    // Heartbeat from here on, so the dispatcher sees a live worker while models load.
+    let stats = Arc::new(WorkerStats::default());
+    let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
+    let stopping = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        store.clone(),
+        Arc::clone(&config),
+        options.clone(),
+        served_ids.clone(),
+        Arc::clone(&stats),
+        stopping.clone(),
+    ));
+    let result = serve(
+        &config,
+        &options,
+        served,
+        &served_ids,
+        store.clone(),
+        Arc::clone(&stats),
+        shutdown,
+    )
+    .await;
+    stopping.cancel();
+    let _ = heartbeat.await;
+    if let Err(error) = store.remove_worker(&options.worker_id).await {
+        tracing::warn!(%error, "worker record not removed; it will expire");
+    }
+    tracing::info!(reason = ?result.as_ref().ok(), "worker stopped");
+    result
+}
+
+/// Loads the models, consumes their queues and runs jobs until told to stop.
+async fn serve(
+    config: &Arc<Config>,
+    options: &WorkerOptions,
+    served: Vec<ModelConfig>,
+    served_ids: &[String],
+    store: Store,
+    stats: Arc<WorkerStats>,
+    shutdown: CancellationToken,
+) -> Result<ExitReason, WorkerError> {
     let mut loaded = HashMap::new();
     for model in &served {
         let model_impl = models::load(model)?;
@@ -127,50 +172,35 @@ pub async fn run(
         );
     }
     let names = config.names();
-    tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
-    let store =
-        Store::connect(&config.redis_url, names.clone(), config.jobs.finished_ttl_s).await?;
     let broker = Arc::new(
         Broker::connect(
             &config.amqp_url,
             &options.worker_id,
             names.clone(),
-            &Topology::for_config(&config),
+            &Topology::for_config(config),
         )
         .await?,
     );
-
-    let stats = Arc::new(WorkerStats::default());
     let restart = CancellationToken::new();
-    let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
     let context = Arc::new(JobContext {
-        config: Arc::clone(&config),
+        config: Arc::clone(config),
         names,
         worker_id: options.worker_id.clone(),
         host_id: options.host_id.clone(),
         gpu: options.gpu.clone(),
-        store: store.clone(),
+        store,
         broker: Arc::clone(&broker),
         models: loaded,
         stats: Arc::clone(&stats),
         restart: restart.clone(),
     });
 
-    let stopping = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        store.clone(),
-        Arc::clone(&config),
-        options.clone(),
-        served_ids.clone(),
-        Arc::clone(&stats),
-        stopping.clone(),
-    ));
-
     let concurrency = config.worker.concurrency;
     let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
     let mut deliveries = broker
-        .consume(&served_ids, prefetch, &options.worker_id)
+        .consume(served_ids, prefetch, &options.worker_id)
         .await?;
+    stats.set_ready();
     tracing::info!(models = ?served_ids, concurrency, "consuming");
 
     let permits = Arc::new(Semaphore::new(concurrency as usize));
@@ -212,13 +242,7 @@ pub async fn run(
             "in-flight jobs outlived the grace period; they go back to their queues"
         );
     }
-    stopping.cancel();
-    let _ = heartbeat.await;
-    if let Err(error) = store.remove_worker(&options.worker_id).await {
-        tracing::warn!(%error, "worker record not removed; it will expire");
-    }
     broker.close().await;
-    tracing::info!(reason = ?outcome.as_ref().ok(), "worker stopped");
     outcome
 }
 
@@ -245,10 +269,10 @@ async fn heartbeat_loop(
             host: options.host_id.clone(),
             gpu: options.gpu.clone(),
             pid: std::process::id(),
-            state: if current_jobs.is_empty() {
-                "idle"
-            } else {
-                "busy"
+            state: match (stats.is_ready(), current_jobs.is_empty()) {
+                (false, _) => "starting",
+                (true, true) => "idle",
+                (true, false) => "busy",
             }
             .to_owned(),
             vram_budget_mib: options.vram_budget_mib.unwrap_or(0),

@@ -136,20 +136,8 @@ impl TestSystem {
     pub fn new(body: &str) -> TestSystem {
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = format!(
-            "namespace = \"{namespace}\"\namqp_url = \"{}\"\nredis_url = \"{}\"\n{body}",
-            amqp_url(),
-            redis_url()
-        );
-        let text = if text.contains("[worker]") {
-            text
-        } else {
-            format!("{text}\n[worker]\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 10\n")
-        };
         let config_path = dir.path().join("gpuq.toml");
-        std::fs::write(&config_path, &text).expect("write config");
-        let config = Config::parse(&text, Some(&config_path), &ConfigOverrides::default())
-            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
+        let config = write_config(&config_path, &namespace, body);
         TestSystem {
             names: config.names(),
             redis: redis::Client::open(redis_url()).expect("redis url"),
@@ -163,16 +151,61 @@ impl TestSystem {
         self.dir.path()
     }
 
+    /// Writes another config file for this system's namespace (e.g. a second host).
+    pub fn extra_config(&self, file_name: &str, body: &str) -> PathBuf {
+        let path = self.dir.path().join(file_name);
+        write_config(&path, self.names.namespace(), body);
+        path
+    }
+
+    /// Replaces this system's config file (for reload tests); returns nothing new.
+    pub fn rewrite_config(&self, body: &str) {
+        write_config(&self.config_path, self.names.namespace(), body);
+    }
+
+    /// Starts a binary with another config file.
+    pub fn spawn_with_config(
+        &self,
+        binary_name: &str,
+        config: &Path,
+        args: &[&str],
+    ) -> ProcessGuard {
+        let mut full = vec!["--config", config.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        self.spawn_raw(binary_name, &full)
+    }
+
+    /// A field of a host record, parsed as JSON when it is JSON.
+    pub async fn host_record(&self, host_id: &str) -> HashMap<String, String> {
+        let mut connection = self.redis().await;
+        redis::cmd("HGETALL")
+            .arg(self.names.host_key(host_id))
+            .query_async(&mut connection)
+            .await
+            .expect("HGETALL")
+    }
+
+    /// The slots of a host record as JSON.
+    pub async fn host_slots(&self, host_id: &str) -> Vec<serde_json::Value> {
+        let record = self.host_record(host_id).await;
+        record
+            .get("slots")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+
     /// Starts a binary with `--config` and `args`; output goes to a log file.
     pub fn spawn(&self, binary_name: &str, args: &[&str]) -> ProcessGuard {
+        self.spawn_with_config(binary_name, &self.config_path.clone(), args)
+    }
+
+    fn spawn_raw(&self, binary_name: &str, args: &[&str]) -> ProcessGuard {
         let log = self.dir.path().join(format!(
             "{binary_name}-{}.log",
             uuid::Uuid::new_v4().simple()
         ));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(binary(binary_name))
-            .arg("--config")
-            .arg(&self.config_path)
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -420,6 +453,23 @@ impl Drop for TestSystem {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Writes a test config: `namespace`, the broker URLs, fast heartbeats, then `body`.
+fn write_config(path: &Path, namespace: &str, body: &str) -> Config {
+    let text = format!(
+        "namespace = \"{namespace}\"\namqp_url = \"{}\"\nredis_url = \"{}\"\n{body}",
+        amqp_url(),
+        redis_url()
+    );
+    let text = if text.contains("[worker]") {
+        text
+    } else {
+        format!("{text}\n[worker]\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 10\n")
+    };
+    std::fs::write(path, &text).expect("write config");
+    Config::parse(&text, Some(path), &ConfigOverrides::default())
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"))
 }
 
 /// Polls `condition` until it holds or `timeout` passes.

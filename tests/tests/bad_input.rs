@@ -8,6 +8,9 @@ use gpuq_integration_tests::{TestSystem, ONE_GPU_ECHO_SLEEP};
 const WAIT: Duration = Duration::from_secs(30);
 const WORKER: &str = "host-a-gpu0-slot0";
 
+/// (routing key, body, content type, message id, expected error code)
+type BadCase<'a> = (&'a str, Vec<u8>, Option<&'a str>, &'a str, &'a str);
+
 fn system() -> TestSystem {
     TestSystem::new(&format!(
         "[queues]\nmax_message_bytes = 4096\n{ONE_GPU_ECHO_SLEEP}"
@@ -44,8 +47,7 @@ async fn each_kind_of_bad_message_gets_a_recorded_error() {
         r#"{{"feature": "echo", "inputs": {{"blob": "{}"}}}}"#,
         "x".repeat(10_000)
     );
-    // (routing key, body, content type, message id, expected error code)
-    let cases: Vec<(&str, Vec<u8>, Option<&str>, &str, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "echo",
             b"\xc1\xc1 not msgpack".to_vec(),

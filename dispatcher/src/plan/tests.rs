@@ -16,7 +16,12 @@ vram_mib = 19456
 "#;
 
 fn config(dispatcher: &str) -> Config {
-    Config::parse(&format!("[dispatcher]\n{dispatcher}\n{MODELS}"), None, &ConfigOverrides::default()).unwrap()
+    Config::parse(
+        &format!("[dispatcher]\n{dispatcher}\n{MODELS}"),
+        None,
+        &ConfigOverrides::default(),
+    )
+    .unwrap()
 }
 
 fn gpu(index: u32, total: u64, foreign: u64) -> GpuInfo {
@@ -78,7 +83,14 @@ fn model_filters_limit_what_the_host_serves() {
     assert_eq!(run(&c, &[gpu(0, 24000, 0)]).slots[0].models, ["light"]);
     // --models overrides dispatcher.models.
     let only = ["heavy".to_string()];
-    let p = plan("h", &[gpu(0, 24000, 0)], &c.dispatcher, c.registry(), Some(&only)).unwrap();
+    let p = plan(
+        "h",
+        &[gpu(0, 24000, 0)],
+        &c.dispatcher,
+        c.registry(),
+        Some(&only),
+    )
+    .unwrap();
     assert_eq!(p.slots[0].models, ["heavy"]);
 }
 
@@ -99,9 +111,20 @@ fn dedicated_slot_for_a_heavy_model_and_a_shared_slot_for_the_rest() {
          [[dispatcher.slots]]\ngpu = 0\n",
     );
     let p = run(&c, &[gpu(0, 24576, 0), gpu(1, 8192, 0)]);
-    let budgets: Vec<_> = p.slots.iter().map(|s| (s.worker_id.as_str(), s.vram_budget_mib)).collect();
+    let budgets: Vec<_> = p
+        .slots
+        .iter()
+        .map(|s| (s.worker_id.as_str(), s.vram_budget_mib))
+        .collect();
     // GPU 0 uses its declared slots; GPU 1 keeps the default one equal slot.
-    assert_eq!(budgets, [("h-gpu0-slot0", 20000), ("h-gpu0-slot1", 4320), ("h-gpu1-slot0", 7936)]);
+    assert_eq!(
+        budgets,
+        [
+            ("h-gpu0-slot0", 20000),
+            ("h-gpu0-slot1", 4320),
+            ("h-gpu1-slot0", 7936)
+        ]
+    );
     assert_eq!(p.slots[0].models, ["heavy"]);
     assert_eq!(p.slots[1].models, ["light"]);
     assert_eq!(p.slots[2].models, ["light"]);
@@ -115,7 +138,14 @@ fn declared_slots_that_over_commit_a_gpu_are_refused() {
          [[dispatcher.slots]]\ngpu = 0\nvram_mib = 12000\n\
          [[dispatcher.slots]]\ngpu = 0\nvram_mib = 12000\n",
     );
-    let err = plan("h", &[gpu(0, 24000, 500)], &c.dispatcher, c.registry(), None).unwrap_err();
+    let err = plan(
+        "h",
+        &[gpu(0, 24000, 500)],
+        &c.dispatcher,
+        c.registry(),
+        None,
+    )
+    .unwrap_err();
     assert_eq!(err.asked, 24000);
     assert_eq!(err.usable, 22500);
     assert!(err.to_string().contains("GPU 0 ask for 24000 MiB"), "{err}");
@@ -130,7 +160,23 @@ fn a_listed_model_that_does_not_fit_its_slot_and_unknown_gpus_are_reported() {
     );
     let p = run(&c, &[gpu(0, 24000, 0)]);
     assert!(p.slots[0].models.is_empty());
-    assert!(p.unplaced.iter().any(|r| r.contains("model heavy is listed for slot h-gpu0-slot0 but needs 19456 MiB")), "{:?}", p.unplaced);
-    assert!(p.unplaced.iter().any(|r| r.contains("GPU 7 ignored")), "{:?}", p.unplaced);
-    assert!(p.unplaced.iter().any(|r| r.contains("model light is not listed for any slot")), "{:?}", p.unplaced);
+    assert!(
+        p.unplaced
+            .iter()
+            .any(|r| r.contains("model heavy is listed for slot h-gpu0-slot0 but needs 19456 MiB")),
+        "{:?}",
+        p.unplaced
+    );
+    assert!(
+        p.unplaced.iter().any(|r| r.contains("GPU 7 ignored")),
+        "{:?}",
+        p.unplaced
+    );
+    assert!(
+        p.unplaced
+            .iter()
+            .any(|r| r.contains("model light is not listed for any slot")),
+        "{:?}",
+        p.unplaced
+    );
 }

@@ -1,0 +1,289 @@
+//! The dispatcher with real processes: several hosts, worker restarts, crash
+//! loops, graceful shutdown without losing jobs, reload, and the heartbeat watchdog.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use gpuq_integration_tests::{eventually, TestSystem, ONE_GPU_ECHO_SLEEP};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const SLEEP_MODEL: &str = r#"
+[[models]]
+id = "sleep"
+feature = "sleep"
+runtime = "sleep"
+vram_mib = 4096
+timeout_s = 60
+"#;
+
+fn host(host_id: &str, gpus: &[(u32, u64)], extra: &str) -> String {
+    let mut text = format!("[dispatcher]\nhost_id = \"{host_id}\"\n{extra}\n");
+    for (index, memory) in gpus {
+        text.push_str(&format!(
+            "[[dispatcher.gpus]]\nindex = {index}\nmemory_mib = {memory}\n"
+        ));
+    }
+    text.push_str(SLEEP_MODEL);
+    text
+}
+
+async fn submit_sleep(system: &TestSystem, job_id: &str, duration_ms: u64) {
+    let body = format!(
+        r#"{{"job_id": "{job_id}", "feature": "sleep", "inputs": {{"duration_ms": {duration_ms}}}}}"#
+    );
+    system
+        .publish_raw("sleep", body.as_bytes(), Some("application/json"), None)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_share_one_stream_of_jobs_and_both_show_in_system() {
+    let system = TestSystem::new(&host("host-a", &[(0, 8192)], ""));
+    let second = system.extra_config("host-b.toml", &host("host-b", &[(0, 8192), (1, 8192)], ""));
+    let _a = system.dispatcher(&[]);
+    let _b = system.spawn_with_config("gpuq-dispatcher", &second, &[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 3, WAIT)
+        .await;
+
+    let ids: Vec<String> = (0..30).map(|i| format!("stream-{i}")).collect();
+    for id in &ids {
+        submit_sleep(&system, id, 100).await;
+    }
+    let mut hosts = HashSet::new();
+    for id in &ids {
+        let record = system
+            .wait_for_status(id, &["completed", "failed"], WAIT)
+            .await;
+        assert_eq!(record["status"], "completed", "{id}: {record:?}");
+        hosts.insert(record["host"].clone());
+    }
+    assert_eq!(
+        hosts,
+        HashSet::from(["host-a".to_string(), "host-b".to_string()])
+    );
+
+    let output = system.gpuq(&["system", "--json"], WAIT);
+    let view: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut host_ids: Vec<_> = view["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host_id"].as_str().unwrap().to_owned())
+        .collect();
+    host_ids.sort();
+    assert_eq!(host_ids, ["host-a", "host-b"]);
+    assert_eq!(view["workers"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_sigkill_is_restarted_and_serves_again() {
+    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
+        .await;
+    let worker = "host-a-gpu0-slot0";
+    let old_pid: i32 = system
+        .worker_field(worker, "pid")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    kill(Pid::from_raw(old_pid), Signal::SIGKILL).unwrap();
+    eventually(
+        "the slot reports the SIGKILL and a restart",
+        WAIT,
+        || async {
+            let slots = system.host_slots("host-a").await;
+            slots.first().is_some_and(|s| {
+                s["restarts"].as_u64() >= Some(1) && s["last_exit"] == "signal SIGKILL"
+            })
+        },
+    )
+    .await;
+    eventually("a new worker process heart-beating", WAIT, || async {
+        system
+            .worker_field(worker, "pid")
+            .await
+            .is_some_and(|pid| pid != old_pid.to_string())
+    })
+    .await;
+    let output = system.gpuq(&["submit", "echo", "--input", "x=1", "--wait"], WAIT);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_crashing_on_start_marks_its_slot_failed_while_others_serve() {
+    let system = TestSystem::new(&host(
+        "host-a",
+        &[(0, 16384)],
+        "workers_per_gpu = 2\ncrash_loop_limit = 3\nrestart_backoff_initial_ms = 50\nrestart_backoff_max_ms = 200",
+    ));
+    // Fault injection: the worker of slot 1 exits at once; slot 0 runs the real worker.
+    let wrapper = system.dir().join("crashing-worker.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *-slot1*) echo 'injected start-up crash' >&2; exit 3;; esac\nexec {} \"$@\"\n",
+            gpuq_integration_tests::binary("gpuq-worker").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _dispatcher = system.dispatcher(&["--worker-bin", wrapper.to_str().unwrap()]);
+
+    eventually(
+        "slot 1 marked failed after the crash-loop limit",
+        WAIT,
+        || async {
+            let slots = system.host_slots("host-a").await;
+            slots.len() == 2 && slots[1]["state"] == "failed"
+        },
+    )
+    .await;
+    let slots = system.host_slots("host-a").await;
+    assert_eq!(slots[1]["last_exit"], "exit code 3");
+    assert_eq!(
+        slots[1]["restarts"], 2,
+        "3 quick crashes = start + 2 restarts"
+    );
+    assert_eq!(slots[0]["state"], "running");
+
+    submit_sleep(&system, "served-by-slot0", 10).await;
+    let record = system
+        .wait_for_status("served-by-slot0", &["completed", "failed"], WAIT)
+        .await;
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["worker"], "host-a-gpu0-slot0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_job_finish() {
+    let system = TestSystem::new(&host("host-a", &[(0, 8192)], ""));
+    let mut dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
+        .await;
+
+    submit_sleep(&system, "in-flight", 1500).await;
+    system
+        .wait_for_status("in-flight", &["processing"], WAIT)
+        .await;
+    dispatcher.signal(Signal::SIGTERM);
+    assert_eq!(dispatcher.wait_exit(WAIT).unwrap(), Some(0));
+    let record = system.job_hash("in-flight").await;
+    assert_eq!(record["status"], "completed", "{record:?}");
+    assert_eq!(record["attempts"], "1");
+    assert!(
+        system.host_record("host-a").await.is_empty(),
+        "host record removed on exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_period_requeues_the_job_and_another_host_finishes_it() {
+    let body = format!(
+        "[worker]\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 1\n{}",
+        host("host-a", &[(0, 8192)], "")
+    );
+    let system = TestSystem::new(&body);
+    let mut dispatcher = system.dispatcher(&[]);
+    let queue = system.names.model_queue("sleep");
+    system.wait_for_consumers(&queue, 1, WAIT).await;
+
+    submit_sleep(&system, "long-job", 4000).await;
+    system
+        .wait_for_status("long-job", &["processing"], WAIT)
+        .await;
+    dispatcher.signal(Signal::SIGTERM);
+    assert_eq!(dispatcher.wait_exit(WAIT).unwrap(), Some(0));
+    // Not finished, not lost: back in its queue.
+    assert_eq!(system.job_hash("long-job").await["status"], "processing");
+    assert_eq!(system.queue_depth(&queue).await, Some((1, 0)));
+
+    let second = system.extra_config("host-b.toml", &body.replace("host-a", "host-b"));
+    let _b = system.spawn_with_config("gpuq-dispatcher", &second, &[]);
+    let record = system
+        .wait_for_status("long-job", &["completed", "failed"], WAIT)
+        .await;
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["host"], "host-b");
+    assert_eq!(record["attempts"], "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replans_without_dropping_the_in_flight_job() {
+    let system = TestSystem::new(&host("host-a", &[(0, 16384)], "workers_per_gpu = 1"));
+    let dispatcher = system.dispatcher(&[]);
+    let queue = system.names.model_queue("sleep");
+    system.wait_for_consumers(&queue, 1, WAIT).await;
+    submit_sleep(&system, "across-reload", 1500).await;
+    system
+        .wait_for_status("across-reload", &["processing"], WAIT)
+        .await;
+
+    system.rewrite_config(&host("host-a", &[(0, 16384)], "workers_per_gpu = 2"));
+    dispatcher.signal(Signal::SIGHUP);
+    eventually("two slots after reload", WAIT, || async {
+        system.host_slots("host-a").await.len() == 2
+    })
+    .await;
+    let record = system
+        .wait_for_status("across-reload", &["completed", "failed"], WAIT)
+        .await;
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["attempts"], "1", "the job was not interrupted");
+    system.wait_for_consumers(&queue, 2, WAIT).await;
+    let slots = system.host_slots("host-a").await;
+    assert!(
+        slots.iter().all(|s| s["vram_budget_mib"] == 7936),
+        "{slots:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_heart_beating_is_killed_and_restarted() {
+    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
+        .await;
+    let worker = "host-a-gpu0-slot0";
+    let old_pid: i32 = system
+        .worker_field(worker, "pid")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // A frozen process: alive, but silent.
+    kill(Pid::from_raw(old_pid), Signal::SIGSTOP).unwrap();
+    eventually("a new worker process", WAIT, || async {
+        system
+            .worker_field(worker, "pid")
+            .await
+            .is_some_and(|pid| pid != old_pid.to_string())
+    })
+    .await;
+    let slots = system.host_slots("host-a").await;
+    assert_eq!(slots[0]["last_exit"], "signal SIGKILL");
+    let output = system.gpuq(&["submit", "echo", "--input", "x=1", "--wait"], WAIT);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
