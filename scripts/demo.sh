@@ -22,7 +22,7 @@ trap stop EXIT
 
 echo "dispatcher pid $DISPATCHER, log $LOG"
 for _ in $(seq 1 100); do
-  if "$BIN/gpuq" --config "$CONFIG" system --json 2>/dev/null | grep -q '"worker_id"'; then break; fi
+  if "$BIN/gpuq" --config "$CONFIG" system --json 2>/dev/null | grep -q '"state": "idle"'; then break; fi
   if ! kill -0 "$DISPATCHER" 2>/dev/null; then cat "$LOG"; exit 1; fi
   sleep 0.2
 done

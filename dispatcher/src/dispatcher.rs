@@ -178,6 +178,50 @@ impl Gpus {
     }
 }
 
+/// Discovers the GPUs and plans the slots without starting anything: the
+/// `--print-plan` dry run. Touches neither RabbitMQ nor Redis.
+pub fn plan_report(
+    config: &Config,
+    options: &DispatcherOptions,
+) -> Result<String, DispatcherError> {
+    let host_id = options
+        .host_id
+        .clone()
+        .or_else(|| config.dispatcher.host_id.clone())
+        .unwrap_or_else(gpuq_common::process::default_host_id);
+    let gpus = Gpus::discover(config, options)?;
+    let mut out = format!("host {host_id}: GPUs from {}", gpus.source.as_str());
+    if let Some(reason) = &gpus.nvml_error {
+        out.push_str(&format!(" ({reason})"));
+    }
+    out.push('\n');
+    for gpu in &gpus.list {
+        out.push_str(&format!(
+            "  GPU {} {} uuid={} total={} MiB used={} MiB used-by-others={} MiB util={} temp={} processes={}\n",
+            gpu.index,
+            gpu.name,
+            gpu.uuid.as_deref().unwrap_or("-"),
+            gpu.memory_total_mib,
+            gpu.memory_used_mib,
+            gpu.foreign_used_mib,
+            gpu.utilization_percent.map_or("-".into(), |u| format!("{u}%")),
+            gpu.temperature_c.map_or("-".into(), |t| format!("{t}C")),
+            gpu.processes.len(),
+        ));
+    }
+    let plan = make_plan(&host_id, &gpus.list, config, options)?;
+    out.push_str("plan:\n");
+    out.push_str(&plan.describe());
+    out.push('\n');
+    for slot in &plan.slots {
+        out.push_str(&format!(
+            "  {} gets CUDA_VISIBLE_DEVICES={}\n",
+            slot.worker_id, slot.cuda_visible_devices
+        ));
+    }
+    Ok(out)
+}
+
 /// Runs the dispatcher until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -226,9 +270,11 @@ pub async fn run(
     let ttl = Duration::from_millis(config.worker.heartbeat_ttl_ms);
     let mut ticker = tokio::time::interval(interval);
     let mut hangup = signal(SignalKind::hangup()).expect("installing SIGHUP handler");
+    let slots_changed = slots.changed();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = slots_changed.notified() => {}
             _ = hangup.recv() => {
                 if let Some(new_plan) = reload(&options, &host_id, &gpus.list).await {
                     let summary = slots.apply(&new_plan);

@@ -16,6 +16,6 @@ mod slots;
 mod store;
 mod supervisor;
 
-pub use dispatcher::{run, DispatcherError, DispatcherOptions};
+pub use dispatcher::{plan_report, run, DispatcherError, DispatcherOptions};
 pub use gpu::{GpuInfo, GpuSource};
 pub use plan::{plan, OverCommitted, Plan, SlotPlan};

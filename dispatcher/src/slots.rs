@@ -6,19 +6,20 @@
 //! replacement waits for its predecessor to exit, so one worker id never has
 //! two processes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpuq_common::record::SlotRecord;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::plan::{Plan, SlotPlan};
 use crate::supervisor::{
-    supervise_slot, RestartPolicy, SharedSlotStatus, SlotStatus, WorkerCommand,
+    supervise_slot, RestartPolicy, SharedSlotStatus, SlotCell, SlotStatus, WorkerCommand,
 };
 
 struct Slot {
@@ -34,6 +35,8 @@ pub struct Slots {
     policy: RestartPolicy,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Notified whenever a slot's status changes.
+    changed: Arc<Notify>,
 }
 
 /// What applying a plan changed.
@@ -56,6 +59,7 @@ impl Slots {
             policy,
             shutdown,
             tracker: TaskTracker::new(),
+            changed: Arc::new(Notify::new()),
         }
     }
 
@@ -91,14 +95,17 @@ impl Slots {
     }
 
     fn start(&self, plan: SlotPlan, predecessor: Option<JoinHandle<()>>) -> Slot {
-        let status: SharedSlotStatus = Arc::new(Mutex::new(SlotStatus {
-            state: if plan.models.is_empty() {
-                "unused"
-            } else {
-                "starting"
+        let status = SlotCell::new(
+            SlotStatus {
+                state: if plan.models.is_empty() {
+                    "unused"
+                } else {
+                    "starting"
+                },
+                ..SlotStatus::default()
             },
-            ..SlotStatus::default()
-        }));
+            Arc::clone(&self.changed),
+        );
         let stop = self.shutdown.child_token();
         let task = (!plan.models.is_empty()).then(|| {
             let (plan, command, policy, status, stop) = (
@@ -123,11 +130,16 @@ impl Slots {
         }
     }
 
+    /// Resolves when any slot's status changed since the last call.
+    pub fn changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
+    }
+
     /// Pids of the running worker processes.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.slots
             .iter()
-            .filter_map(|s| s.status.lock().expect("slot status lock").pid)
+            .filter_map(|s| s.status.snapshot().pid)
             .collect()
     }
 
@@ -136,7 +148,7 @@ impl Slots {
         self.slots
             .iter()
             .filter_map(|s| {
-                let status = s.status.lock().expect("slot status lock");
+                let status = s.status.snapshot();
                 let old_enough = status.started_at.is_some_and(|t| t.elapsed() >= min_age);
                 match (status.pid, old_enough) {
                     (Some(pid), true) => Some((s.plan.worker_id.clone(), pid)),
@@ -148,10 +160,10 @@ impl Slots {
 
     /// Kills a worker that stopped heart-beating; its supervisor restarts it.
     pub fn kill_unresponsive(&self, worker_id: &str, pid: u32) {
-        let current = self.slots.iter().any(|s| {
-            s.plan.worker_id == worker_id
-                && s.status.lock().expect("slot status lock").pid == Some(pid)
-        });
+        let current = self
+            .slots
+            .iter()
+            .any(|s| s.plan.worker_id == worker_id && s.status.snapshot().pid == Some(pid));
         if current {
             tracing::error!(
                 worker = worker_id,
@@ -166,7 +178,7 @@ impl Slots {
         self.slots
             .iter()
             .map(|slot| {
-                let status = slot.status.lock().expect("slot status lock").clone();
+                let status = slot.status.snapshot();
                 SlotRecord {
                     worker_id: slot.plan.worker_id.clone(),
                     gpu: slot.plan.gpu,

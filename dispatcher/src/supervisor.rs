@@ -15,6 +15,7 @@ use gpuq_common::process::LogFormat;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::SlotPlan;
@@ -55,10 +56,35 @@ pub struct SlotStatus {
     pub last_exit: Option<String>,
 }
 
-pub type SharedSlotStatus = Arc<Mutex<SlotStatus>>;
+/// A slot's status plus a signal that it changed (so the host record is
+/// rewritten at once, not at the next heartbeat tick).
+pub struct SlotCell {
+    status: Mutex<SlotStatus>,
+    changed: Arc<Notify>,
+}
+
+pub type SharedSlotStatus = Arc<SlotCell>;
+
+impl SlotCell {
+    pub fn new(status: SlotStatus, changed: Arc<Notify>) -> SharedSlotStatus {
+        Arc::new(SlotCell {
+            status: Mutex::new(status),
+            changed,
+        })
+    }
+
+    pub fn snapshot(&self) -> SlotStatus {
+        self.status.lock().expect("slot status lock").clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut SlotStatus)) {
+        change(&mut self.status.lock().expect("slot status lock"));
+        self.changed.notify_one();
+    }
+}
 
 fn update(status: &SharedSlotStatus, change: impl FnOnce(&mut SlotStatus)) {
-    change(&mut status.lock().expect("slot status lock"));
+    status.update(change);
 }
 
 /// Describes how a process ended: `exit code N` or `signal SIGX`.

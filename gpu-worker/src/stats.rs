@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub struct WorkerStats {
+    /// Notified on every state change, so the heartbeat can publish it soon.
+    pub changed: tokio::sync::Notify,
     ready: AtomicBool,
     jobs_done: AtomicU64,
     jobs_failed: AtomicU64,
@@ -46,11 +48,13 @@ impl WorkerStats {
         } else {
             self.jobs_failed.fetch_add(1, Ordering::Relaxed);
         }
+        self.changed.notify_one();
     }
 
     /// Models loaded and queues consumed.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     pub fn is_ready(&self) -> bool {

@@ -246,6 +246,9 @@ async fn serve(
     outcome
 }
 
+/// Shortest gap between two heartbeat writes triggered by state changes.
+const HEARTBEAT_MIN_GAP: Duration = Duration::from_millis(100);
+
 async fn heartbeat_loop(
     store: Store,
     config: Arc<Config>,
@@ -262,6 +265,7 @@ async fn heartbeat_loop(
         tokio::select! {
             _ = stopping.cancelled() => return,
             _ = ticker.tick() => {}
+            _ = stats.changed.notified() => {}
         }
         let current_jobs = stats.running_jobs();
         let record = WorkerRecord {
@@ -285,6 +289,12 @@ async fn heartbeat_loop(
         };
         if let Err(error) = store.heartbeat(&record, ttl).await {
             tracing::warn!(%error, "heartbeat not written");
+        }
+        // State changes are published at once, but at most this often, so a busy
+        // worker does not turn its heartbeat into per-job writes.
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT_MIN_GAP) => {}
         }
     }
 }

@@ -55,29 +55,78 @@ impl SystemStatus {
             "host",
             "gpu",
             "name",
-            "memory MiB",
+            "total MiB",
+            "used MiB",
+            "others MiB",
+            "util %",
+            "temp °C",
             "source",
-            "slots",
             "heartbeat",
         ]);
+        let opt = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
         for host in &self.hosts {
             for gpu in &host.gpus {
-                let slots = host.slots.iter().filter(|s| s.gpu == gpu.index).count();
                 hosts.add_row(vec![
                     host.host_id.clone(),
                     gpu.index.to_string(),
                     gpu.name.clone(),
                     gpu.memory_total_mib.to_string(),
+                    gpu.memory_used_mib.to_string(),
+                    gpu.foreign_used_mib.to_string(),
+                    opt(gpu.utilization_percent),
+                    opt(gpu.temperature_c),
                     gpu.source.clone(),
-                    slots.to_string(),
                     age(host.heartbeat_ms),
                 ]);
             }
         }
         out.push_str(&format!("HOSTS ({})\n{hosts}\n", self.hosts.len()));
         for host in &self.hosts {
+            if let Some(reason) = &host.nvml_error {
+                out.push_str(&format!(
+                    "  {}: declared GPU inventory in use ({reason})\n",
+                    host.host_id
+                ));
+            }
             for reason in &host.unplaced_models {
                 out.push_str(&format!("  ! {}: {reason}\n", host.host_id));
+            }
+        }
+        let mut slots = table(&[
+            "host",
+            "slot (worker)",
+            "gpu",
+            "budget MiB",
+            "models",
+            "state",
+            "pid",
+            "restarts",
+            "last exit",
+        ]);
+        for host in &self.hosts {
+            for slot in &host.slots {
+                slots.add_row(vec![
+                    host.host_id.clone(),
+                    slot.worker_id.clone(),
+                    slot.gpu.to_string(),
+                    slot.vram_budget_mib.to_string(),
+                    slot.models.join(","),
+                    slot.state.clone(),
+                    opt(slot.pid),
+                    slot.restarts.to_string(),
+                    slot.last_exit.clone().unwrap_or_default(),
+                ]);
+            }
+        }
+        out.push_str(&format!("\nSLOTS\n{slots}\n"));
+        for host in &self.hosts {
+            for slot in host.slots.iter().filter(|s| s.state == "failed") {
+                out.push_str(&format!(
+                    "  ! {}: slot {} failed (crash loop; last exit: {}); fix it and restart the dispatcher\n",
+                    host.host_id,
+                    slot.worker_id,
+                    slot.last_exit.clone().unwrap_or_default()
+                ));
             }
         }
         let mut workers = table(&[

@@ -287,3 +287,64 @@ async fn a_worker_that_stops_heart_beating_is_killed_and_restarted() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+#[test]
+fn without_nvml_or_declared_gpus_the_dispatcher_exits_with_a_clear_error() {
+    let system = TestSystem::new(SLEEP_MODEL);
+    // CUDA_VISIBLE_DEVICES="" hides NVML's GPUs too, so this holds on GPU machines as well.
+    let output = std::process::Command::new(gpuq_integration_tests::binary("gpuq-dispatcher"))
+        .arg("--config")
+        .arg(&system.config_path)
+        .arg("--print-plan")
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no GPUs: NVML is not available")
+            && stderr.contains("add [[dispatcher.gpus]]")
+            || stderr.contains("no usable GPU"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn print_plan_shows_the_gpus_the_plan_and_each_workers_device() {
+    let system = TestSystem::new(&host(
+        "host-a",
+        &[(0, 24576), (1, 8192)],
+        "workers_per_gpu = 2",
+    ));
+    let output = std::process::Command::new(gpuq_integration_tests::binary("gpuq-dispatcher"))
+        .arg("--config")
+        .arg(&system.config_path)
+        .arg("--print-plan")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if stdout.contains("GPUs from declared") {
+        assert!(
+            stdout.contains("host-a-gpu0-slot0 on GPU 0: budget 12032 MiB, models: sleep"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(
+                "host-a-gpu1-slot1 on GPU 1: budget 3840 MiB, models: (no model fits; not started)"
+            ),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("host-a-gpu1-slot0 gets CUDA_VISIBLE_DEVICES=1"),
+            "{stdout}"
+        );
+    } else {
+        assert!(stdout.contains("GPUs from nvml"), "{stdout}");
+    }
+}

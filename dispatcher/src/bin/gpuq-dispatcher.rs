@@ -24,6 +24,9 @@ struct Args {
     /// Path of gpuq-worker (overrides dispatcher.worker_bin).
     #[arg(long)]
     worker_bin: Option<PathBuf>,
+    /// Discover GPUs, print the plan and exit (no RabbitMQ or Redis needed).
+    #[arg(long)]
+    print_plan: bool,
     /// Log format, also passed to workers.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -36,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let overrides = ConfigOverrides::from_lookup(|name| std::env::var(name).ok());
     let config = Config::load(&args.config, &overrides).context("loading config")?;
     let options = DispatcherOptions {
-        config_path: args.config,
+        config_path: args.config.clone(),
         overrides,
         cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
         host_id: args.host_id,
@@ -44,6 +47,10 @@ async fn main() -> anyhow::Result<()> {
         worker_bin: args.worker_bin,
         log_format: args.log_format,
     };
+    if args.print_plan {
+        print!("{}", gpuq_dispatcher::plan_report(&config, &options)?);
+        return Ok(());
+    }
     let shutdown = shutdown_on_signals();
     gpuq_dispatcher::run(config, options, shutdown)
         .await
