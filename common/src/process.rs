@@ -74,3 +74,17 @@ pub fn default_host_id() -> String {
         id
     }
 }
+
+/// Makes a child process receive SIGTERM when its parent dies, so workers and
+/// adapter processes never outlive (and hold GPU memory past) their supervisor.
+#[allow(unsafe_code)]
+pub fn set_parent_death_signal(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which
+    // is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+}

@@ -100,8 +100,33 @@ pub struct WorkerRecord {
     pub current_jobs: Vec<String>,
     pub jobs_done: u64,
     pub jobs_failed: u64,
+    /// Models loaded now, with their load times.
+    #[serde(default)]
+    pub resident_models: Vec<ResidentModel>,
+    /// Model loads and unloads since start.
+    #[serde(default)]
+    pub model_loads: u64,
+    #[serde(default)]
+    pub model_unloads: u64,
+    /// Largest sum of declared VRAM of resident models reached, MiB.
+    #[serde(default)]
+    pub peak_resident_mib: u64,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
+}
+
+/// A model resident in a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResidentModel {
+    pub model: String,
+    pub vram_mib: u64,
+    /// Jobs running on it now.
+    pub in_use: usize,
+    pub loaded_at_ms: u64,
+    /// How long its load took, milliseconds.
+    pub load_ms: u64,
+    /// Jobs it ran since loaded.
+    pub jobs: u64,
 }
 
 impl WorkerRecord {
@@ -123,6 +148,13 @@ impl WorkerRecord {
             ),
             ("jobs_done", self.jobs_done.to_string()),
             ("jobs_failed", self.jobs_failed.to_string()),
+            (
+                "resident_models",
+                serde_json::to_string(&self.resident_models).unwrap_or_default(),
+            ),
+            ("model_loads", self.model_loads.to_string()),
+            ("model_unloads", self.model_unloads.to_string()),
+            ("peak_resident_mib", self.peak_resident_mib.to_string()),
             ("started_ms", self.started_ms.to_string()),
             ("heartbeat_ms", self.heartbeat_ms.to_string()),
         ]
@@ -145,6 +177,13 @@ impl WorkerRecord {
             current_jobs: json_list("current_jobs"),
             jobs_done: parse_num(hash, "jobs_done").unwrap_or(0),
             jobs_failed: parse_num(hash, "jobs_failed").unwrap_or(0),
+            resident_models: hash
+                .get("resident_models")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
+            model_loads: parse_num(hash, "model_loads").unwrap_or(0),
+            model_unloads: parse_num(hash, "model_unloads").unwrap_or(0),
+            peak_resident_mib: parse_num(hash, "peak_resident_mib").unwrap_or(0),
             started_ms: parse_num(hash, "started_ms").unwrap_or(0),
             heartbeat_ms: parse_num(hash, "heartbeat_ms").unwrap_or(0),
         })
@@ -307,6 +346,17 @@ mod tests {
             current_jobs: vec![],
             jobs_done: 3,
             jobs_failed: 1,
+            resident_models: vec![ResidentModel {
+                model: "echo".into(),
+                vram_mib: 256,
+                in_use: 0,
+                loaded_at_ms: 5,
+                load_ms: 12,
+                jobs: 3,
+            }],
+            model_loads: 1,
+            model_unloads: 0,
+            peak_resident_mib: 256,
             started_ms: 1,
             heartbeat_ms: 2,
         };

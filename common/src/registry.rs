@@ -45,6 +45,10 @@ pub enum RuntimeKind {
     /// Synthetic: holds its declared VRAM budget for a while, may fail on purpose.
     /// For tests and benchmarks.
     Sleep,
+    /// A TorchScript module run in-process through tch (worker feature `torch`).
+    Torchscript,
+    /// A long-lived child process speaking the adapter protocol (docs/adapters.md).
+    Adapter,
 }
 
 /// Typed, validated `params` of a model.
@@ -52,6 +56,8 @@ pub enum RuntimeKind {
 pub enum RuntimeParams {
     Echo,
     Sleep(SleepParams),
+    Torchscript(TorchscriptParams),
+    Adapter(AdapterParams),
 }
 
 /// Params of the synthetic `sleep` runtime.
@@ -61,6 +67,71 @@ pub struct SleepParams {
     pub duration_ms: u64,
     /// Probability in [0, 1] that a job fails on purpose. Default 0.
     pub fail_rate: f64,
+    /// Synthetic load time, milliseconds. Default 0.
+    pub load_ms: u64,
+}
+
+/// Params of the `torchscript` runtime.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TorchscriptParams {
+    /// Path of the `.pt` TorchScript file.
+    pub path: String,
+    /// The module's `forward` arguments, in order.
+    pub inputs: Vec<TensorSpec>,
+    /// Names given to the returned tensor (or to each tensor of a returned tuple).
+    #[serde(default = "default_outputs")]
+    pub outputs: Vec<String>,
+    /// `auto` (CUDA when available, else CPU), `cpu` or `cuda`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_outputs() -> Vec<String> {
+    vec!["output".into()]
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+
+/// A named tensor argument: its dtype and shape (`-1` for any size).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    /// `float32`, `float64`, `float16`, `int64`, `int32`, `uint8` or `bool`.
+    pub dtype: String,
+    pub shape: Vec<i64>,
+}
+
+/// Tensor dtypes of the wire format.
+pub const TENSOR_DTYPES: [&str; 7] = [
+    "float32", "float64", "float16", "int64", "int32", "uint8", "bool",
+];
+
+/// Params of the `adapter` runtime.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterParams {
+    /// Program and arguments of the adapter process.
+    pub command: Vec<String>,
+    /// Extra environment variables for it.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; default the worker's.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// How long loading may take, seconds. Default 600.
+    #[serde(default = "default_load_timeout_s")]
+    pub load_timeout_s: u64,
+    /// Model-specific settings passed to the adapter's `load` (checkpoint paths, ...).
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+fn default_load_timeout_s() -> u64 {
+    600
 }
 
 impl ModelConfig {
@@ -73,10 +144,53 @@ impl ModelConfig {
                 }
                 Ok(RuntimeParams::Echo)
             }
+            RuntimeKind::Torchscript => {
+                let params: TorchscriptParams = self.typed_params()?;
+                if params.inputs.is_empty() {
+                    return Err("'inputs' must list at least one tensor".into());
+                }
+                if params.outputs.is_empty() {
+                    return Err("'outputs' must name at least one tensor".into());
+                }
+                if let Some(spec) = params
+                    .inputs
+                    .iter()
+                    .find(|s| !TENSOR_DTYPES.contains(&s.dtype.as_str()))
+                {
+                    return Err(format!(
+                        "input '{}' has dtype '{}'; known: {}",
+                        spec.name,
+                        spec.dtype,
+                        TENSOR_DTYPES.join(", ")
+                    ));
+                }
+                if !["auto", "cpu", "cuda"].contains(&params.device.as_str()) {
+                    return Err(format!(
+                        "'device' is '{}'; use auto, cpu or cuda",
+                        params.device
+                    ));
+                }
+                Ok(RuntimeParams::Torchscript(params))
+            }
+            RuntimeKind::Adapter => {
+                let params: AdapterParams = self.typed_params()?;
+                if params
+                    .command
+                    .first()
+                    .is_none_or(|program| program.is_empty())
+                {
+                    return Err("'command' must name the adapter program".into());
+                }
+                if params.load_timeout_s == 0 {
+                    return Err("'load_timeout_s' must be at least 1".into());
+                }
+                Ok(RuntimeParams::Adapter(params))
+            }
             RuntimeKind::Sleep => {
                 let mut params = SleepParams {
                     duration_ms: 20,
                     fail_rate: 0.0,
+                    load_ms: 0,
                 };
                 for (name, value) in &self.params {
                     match name.as_str() {
@@ -85,6 +199,12 @@ impl ModelConfig {
                                 .as_integer()
                                 .and_then(|v| u64::try_from(v).ok())
                                 .ok_or("'duration_ms' must be a non-negative integer")?;
+                        }
+                        "load_ms" => {
+                            params.load_ms = value
+                                .as_integer()
+                                .and_then(|v| u64::try_from(v).ok())
+                                .ok_or("'load_ms' must be a non-negative integer")?;
                         }
                         "fail_rate" => {
                             let rate = value
@@ -98,7 +218,7 @@ impl ModelConfig {
                         }
                         other => {
                             return Err(format!(
-                                "runtime 'sleep' has no param '{other}' (known: duration_ms, fail_rate)"
+                                "runtime 'sleep' has no param '{other}' (known: duration_ms, fail_rate, load_ms)"
                             ))
                         }
                     }
@@ -106,6 +226,14 @@ impl ModelConfig {
                 Ok(RuntimeParams::Sleep(params))
             }
         }
+    }
+}
+
+impl ModelConfig {
+    fn typed_params<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        toml::Value::Table(self.params.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_owned())
     }
 }
 

@@ -136,6 +136,10 @@ pub enum ErrorCode {
     InvalidParameter,
     /// The model raised an error while running the job.
     ModelFailed,
+    /// The model could not be loaded (bad file, adapter failed to start or load).
+    ModelLoadFailed,
+    /// The GPU had no room for the model, or CUDA ran out of memory.
+    OutOfMemory,
     /// The job ran longer than its timeout.
     Timeout,
 }
@@ -154,6 +158,8 @@ impl ErrorCode {
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::InvalidParameter => "invalid_parameter",
             ErrorCode::ModelFailed => "model_failed",
+            ErrorCode::ModelLoadFailed => "model_load_failed",
+            ErrorCode::OutOfMemory => "out_of_memory",
             ErrorCode::Timeout => "timeout",
         }
     }
@@ -197,6 +203,9 @@ pub struct StatusEvent {
     pub worker: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// Fraction done (0 to 1), on progress events of a processing job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
 }
@@ -454,6 +463,7 @@ mod tests {
             model: None,
             worker: Some("w".into()),
             attempt: Some(2),
+            progress: None,
             error: Some(JobError::new(ErrorCode::InvalidInput, "missing 'text'")),
         };
         let json = serde_json::to_string(&event).unwrap();

@@ -117,19 +117,8 @@ fn spawn_worker(command: &WorkerCommand, slot: &SlotPlan) -> std::io::Result<Chi
         .env("CUDA_VISIBLE_DEVICES", &slot.cuda_visible_devices)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    set_parent_death_signal(&mut process);
+    gpuq_common::process::set_parent_death_signal(&mut process);
     process.spawn()
-}
-
-#[allow(unsafe_code)]
-fn set_parent_death_signal(process: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only calls prctl, which
-    // is async-signal-safe; it touches no memory shared with the parent.
-    unsafe {
-        process.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-        });
-    }
 }
 
 /// Asks a worker to stop (SIGTERM), then kills it after `grace`.

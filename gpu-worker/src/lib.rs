@@ -3,16 +3,20 @@
 //! - `worker`: the process's life: model selection by VRAM budget, consuming,
 //!   concurrency, heartbeat, shutdown.
 //! - `job`: one delivery from bytes to ack (decode, route, claim, run, record, reply).
-//! - `models`: the `Model` seam that runtimes implement; `synthetic`: echo and sleep.
+//! - `runtime`: the `Runtime` seam and its implementations (synthetic echo and
+//!   sleep, adapter processes, TorchScript with feature `torch`).
+//! - `pool`: model residency within the VRAM budget (load on use, LRU eviction).
 //! - `amqp`: owns lapin (consume and publish channels). `store`: owns redis.
+//! `gpu`: owns nvml-wrapper (free memory before a load).
 //! - `stats`: live counters for the heartbeat.
 
 mod amqp;
+mod gpu;
 mod job;
-mod models;
+mod pool;
+mod runtime;
 mod stats;
 mod store;
-mod synthetic;
 mod worker;
 
 pub use job::{route, Route};

@@ -87,6 +87,13 @@ redis.call('PUBLISH', KEYS[2], ARGV[7])
 return 'ok'
 "#;
 
+const PROGRESS_SCRIPT: &str = r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'processing' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return 1
+"#;
+
 /// Upper bound of the recent dead letters kept in `<namespace>:dead`.
 const DEAD_LETTERS_KEPT: isize = 1000;
 
@@ -97,6 +104,7 @@ pub struct Store {
     finished_ttl_s: u64,
     claim_script: Script,
     finish_script: Script,
+    progress_script: Script,
 }
 
 impl Store {
@@ -117,6 +125,7 @@ impl Store {
             finished_ttl_s,
             claim_script: Script::new(CLAIM_SCRIPT),
             finish_script: Script::new(FINISH_SCRIPT),
+            progress_script: Script::new(PROGRESS_SCRIPT),
         })
     }
 
@@ -181,6 +190,31 @@ impl Store {
             .invoke_async(&mut connection)
             .await?;
         Ok(reply == "ok")
+    }
+
+    /// Sets a running job's progress (0 to 1) and publishes it as an event.
+    pub async fn set_progress(&self, job_id: &str, progress: f64) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let event = StatusEvent {
+            job_id: job_id.to_owned(),
+            status: JobStatus::Processing,
+            ts_ms: now_ms(),
+            feature: None,
+            model: None,
+            worker: None,
+            attempt: None,
+            progress: Some(progress),
+            error: None,
+        };
+        let _: i64 = self
+            .progress_script
+            .key(self.names.job_key(job_id))
+            .key(self.names.events_channel())
+            .arg(progress)
+            .arg(serde_json::to_string(&event).unwrap_or_default())
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
     }
 
     /// Records a message that could not be run at all, for people to inspect.

@@ -5,13 +5,12 @@
 //! finish for `worker.shutdown_grace_s`, then closes the connection: whatever is
 //! still unacked goes back to its queue, so nothing is lost.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_common::config::Config;
-use gpuq_common::record::WorkerRecord;
+use gpuq_common::record::{ResidentModel, WorkerRecord};
 use gpuq_common::registry::{ModelConfig, Registry};
 use gpuq_common::topology::Topology;
 use gpuq_common::{now_ms, redact_url};
@@ -20,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::amqp::{Broker, BrokerError};
-use crate::job::{handle_delivery, JobContext, LoadedModel};
-use crate::models::{self, LoadError};
+use crate::job::{handle_delivery, JobContext};
+use crate::pool::{Loader, ModelPool};
+use crate::runtime;
 use crate::stats::WorkerStats;
 use crate::store::{Store, StoreError};
 
@@ -36,6 +36,8 @@ pub struct WorkerOptions {
     pub vram_budget_mib: Option<u64>,
     /// Serve only these models (still subject to the budget); `None` means all.
     pub models: Option<Vec<String>>,
+    /// The `CUDA_VISIBLE_DEVICES` this worker runs with (for the free-memory check).
+    pub cuda_visible_devices: Option<String>,
 }
 
 /// Why `run` returned normally.
@@ -53,8 +55,6 @@ pub enum WorkerError {
     NoModels(String),
     #[error("unknown model '{0}' in --models; it is not in the registry")]
     UnknownModel(String),
-    #[error(transparent)]
-    Load(#[from] LoadError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -122,6 +122,13 @@ pub async fn run(
     // Heartbeat from here on, so the dispatcher sees a live worker while models load.
     let stats = Arc::new(WorkerStats::default());
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
+    let loader: Loader = Arc::new(|model| Box::pin(async move { runtime::load(&model).await }));
+    let pool = ModelPool::new(
+        options.vram_budget_mib,
+        config.dispatcher.max_models_per_worker as usize,
+        loader,
+        crate::gpu::free_memory_probe(options.cuda_visible_devices.as_deref()),
+    );
     let stopping = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat_loop(
         store.clone(),
@@ -129,6 +136,7 @@ pub async fn run(
         options.clone(),
         served_ids.clone(),
         Arc::clone(&stats),
+        Arc::clone(&pool),
         stopping.clone(),
     ));
     let result = serve(
@@ -138,6 +146,7 @@ pub async fn run(
         &served_ids,
         store.clone(),
         Arc::clone(&stats),
+        pool,
         shutdown,
     )
     .await;
@@ -158,19 +167,9 @@ async fn serve(
     served_ids: &[String],
     store: Store,
     stats: Arc<WorkerStats>,
+    pool: Arc<ModelPool>,
     shutdown: CancellationToken,
 ) -> Result<ExitReason, WorkerError> {
-    let mut loaded = HashMap::new();
-    for model in &served {
-        let model_impl = models::load(model)?;
-        loaded.insert(
-            model.id.clone(),
-            LoadedModel {
-                config: model.clone(),
-                model: Arc::from(model_impl),
-            },
-        );
-    }
     let names = config.names();
     let broker = Arc::new(
         Broker::connect(
@@ -190,7 +189,8 @@ async fn serve(
         gpu: options.gpu.clone(),
         store,
         broker: Arc::clone(&broker),
-        models: loaded,
+        models: served.into_iter().map(|m| (m.id.clone(), m)).collect(),
+        pool: Arc::clone(&pool),
         stats: Arc::clone(&stats),
         restart: restart.clone(),
     });
@@ -242,6 +242,7 @@ async fn serve(
             "in-flight jobs outlived the grace period; they go back to their queues"
         );
     }
+    pool.unload_all().await;
     broker.close().await;
     outcome
 }
@@ -255,6 +256,7 @@ async fn heartbeat_loop(
     options: WorkerOptions,
     models: Vec<String>,
     stats: Arc<WorkerStats>,
+    pool: Arc<ModelPool>,
     stopping: CancellationToken,
 ) {
     let started_ms = now_ms();
@@ -268,6 +270,7 @@ async fn heartbeat_loop(
             _ = stats.changed.notified() => {}
         }
         let current_jobs = stats.running_jobs();
+        let (residents, pool_stats) = pool.snapshot();
         let record = WorkerRecord {
             worker_id: options.worker_id.clone(),
             host: options.host_id.clone(),
@@ -284,6 +287,20 @@ async fn heartbeat_loop(
             current_jobs,
             jobs_done: stats.jobs_done(),
             jobs_failed: stats.jobs_failed(),
+            resident_models: residents
+                .into_iter()
+                .map(|r| ResidentModel {
+                    model: r.model,
+                    vram_mib: r.vram_mib,
+                    in_use: r.in_use,
+                    loaded_at_ms: r.loaded_at_ms,
+                    load_ms: r.load_ms,
+                    jobs: r.jobs,
+                })
+                .collect(),
+            model_loads: pool_stats.loads,
+            model_unloads: pool_stats.unloads,
+            peak_resident_mib: pool_stats.peak_resident_mib,
             started_ms,
             heartbeat_ms: now_ms(),
         };

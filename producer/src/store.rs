@@ -66,6 +66,7 @@ impl Store {
             model: job.model.map(str::to_owned),
             worker: None,
             attempt: None,
+            progress: None,
             error: None,
         };
         // HSETNX on created_ms is the existence check: a job id is used once.
@@ -109,6 +110,7 @@ impl Store {
             model: None,
             worker: None,
             attempt: None,
+            progress: None,
             error: Some(error.clone()),
         };
         redis::pipe()

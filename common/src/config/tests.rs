@@ -134,3 +134,77 @@ fn invalid_url_error_does_not_leak_the_password() {
     let err = load_fixture("amqp_url = \"http://user:secret@host\"").unwrap_err();
     assert!(!err.to_string().contains("secret"), "{err}");
 }
+
+#[test]
+fn shipped_3d_model_catalogue_loads_with_the_expected_models() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/models.3d.example.toml");
+    let config = Config::load(&path, &ConfigOverrides::default()).unwrap();
+    let registry = config.registry();
+    let expected = [
+        (
+            "trellis_text_to_textured_mesh",
+            "text_to_textured_mesh",
+            11776,
+        ),
+        (
+            "trellis_image_to_textured_mesh",
+            "image_to_textured_mesh",
+            11776,
+        ),
+        ("hunyuan3dv21_image_to_raw_mesh", "image_to_raw_mesh", 8192),
+        (
+            "hunyuan3dv21_image_to_textured_mesh",
+            "image_to_textured_mesh",
+            19456,
+        ),
+        ("partfield_mesh_segmentation", "mesh_segmentation", 4096),
+        ("unirig_auto_rig", "auto_rig", 9216),
+        ("partuv_uv_unwrapping", "uv_unwrapping", 7168),
+    ];
+    assert_eq!(registry.models().len(), expected.len());
+    for (id, feature, vram_mib) in expected {
+        let model = registry.model(id).unwrap_or_else(|| panic!("{id} missing"));
+        assert_eq!(
+            (model.feature.as_str(), model.vram_mib),
+            (feature, vram_mib),
+            "{id}"
+        );
+        assert_eq!(model.runtime, crate::registry::RuntimeKind::Adapter, "{id}");
+        assert!(
+            matches!(
+                model.runtime_params(),
+                Ok(crate::registry::RuntimeParams::Adapter(_))
+            ),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        registry.default_model("image_to_textured_mesh").unwrap().id,
+        "trellis_image_to_textured_mesh"
+    );
+}
+
+#[test]
+fn runtime_params_are_checked_per_runtime() {
+    let model = |runtime: &str, params: &str| {
+        format!("[[models]]\nid = \"m\"\nfeature = \"f\"\nruntime = \"{runtime}\"\nvram_mib = 10\n[models.params]\n{params}")
+    };
+    let cases = [
+        model("adapter", "command = []"),
+        model("adapter", "command = [\"python3\"]\nload_timeout_s = 0"),
+        model("adapter", "command = [\"python3\"]\nshell = true"),
+        model("torchscript", "path = \"m.pt\"\ninputs = []"),
+        model("torchscript", "path = \"m.pt\"\ninputs = [{name = \"x\", dtype = \"complex64\", shape = [2]}]"),
+        model("torchscript", "path = \"m.pt\"\ninputs = [{name = \"x\", dtype = \"float32\", shape = [2]}]\ndevice = \"tpu\""),
+        model("sleep", "load_ms = -1"),
+    ];
+    for text in cases {
+        let err = load_fixture(&text).expect_err(&text);
+        assert_eq!(invalid_key(err), "models[0].params", "{text}");
+    }
+    let ok = model(
+        "torchscript",
+        "path = \"m.pt\"\ninputs = [{name = \"x\", dtype = \"float32\", shape = [-1, 3]}]",
+    );
+    assert!(load_fixture(&ok).is_ok());
+}

@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         gpu: args.gpu,
         vram_budget_mib: args.vram_budget_mib,
         models: args.models,
+        cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
     };
     let shutdown = shutdown_on_signals();
     match gpuq_worker::run(config, options, shutdown)

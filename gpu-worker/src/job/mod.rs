@@ -21,15 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::amqp::{self, Broker};
-use crate::models::Model;
+use crate::pool::ModelPool;
+use crate::runtime::{self, Progress, RunError};
 use crate::stats::WorkerStats;
 use crate::store::{Claim, ClaimContext, Outcome, Store, StoreError};
-
-/// A model this worker has loaded, with its registry entry.
-pub struct LoadedModel {
-    pub config: ModelConfig,
-    pub model: Arc<dyn Model>,
-}
 
 /// Everything a delivery handler needs, shared by all in-flight jobs.
 pub struct JobContext {
@@ -40,7 +35,10 @@ pub struct JobContext {
     pub gpu: String,
     pub store: Store,
     pub broker: Arc<Broker>,
-    pub models: HashMap<String, LoadedModel>,
+    /// Registry entries of the models whose queues this worker consumes.
+    pub models: HashMap<String, ModelConfig>,
+    /// The loaded models.
+    pub pool: Arc<ModelPool>,
     pub stats: Arc<WorkerStats>,
     /// Cancelled when a model thread is stuck and the process must be restarted.
     pub restart: CancellationToken,
@@ -149,8 +147,8 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
     };
     let encoding =
         Encoding::detect(content_type.as_deref(), &delivery.data).unwrap_or(Encoding::Msgpack);
-    let loaded = &ctx.models[model_id];
-    let timeout = match route(&job, &loaded.config, &ctx.config) {
+    let model = &ctx.models[model_id];
+    let timeout = match route(&job, model, &ctx.config) {
         Ok(Route::Run { timeout }) => timeout,
         Ok(Route::Forward { routing_key }) => {
             return forward(ctx, &job, model_id, delivery, encoding, &routing_key).await
@@ -159,7 +157,7 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
             return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await
         }
     };
-    if let Err(error) = loaded.model.validate(&job.inputs) {
+    if let Err(error) = runtime::validate(model, &job.inputs) {
         return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await;
     }
     let claim_ctx = ClaimContext {
@@ -183,7 +181,7 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         }
     };
     tracing::debug!(attempt, "job claimed");
-    let outcome = run_model(ctx, loaded, &job, timeout).await;
+    let outcome = run_model(ctx, model, &job, timeout).await;
     record_and_ack(
         ctx,
         &job,
@@ -196,46 +194,64 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
     .await;
 }
 
-async fn run_model(
-    ctx: &JobContext,
-    loaded: &LoadedModel,
-    job: &JobMessage,
-    timeout: Duration,
-) -> Outcome {
+async fn run_model(ctx: &JobContext, model: &ModelConfig, job: &JobMessage, timeout: Duration) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
-    let model = Arc::clone(&loaded.model);
-    let inputs = job.inputs.clone();
-    let task = tokio::task::spawn_blocking(move || model.run(&inputs));
-    match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(Ok(outputs))) => completed(&outputs),
-        Ok(Ok(Err(error))) => failed(JobStatus::Failed, error),
-        Ok(Err(join_error)) => failed(
-            JobStatus::Failed,
-            JobError::new(
-                ErrorCode::ModelFailed,
-                format!("the model crashed: {join_error}"),
-            ),
-        ),
-        Err(_) => {
-            // The model thread cannot be interrupted; the process restarts once the
-            // outcome is recorded so its slot (and VRAM) comes back clean.
-            tracing::error!(
-                timeout_s = timeout.as_secs(),
-                "job timed out; the worker will restart"
-            );
-            ctx.restart.cancel();
+    let lease = match ctx.pool.acquire(model).await {
+        Ok(lease) => lease,
+        Err(error) => {
+            tracing::error!(%error, "model load failed");
+            return failed(JobStatus::Failed, error.to_job_error());
+        }
+    };
+    let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
+    let result = lease.runtime.run(job.inputs.clone(), timeout, progress).await;
+    drop(lease);
+    match result {
+        Ok(outputs) => completed(&outputs),
+        Err(RunError::Job(error)) => failed(JobStatus::Failed, error),
+        Err(RunError::ModelBroken(error)) => {
+            tracing::warn!(code = %error.code, "model broken; unloading it");
+            ctx.pool.evict(&model.id).await;
+            failed(JobStatus::Failed, error)
+        }
+        Err(RunError::TimedOut { stuck }) => {
+            if stuck {
+                // The model thread cannot be interrupted; the process restarts once
+                // the outcome is recorded, so its slot (and VRAM) comes back clean.
+                tracing::error!(timeout_s = timeout.as_secs(), "job timed out on a stuck thread; the worker will restart");
+                ctx.restart.cancel();
+            } else {
+                tracing::warn!(timeout_s = timeout.as_secs(), "job timed out; the model process was killed");
+            }
             failed(
                 JobStatus::TimedOut,
-                JobError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "the job ran longer than its timeout of {} s",
-                        timeout.as_secs()
-                    ),
-                ),
+                JobError::new(ErrorCode::Timeout, format!("the job ran longer than its timeout of {} s", timeout.as_secs())),
             )
         }
     }
+}
+
+/// Shortest gap between two progress writes of one job.
+const PROGRESS_MIN_GAP_MS: u64 = 250;
+
+/// Writes a job's progress to Redis, at most every 250 ms; callable from any thread.
+fn progress_reporter(store: Store, job_id: String) -> Progress {
+    let handle = tokio::runtime::Handle::current();
+    let last_write_ms = std::sync::atomic::AtomicU64::new(0);
+    Arc::new(move |fraction: f64| {
+        let now = now_ms();
+        let last = last_write_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) < PROGRESS_MIN_GAP_MS && fraction < 1.0 {
+            return;
+        }
+        last_write_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        let (store, job_id) = (store.clone(), job_id.clone());
+        handle.spawn(async move {
+            if let Err(error) = store.set_progress(&job_id, fraction.clamp(0.0, 1.0)).await {
+                tracing::debug!(%error, "progress not written");
+            }
+        });
+    })
 }
 
 fn completed(outputs: &ValueMap) -> Outcome {
@@ -295,6 +311,7 @@ async fn record_and_ack(
         model: Some(model_id.to_owned()),
         worker: Some(ctx.worker_id.clone()),
         attempt,
+        progress: None,
         error: outcome.error.clone(),
     };
     match with_retries(|| ctx.store.finish(&job.job_id, &outcome, &event)).await {
@@ -426,6 +443,7 @@ async fn dead_letter(
             model: Some(model_id.to_owned()),
             worker: Some(ctx.worker_id.clone()),
             attempt: None,
+            progress: None,
             error: Some(error.clone()),
         };
         let outcome = failed(JobStatus::Failed, error.clone());

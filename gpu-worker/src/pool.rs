@@ -1,0 +1,253 @@
+//! Model residency: which models a worker keeps loaded, within its VRAM budget.
+//!
+//! Models load on first use. Up to `max_models_per_worker` stay resident; when a
+//! model does not fit (by count or by declared VRAM), the least recently used
+//! idle models are unloaded first. The sum of declared sizes never exceeds the
+//! budget: a load that cannot make room waits for a model in use to go idle, and
+//! a model bigger than the whole budget is refused. Where a free-memory probe is
+//! given (NVML), a load is also refused when the GPU lacks the room.
+//!
+//! The pool lock is held while a model loads, so two jobs never load the same
+//! model twice and the accounting is never optimistic.
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use gpuq_common::registry::ModelConfig;
+use gpuq_common::{now_ms, ErrorCode};
+use serde::Serialize;
+use tokio::sync::{Mutex, Notify};
+
+use crate::runtime::{LoadError, Runtime};
+
+/// Loads a model; the real one is [`crate::runtime::load`], tests pass fakes.
+pub type Loader = Arc<dyn Fn(ModelConfig) -> BoxFuture<'static, Result<Arc<dyn Runtime>, LoadError>> + Send + Sync>;
+/// Free GPU memory in MiB, when it can be read.
+pub type FreeMemoryProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+struct Resident {
+    model_id: String,
+    vram_mib: u64,
+    runtime: Arc<dyn Runtime>,
+    in_use: usize,
+    last_used: Instant,
+    loaded_at_ms: u64,
+    load_ms: u64,
+    jobs: u64,
+}
+
+/// A resident model, as the worker's record shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResidentInfo {
+    pub model: String,
+    pub vram_mib: u64,
+    pub in_use: usize,
+    pub loaded_at_ms: u64,
+    pub load_ms: u64,
+    pub jobs: u64,
+}
+
+/// Counters of the pool's life, for the worker's record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PoolStats {
+    pub loads: u64,
+    pub unloads: u64,
+    pub load_failures: u64,
+    /// Largest sum of declared VRAM of resident models ever reached, MiB.
+    pub peak_resident_mib: u64,
+}
+
+pub struct ModelPool {
+    budget_mib: Option<u64>,
+    max_models: usize,
+    loader: Loader,
+    free_memory: Option<FreeMemoryProbe>,
+    residents: Mutex<Vec<Resident>>,
+    idle: Notify,
+    /// Copy of the residents for readers that must not wait on a load.
+    snapshot: StdMutex<(Vec<ResidentInfo>, PoolStats)>,
+}
+
+/// A model in use by one job; returns it to the pool when dropped.
+pub struct Lease {
+    pool: Arc<ModelPool>,
+    model_id: String,
+    pub runtime: Arc<dyn Runtime>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let pool = Arc::clone(&self.pool);
+        let model_id = std::mem::take(&mut self.model_id);
+        // Release without blocking the dropping task on the pool lock.
+        tokio::spawn(async move {
+            let mut residents = pool.residents.lock().await;
+            if let Some(resident) = residents.iter_mut().find(|r| r.model_id == model_id) {
+                resident.in_use = resident.in_use.saturating_sub(1);
+                resident.last_used = Instant::now();
+            }
+            pool.publish(&residents, |_| {});
+            drop(residents);
+            pool.idle.notify_waiters();
+        });
+    }
+}
+
+impl ModelPool {
+    pub fn new(budget_mib: Option<u64>, max_models: usize, loader: Loader, free_memory: Option<FreeMemoryProbe>) -> Arc<ModelPool> {
+        Arc::new(ModelPool {
+            budget_mib,
+            max_models: max_models.max(1),
+            loader,
+            free_memory,
+            residents: Mutex::new(Vec::new()),
+            idle: Notify::new(),
+            snapshot: StdMutex::new((Vec::new(), PoolStats::default())),
+        })
+    }
+
+    /// Resident models and counters, without waiting for a load in progress.
+    pub fn snapshot(&self) -> (Vec<ResidentInfo>, PoolStats) {
+        self.snapshot.lock().expect("pool snapshot lock").clone()
+    }
+
+    fn publish(&self, residents: &[Resident], change: impl FnOnce(&mut PoolStats)) {
+        let mut snapshot = self.snapshot.lock().expect("pool snapshot lock");
+        change(&mut snapshot.1);
+        let resident_mib: u64 = residents.iter().map(|r| r.vram_mib).sum();
+        snapshot.1.peak_resident_mib = snapshot.1.peak_resident_mib.max(resident_mib);
+        snapshot.0 = residents
+            .iter()
+            .map(|r| ResidentInfo {
+                model: r.model_id.clone(),
+                vram_mib: r.vram_mib,
+                in_use: r.in_use,
+                loaded_at_ms: r.loaded_at_ms,
+                load_ms: r.load_ms,
+                jobs: r.jobs,
+            })
+            .collect();
+    }
+
+    fn fits(&self, residents: &[Resident], vram_mib: u64) -> bool {
+        let used: u64 = residents.iter().map(|r| r.vram_mib).sum();
+        residents.len() < self.max_models && self.budget_mib.is_none_or(|budget| used + vram_mib <= budget)
+    }
+
+    /// The model, loaded if needed, reserved for one job.
+    pub async fn acquire(self: &Arc<Self>, model: &ModelConfig) -> Result<Lease, LoadError> {
+        if let Some(budget) = self.budget_mib.filter(|b| model.vram_mib > *b) {
+            return Err(LoadError::new(
+                &model.id,
+                format!("needs {} MiB, more than this worker's budget of {budget} MiB", model.vram_mib),
+            ));
+        }
+        loop {
+            let idle = self.idle.notified();
+            let mut residents = self.residents.lock().await;
+            if let Some(resident) = residents.iter_mut().find(|r| r.model_id == model.id) {
+                resident.in_use += 1;
+                resident.jobs += 1;
+                resident.last_used = Instant::now();
+                let runtime = Arc::clone(&resident.runtime);
+                self.publish(&residents, |_| {});
+                return Ok(self.lease(&model.id, runtime));
+            }
+            while !self.fits(&residents, model.vram_mib) {
+                let Some(victim) = residents
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.in_use == 0)
+                    .min_by_key(|(_, r)| r.last_used)
+                    .map(|(i, _)| i)
+                else {
+                    break;
+                };
+                let evicted = residents.remove(victim);
+                tracing::info!(model = %evicted.model_id, for_model = %model.id, "unloading least recently used model");
+                evicted.runtime.unload().await;
+                self.publish(&residents, |stats| stats.unloads += 1);
+            }
+            if !self.fits(&residents, model.vram_mib) {
+                // Every resident model is running a job: wait for one to finish.
+                drop(residents);
+                idle.await;
+                continue;
+            }
+            self.check_free_memory(model)?;
+            let started = Instant::now();
+            let loaded = (self.loader)(model.clone()).await;
+            let runtime = match loaded {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    self.publish(&residents, |stats| stats.load_failures += 1);
+                    return Err(error);
+                }
+            };
+            let load_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(model = %model.id, load_ms, "model loaded");
+            residents.push(Resident {
+                model_id: model.id.clone(),
+                vram_mib: model.vram_mib,
+                runtime: Arc::clone(&runtime),
+                in_use: 1,
+                last_used: Instant::now(),
+                loaded_at_ms: now_ms(),
+                load_ms,
+                jobs: 1,
+            });
+            debug_assert!(self.budget_mib.is_none_or(|b| residents.iter().map(|r| r.vram_mib).sum::<u64>() <= b));
+            self.publish(&residents, |stats| stats.loads += 1);
+            return Ok(self.lease(&model.id, runtime));
+        }
+    }
+
+    fn check_free_memory(&self, model: &ModelConfig) -> Result<(), LoadError> {
+        let Some(free_mib) = self.free_memory.as_ref().and_then(|probe| probe()) else {
+            return Ok(());
+        };
+        if free_mib < model.vram_mib {
+            return Err(LoadError {
+                code: ErrorCode::OutOfMemory,
+                ..LoadError::new(
+                    &model.id,
+                    format!("the GPU has {free_mib} MiB free, the model needs {} MiB", model.vram_mib),
+                )
+            });
+        }
+        Ok(())
+    }
+
+    fn lease(self: &Arc<Self>, model_id: &str, runtime: Arc<dyn Runtime>) -> Lease {
+        Lease {
+            pool: Arc::clone(self),
+            model_id: model_id.to_owned(),
+            runtime,
+        }
+    }
+
+    /// Unloads a model that broke (crashed child, CUDA out of memory).
+    pub async fn evict(&self, model_id: &str) {
+        let mut residents = self.residents.lock().await;
+        if let Some(i) = residents.iter().position(|r| r.model_id == model_id) {
+            let broken = residents.remove(i);
+            broken.runtime.unload().await;
+            self.publish(&residents, |stats| stats.unloads += 1);
+        }
+        drop(residents);
+        self.idle.notify_waiters();
+    }
+
+    /// Unloads everything (worker shutdown).
+    pub async fn unload_all(&self) {
+        let mut residents = self.residents.lock().await;
+        for resident in residents.drain(..) {
+            resident.runtime.unload().await;
+        }
+        self.publish(&residents, |_| {});
+    }
+}
+
+#[cfg(test)]
+mod tests;

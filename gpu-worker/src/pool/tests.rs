@@ -1,0 +1,147 @@
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use gpuq_common::{Config, ConfigOverrides, ValueMap};
+
+use super::*;
+use crate::runtime::{Progress, RunError};
+
+/// A fake runtime that records its unload in a shared log.
+struct Fake {
+    id: String,
+    log: Arc<StdMutex<Vec<String>>>,
+}
+
+impl Runtime for Fake {
+    fn run(&self, inputs: ValueMap, _: Duration, _: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>> {
+        async move { Ok(inputs) }.boxed()
+    }
+    fn unload(&self) -> BoxFuture<'_, ()> {
+        self.log.lock().unwrap().push(format!("unload {}", self.id));
+        async {}.boxed()
+    }
+}
+
+fn models() -> Vec<ModelConfig> {
+    let text = r#"
+[[models]]
+id = "a"
+feature = "f"
+runtime = "echo"
+vram_mib = 4000
+[[models]]
+id = "b"
+feature = "f"
+runtime = "echo"
+vram_mib = 4000
+[[models]]
+id = "c"
+feature = "f"
+runtime = "echo"
+vram_mib = 4000
+[[models]]
+id = "big"
+feature = "f"
+runtime = "echo"
+vram_mib = 7000
+[[models]]
+id = "huge"
+feature = "f"
+runtime = "echo"
+vram_mib = 20000
+"#;
+    Config::parse(text, None, &ConfigOverrides::default()).unwrap().models.clone()
+}
+
+fn pool(budget: u64, max: usize) -> (Arc<ModelPool>, Arc<StdMutex<Vec<String>>>) {
+    let log = Arc::new(StdMutex::new(Vec::new()));
+    let loader_log = Arc::clone(&log);
+    let loader: Loader = Arc::new(move |model: ModelConfig| {
+        let log = Arc::clone(&loader_log);
+        async move {
+            log.lock().unwrap().push(format!("load {}", model.id));
+            Ok(Arc::new(Fake { id: model.id, log }) as Arc<dyn Runtime>)
+        }
+        .boxed()
+    });
+    (ModelPool::new(Some(budget), max, loader, None), log)
+}
+
+fn model(id: &str) -> ModelConfig {
+    models().into_iter().find(|m| m.id == id).unwrap()
+}
+
+async fn use_once(pool: &Arc<ModelPool>, id: &str) {
+    let lease = pool.acquire(&model(id)).await.unwrap();
+    drop(lease);
+    // Releases happen on a spawned task; let it run.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+fn resident(pool: &ModelPool) -> Vec<String> {
+    let mut ids: Vec<String> = pool.snapshot().0.into_iter().map(|r| r.model).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn loads_on_first_use_and_reuses_resident_models() {
+    let (pool, log) = pool(10_000, 2);
+    use_once(&pool, "a").await;
+    use_once(&pool, "a").await;
+    assert_eq!(*log.lock().unwrap(), ["load a"]);
+    let (residents, stats) = pool.snapshot();
+    assert_eq!(residents[0].jobs, 2);
+    assert_eq!(stats.loads, 1);
+}
+
+#[tokio::test]
+async fn least_recently_used_idle_model_is_evicted_at_the_model_limit() {
+    let (pool, log) = pool(100_000, 2);
+    use_once(&pool, "a").await;
+    use_once(&pool, "b").await;
+    use_once(&pool, "a").await; // a is now more recent than b
+    use_once(&pool, "c").await;
+    assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload b", "load c"]);
+    assert_eq!(resident(&pool), ["a", "c"]);
+}
+
+#[tokio::test]
+async fn the_budget_is_never_exceeded_by_declared_sizes() {
+    let (pool, log) = pool(10_000, 5);
+    use_once(&pool, "a").await;
+    use_once(&pool, "b").await; // 8000 of 10000
+    use_once(&pool, "big").await; // 7000: both a and b must go
+    assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload a", "unload b", "load big"]);
+    assert_eq!(pool.snapshot().1.peak_resident_mib, 8000);
+    let error = pool.acquire(&model("huge")).await.err().unwrap();
+    assert!(error.reason.contains("more than this worker's budget of 10000 MiB"), "{error}");
+}
+
+#[tokio::test]
+async fn a_model_in_use_is_not_evicted_and_the_load_waits_for_it() {
+    let (pool, log) = pool(8_000, 2);
+    let held = pool.acquire(&model("a")).await.unwrap();
+    use_once(&pool, "b").await;
+    let waiting = {
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move { pool.acquire(&model("big")).await.map(drop) })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // b (idle) went; a is in use, so big (7000) still cannot fit next to it.
+    assert!(!waiting.is_finished());
+    assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload b"]);
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(2), waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload b", "unload a", "load big"]);
+}
+
+#[tokio::test]
+async fn a_gpu_without_free_memory_refuses_the_load_as_out_of_memory() {
+    let (pool, _) = pool(10_000, 2);
+    let probe: FreeMemoryProbe = Arc::new(|| Some(1_000));
+    let pool = ModelPool::new(Some(10_000), 2, Arc::clone(&pool.loader), Some(probe));
+    let error = pool.acquire(&model("a")).await.err().unwrap();
+    assert_eq!(error.code, ErrorCode::OutOfMemory);
+    assert!(error.reason.contains("1000 MiB free"), "{error}");
+}

@@ -1,0 +1,316 @@
+//! The `adapter` runtime: a long-lived child process per loaded model, speaking
+//! JSON lines over stdin/stdout (docs/adapters.md).
+//!
+//! The child is untrusted: every line it writes is size-limited and parsed; a
+//! crash, a hang past the job's timeout or garbage on stdout becomes a clear job
+//! error, the child is killed, and the next job starts a fresh one. Its stderr
+//! goes to the worker's log. It inherits `CUDA_VISIBLE_DEVICES` and dies with
+//! the worker.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use gpuq_common::registry::{AdapterParams, ModelConfig};
+use gpuq_common::{ErrorCode, JobError, Value, ValueMap};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::Mutex;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use super::{LoadError, Progress, RunError, Runtime};
+
+/// Longest line an adapter may write (a result with inline data included).
+const MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
+/// How long an adapter gets to exit after `unload`.
+const UNLOAD_GRACE: Duration = Duration::from_secs(5);
+/// JSON key that carries bytes, base64-encoded, in both directions.
+pub const BYTES_KEY: &str = "$bytes";
+
+struct ChildProcess {
+    child: Child,
+    stdin: ChildStdin,
+    lines: FramedRead<ChildStdout, LinesCodec>,
+}
+
+pub struct AdapterModel {
+    model_id: String,
+    params: AdapterParams,
+    child: Mutex<Option<ChildProcess>>,
+}
+
+/// What an adapter said, or failed to say.
+enum Reply {
+    Message(serde_json::Value),
+    Exited(String),
+    Garbage(String),
+}
+
+impl ChildProcess {
+    async fn send(&mut self, message: &serde_json::Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(message).expect("json values serialize");
+        line.push(b'\n');
+        self.stdin.write_all(&line).await?;
+        self.stdin.flush().await
+    }
+
+    async fn next_reply(&mut self) -> Reply {
+        match self.lines.next().await {
+            None => Reply::Exited(self.exit_status().await),
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                Reply::Garbage(format!("a line longer than {MAX_LINE_BYTES} bytes"))
+            }
+            Some(Err(LinesCodecError::Io(error))) => Reply::Garbage(format!("unreadable output: {error}")),
+            Some(Ok(line)) => match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(message) if message.get("type").and_then(|t| t.as_str()).is_some() => Reply::Message(message),
+                _ => Reply::Garbage(format!("not a protocol message: {}", truncate(&line, 200))),
+            },
+        }
+    }
+
+    async fn exit_status(&mut self) -> String {
+        match tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            _ => "closed its output".to_owned(),
+        }
+    }
+
+    async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// Converts wire values to the adapter's JSON: bytes become `{"$bytes": base64}`.
+pub fn to_adapter_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Binary(bytes) => json!({ BYTES_KEY: base64::engine::general_purpose::STANDARD.encode(bytes) }),
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(to_adapter_json).collect()),
+        Value::Map(entries) => serde_json::Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_str().map_or_else(|| k.to_string(), str::to_owned), to_adapter_json(v)))
+                .collect(),
+        ),
+        other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// Converts the adapter's JSON back to wire values, decoding `{"$bytes": …}`.
+pub fn from_adapter_json(value: &serde_json::Value) -> Result<Value, String> {
+    Ok(match value {
+        serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(BYTES_KEY) => {
+            let encoded = map[BYTES_KEY].as_str().ok_or("'$bytes' must be a base64 string")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| format!("'$bytes' is not valid base64: {e}"))?;
+            Value::Binary(bytes)
+        }
+        serde_json::Value::Object(map) => Value::Map(
+            map.iter()
+                .map(|(k, v)| Ok((Value::from(k.as_str()), from_adapter_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        serde_json::Value::Array(items) => Value::Array(items.iter().map(from_adapter_json).collect::<Result<_, _>>()?),
+        other => serde_json::from_value(other.clone()).map_err(|e| e.to_string())?,
+    })
+}
+
+/// Maps an adapter's `error` message to a job error; adapters may pick among a few codes.
+fn adapter_error(message: &serde_json::Value) -> JobError {
+    let text = message["message"].as_str().unwrap_or("the adapter reported an error").to_owned();
+    let code = match message["code"].as_str() {
+        Some("invalid_input") => ErrorCode::InvalidInput,
+        Some("out_of_memory") => ErrorCode::OutOfMemory,
+        _ => ErrorCode::ModelFailed,
+    };
+    JobError::new(code, text)
+}
+
+impl AdapterModel {
+    /// Starts the adapter and waits for it to finish loading.
+    pub async fn load(model: &ModelConfig, params: AdapterParams) -> Result<AdapterModel, LoadError> {
+        let child = spawn_and_load(&model.id, &params).await?;
+        Ok(AdapterModel {
+            model_id: model.id.clone(),
+            params,
+            child: Mutex::new(Some(child)),
+        })
+    }
+
+    async fn run_job(&self, inputs: ValueMap, timeout: Duration, progress: Progress) -> Result<ValueMap, RunError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut slot = self.child.lock().await;
+        if slot.is_none() {
+            tracing::info!(model = %self.model_id, "restarting adapter");
+            let started = tokio::time::timeout_at(deadline, spawn_and_load(&self.model_id, &self.params)).await;
+            *slot = Some(match started {
+                Ok(Ok(child)) => child,
+                Ok(Err(error)) => return Err(RunError::ModelBroken(error.to_job_error())),
+                Err(_) => return Err(RunError::TimedOut { stuck: false }),
+            });
+        }
+        let child = slot.as_mut().expect("adapter child present");
+        let inputs_json: serde_json::Map<String, serde_json::Value> =
+            inputs.iter().map(|(k, v)| (k.clone(), to_adapter_json(v))).collect();
+        if let Err(error) = child.send(&json!({"op": "run", "inputs": inputs_json})).await {
+            let status = child.exit_status().await;
+            slot.take();
+            return Err(crashed(format!("the adapter could not take the job ({error}); it exited: {status}")));
+        }
+        loop {
+            let reply = match tokio::time::timeout_at(deadline, child.next_reply()).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    tracing::warn!(model = %self.model_id, "adapter hung past the job's timeout; killing it");
+                    slot.take().expect("adapter child present").kill().await;
+                    return Err(RunError::TimedOut { stuck: false });
+                }
+            };
+            let message = match reply {
+                Reply::Message(message) => message,
+                Reply::Exited(status) => {
+                    slot.take();
+                    return Err(crashed(format!("the adapter exited while running the job: {status}")));
+                }
+                Reply::Garbage(what) => {
+                    slot.take().expect("adapter child present").kill().await;
+                    return Err(crashed(format!("the adapter wrote invalid output ({what}); it was restarted")));
+                }
+            };
+            match message["type"].as_str() {
+                Some("progress") => {
+                    if let Some(fraction) = message["progress"].as_f64().filter(|p| (0.0..=1.0).contains(p)) {
+                        progress(fraction);
+                    }
+                }
+                Some("result") => {
+                    let outputs = match from_adapter_json(&message["outputs"]) {
+                        Ok(Value::Map(entries)) => entries,
+                        Ok(_) => return Err(crashed("the adapter's 'outputs' is not an object".into())),
+                        Err(error) => return Err(crashed(format!("the adapter's outputs are invalid: {error}"))),
+                    };
+                    return Ok(outputs
+                        .into_iter()
+                        .map(|(k, v)| (k.as_str().unwrap_or_default().to_owned(), v))
+                        .collect());
+                }
+                Some("error") => return Err(RunError::Job(adapter_error(&message))),
+                other => {
+                    slot.take().expect("adapter child present").kill().await;
+                    return Err(crashed(format!("the adapter sent an unknown message type {other:?}; it was restarted")));
+                }
+            }
+        }
+    }
+}
+
+/// The job fails; the adapter process is gone and restarts for the next job.
+fn crashed(message: String) -> RunError {
+    RunError::Job(JobError::new(ErrorCode::ModelFailed, message))
+}
+
+async fn spawn_and_load(model_id: &str, params: &AdapterParams) -> Result<ChildProcess, LoadError> {
+    let (program, args) = params.command.split_first().expect("validated: command has a program");
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(&params.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(cwd) = &params.cwd {
+        command.current_dir(cwd);
+    }
+    gpuq_common::process::set_parent_death_signal(&mut command);
+    let mut child = command
+        .spawn()
+        .map_err(|e| LoadError::new(model_id, format!("cannot start adapter {program}: {e}")))?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut process = ChildProcess {
+        child,
+        stdin,
+        lines: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES)),
+    };
+    let settings = serde_json::to_value(&params.settings).unwrap_or_default();
+    let load = json!({"op": "load", "model": model_id, "settings": settings});
+    let loaded = async {
+        process.send(&load).await.map_err(|e| format!("cannot send load: {e}"))?;
+        loop {
+            match process.next_reply().await {
+                Reply::Message(message) => match message["type"].as_str() {
+                    Some("ready") => return Ok(()),
+                    Some("progress") => continue,
+                    Some("error") => return Err(format!("adapter load failed: {}", adapter_error(&message).message)),
+                    other => return Err(format!("adapter sent {other:?} instead of 'ready'")),
+                },
+                Reply::Exited(status) => return Err(format!("adapter exited while loading: {status}")),
+                Reply::Garbage(what) => return Err(format!("adapter wrote invalid output while loading ({what})")),
+            }
+        }
+    };
+    let timeout = Duration::from_secs(params.load_timeout_s);
+    match tokio::time::timeout(timeout, loaded).await {
+        Ok(Ok(())) => Ok(process),
+        Ok(Err(reason)) => {
+            process.kill().await;
+            Err(LoadError::new(model_id, reason))
+        }
+        Err(_) => {
+            process.kill().await;
+            Err(LoadError::new(model_id, format!("adapter did not load within {} s", params.load_timeout_s)))
+        }
+    }
+}
+
+impl Runtime for AdapterModel {
+    fn run(&self, inputs: ValueMap, timeout: Duration, progress: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>> {
+        self.run_job(inputs, timeout, progress).boxed()
+    }
+
+    fn unload(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let Some(mut child) = self.child.lock().await.take() else { return };
+            let _ = child.send(&json!({"op": "unload"})).await;
+            if tokio::time::timeout(UNLOAD_GRACE, child.child.wait()).await.is_err() {
+                child.kill().await;
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_travel_as_base64_both_ways() {
+        let value = Value::Map(vec![
+            (Value::from("image"), Value::Binary(vec![0, 255, 7])),
+            (Value::from("list"), Value::Array(vec![Value::from("a")])),
+            (Value::from("n"), Value::from(3)),
+        ]);
+        let json = to_adapter_json(&value);
+        assert_eq!(json, json!({"image": {"$bytes": "AP8H"}, "n": 3, "list": ["a"]}));
+        assert_eq!(from_adapter_json(&json).unwrap(), value);
+        assert!(from_adapter_json(&json!({"$bytes": "***"})).is_err());
+    }
+
+    #[test]
+    fn adapter_errors_keep_allowed_codes_only() {
+        assert_eq!(adapter_error(&json!({"type": "error", "message": "bad", "code": "invalid_input"})).code, ErrorCode::InvalidInput);
+        assert_eq!(adapter_error(&json!({"type": "error", "message": "x", "code": "unroutable"})).code, ErrorCode::ModelFailed);
+    }
+}

@@ -1,0 +1,165 @@
+//! Synthetic models for tests, demos and benchmarks. They do no GPU work and
+//! are named as such everywhere they appear.
+//!
+//! - `echo` returns its inputs as outputs.
+//! - `sleep` stands for a GPU-bound model: it takes `load_ms` to load, holds its
+//!   slot (and, by the pool's accounting, its declared VRAM) for `duration_ms`
+//!   per job, and can fail on purpose (`fail: true` input, or `fail_rate`).
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use gpuq_common::registry::SleepParams;
+use gpuq_common::{ErrorCode, JobError, Value, ValueMap};
+
+use super::{run_blocking, Progress, RunError, Runtime};
+
+pub struct EchoModel;
+
+impl Runtime for EchoModel {
+    fn run(&self, inputs: ValueMap, _timeout: Duration, _progress: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>> {
+        async move { Ok(inputs) }.boxed()
+    }
+
+    fn unload(&self) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
+}
+
+pub struct SleepModel {
+    params: SleepParams,
+}
+
+/// Longest sleep a job may ask for; longer requests are input errors, not hangs.
+const MAX_SLEEP_MS: u64 = 3_600_000;
+
+fn duration_ms(inputs: &ValueMap, default_ms: u64) -> Result<u64, JobError> {
+    match inputs.get("duration_ms") {
+        None => Ok(default_ms),
+        Some(value) => value.as_u64().filter(|ms| *ms <= MAX_SLEEP_MS).ok_or_else(|| {
+            JobError::new(
+                ErrorCode::InvalidInput,
+                format!("input 'duration_ms' must be an integer from 0 to {MAX_SLEEP_MS}, got {value}"),
+            )
+        }),
+    }
+}
+
+fn forced_failure(inputs: &ValueMap) -> Result<bool, JobError> {
+    match inputs.get("fail") {
+        None => Ok(false),
+        Some(Value::Boolean(fail)) => Ok(*fail),
+        Some(other) => Err(JobError::new(
+            ErrorCode::InvalidInput,
+            format!("input 'fail' must be a boolean, got {other}"),
+        )),
+    }
+}
+
+/// Input checks of the `sleep` runtime.
+pub fn validate_sleep(inputs: &ValueMap) -> Result<(), JobError> {
+    duration_ms(inputs, 0)?;
+    forced_failure(inputs)?;
+    Ok(())
+}
+
+impl SleepModel {
+    /// "Loads" by waiting `load_ms`, as a real model's load would.
+    pub async fn load(params: SleepParams) -> SleepModel {
+        tokio::time::sleep(Duration::from_millis(params.load_ms)).await;
+        SleepModel { params }
+    }
+}
+
+impl Runtime for SleepModel {
+    fn run(&self, inputs: ValueMap, timeout: Duration, progress: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>> {
+        let params = self.params.clone();
+        run_blocking(timeout, move || {
+            let duration_ms = duration_ms(&inputs, params.duration_ms).map_err(RunError::Job)?;
+            // Report progress half-way, as a long model would.
+            std::thread::sleep(Duration::from_millis(duration_ms / 2));
+            progress(0.5);
+            std::thread::sleep(Duration::from_millis(duration_ms - duration_ms / 2));
+            let unlucky = params.fail_rate > 0.0 && rand::random::<f64>() < params.fail_rate;
+            if forced_failure(&inputs).map_err(RunError::Job)? || unlucky {
+                return Err(RunError::Job(JobError::new(
+                    ErrorCode::ModelFailed,
+                    format!("synthetic sleep model failed on purpose after {duration_ms} ms"),
+                )));
+            }
+            let mut outputs = ValueMap::new();
+            outputs.insert("slept_ms".into(), Value::from(duration_ms));
+            Ok(outputs)
+        })
+        .boxed()
+    }
+
+    fn unload(&self) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn sleep_model(fail_rate: f64) -> SleepModel {
+        SleepModel {
+            params: SleepParams { duration_ms: 1, fail_rate, load_ms: 0 },
+        }
+    }
+
+    fn no_progress() -> Progress {
+        Arc::new(|_| {})
+    }
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn echo_returns_its_inputs() {
+        let mut inputs = ValueMap::new();
+        inputs.insert("text".into(), Value::from("hello"));
+        inputs.insert("bytes".into(), Value::Binary(vec![1, 2, 3]));
+        assert_eq!(EchoModel.run(inputs.clone(), LONG, no_progress()).await.unwrap(), inputs);
+    }
+
+    #[tokio::test]
+    async fn sleep_reports_how_long_it_slept_and_its_progress() {
+        let mut inputs = ValueMap::new();
+        inputs.insert("duration_ms".into(), Value::from(2));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let progress: Progress = Arc::new(move |p| sink.lock().unwrap().push(p));
+        let outputs = sleep_model(0.0).run(inputs, LONG, progress).await.unwrap();
+        assert_eq!(outputs["slept_ms"], Value::from(2));
+        assert_eq!(*seen.lock().unwrap(), [0.5]);
+    }
+
+    #[test]
+    fn sleep_rejects_wrong_input_types() {
+        for (name, value) in [("duration_ms", Value::from("soon")), ("duration_ms", Value::from(-5)), ("fail", Value::from(1))] {
+            let mut inputs = ValueMap::new();
+            inputs.insert(name.into(), value);
+            assert_eq!(validate_sleep(&inputs).unwrap_err().code, ErrorCode::InvalidInput);
+        }
+    }
+
+    #[tokio::test]
+    async fn sleep_fails_on_request_and_at_rate_one() {
+        let mut inputs = ValueMap::new();
+        inputs.insert("fail".into(), Value::from(true));
+        let failed = |r: Result<ValueMap, RunError>| matches!(r, Err(RunError::Job(e)) if e.code == ErrorCode::ModelFailed);
+        assert!(failed(sleep_model(0.0).run(inputs, LONG, no_progress()).await));
+        assert!(failed(sleep_model(1.0).run(ValueMap::new(), LONG, no_progress()).await));
+    }
+
+    #[tokio::test]
+    async fn a_sleep_past_its_timeout_is_reported_stuck() {
+        let mut inputs = ValueMap::new();
+        inputs.insert("duration_ms".into(), Value::from(300));
+        let result = sleep_model(0.0).run(inputs, Duration::from_millis(20), no_progress()).await;
+        assert_eq!(result, Err(RunError::TimedOut { stuck: true }));
+    }
+}
