@@ -22,7 +22,9 @@ use tokio::sync::{Mutex, Notify};
 use crate::runtime::{LoadError, Runtime};
 
 /// Loads a model; the real one is [`crate::runtime::load`], tests pass fakes.
-pub type Loader = Arc<dyn Fn(ModelConfig) -> BoxFuture<'static, Result<Arc<dyn Runtime>, LoadError>> + Send + Sync>;
+pub type Loader = Arc<
+    dyn Fn(ModelConfig) -> BoxFuture<'static, Result<Arc<dyn Runtime>, LoadError>> + Send + Sync,
+>;
 /// Free GPU memory in MiB, when it can be read.
 pub type FreeMemoryProbe = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
@@ -95,7 +97,12 @@ impl Drop for Lease {
 }
 
 impl ModelPool {
-    pub fn new(budget_mib: Option<u64>, max_models: usize, loader: Loader, free_memory: Option<FreeMemoryProbe>) -> Arc<ModelPool> {
+    pub fn new(
+        budget_mib: Option<u64>,
+        max_models: usize,
+        loader: Loader,
+        free_memory: Option<FreeMemoryProbe>,
+    ) -> Arc<ModelPool> {
         Arc::new(ModelPool {
             budget_mib,
             max_models: max_models.max(1),
@@ -132,7 +139,10 @@ impl ModelPool {
 
     fn fits(&self, residents: &[Resident], vram_mib: u64) -> bool {
         let used: u64 = residents.iter().map(|r| r.vram_mib).sum();
-        residents.len() < self.max_models && self.budget_mib.is_none_or(|budget| used + vram_mib <= budget)
+        residents.len() < self.max_models
+            && self
+                .budget_mib
+                .is_none_or(|budget| used + vram_mib <= budget)
     }
 
     /// The model, loaded if needed, reserved for one job.
@@ -140,7 +150,10 @@ impl ModelPool {
         if let Some(budget) = self.budget_mib.filter(|b| model.vram_mib > *b) {
             return Err(LoadError::new(
                 &model.id,
-                format!("needs {} MiB, more than this worker's budget of {budget} MiB", model.vram_mib),
+                format!(
+                    "needs {} MiB, more than this worker's budget of {budget} MiB",
+                    model.vram_mib
+                ),
             ));
         }
         loop {
@@ -197,7 +210,11 @@ impl ModelPool {
                 load_ms,
                 jobs: 1,
             });
-            debug_assert!(self.budget_mib.is_none_or(|b| residents.iter().map(|r| r.vram_mib).sum::<u64>() <= b));
+            debug_assert!(self.budget_mib.is_none_or(|b| residents
+                .iter()
+                .map(|r| r.vram_mib)
+                .sum::<u64>()
+                <= b));
             self.publish(&residents, |stats| stats.loads += 1);
             return Ok(self.lease(&model.id, runtime));
         }
@@ -212,7 +229,10 @@ impl ModelPool {
                 code: ErrorCode::OutOfMemory,
                 ..LoadError::new(
                     &model.id,
-                    format!("the GPU has {free_mib} MiB free, the model needs {} MiB", model.vram_mib),
+                    format!(
+                        "the GPU has {free_mib} MiB free, the model needs {} MiB",
+                        model.vram_mib
+                    ),
                 )
             });
         }

@@ -194,7 +194,12 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
     .await;
 }
 
-async fn run_model(ctx: &JobContext, model: &ModelConfig, job: &JobMessage, timeout: Duration) -> Outcome {
+async fn run_model(
+    ctx: &JobContext,
+    model: &ModelConfig,
+    job: &JobMessage,
+    timeout: Duration,
+) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
     let lease = match ctx.pool.acquire(model).await {
         Ok(lease) => lease,
@@ -204,7 +209,10 @@ async fn run_model(ctx: &JobContext, model: &ModelConfig, job: &JobMessage, time
         }
     };
     let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
-    let result = lease.runtime.run(job.inputs.clone(), timeout, progress).await;
+    let result = lease
+        .runtime
+        .run(job.inputs.clone(), timeout, progress)
+        .await;
     drop(lease);
     match result {
         Ok(outputs) => completed(&outputs),
@@ -218,14 +226,26 @@ async fn run_model(ctx: &JobContext, model: &ModelConfig, job: &JobMessage, time
             if stuck {
                 // The model thread cannot be interrupted; the process restarts once
                 // the outcome is recorded, so its slot (and VRAM) comes back clean.
-                tracing::error!(timeout_s = timeout.as_secs(), "job timed out on a stuck thread; the worker will restart");
+                tracing::error!(
+                    timeout_s = timeout.as_secs(),
+                    "job timed out on a stuck thread; the worker will restart"
+                );
                 ctx.restart.cancel();
             } else {
-                tracing::warn!(timeout_s = timeout.as_secs(), "job timed out; the model process was killed");
+                tracing::warn!(
+                    timeout_s = timeout.as_secs(),
+                    "job timed out; the model process was killed"
+                );
             }
             failed(
                 JobStatus::TimedOut,
-                JobError::new(ErrorCode::Timeout, format!("the job ran longer than its timeout of {} s", timeout.as_secs())),
+                JobError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the job ran longer than its timeout of {} s",
+                        timeout.as_secs()
+                    ),
+                ),
             )
         }
     }

@@ -13,7 +13,12 @@ struct Fake {
 }
 
 impl Runtime for Fake {
-    fn run(&self, inputs: ValueMap, _: Duration, _: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>> {
+    fn run(
+        &self,
+        inputs: ValueMap,
+        _: Duration,
+        _: Progress,
+    ) -> BoxFuture<'_, Result<ValueMap, RunError>> {
         async move { Ok(inputs) }.boxed()
     }
     fn unload(&self) -> BoxFuture<'_, ()> {
@@ -50,7 +55,10 @@ feature = "f"
 runtime = "echo"
 vram_mib = 20000
 "#;
-    Config::parse(text, None, &ConfigOverrides::default()).unwrap().models.clone()
+    Config::parse(text, None, &ConfigOverrides::default())
+        .unwrap()
+        .models
+        .clone()
 }
 
 fn pool(budget: u64, max: usize) -> (Arc<ModelPool>, Arc<StdMutex<Vec<String>>>) {
@@ -102,7 +110,10 @@ async fn least_recently_used_idle_model_is_evicted_at_the_model_limit() {
     use_once(&pool, "b").await;
     use_once(&pool, "a").await; // a is now more recent than b
     use_once(&pool, "c").await;
-    assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload b", "load c"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["load a", "load b", "unload b", "load c"]
+    );
     assert_eq!(resident(&pool), ["a", "c"]);
 }
 
@@ -112,10 +123,18 @@ async fn the_budget_is_never_exceeded_by_declared_sizes() {
     use_once(&pool, "a").await;
     use_once(&pool, "b").await; // 8000 of 10000
     use_once(&pool, "big").await; // 7000: both a and b must go
-    assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload a", "unload b", "load big"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["load a", "load b", "unload a", "unload b", "load big"]
+    );
     assert_eq!(pool.snapshot().1.peak_resident_mib, 8000);
     let error = pool.acquire(&model("huge")).await.err().unwrap();
-    assert!(error.reason.contains("more than this worker's budget of 10000 MiB"), "{error}");
+    assert!(
+        error
+            .reason
+            .contains("more than this worker's budget of 10000 MiB"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -132,8 +151,15 @@ async fn a_model_in_use_is_not_evicted_and_the_load_waits_for_it() {
     assert!(!waiting.is_finished());
     assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload b"]);
     drop(held);
-    tokio::time::timeout(Duration::from_secs(2), waiting).await.unwrap().unwrap().unwrap();
-    assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload b", "unload a", "load big"]);
+    tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["load a", "load b", "unload b", "unload a", "load big"]
+    );
 }
 
 #[tokio::test]

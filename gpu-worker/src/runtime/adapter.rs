@@ -63,9 +63,13 @@ impl ChildProcess {
             Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
                 Reply::Garbage(format!("a line longer than {MAX_LINE_BYTES} bytes"))
             }
-            Some(Err(LinesCodecError::Io(error))) => Reply::Garbage(format!("unreadable output: {error}")),
+            Some(Err(LinesCodecError::Io(error))) => {
+                Reply::Garbage(format!("unreadable output: {error}"))
+            }
             Some(Ok(line)) => match serde_json::from_str::<serde_json::Value>(&line) {
-                Ok(message) if message.get("type").and_then(|t| t.as_str()).is_some() => Reply::Message(message),
+                Ok(message) if message.get("type").and_then(|t| t.as_str()).is_some() => {
+                    Reply::Message(message)
+                }
                 _ => Reply::Garbage(format!("not a protocol message: {}", truncate(&line, 200))),
             },
         }
@@ -93,12 +97,21 @@ fn truncate(text: &str, max: usize) -> String {
 /// Converts wire values to the adapter's JSON: bytes become `{"$bytes": base64}`.
 pub fn to_adapter_json(value: &Value) -> serde_json::Value {
     match value {
-        Value::Binary(bytes) => json!({ BYTES_KEY: base64::engine::general_purpose::STANDARD.encode(bytes) }),
-        Value::Array(items) => serde_json::Value::Array(items.iter().map(to_adapter_json).collect()),
+        Value::Binary(bytes) => {
+            json!({ BYTES_KEY: base64::engine::general_purpose::STANDARD.encode(bytes) })
+        }
+        Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(to_adapter_json).collect())
+        }
         Value::Map(entries) => serde_json::Value::Object(
             entries
                 .iter()
-                .map(|(k, v)| (k.as_str().map_or_else(|| k.to_string(), str::to_owned), to_adapter_json(v)))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().map_or_else(|| k.to_string(), str::to_owned),
+                        to_adapter_json(v),
+                    )
+                })
                 .collect(),
         ),
         other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
@@ -109,7 +122,9 @@ pub fn to_adapter_json(value: &Value) -> serde_json::Value {
 pub fn from_adapter_json(value: &serde_json::Value) -> Result<Value, String> {
     Ok(match value {
         serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(BYTES_KEY) => {
-            let encoded = map[BYTES_KEY].as_str().ok_or("'$bytes' must be a base64 string")?;
+            let encoded = map[BYTES_KEY]
+                .as_str()
+                .ok_or("'$bytes' must be a base64 string")?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .map_err(|e| format!("'$bytes' is not valid base64: {e}"))?;
@@ -120,14 +135,22 @@ pub fn from_adapter_json(value: &serde_json::Value) -> Result<Value, String> {
                 .map(|(k, v)| Ok((Value::from(k.as_str()), from_adapter_json(v)?)))
                 .collect::<Result<_, String>>()?,
         ),
-        serde_json::Value::Array(items) => Value::Array(items.iter().map(from_adapter_json).collect::<Result<_, _>>()?),
+        serde_json::Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(from_adapter_json)
+                .collect::<Result<_, _>>()?,
+        ),
         other => serde_json::from_value(other.clone()).map_err(|e| e.to_string())?,
     })
 }
 
 /// Maps an adapter's `error` message to a job error; adapters may pick among a few codes.
 fn adapter_error(message: &serde_json::Value) -> JobError {
-    let text = message["message"].as_str().unwrap_or("the adapter reported an error").to_owned();
+    let text = message["message"]
+        .as_str()
+        .unwrap_or("the adapter reported an error")
+        .to_owned();
     let code = match message["code"].as_str() {
         Some("invalid_input") => ErrorCode::InvalidInput,
         Some("out_of_memory") => ErrorCode::OutOfMemory,
@@ -138,7 +161,10 @@ fn adapter_error(message: &serde_json::Value) -> JobError {
 
 impl AdapterModel {
     /// Starts the adapter and waits for it to finish loading.
-    pub async fn load(model: &ModelConfig, params: AdapterParams) -> Result<AdapterModel, LoadError> {
+    pub async fn load(
+        model: &ModelConfig,
+        params: AdapterParams,
+    ) -> Result<AdapterModel, LoadError> {
         let child = spawn_and_load(&model.id, &params).await?;
         Ok(AdapterModel {
             model_id: model.id.clone(),
@@ -147,12 +173,19 @@ impl AdapterModel {
         })
     }
 
-    async fn run_job(&self, inputs: ValueMap, timeout: Duration, progress: Progress) -> Result<ValueMap, RunError> {
+    async fn run_job(
+        &self,
+        inputs: ValueMap,
+        timeout: Duration,
+        progress: Progress,
+    ) -> Result<ValueMap, RunError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut slot = self.child.lock().await;
         if slot.is_none() {
             tracing::info!(model = %self.model_id, "restarting adapter");
-            let started = tokio::time::timeout_at(deadline, spawn_and_load(&self.model_id, &self.params)).await;
+            let started =
+                tokio::time::timeout_at(deadline, spawn_and_load(&self.model_id, &self.params))
+                    .await;
             *slot = Some(match started {
                 Ok(Ok(child)) => child,
                 Ok(Err(error)) => return Err(RunError::ModelBroken(error.to_job_error())),
@@ -160,12 +193,19 @@ impl AdapterModel {
             });
         }
         let child = slot.as_mut().expect("adapter child present");
-        let inputs_json: serde_json::Map<String, serde_json::Value> =
-            inputs.iter().map(|(k, v)| (k.clone(), to_adapter_json(v))).collect();
-        if let Err(error) = child.send(&json!({"op": "run", "inputs": inputs_json})).await {
+        let inputs_json: serde_json::Map<String, serde_json::Value> = inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), to_adapter_json(v)))
+            .collect();
+        if let Err(error) = child
+            .send(&json!({"op": "run", "inputs": inputs_json}))
+            .await
+        {
             let status = child.exit_status().await;
             slot.take();
-            return Err(crashed(format!("the adapter could not take the job ({error}); it exited: {status}")));
+            return Err(crashed(format!(
+                "the adapter could not take the job ({error}); it exited: {status}"
+            )));
         }
         loop {
             let reply = match tokio::time::timeout_at(deadline, child.next_reply()).await {
@@ -180,24 +220,37 @@ impl AdapterModel {
                 Reply::Message(message) => message,
                 Reply::Exited(status) => {
                     slot.take();
-                    return Err(crashed(format!("the adapter exited while running the job: {status}")));
+                    return Err(crashed(format!(
+                        "the adapter exited while running the job: {status}"
+                    )));
                 }
                 Reply::Garbage(what) => {
                     slot.take().expect("adapter child present").kill().await;
-                    return Err(crashed(format!("the adapter wrote invalid output ({what}); it was restarted")));
+                    return Err(crashed(format!(
+                        "the adapter wrote invalid output ({what}); it was restarted"
+                    )));
                 }
             };
             match message["type"].as_str() {
                 Some("progress") => {
-                    if let Some(fraction) = message["progress"].as_f64().filter(|p| (0.0..=1.0).contains(p)) {
+                    if let Some(fraction) = message["progress"]
+                        .as_f64()
+                        .filter(|p| (0.0..=1.0).contains(p))
+                    {
                         progress(fraction);
                     }
                 }
                 Some("result") => {
                     let outputs = match from_adapter_json(&message["outputs"]) {
                         Ok(Value::Map(entries)) => entries,
-                        Ok(_) => return Err(crashed("the adapter's 'outputs' is not an object".into())),
-                        Err(error) => return Err(crashed(format!("the adapter's outputs are invalid: {error}"))),
+                        Ok(_) => {
+                            return Err(crashed("the adapter's 'outputs' is not an object".into()))
+                        }
+                        Err(error) => {
+                            return Err(crashed(format!(
+                                "the adapter's outputs are invalid: {error}"
+                            )))
+                        }
                     };
                     return Ok(outputs
                         .into_iter()
@@ -207,7 +260,9 @@ impl AdapterModel {
                 Some("error") => return Err(RunError::Job(adapter_error(&message))),
                 other => {
                     slot.take().expect("adapter child present").kill().await;
-                    return Err(crashed(format!("the adapter sent an unknown message type {other:?}; it was restarted")));
+                    return Err(crashed(format!(
+                        "the adapter sent an unknown message type {other:?}; it was restarted"
+                    )));
                 }
             }
         }
@@ -220,7 +275,10 @@ fn crashed(message: String) -> RunError {
 }
 
 async fn spawn_and_load(model_id: &str, params: &AdapterParams) -> Result<ChildProcess, LoadError> {
-    let (program, args) = params.command.split_first().expect("validated: command has a program");
+    let (program, args) = params
+        .command
+        .split_first()
+        .expect("validated: command has a program");
     let mut command = Command::new(program);
     command
         .args(args)
@@ -246,17 +304,31 @@ async fn spawn_and_load(model_id: &str, params: &AdapterParams) -> Result<ChildP
     let settings = serde_json::to_value(&params.settings).unwrap_or_default();
     let load = json!({"op": "load", "model": model_id, "settings": settings});
     let loaded = async {
-        process.send(&load).await.map_err(|e| format!("cannot send load: {e}"))?;
+        process
+            .send(&load)
+            .await
+            .map_err(|e| format!("cannot send load: {e}"))?;
         loop {
             match process.next_reply().await {
                 Reply::Message(message) => match message["type"].as_str() {
                     Some("ready") => return Ok(()),
                     Some("progress") => continue,
-                    Some("error") => return Err(format!("adapter load failed: {}", adapter_error(&message).message)),
+                    Some("error") => {
+                        return Err(format!(
+                            "adapter load failed: {}",
+                            adapter_error(&message).message
+                        ))
+                    }
                     other => return Err(format!("adapter sent {other:?} instead of 'ready'")),
                 },
-                Reply::Exited(status) => return Err(format!("adapter exited while loading: {status}")),
-                Reply::Garbage(what) => return Err(format!("adapter wrote invalid output while loading ({what})")),
+                Reply::Exited(status) => {
+                    return Err(format!("adapter exited while loading: {status}"))
+                }
+                Reply::Garbage(what) => {
+                    return Err(format!(
+                        "adapter wrote invalid output while loading ({what})"
+                    ))
+                }
             }
         }
     };
@@ -269,21 +341,34 @@ async fn spawn_and_load(model_id: &str, params: &AdapterParams) -> Result<ChildP
         }
         Err(_) => {
             process.kill().await;
-            Err(LoadError::new(model_id, format!("adapter did not load within {} s", params.load_timeout_s)))
+            Err(LoadError::new(
+                model_id,
+                format!("adapter did not load within {} s", params.load_timeout_s),
+            ))
         }
     }
 }
 
 impl Runtime for AdapterModel {
-    fn run(&self, inputs: ValueMap, timeout: Duration, progress: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>> {
+    fn run(
+        &self,
+        inputs: ValueMap,
+        timeout: Duration,
+        progress: Progress,
+    ) -> BoxFuture<'_, Result<ValueMap, RunError>> {
         self.run_job(inputs, timeout, progress).boxed()
     }
 
     fn unload(&self) -> BoxFuture<'_, ()> {
         async move {
-            let Some(mut child) = self.child.lock().await.take() else { return };
+            let Some(mut child) = self.child.lock().await.take() else {
+                return;
+            };
             let _ = child.send(&json!({"op": "unload"})).await;
-            if tokio::time::timeout(UNLOAD_GRACE, child.child.wait()).await.is_err() {
+            if tokio::time::timeout(UNLOAD_GRACE, child.child.wait())
+                .await
+                .is_err()
+            {
                 child.kill().await;
             }
         }
@@ -303,14 +388,24 @@ mod tests {
             (Value::from("n"), Value::from(3)),
         ]);
         let json = to_adapter_json(&value);
-        assert_eq!(json, json!({"image": {"$bytes": "AP8H"}, "n": 3, "list": ["a"]}));
+        assert_eq!(
+            json,
+            json!({"image": {"$bytes": "AP8H"}, "n": 3, "list": ["a"]})
+        );
         assert_eq!(from_adapter_json(&json).unwrap(), value);
         assert!(from_adapter_json(&json!({"$bytes": "***"})).is_err());
     }
 
     #[test]
     fn adapter_errors_keep_allowed_codes_only() {
-        assert_eq!(adapter_error(&json!({"type": "error", "message": "bad", "code": "invalid_input"})).code, ErrorCode::InvalidInput);
-        assert_eq!(adapter_error(&json!({"type": "error", "message": "x", "code": "unroutable"})).code, ErrorCode::ModelFailed);
+        assert_eq!(
+            adapter_error(&json!({"type": "error", "message": "bad", "code": "invalid_input"}))
+                .code,
+            ErrorCode::InvalidInput
+        );
+        assert_eq!(
+            adapter_error(&json!({"type": "error", "message": "x", "code": "unroutable"})).code,
+            ErrorCode::ModelFailed
+        );
     }
 }

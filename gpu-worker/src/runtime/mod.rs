@@ -37,7 +37,12 @@ pub enum RunError {
 /// A loaded model.
 pub trait Runtime: Send + Sync {
     /// Runs one job within `timeout`.
-    fn run(&self, inputs: ValueMap, timeout: Duration, progress: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>>;
+    fn run(
+        &self,
+        inputs: ValueMap,
+        timeout: Duration,
+        progress: Progress,
+    ) -> BoxFuture<'_, Result<ValueMap, RunError>>;
     /// Releases the model (its process, its memory).
     fn unload(&self) -> BoxFuture<'_, ()>;
 }
@@ -79,20 +84,24 @@ pub fn validate(model: &ModelConfig, inputs: &ValueMap) -> Result<(), JobError> 
 
 /// Loads a registered model with its runtime.
 pub async fn load(model: &ModelConfig) -> Result<Arc<dyn Runtime>, LoadError> {
-    let params = model.runtime_params().map_err(|reason| LoadError::new(&model.id, reason))?;
+    let params = model
+        .runtime_params()
+        .map_err(|reason| LoadError::new(&model.id, reason))?;
     Ok(match params {
         RuntimeParams::Echo => Arc::new(synthetic::EchoModel),
         RuntimeParams::Sleep(params) => Arc::new(synthetic::SleepModel::load(params).await),
-        RuntimeParams::Adapter(params) => Arc::new(adapter::AdapterModel::load(model, params).await?),
-        #[cfg(feature = "torch")]
-        RuntimeParams::Torchscript(params) => Arc::new(torchscript::TorchscriptModel::load(model, params).await?),
-        #[cfg(not(feature = "torch"))]
-        RuntimeParams::Torchscript(_) => {
-            return Err(LoadError::new(
-                &model.id,
-                "this gpuq-worker was built without the `torch` feature; rebuild with --features torch",
-            ))
+        RuntimeParams::Adapter(params) => {
+            Arc::new(adapter::AdapterModel::load(model, params).await?)
         }
+        #[cfg(feature = "torch")]
+        RuntimeParams::Torchscript(params) => {
+            Arc::new(torchscript::TorchscriptModel::load(model, params).await?)
+        }
+        #[cfg(not(feature = "torch"))]
+        RuntimeParams::Torchscript(_) => return Err(LoadError::new(
+            &model.id,
+            "this gpuq-worker was built without the `torch` feature; rebuild with --features torch",
+        )),
     })
 }
 

@@ -18,7 +18,12 @@ use super::{run_blocking, Progress, RunError, Runtime};
 pub struct EchoModel;
 
 impl Runtime for EchoModel {
-    fn run(&self, inputs: ValueMap, _timeout: Duration, _progress: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>> {
+    fn run(
+        &self,
+        inputs: ValueMap,
+        _timeout: Duration,
+        _progress: Progress,
+    ) -> BoxFuture<'_, Result<ValueMap, RunError>> {
         async move { Ok(inputs) }.boxed()
     }
 
@@ -73,7 +78,12 @@ impl SleepModel {
 }
 
 impl Runtime for SleepModel {
-    fn run(&self, inputs: ValueMap, timeout: Duration, progress: Progress) -> BoxFuture<'_, Result<ValueMap, RunError>> {
+    fn run(
+        &self,
+        inputs: ValueMap,
+        timeout: Duration,
+        progress: Progress,
+    ) -> BoxFuture<'_, Result<ValueMap, RunError>> {
         let params = self.params.clone();
         run_blocking(timeout, move || {
             let duration_ms = duration_ms(&inputs, params.duration_ms).map_err(RunError::Job)?;
@@ -107,7 +117,11 @@ mod tests {
 
     fn sleep_model(fail_rate: f64) -> SleepModel {
         SleepModel {
-            params: SleepParams { duration_ms: 1, fail_rate, load_ms: 0 },
+            params: SleepParams {
+                duration_ms: 1,
+                fail_rate,
+                load_ms: 0,
+            },
         }
     }
 
@@ -122,7 +136,13 @@ mod tests {
         let mut inputs = ValueMap::new();
         inputs.insert("text".into(), Value::from("hello"));
         inputs.insert("bytes".into(), Value::Binary(vec![1, 2, 3]));
-        assert_eq!(EchoModel.run(inputs.clone(), LONG, no_progress()).await.unwrap(), inputs);
+        assert_eq!(
+            EchoModel
+                .run(inputs.clone(), LONG, no_progress())
+                .await
+                .unwrap(),
+            inputs
+        );
     }
 
     #[tokio::test]
@@ -139,10 +159,17 @@ mod tests {
 
     #[test]
     fn sleep_rejects_wrong_input_types() {
-        for (name, value) in [("duration_ms", Value::from("soon")), ("duration_ms", Value::from(-5)), ("fail", Value::from(1))] {
+        for (name, value) in [
+            ("duration_ms", Value::from("soon")),
+            ("duration_ms", Value::from(-5)),
+            ("fail", Value::from(1)),
+        ] {
             let mut inputs = ValueMap::new();
             inputs.insert(name.into(), value);
-            assert_eq!(validate_sleep(&inputs).unwrap_err().code, ErrorCode::InvalidInput);
+            assert_eq!(
+                validate_sleep(&inputs).unwrap_err().code,
+                ErrorCode::InvalidInput
+            );
         }
     }
 
@@ -151,15 +178,23 @@ mod tests {
         let mut inputs = ValueMap::new();
         inputs.insert("fail".into(), Value::from(true));
         let failed = |r: Result<ValueMap, RunError>| matches!(r, Err(RunError::Job(e)) if e.code == ErrorCode::ModelFailed);
-        assert!(failed(sleep_model(0.0).run(inputs, LONG, no_progress()).await));
-        assert!(failed(sleep_model(1.0).run(ValueMap::new(), LONG, no_progress()).await));
+        assert!(failed(
+            sleep_model(0.0).run(inputs, LONG, no_progress()).await
+        ));
+        assert!(failed(
+            sleep_model(1.0)
+                .run(ValueMap::new(), LONG, no_progress())
+                .await
+        ));
     }
 
     #[tokio::test]
     async fn a_sleep_past_its_timeout_is_reported_stuck() {
         let mut inputs = ValueMap::new();
         inputs.insert("duration_ms".into(), Value::from(300));
-        let result = sleep_model(0.0).run(inputs, Duration::from_millis(20), no_progress()).await;
+        let result = sleep_model(0.0)
+            .run(inputs, Duration::from_millis(20), no_progress())
+            .await;
         assert_eq!(result, Err(RunError::TimedOut { stuck: true }));
     }
 }

@@ -70,7 +70,9 @@ fn invalid(message: String) -> JobError {
 }
 
 fn field<'a>(map: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
-    map.iter().find(|(k, _)| k.as_str() == Some(name)).map(|(_, v)| v)
+    map.iter()
+        .find(|(k, _)| k.as_str() == Some(name))
+        .map(|(_, v)| v)
 }
 
 fn flatten(value: &Value, out: &mut Vec<f64>, name: &str) -> Result<(), JobError> {
@@ -80,12 +82,18 @@ fn flatten(value: &Value, out: &mut Vec<f64>, name: &str) -> Result<(), JobError
             out.push(f64::from(u8::from(*b)));
             Ok(())
         }
-        other => match other.as_f64().or_else(|| other.as_i64().map(|i| i as f64)).or_else(|| other.as_u64().map(|u| u as f64)) {
+        other => match other
+            .as_f64()
+            .or_else(|| other.as_i64().map(|i| i as f64))
+            .or_else(|| other.as_u64().map(|u| u as f64))
+        {
             Some(number) => {
                 out.push(number);
                 Ok(())
             }
-            None => Err(invalid(format!("tensor '{name}': data holds a non-number: {other}"))),
+            None => Err(invalid(format!(
+                "tensor '{name}': data holds a non-number: {other}"
+            ))),
         },
     }
 }
@@ -101,7 +109,9 @@ fn encode_numbers(dtype: DType, numbers: &[f64], name: &str) -> Result<Vec<u8>, 
             DType::U8 => bytes.push(n as u8),
             DType::Bool => bytes.push(u8::from(n != 0.0)),
             DType::F16 => {
-                return Err(invalid(format!("tensor '{name}': float16 data must be raw little-endian bytes")));
+                return Err(invalid(format!(
+                    "tensor '{name}': float16 data must be raw little-endian bytes"
+                )));
             }
         }
     }
@@ -112,18 +122,25 @@ impl WireTensor {
     /// Parses a tensor value; errors name the input.
     pub fn parse(name: &str, value: &Value) -> Result<WireTensor, JobError> {
         let Value::Map(map) = value else {
-            return Err(invalid(format!("input '{name}' must be a tensor map {{dtype, shape, data}}, got {value}")));
+            return Err(invalid(format!(
+                "input '{name}' must be a tensor map {{dtype, shape, data}}, got {value}"
+            )));
         };
         let dtype_name = field(map, "dtype")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid(format!("tensor '{name}': missing string 'dtype'")))?;
-        let dtype = DType::parse(dtype_name).ok_or_else(|| invalid(format!("tensor '{name}': unknown dtype '{dtype_name}'")))?;
+        let dtype = DType::parse(dtype_name)
+            .ok_or_else(|| invalid(format!("tensor '{name}': unknown dtype '{dtype_name}'")))?;
         let shape: Vec<i64> = match field(map, "shape") {
             Some(Value::Array(dims)) => dims
                 .iter()
                 .map(|d| d.as_i64().filter(|d| *d >= 0))
                 .collect::<Option<_>>()
-                .ok_or_else(|| invalid(format!("tensor '{name}': shape must be non-negative integers")))?,
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "tensor '{name}': shape must be non-negative integers"
+                    ))
+                })?,
             _ => return Err(invalid(format!("tensor '{name}': missing 'shape' array"))),
         };
         let numel: i64 = shape.iter().product();
@@ -134,7 +151,11 @@ impl WireTensor {
                 flatten(data, &mut numbers, name)?;
                 encode_numbers(dtype, &numbers, name)?
             }
-            _ => return Err(invalid(format!("tensor '{name}': 'data' must be bytes or a number array"))),
+            _ => {
+                return Err(invalid(format!(
+                    "tensor '{name}': 'data' must be bytes or a number array"
+                )))
+            }
         };
         let expected = numel as usize * dtype.size();
         if bytes.len() != expected {
@@ -144,15 +165,29 @@ impl WireTensor {
                 bytes.len()
             )));
         }
-        Ok(WireTensor { dtype, shape, bytes })
+        Ok(WireTensor {
+            dtype,
+            shape,
+            bytes,
+        })
     }
 
     /// Checks dtype and shape against a declared spec (`-1` matches any size).
     pub fn check(&self, spec: &TensorSpec) -> Result<(), JobError> {
         if self.dtype.name() != spec.dtype {
-            return Err(invalid(format!("tensor '{}' must be {}, got {}", spec.name, spec.dtype, self.dtype.name())));
+            return Err(invalid(format!(
+                "tensor '{}' must be {}, got {}",
+                spec.name,
+                spec.dtype,
+                self.dtype.name()
+            )));
         }
-        let fits = self.shape.len() == spec.shape.len() && self.shape.iter().zip(&spec.shape).all(|(d, s)| *s == -1 || d == s);
+        let fits = self.shape.len() == spec.shape.len()
+            && self
+                .shape
+                .iter()
+                .zip(&spec.shape)
+                .all(|(d, s)| *s == -1 || d == s);
         if !fits {
             return Err(invalid(format!(
                 "tensor '{}' must have shape {:?} (-1: any), got {:?}",
@@ -167,7 +202,10 @@ impl WireTensor {
 pub fn parse_inputs(specs: &[TensorSpec], inputs: &ValueMap) -> Result<Vec<WireTensor>, JobError> {
     if let Some(extra) = inputs.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
         let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        return Err(invalid(format!("unknown input '{extra}'; this model takes: {}", known.join(", "))));
+        return Err(invalid(format!(
+            "unknown input '{extra}'; this model takes: {}",
+            known.join(", ")
+        )));
     }
     specs
         .iter()
@@ -192,7 +230,10 @@ pub fn validate_inputs(specs: &[TensorSpec], inputs: &ValueMap) -> Result<(), Jo
 pub fn output_value(dtype: &str, shape: &[i64], data: Vec<Value>) -> Value {
     Value::Map(vec![
         (Value::from("dtype"), Value::from(dtype)),
-        (Value::from("shape"), Value::Array(shape.iter().map(|d| Value::from(*d)).collect())),
+        (
+            Value::from("shape"),
+            Value::Array(shape.iter().map(|d| Value::from(*d)).collect()),
+        ),
         (Value::from("data"), Value::Array(data)),
     ])
 }
@@ -212,7 +253,10 @@ mod tests {
     fn tensor(dtype: &str, shape: &[i64], data: Value) -> Value {
         Value::Map(vec![
             (Value::from("dtype"), Value::from(dtype)),
-            (Value::from("shape"), Value::Array(shape.iter().map(|d| Value::from(*d)).collect())),
+            (
+                Value::from("shape"),
+                Value::Array(shape.iter().map(|d| Value::from(*d)).collect()),
+            ),
             (Value::from("data"), data),
         ])
     }
@@ -224,8 +268,12 @@ mod tests {
             Value::Array(vec![Value::from(3), Value::from(4.5)]),
         ]);
         let from_numbers = WireTensor::parse("x", &tensor("float32", &[2, 2], nested)).unwrap();
-        let raw: Vec<u8> = [1.0f32, 2.0, 3.0, 4.5].iter().flat_map(|f| f.to_le_bytes()).collect();
-        let from_bytes = WireTensor::parse("x", &tensor("float32", &[2, 2], Value::Binary(raw))).unwrap();
+        let raw: Vec<u8> = [1.0f32, 2.0, 3.0, 4.5]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        let from_bytes =
+            WireTensor::parse("x", &tensor("float32", &[2, 2], Value::Binary(raw))).unwrap();
         assert_eq!(from_numbers, from_bytes);
     }
 
@@ -234,7 +282,10 @@ mod tests {
         let specs = [spec("x", "float32", &[-1, 3])];
         let ok = |shape: &[i64], n: usize| {
             let mut inputs = ValueMap::new();
-            inputs.insert("x".into(), tensor("float32", shape, Value::Array(vec![Value::from(0.0); n])));
+            inputs.insert(
+                "x".into(),
+                tensor("float32", shape, Value::Array(vec![Value::from(0.0); n])),
+            );
             inputs
         };
         assert!(validate_inputs(&specs, &ok(&[4, 3], 12)).is_ok());
@@ -243,7 +294,10 @@ mod tests {
         assert!(message(&ok(&[4, 3], 11)).contains("needs 48 bytes"));
         assert!(message(&ValueMap::new()).contains("missing input tensor 'x'"));
         let mut wrong_dtype = ValueMap::new();
-        wrong_dtype.insert("x".into(), tensor("int64", &[1, 3], Value::Array(vec![Value::from(1); 3])));
+        wrong_dtype.insert(
+            "x".into(),
+            tensor("int64", &[1, 3], Value::Array(vec![Value::from(1); 3])),
+        );
         assert!(message(&wrong_dtype).contains("must be float32, got int64"));
         let mut extra = ok(&[1, 3], 3);
         extra.insert("y".into(), Value::from(1));
@@ -252,15 +306,34 @@ mod tests {
         not_a_tensor.insert("x".into(), Value::from("hello"));
         assert!(message(&not_a_tensor).contains("must be a tensor map"));
         let mut bad_data = ValueMap::new();
-        bad_data.insert("x".into(), tensor("float32", &[1, 3], Value::Array(vec![Value::from("a"); 3])));
+        bad_data.insert(
+            "x".into(),
+            tensor("float32", &[1, 3], Value::Array(vec![Value::from("a"); 3])),
+        );
         assert!(message(&bad_data).contains("non-number"));
     }
 
     #[test]
     fn integer_and_bool_tensors_encode_little_endian() {
-        let t = WireTensor::parse("i", &tensor("int32", &[2], Value::Array(vec![Value::from(1), Value::from(-2)]))).unwrap();
+        let t = WireTensor::parse(
+            "i",
+            &tensor(
+                "int32",
+                &[2],
+                Value::Array(vec![Value::from(1), Value::from(-2)]),
+            ),
+        )
+        .unwrap();
         assert_eq!(t.bytes, [1, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff]);
-        let b = WireTensor::parse("b", &tensor("bool", &[2], Value::Array(vec![Value::from(true), Value::from(false)]))).unwrap();
+        let b = WireTensor::parse(
+            "b",
+            &tensor(
+                "bool",
+                &[2],
+                Value::Array(vec![Value::from(true), Value::from(false)]),
+            ),
+        )
+        .unwrap();
         assert_eq!(b.bytes, [1, 0]);
     }
 }
