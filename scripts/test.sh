@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The test command: unit tests, and end-to-end tests that run the real binaries
-# against the local RabbitMQ and Redis (started here if they are down).
+# against the local RabbitMQ and Redis (started here if they are down), with the
+# TorchScript runtime built in (libtorch is installed once into a cached venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
 scripts/python-env.sh
+eval "$(scripts/libtorch.sh)"
+FEATURES=(--features gpuq-worker/torch --features gpuq-integration-tests/torch)
 # The end-to-end tests run the built binaries, so build them first.
-cargo build --locked --workspace --bins
-cargo test --locked --workspace "$@"
+cargo build --locked --workspace --bins "${FEATURES[@]}"
+cargo test --locked --workspace "${FEATURES[@]}" "$@"

@@ -295,12 +295,20 @@ impl JobMessage {
         fallback_job_id: Option<&str>,
     ) -> Result<JobMessage, JobError> {
         let mut job: JobMessage = match Encoding::detect(content_type, body)? {
-            Encoding::Json => serde_json::from_slice(body).map_err(|e| {
-                JobError::new(
-                    ErrorCode::MalformedMessage,
-                    format!("body is not a valid JSON job: {e}"),
-                )
-            })?,
+            Encoding::Json => {
+                let mut job: JobMessage = serde_json::from_slice(body).map_err(|e| {
+                    JobError::new(
+                        ErrorCode::MalformedMessage,
+                        format!("body is not a valid JSON job: {e}"),
+                    )
+                })?;
+                for value in job.inputs.values_mut() {
+                    decode_bytes_markers(value).map_err(|e| {
+                        JobError::new(ErrorCode::MalformedMessage, format!("inputs: {e}"))
+                    })?;
+                }
+                job
+            }
             Encoding::Msgpack => rmp_serde::from_slice(body).map_err(|e| {
                 JobError::new(
                     ErrorCode::MalformedMessage,
@@ -347,14 +355,100 @@ pub fn validate_job_id(job_id: &str) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Renders a value as JSON for Redis and people: bytes become an array of numbers.
+/// JSON key that carries bytes, base64-encoded: `{"$bytes": "<base64>"}`.
+pub const BYTES_KEY: &str = "$bytes";
+
+/// Renders a value as JSON for Redis, JSON replies and adapters: bytes become
+/// `{"$bytes": "<base64>"}`.
 pub fn value_to_json(value: &Value) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+    use base64::Engine;
+    match value {
+        Value::Binary(bytes) => {
+            serde_json::json!({ BYTES_KEY: base64::engine::general_purpose::STANDARD.encode(bytes) })
+        }
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(value_to_json).collect()),
+        Value::Map(entries) => serde_json::Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().map_or_else(|| k.to_string(), str::to_owned),
+                        value_to_json(v),
+                    )
+                })
+                .collect(),
+        ),
+        other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
+    }
 }
 
-/// Renders a map of values as a JSON object string.
+/// Reads JSON into a value, decoding `{"$bytes": "<base64>"}` into bytes.
+pub fn value_from_json(json: &serde_json::Value) -> Result<Value, String> {
+    use base64::Engine;
+    Ok(match json {
+        serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(BYTES_KEY) => {
+            let encoded = map[BYTES_KEY]
+                .as_str()
+                .ok_or("'$bytes' must be a base64 string")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| format!("'$bytes' is not valid base64: {e}"))?;
+            Value::Binary(bytes)
+        }
+        serde_json::Value::Object(map) => Value::Map(
+            map.iter()
+                .map(|(k, v)| Ok((Value::from(k.as_str()), value_from_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        serde_json::Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(value_from_json)
+                .collect::<Result<_, _>>()?,
+        ),
+        other => serde_json::from_value(other.clone()).map_err(|e| e.to_string())?,
+    })
+}
+
+/// Renders a map of values as a JSON object string (bytes as `$bytes`).
 pub fn value_map_to_json_string(map: &ValueMap) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+    let object: serde_json::Map<String, serde_json::Value> = map
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Replaces `{"$bytes": …}` maps, as JSON publishers send bytes, with bytes.
+fn decode_bytes_markers(value: &mut Value) -> Result<(), String> {
+    let is_marker = matches!(value, Value::Map(entries) if entries.len() == 1 && entries[0].0.as_str() == Some(BYTES_KEY));
+    if is_marker {
+        *value = value_from_json(&serde_json::to_value(&*value).map_err(|e| e.to_string())?)?;
+        return Ok(());
+    }
+    match value {
+        Value::Map(entries) => entries
+            .iter_mut()
+            .try_for_each(|(_, v)| decode_bytes_markers(v)),
+        Value::Array(items) => items.iter_mut().try_for_each(decode_bytes_markers),
+        _ => Ok(()),
+    }
+}
+
+impl JobReply {
+    /// Encodes the reply; JSON carries result bytes as `$bytes` like Redis does.
+    pub fn encode(&self, encoding: Encoding) -> Result<Vec<u8>, EncodeError> {
+        match encoding {
+            Encoding::Msgpack => encoding.encode(self),
+            Encoding::Json => {
+                let mut json = serde_json::to_value(self)?;
+                if let Some(result) = &self.result {
+                    json["result"] = serde_json::from_str(&value_map_to_json_string(result))?;
+                }
+                Ok(serde_json::to_vec(&json)?)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +581,43 @@ mod tests {
         assert_eq!(rmp_serde::from_slice::<JobReply>(&packed).unwrap(), reply);
         let json = Encoding::Json.encode(&reply).unwrap();
         assert_eq!(serde_json::from_slice::<JobReply>(&json).unwrap(), reply);
+    }
+
+    #[test]
+    fn json_jobs_carry_bytes_as_base64_markers_and_results_render_them_back() {
+        let body = br#"{"job_id": "b", "feature": "f", "inputs": {"image": {"$bytes": "AP8H"}, "nested": [{"$bytes": ""}]}}"#;
+        let job = JobMessage::decode(Some(CONTENT_TYPE_JSON), body, None).unwrap();
+        assert_eq!(job.inputs["image"], Value::Binary(vec![0, 255, 7]));
+        assert_eq!(
+            job.inputs["nested"],
+            Value::Array(vec![Value::Binary(vec![])])
+        );
+        assert_eq!(
+            value_map_to_json_string(&job.inputs),
+            r#"{"image":{"$bytes":"AP8H"},"nested":[{"$bytes":""}]}"#
+        );
+        let bad = br#"{"job_id": "b", "feature": "f", "inputs": {"image": {"$bytes": "***"}}}"#;
+        assert_eq!(
+            JobMessage::decode(None, bad, None).unwrap_err().code,
+            ErrorCode::MalformedMessage
+        );
+        let reply = JobReply {
+            schema_version: 1,
+            job_id: "b".into(),
+            status: JobStatus::Completed,
+            result: Some(job.inputs.clone()),
+            error: None,
+            finished_at_ms: 1,
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&reply.encode(Encoding::Json).unwrap()).unwrap();
+        assert_eq!(json["result"]["image"]["$bytes"], "AP8H");
+        let packed: JobReply =
+            rmp_serde::from_slice(&reply.encode(Encoding::Msgpack).unwrap()).unwrap();
+        assert_eq!(
+            packed.result.unwrap()["image"],
+            Value::Binary(vec![0, 255, 7])
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!   sleep, adapter processes, TorchScript with feature `torch`).
 //! - `pool`: model residency within the VRAM budget (load on use, LRU eviction).
 //! - `amqp`: owns lapin (consume and publish channels). `store`: owns redis.
-//! `gpu`: owns nvml-wrapper (free memory before a load).
+//! - `gpu`: owns nvml-wrapper (free memory before a load).
 //! - `stats`: live counters for the heartbeat.
 
 mod amqp;

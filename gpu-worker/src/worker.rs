@@ -143,7 +143,6 @@ pub async fn run(
         &config,
         &options,
         served,
-        &served_ids,
         store.clone(),
         Arc::clone(&stats),
         pool,
@@ -164,12 +163,12 @@ async fn serve(
     config: &Arc<Config>,
     options: &WorkerOptions,
     served: Vec<ModelConfig>,
-    served_ids: &[String],
     store: Store,
     stats: Arc<WorkerStats>,
     pool: Arc<ModelPool>,
     shutdown: CancellationToken,
 ) -> Result<ExitReason, WorkerError> {
+    let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
     let names = config.names();
     let broker = Arc::new(
         Broker::connect(
@@ -198,7 +197,7 @@ async fn serve(
     let concurrency = config.worker.concurrency;
     let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
     let mut deliveries = broker
-        .consume(served_ids, prefetch, &options.worker_id)
+        .consume(&served_ids, prefetch, &options.worker_id)
         .await?;
     stats.set_ready();
     tracing::info!(models = ?served_ids, concurrency, "consuming");

@@ -10,10 +10,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use base64::Engine;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use gpuq_common::registry::{AdapterParams, ModelConfig};
+use gpuq_common::wire::{value_from_json as from_adapter_json, value_to_json as to_adapter_json};
 use gpuq_common::{ErrorCode, JobError, Value, ValueMap};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -27,8 +27,6 @@ use super::{LoadError, Progress, RunError, Runtime};
 const MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
 /// How long an adapter gets to exit after `unload`.
 const UNLOAD_GRACE: Duration = Duration::from_secs(5);
-/// JSON key that carries bytes, base64-encoded, in both directions.
-pub const BYTES_KEY: &str = "$bytes";
 
 struct ChildProcess {
     child: Child,
@@ -92,57 +90,6 @@ fn truncate(text: &str, max: usize) -> String {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_owned(),
     }
-}
-
-/// Converts wire values to the adapter's JSON: bytes become `{"$bytes": base64}`.
-pub fn to_adapter_json(value: &Value) -> serde_json::Value {
-    match value {
-        Value::Binary(bytes) => {
-            json!({ BYTES_KEY: base64::engine::general_purpose::STANDARD.encode(bytes) })
-        }
-        Value::Array(items) => {
-            serde_json::Value::Array(items.iter().map(to_adapter_json).collect())
-        }
-        Value::Map(entries) => serde_json::Value::Object(
-            entries
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().map_or_else(|| k.to_string(), str::to_owned),
-                        to_adapter_json(v),
-                    )
-                })
-                .collect(),
-        ),
-        other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
-    }
-}
-
-/// Converts the adapter's JSON back to wire values, decoding `{"$bytes": …}`.
-pub fn from_adapter_json(value: &serde_json::Value) -> Result<Value, String> {
-    Ok(match value {
-        serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(BYTES_KEY) => {
-            let encoded = map[BYTES_KEY]
-                .as_str()
-                .ok_or("'$bytes' must be a base64 string")?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| format!("'$bytes' is not valid base64: {e}"))?;
-            Value::Binary(bytes)
-        }
-        serde_json::Value::Object(map) => Value::Map(
-            map.iter()
-                .map(|(k, v)| Ok((Value::from(k.as_str()), from_adapter_json(v)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        serde_json::Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(from_adapter_json)
-                .collect::<Result<_, _>>()?,
-        ),
-        other => serde_json::from_value(other.clone()).map_err(|e| e.to_string())?,
-    })
 }
 
 /// Maps an adapter's `error` message to a job error; adapters may pick among a few codes.
@@ -379,22 +326,6 @@ impl Runtime for AdapterModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bytes_travel_as_base64_both_ways() {
-        let value = Value::Map(vec![
-            (Value::from("image"), Value::Binary(vec![0, 255, 7])),
-            (Value::from("list"), Value::Array(vec![Value::from("a")])),
-            (Value::from("n"), Value::from(3)),
-        ]);
-        let json = to_adapter_json(&value);
-        assert_eq!(
-            json,
-            json!({"image": {"$bytes": "AP8H"}, "n": 3, "list": ["a"]})
-        );
-        assert_eq!(from_adapter_json(&json).unwrap(), value);
-        assert!(from_adapter_json(&json!({"$bytes": "***"})).is_err());
-    }
 
     #[test]
     fn adapter_errors_keep_allowed_codes_only() {

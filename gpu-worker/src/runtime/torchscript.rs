@@ -98,7 +98,8 @@ fn output_to_value(tensor: &Tensor) -> Result<Value, String> {
     let flat = tensor.f_flatten(0, -1).map_err(|e| e.to_string())?;
     let (dtype, data) = match tensor.kind() {
         Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 | Kind::Bool => {
-            let values: Vec<i64> = Vec::try_from(&flat).map_err(|e| e.to_string())?;
+            let values: Vec<i64> =
+                Vec::try_from(&flat).map_err(|e: tch::TchError| e.to_string())?;
             let dtype = if tensor.kind() == Kind::Bool {
                 "bool"
             } else {
@@ -107,11 +108,13 @@ fn output_to_value(tensor: &Tensor) -> Result<Value, String> {
             (dtype, values.into_iter().map(Value::from).collect())
         }
         Kind::Double => {
-            let values: Vec<f64> = Vec::try_from(&flat).map_err(|e| e.to_string())?;
+            let values: Vec<f64> =
+                Vec::try_from(&flat).map_err(|e: tch::TchError| e.to_string())?;
             ("float64", values.into_iter().map(Value::from).collect())
         }
         _ => {
-            let values: Vec<f32> = Vec::try_from(&flat).map_err(|e| e.to_string())?;
+            let values: Vec<f32> =
+                Vec::try_from(&flat).map_err(|e: tch::TchError| e.to_string())?;
             (
                 "float32",
                 values
