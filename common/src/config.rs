@@ -80,6 +80,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     #[serde(default)]
     pub dispatcher: DispatcherConfig,
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
     /// The model registry.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -144,6 +146,27 @@ impl Default for JobsConfig {
         Self {
             finished_ttl_s: 86_400,
             max_timeout_s: 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    /// Where artifacts live: `file:///dir` (one host or a shared mount) or
+    /// `s3://bucket/prefix` (many hosts; build with feature `s3`).
+    /// Default `file:///var/tmp/gpuq-artifacts`.
+    pub url: String,
+    /// Byte strings up to this size travel inline in jobs and results; larger
+    /// outputs are moved to the store and referenced by id. Default 1 MiB.
+    pub inline_max_bytes: u64,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        Self {
+            url: "file:///var/tmp/gpuq-artifacts".into(),
+            inline_max_bytes: 1024 * 1024,
         }
     }
 }
@@ -312,6 +335,17 @@ impl Config {
         }
         if self.jobs.max_timeout_s == 0 {
             return Err(invalid("jobs.max_timeout_s", "must be at least 1 second"));
+        }
+        check_url(
+            "artifacts.url",
+            &self.artifacts.url,
+            &["file", "s3", "memory"],
+        )?;
+        if self.artifacts.inline_max_bytes > self.queues.max_message_bytes {
+            return Err(invalid(
+                "artifacts.inline_max_bytes",
+                "must not exceed queues.max_message_bytes, or inline results could not be replied",
+            ));
         }
         self.validate_worker()?;
         self.validate_dispatcher()?;

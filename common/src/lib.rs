@@ -7,12 +7,15 @@
 //! - [`topology`]: the AMQP topology as plain data.
 //! - [`record`]: the Redis job, worker and host records, parsed for readers.
 //! - `amqp` (feature `amqp`): declares the topology with lapin.
+//! - `artifacts` (feature `artifacts`): the artifact store (object_store).
 //! - `process` (feature `process`): logging, signal shutdown, host id for binaries.
 //!
 //! It owns no IO beyond reading the config file and, with `amqp`, declaring topology.
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "artifacts")]
+pub mod artifacts;
 pub mod config;
 pub mod names;
 #[cfg(feature = "process")]

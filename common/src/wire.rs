@@ -142,6 +142,8 @@ pub enum ErrorCode {
     OutOfMemory,
     /// The job ran longer than its timeout.
     Timeout,
+    /// The artifact store could not be read or written.
+    ArtifactUnavailable,
 }
 
 impl ErrorCode {
@@ -161,6 +163,7 @@ impl ErrorCode {
             ErrorCode::ModelLoadFailed => "model_load_failed",
             ErrorCode::OutOfMemory => "out_of_memory",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::ArtifactUnavailable => "artifact_unavailable",
         }
     }
 }

@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use gpuq_common::record::WorkerRecord;
-use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
+use gpuq_common::wire::value_map_to_json_string;
+use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent, ValueMap};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
@@ -44,8 +45,8 @@ pub struct ClaimContext<'a> {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: JobStatus,
-    /// Outputs as a JSON object string, for completed jobs.
-    pub result_json: Option<String>,
+    /// Outputs, for completed jobs.
+    pub result: Option<ValueMap>,
     pub error: Option<JobError>,
 }
 
@@ -181,7 +182,12 @@ impl Store {
             .arg(outcome.status.as_str())
             .arg(event.ts_ms)
             .arg(self.finished_ttl_s)
-            .arg(outcome.result_json.as_deref().unwrap_or("{}"))
+            .arg(
+                outcome
+                    .result
+                    .as_ref()
+                    .map_or_else(|| "{}".to_owned(), value_map_to_json_string),
+            )
             .arg(code)
             .arg(message)
             .arg(event_json)

@@ -59,6 +59,8 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Artifacts(#[from] gpuq_common::artifacts::ArtifactError),
     #[error("the broker closed the consumers (queue deleted or connection lost)")]
     ConsumersClosed,
 }
@@ -169,6 +171,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<ExitReason, WorkerError> {
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
+    let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts.url)?;
     let names = config.names();
     let broker = Arc::new(
         Broker::connect(
@@ -190,6 +193,7 @@ async fn serve(
         broker: Arc::clone(&broker),
         models: served.into_iter().map(|m| (m.id.clone(), m)).collect(),
         pool: Arc::clone(&pool),
+        artifacts,
         stats: Arc::clone(&stats),
         restart: restart.clone(),
     });

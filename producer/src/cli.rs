@@ -41,6 +41,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Store or fetch files in the artifact store.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
     /// Show hosts, GPUs, workers and queues.
     System {
         /// Print the snapshot as JSON.
@@ -49,11 +52,24 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ArtifactCommand {
+    /// Upload a file; prints its id (use it as an input: {"$artifact": "<id>"}).
+    Put { file: PathBuf },
+    /// Download an artifact to a file, or to stdout.
+    Get {
+        id: String,
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     /// Feature to run, e.g. text_to_textured_mesh.
     pub feature: String,
-    /// An input as name=value; the value is read as JSON when it parses, else as a string.
+    /// An input as name=value; the value is read as JSON when it parses, else as a
+    /// string. name=@path sends a file's bytes (inline when small, else as an artifact).
     #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
     pub inputs: Vec<String>,
     /// All inputs as one JSON object (merged under --input).
@@ -121,6 +137,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 4
             }
         },
+        Command::Artifact(ArtifactCommand::Put { file }) => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            println!("{}", producer.put_artifact(bytes).await?);
+            0
+        }
+        Command::Artifact(ArtifactCommand::Get { id, output }) => {
+            let bytes = producer.get_artifact(&id).await?;
+            match output {
+                Some(path) => std::fs::write(&path, bytes)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
+            }
+            0
+        }
         Command::System { json } => {
             let status = producer.system_status().await?;
             if json {
@@ -158,7 +189,20 @@ pub fn parse_inputs(pairs: &[String], json: Option<&str>) -> anyhow::Result<Valu
 
 async fn submit(producer: &Producer, args: SubmitArgs) -> anyhow::Result<i32> {
     let mut request = JobRequest::new(&args.feature);
-    request.inputs = parse_inputs(&args.inputs, args.inputs_json.as_deref())?;
+    let (files, values): (Vec<String>, Vec<String>) = args
+        .inputs
+        .iter()
+        .cloned()
+        .partition(|pair| pair.contains("=@"));
+    request.inputs = parse_inputs(&values, args.inputs_json.as_deref())?;
+    for pair in files {
+        let (name, path) = pair.split_once("=@").expect("partitioned on =@");
+        let bytes =
+            std::fs::read(path).with_context(|| format!("--input {name}: reading {path}"))?;
+        request
+            .inputs
+            .insert(name.to_owned(), producer.file_input(bytes).await?);
+    }
     request.model = args.model;
     request.job_id = args.job_id;
     request.priority = args.priority;

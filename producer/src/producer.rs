@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use gpuq_common::artifacts::{ArtifactError, ArtifactStore};
 use gpuq_common::config::Config;
 use gpuq_common::record::JobRecord;
 use gpuq_common::topology::Topology;
@@ -86,6 +87,8 @@ pub enum ProducerError {
     Broker(#[from] lapin::Error),
     #[error("redis: {0}")]
     Store(#[from] redis::RedisError),
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactError),
 }
 
 pub struct Producer {
@@ -93,6 +96,7 @@ pub struct Producer {
     names: Names,
     publisher: Publisher,
     store: Store,
+    artifacts: ArtifactStore,
 }
 
 impl Producer {
@@ -103,11 +107,13 @@ impl Producer {
         let topology = (!config.registry().is_empty()).then(|| Topology::for_config(&config));
         let publisher = Publisher::connect(&config.amqp_url, topology.as_ref()).await?;
         let store = Store::connect(&config.redis_url, names.clone()).await?;
+        let artifacts = ArtifactStore::open(&config.artifacts.url)?;
         Ok(Producer {
             config,
             names,
             publisher,
             store,
+            artifacts,
         })
     }
 
@@ -254,6 +260,26 @@ impl Producer {
         {
             tracing::warn!(error = %store_error, job_id, "failure not recorded in redis");
         }
+    }
+
+    /// Stores a file in the artifact store; returns its id.
+    pub async fn put_artifact(&self, bytes: Vec<u8>) -> Result<String, ProducerError> {
+        Ok(self.artifacts.put(bytes).await?)
+    }
+
+    /// Reads an artifact (e.g. a mesh a job returned by reference).
+    pub async fn get_artifact(&self, id: &str) -> Result<Vec<u8>, ProducerError> {
+        Ok(self.artifacts.get(id).await?)
+    }
+
+    /// A job input from file bytes: inline when small, else stored and referenced.
+    pub async fn file_input(&self, bytes: Vec<u8>) -> Result<gpuq_common::Value, ProducerError> {
+        if bytes.len() as u64 <= self.config.artifacts.inline_max_bytes {
+            return Ok(gpuq_common::Value::Binary(bytes));
+        }
+        let size = bytes.len();
+        let id = self.put_artifact(bytes).await?;
+        Ok(gpuq_common::artifacts::reference(&id, size))
     }
 
     /// The job's record, or `None` if unknown or expired.

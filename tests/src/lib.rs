@@ -467,6 +467,19 @@ fn write_config(path: &Path, namespace: &str, body: &str) -> Config {
     } else {
         format!("{text}\n[worker]\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 10\n")
     };
+    // Each system keeps its artifacts in its own temporary directory.
+    let artifacts_dir = path.parent().expect("config dir").join("artifacts");
+    let text = if text.contains("[artifacts]") {
+        text.replace(
+            "[artifacts]",
+            &format!("[artifacts]\nurl = \"file://{}\"", artifacts_dir.display()),
+        )
+    } else {
+        format!(
+            "{text}\n[artifacts]\nurl = \"file://{}\"\n",
+            artifacts_dir.display()
+        )
+    };
     std::fs::write(path, &text).expect("write config");
     Config::parse(&text, Some(path), &ConfigOverrides::default())
         .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"))

@@ -287,3 +287,90 @@ async fn residency_evicts_the_least_recently_used_model_within_the_budget() {
         "{resident:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_travel_through_the_artifact_store_and_ids_cannot_escape_it() {
+    let system = TestSystem::new(
+        "[artifacts]\ninline_max_bytes = 1024\n[dispatcher]\nhost_id = \"host-a\"\n[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 8192\n\
+         [[models]]\nid = \"echo\"\nfeature = \"echo\"\nruntime = \"echo\"\nvram_mib = 256\n",
+    );
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
+        .await;
+
+    // A 200 kB "mesh" goes up as an artifact; the echo model returns it, and the
+    // worker stores the large output as an artifact again.
+    let mesh: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let big = system.dir().join("mesh.glb");
+    let small = system.dir().join("thumb.png");
+    std::fs::write(&big, &mesh).unwrap();
+    std::fs::write(&small, b"tiny").unwrap();
+    let output = system.gpuq(
+        &[
+            "submit",
+            "echo",
+            "--input",
+            &format!("mesh=@{}", big.display()),
+            "--input",
+            &format!("thumb=@{}", small.display()),
+            "--wait",
+            "--json",
+        ],
+        WAIT,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(stdout.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["result"]["thumb"]["$bytes"], "dGlueQ==");
+    assert_eq!(record["result"]["mesh"]["size_bytes"], 200_000);
+    let id = record["result"]["mesh"]["$artifact"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fetched = system.dir().join("fetched.glb");
+    let output = system.gpuq(
+        &["artifact", "get", &id, "-o", fetched.to_str().unwrap()],
+        WAIT,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read(&fetched).unwrap(), mesh);
+
+    // Only ids, never paths: a traversal attempt fails before the job is claimed.
+    let record = submit(
+        &system,
+        "echo",
+        "escape-1",
+        r#", "inputs": {"x": {"$artifact": "../../../etc/passwd"}}"#,
+    )
+    .await;
+    assert_eq!(
+        (record["status"].as_str(), record["error_code"].as_str()),
+        ("failed", "invalid_input"),
+        "{record:?}"
+    );
+    assert_eq!(record["attempts"], "0");
+    let record = submit(
+        &system,
+        "echo",
+        "missing-1",
+        r#", "inputs": {"x": {"$artifact": "art_nosuchthing"}}"#,
+    )
+    .await;
+    assert_eq!(
+        (record["status"].as_str(), record["error_code"].as_str()),
+        ("failed", "invalid_input"),
+        "{record:?}"
+    );
+    assert!(record["error_message"].contains("not found"), "{record:?}");
+}

@@ -20,6 +20,8 @@ use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use gpuq_common::artifacts::{self, ArtifactError, ArtifactStore};
+
 use crate::amqp::{self, Broker};
 use crate::pool::ModelPool;
 use crate::runtime::{self, Progress, RunError};
@@ -39,6 +41,8 @@ pub struct JobContext {
     pub models: HashMap<String, ModelConfig>,
     /// The loaded models.
     pub pool: Arc<ModelPool>,
+    /// Where artifact references in inputs and large outputs live.
+    pub artifacts: ArtifactStore,
     pub stats: Arc<WorkerStats>,
     /// Cancelled when a model thread is stuck and the process must be restarted.
     pub restart: CancellationToken,
@@ -157,7 +161,10 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
             return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await
         }
     };
-    if let Err(error) = runtime::validate(model, &job.inputs) {
+    let checked = artifacts::referenced_ids(&job.inputs)
+        .map_err(artifact_error)
+        .and_then(|_| runtime::validate_with_references(model, &job.inputs));
+    if let Err(error) = checked {
         return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await;
     }
     let claim_ctx = ClaimContext {
@@ -208,14 +215,22 @@ async fn run_model(
             return failed(JobStatus::Failed, error.to_job_error());
         }
     };
+    let mut inputs = job.inputs.clone();
+    if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs).await {
+        return failed(JobStatus::Failed, artifact_error(error));
+    }
     let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
-    let result = lease
-        .runtime
-        .run(job.inputs.clone(), timeout, progress)
-        .await;
+    let result = lease.runtime.run(inputs, timeout, progress).await;
     drop(lease);
     match result {
-        Ok(outputs) => completed(&outputs),
+        Ok(mut outputs) => match ctx
+            .artifacts
+            .offload_outputs(&mut outputs, ctx.config.artifacts.inline_max_bytes)
+            .await
+        {
+            Ok(()) => completed(outputs),
+            Err(error) => failed(JobStatus::Failed, artifact_error(error)),
+        },
         Err(RunError::Job(error)) => failed(JobStatus::Failed, error),
         Err(RunError::ModelBroken(error)) => {
             tracing::warn!(code = %error.code, "model broken; unloading it");
@@ -251,6 +266,15 @@ async fn run_model(
     }
 }
 
+/// A missing or malformed reference is the job's fault; a store failure is not.
+fn artifact_error(error: ArtifactError) -> JobError {
+    let code = match error {
+        ArtifactError::InvalidId(_) | ArtifactError::NotFound(_) => ErrorCode::InvalidInput,
+        ArtifactError::Url { .. } | ArtifactError::Store(_) => ErrorCode::ArtifactUnavailable,
+    };
+    JobError::new(code, error.to_string())
+}
+
 /// Shortest gap between two progress writes of one job.
 const PROGRESS_MIN_GAP_MS: u64 = 250;
 
@@ -274,10 +298,10 @@ fn progress_reporter(store: Store, job_id: String) -> Progress {
     })
 }
 
-fn completed(outputs: &ValueMap) -> Outcome {
+fn completed(outputs: ValueMap) -> Outcome {
     Outcome {
         status: JobStatus::Completed,
-        result_json: Some(value_map_to_json_string(outputs)),
+        result: Some(outputs),
         error: None,
     }
 }
@@ -285,7 +309,7 @@ fn completed(outputs: &ValueMap) -> Outcome {
 fn failed(status: JobStatus, error: JobError) -> Outcome {
     Outcome {
         status,
-        result_json: None,
+        result: None,
         error: Some(error),
     }
 }
@@ -369,15 +393,11 @@ async fn send_reply(
     reply_to: &str,
     finished_at_ms: u64,
 ) {
-    let result = outcome
-        .result_json
-        .as_deref()
-        .and_then(|json| serde_json::from_str::<ValueMap>(json).ok());
     let reply = JobReply {
         schema_version: SCHEMA_VERSION,
         job_id: job.job_id.clone(),
         status: outcome.status,
-        result,
+        result: outcome.result.clone(),
         error: outcome.error.clone(),
         finished_at_ms,
     };
@@ -386,7 +406,7 @@ async fn send_reply(
         .correlation_id()
         .as_ref()
         .map(|c| c.to_string());
-    let sent = match encoding.encode(&reply) {
+    let sent = match reply.encode(encoding) {
         Ok(body) => ctx
             .broker
             .reply(

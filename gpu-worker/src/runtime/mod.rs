@@ -82,6 +82,23 @@ pub fn validate(model: &ModelConfig, inputs: &ValueMap) -> Result<(), JobError> 
     }
 }
 
+/// Like [`validate`], but artifact references (resolved to bytes only after the
+/// job is claimed) are accepted wherever the runtime takes bytes; TorchScript
+/// tensors must be inline.
+pub fn validate_with_references(model: &ModelConfig, inputs: &ValueMap) -> Result<(), JobError> {
+    let has_references = inputs
+        .values()
+        .any(|v| gpuq_common::artifacts::reference_id(v).is_some());
+    match model.runtime {
+        gpuq_common::registry::RuntimeKind::Torchscript if has_references => Err(JobError::new(
+            ErrorCode::InvalidInput,
+            "TorchScript inputs must be inline tensors, not artifact references",
+        )),
+        _ if has_references => Ok(()),
+        _ => validate(model, inputs),
+    }
+}
+
 /// Loads a registered model with its runtime.
 pub async fn load(model: &ModelConfig) -> Result<Arc<dyn Runtime>, LoadError> {
     let params = model
