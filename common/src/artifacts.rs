@@ -270,7 +270,7 @@ mod tests {
 
         let mut inputs = ValueMap::new();
         inputs.insert("again".into(), outputs["mesh"].clone());
-        assert_eq!(referenced_ids(&inputs).unwrap(), [id.clone()]);
+        assert_eq!(referenced_ids(&inputs).unwrap(), std::slice::from_ref(&id));
         store.resolve_inputs(&mut inputs).await.unwrap();
         assert_eq!(inputs["again"], Value::Binary(vec![7; 5000]));
         assert!(matches!(

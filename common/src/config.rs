@@ -341,12 +341,6 @@ impl Config {
             &self.artifacts.url,
             &["file", "s3", "memory"],
         )?;
-        if self.artifacts.inline_max_bytes > self.queues.max_message_bytes {
-            return Err(invalid(
-                "artifacts.inline_max_bytes",
-                "must not exceed queues.max_message_bytes, or inline results could not be replied",
-            ));
-        }
         self.validate_worker()?;
         self.validate_dispatcher()?;
         self.validate_models()?;
