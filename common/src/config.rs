@@ -139,6 +139,17 @@ pub struct JobsConfig {
     pub finished_ttl_s: u64,
     /// Largest `timeout_s` a job may ask for, seconds. Default 86400.
     pub max_timeout_s: u64,
+    /// Starts of one job (worker deaths and retryable failures included) before
+    /// it ends `failed` with `too_many_attempts` and a copy in the dead-letter queue. Default 3.
+    pub max_attempts: u32,
+    /// Back-off before the second attempt after a retryable failure, seconds;
+    /// doubles each attempt. Default 2.
+    pub retry_backoff_s: u64,
+    /// Longest back-off, seconds. Default 300.
+    pub retry_backoff_max_s: u64,
+    /// Default longest wait in the queue before a job ends `timed_out`, seconds;
+    /// 0 means none. A job's `queue_timeout_s` overrides it. Default 0.
+    pub queue_timeout_s: u64,
 }
 
 impl Default for JobsConfig {
@@ -146,6 +157,10 @@ impl Default for JobsConfig {
         Self {
             finished_ttl_s: 86_400,
             max_timeout_s: 86_400,
+            max_attempts: 3,
+            retry_backoff_s: 2,
+            retry_backoff_max_s: 300,
+            queue_timeout_s: 0,
         }
     }
 }
@@ -182,6 +197,9 @@ pub struct WorkerConfig {
     pub heartbeat_ttl_ms: u64,
     /// How long a stopping worker lets in-flight jobs finish, seconds. Default 30.
     pub shutdown_grace_s: u64,
+    /// How long a worker keeps retrying a job's Redis writes (holding the job,
+    /// unacked) before requeueing it, seconds. Default 300.
+    pub redis_retry_s: u64,
 }
 
 impl Default for WorkerConfig {
@@ -191,6 +209,7 @@ impl Default for WorkerConfig {
             heartbeat_interval_ms: 2_000,
             heartbeat_ttl_ms: 10_000,
             shutdown_grace_s: 30,
+            redis_retry_s: 300,
         }
     }
 }
@@ -335,6 +354,15 @@ impl Config {
         }
         if self.jobs.max_timeout_s == 0 {
             return Err(invalid("jobs.max_timeout_s", "must be at least 1 second"));
+        }
+        if !(1..=100).contains(&self.jobs.max_attempts) {
+            return Err(invalid("jobs.max_attempts", "must be between 1 and 100"));
+        }
+        if self.jobs.retry_backoff_s > self.jobs.retry_backoff_max_s {
+            return Err(invalid(
+                "jobs.retry_backoff_s",
+                "must not exceed jobs.retry_backoff_max_s",
+            ));
         }
         check_url(
             "artifacts.url",

@@ -36,6 +36,23 @@ impl Names {
         format!("{}.dead", self.namespace)
     }
 
+    /// Queue where a failed attempt waits out its back-off before going back to
+    /// the model's queue (per-message TTL, then dead-lettered to it).
+    pub fn retry_queue(&self, model_id: &str) -> String {
+        format!("{}.retry.{model_id}", self.namespace)
+    }
+
+    /// Second copy of every dead letter, consumed by dispatchers to record the
+    /// fate of jobs the broker dead-lettered (expired, delivery limit).
+    pub fn dead_letter_events_queue(&self) -> String {
+        format!("{}.dead.events", self.namespace)
+    }
+
+    /// Pub/sub channel carrying cancel requests (job ids).
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.namespace)
+    }
+
     /// Durable queue holding the jobs of one model.
     pub fn model_queue(&self, model_id: &str) -> String {
         format!("{}.model.{model_id}", self.namespace)

@@ -69,6 +69,9 @@ pub struct SleepParams {
     pub fail_rate: f64,
     /// Synthetic load time, milliseconds. Default 0.
     pub load_ms: u64,
+    /// File to which each run appends its input `tag` (a line), so tests and
+    /// benchmarks can count how often each job really ran. Default none.
+    pub run_log: Option<String>,
 }
 
 /// Params of the `torchscript` runtime.
@@ -191,6 +194,7 @@ impl ModelConfig {
                     duration_ms: 20,
                     fail_rate: 0.0,
                     load_ms: 0,
+                    run_log: None,
                 };
                 for (name, value) in &self.params {
                     match name.as_str() {
@@ -206,6 +210,9 @@ impl ModelConfig {
                                 .and_then(|v| u64::try_from(v).ok())
                                 .ok_or("'load_ms' must be a non-negative integer")?;
                         }
+                        "run_log" => {
+                            params.run_log = Some(value.as_str().ok_or("'run_log' must be a file path")?.to_owned());
+                        }
                         "fail_rate" => {
                             let rate = value
                                 .as_float()
@@ -218,7 +225,7 @@ impl ModelConfig {
                         }
                         other => {
                             return Err(format!(
-                                "runtime 'sleep' has no param '{other}' (known: duration_ms, fail_rate, load_ms)"
+                                "runtime 'sleep' has no param '{other}' (known: duration_ms, fail_rate, load_ms, run_log)"
                             ))
                         }
                     }

@@ -46,7 +46,15 @@ impl Topology {
     /// Exchanges, the dead-letter queue and one queue per registered model.
     pub fn for_config(config: &Config) -> Topology {
         let names = config.names();
-        let mut queues = vec![dead_letter_queue(config, &names)];
+        let mut queues = vec![
+            dead_letter_queue(config, &names),
+            QueueSpec {
+                name: names.dead_letter_events_queue(),
+                arguments: queue_type_arguments(config),
+                bindings: vec![(names.dead_letter_exchange(), String::new())],
+                model_id: None,
+            },
+        ];
         for model in config.registry().models() {
             let mut bindings = vec![(
                 names.jobs_exchange(),
@@ -63,6 +71,22 @@ impl Topology {
                 arguments: model_queue_arguments(config, &names),
                 bindings,
                 model_id: Some(model.id.clone()),
+            });
+            queues.push(QueueSpec {
+                name: names.retry_queue(&model.id),
+                arguments: vec![
+                    ("x-queue-type".into(), ArgValue::Str("classic".into())),
+                    (
+                        "x-dead-letter-exchange".into(),
+                        ArgValue::Str(String::new()),
+                    ),
+                    (
+                        "x-dead-letter-routing-key".into(),
+                        ArgValue::Str(names.model_queue(&model.id)),
+                    ),
+                ],
+                bindings: Vec::new(),
+                model_id: None,
             });
         }
         Topology {

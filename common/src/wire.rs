@@ -59,6 +59,10 @@ pub struct JobMessage {
     /// When the client submitted the job, unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_at_ms: Option<u64>,
+    /// Longest wait in the queue, seconds from `submitted_at_ms`; a job not
+    /// started by then ends `timed_out` without running. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_s: Option<u64>,
 }
 
 /// Lifecycle state of a job, as stored in Redis and sent in events.
@@ -144,6 +148,13 @@ pub enum ErrorCode {
     Timeout,
     /// The artifact store could not be read or written.
     ArtifactUnavailable,
+    /// The model's process died while running the job (adapter exit or crash).
+    ModelCrashed,
+    /// The job was started `jobs.max_attempts` times without finishing (its
+    /// worker died, or it failed with a retryable error each time).
+    TooManyAttempts,
+    /// The job was cancelled.
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -164,7 +175,23 @@ impl ErrorCode {
             ErrorCode::OutOfMemory => "out_of_memory",
             ErrorCode::Timeout => "timeout",
             ErrorCode::ArtifactUnavailable => "artifact_unavailable",
+            ErrorCode::ModelCrashed => "model_crashed",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::Cancelled => "cancelled",
         }
+    }
+}
+
+impl ErrorCode {
+    /// Errors worth another attempt (after a back-off): the job itself may be fine.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::OutOfMemory
+                | ErrorCode::ArtifactUnavailable
+                | ErrorCode::ModelLoadFailed
+                | ErrorCode::ModelCrashed
+        )
     }
 }
 
@@ -476,6 +503,7 @@ mod tests {
             timeout_s: Some(120),
             metadata,
             submitted_at_ms: Some(1_700_000_000_000),
+            queue_timeout_s: Some(60),
         }
     }
 

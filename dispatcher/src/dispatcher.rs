@@ -263,6 +263,12 @@ pub async fn run(
     };
     let mut slots = Slots::new(command, policy, shutdown.clone());
     slots.apply(&current_plan);
+    let watcher = tokio::spawn(crate::dead_letters::watch(
+        config.clone(),
+        store.clone(),
+        host_id.clone(),
+        shutdown.clone(),
+    ));
 
     let started = Instant::now();
     let started_ms = now_ms();
@@ -305,6 +311,7 @@ pub async fn run(
     }
     tracing::info!("stopping workers");
     slots.stop_all(started).await;
+    let _ = watcher.await;
     if let Err(error) = store.remove_host(&host_id).await {
         tracing::warn!(%error, "host record not removed; it will expire");
     }

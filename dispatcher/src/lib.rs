@@ -6,8 +6,10 @@
 //! - `plan`: VRAM planning (pure).
 //! - `slots`: the running slots, kept in line with the plan (start, reload, stop).
 //! - `supervisor`: one worker process per slot, restarts, crash-loop limit.
-//! - `store`: owns redis (the host record).
+//! - `dead_letters`: records the fate of jobs the broker dead-letters (expired, delivery limit).
+//! - `store`: owns redis (the host record, dead-lettered jobs).
 
+mod dead_letters;
 mod dispatcher;
 mod gpu;
 mod nvml;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use gpuq_common::record::HostRecord;
-use gpuq_common::Names;
+use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
@@ -57,6 +57,53 @@ impl Store {
         }
         let replies: Vec<(Option<u64>, Option<u32>)> = pipe.query_async(&mut connection).await?;
         Ok(replies.into_iter().map(|(at, pid)| at.zip(pid)).collect())
+    }
+
+    /// Records a final status unless the job already ended; returns whether it wrote.
+    pub async fn end_if_not_final(
+        &self,
+        job_id: &str,
+        status: JobStatus,
+        error: &JobError,
+        ttl_s: u64,
+    ) -> Result<bool, redis::RedisError> {
+        const SCRIPT: &str = r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'error_code', ARGV[2], 'error_message', ARGV[3], 'finished_ms', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'attempts', '0')
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', KEYS[2], ARGV[6])
+return 1
+"#;
+        let mut connection = self.connection.clone();
+        let now = now_ms();
+        let event = StatusEvent {
+            job_id: job_id.to_owned(),
+            status,
+            ts_ms: now,
+            feature: None,
+            model: None,
+            worker: None,
+            attempt: None,
+            progress: None,
+            error: Some(error.clone()),
+        };
+        let wrote: i64 = redis::Script::new(SCRIPT)
+            .key(self.names.job_key(job_id))
+            .key(self.names.events_channel())
+            .arg(status.as_str())
+            .arg(error.code.as_str())
+            .arg(&error.message)
+            .arg(now)
+            .arg(ttl_s)
+            .arg(serde_json::to_string(&event).unwrap_or_default())
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(wrote == 1)
     }
 
     pub async fn remove_host(&self, host_id: &str) -> Result<(), redis::RedisError> {

@@ -150,6 +150,24 @@ impl Broker {
         .await
     }
 
+    /// Parks a job in a retry queue for `delay` (per-message TTL); the broker
+    /// then dead-letters it back to its model's queue.
+    pub async fn park(
+        &self,
+        retry_queue: &str,
+        delivery: &Delivery,
+        delay: std::time::Duration,
+    ) -> Result<(), BrokerError> {
+        let properties = delivery
+            .properties
+            .clone()
+            .with_delivery_mode(2)
+            .with_expiration(delay.as_millis().to_string().as_str().into());
+        self.publish_confirmed("", retry_queue, &delivery.data, properties, true)
+            .await
+            .map(|_| ())
+    }
+
     /// Sends a job's reply to its `reply_to` queue (RPC style).
     pub async fn reply(
         &self,

@@ -88,6 +88,17 @@ redis.call('PUBLISH', KEYS[2], ARGV[7])
 return 'ok'
 "#;
 
+const RETRY_SCRIPT: &str = r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', '0', 'error_code', ARGV[1],
+  'error_message', ARGV[2], 'retry_at_ms', ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[4])
+return 1
+"#;
+
 const PROGRESS_SCRIPT: &str = r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'processing' then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
@@ -100,12 +111,14 @@ const DEAD_LETTERS_KEPT: isize = 1000;
 
 #[derive(Clone)]
 pub struct Store {
+    client: redis::Client,
     connection: ConnectionManager,
     names: Names,
     finished_ttl_s: u64,
     claim_script: Script,
     finish_script: Script,
     progress_script: Script,
+    retry_script: Script,
 }
 
 impl Store {
@@ -121,12 +134,14 @@ impl Store {
             .set_number_of_retries(2);
         let connection = client.get_connection_manager_with_config(config).await?;
         Ok(Store {
+            client,
             connection,
             names,
             finished_ttl_s,
             claim_script: Script::new(CLAIM_SCRIPT),
             finish_script: Script::new(FINISH_SCRIPT),
             progress_script: Script::new(PROGRESS_SCRIPT),
+            retry_script: Script::new(RETRY_SCRIPT),
         })
     }
 
@@ -221,6 +236,44 @@ impl Store {
             .invoke_async(&mut connection)
             .await?;
         Ok(())
+    }
+
+    /// Puts a job back to `queued` with the error that will be retried, and when.
+    pub async fn mark_retrying(
+        &self,
+        job_id: &str,
+        event: &StatusEvent,
+        backoff: Duration,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let (code, message) = event
+            .error
+            .as_ref()
+            .map(|e| (e.code.as_str(), e.message.as_str()))
+            .unwrap_or_default();
+        let _: i64 = self
+            .retry_script
+            .key(self.names.job_key(job_id))
+            .key(self.names.events_channel())
+            .arg(code)
+            .arg(message)
+            .arg(event.ts_ms + backoff.as_millis() as u64)
+            .arg(serde_json::to_string(event).unwrap_or_default())
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Job ids published on the cancel channel, as they come.
+    pub async fn cancel_requests(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = String> + use<>, StoreError> {
+        use futures_util::StreamExt;
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.names.cancel_channel()).await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|message| async move { message.get_payload::<String>().ok() }))
     }
 
     /// Records a message that could not be run at all, for people to inspect.

@@ -5,6 +5,7 @@
 //! finish for `worker.shutdown_grace_s`, then closes the connection: whatever is
 //! still unacked goes back to its queue, so nothing is lost.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::{Broker, BrokerError};
-use crate::job::{handle_delivery, JobContext};
+use crate::amqp::Broker;
+use crate::job::{handle_delivery, CancelRegistry, JobContext};
 use crate::pool::{Loader, ModelPool};
 use crate::runtime;
 use crate::stats::WorkerStats;
@@ -56,13 +57,9 @@ pub enum WorkerError {
     #[error("unknown model '{0}' in --models; it is not in the registry")]
     UnknownModel(String),
     #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Artifacts(#[from] gpuq_common::artifacts::ArtifactError),
-    #[error("the broker closed the consumers (queue deleted or connection lost)")]
-    ConsumersClosed,
 }
 
 /// Models this worker serves: those in `filter` (all when `None`) whose declared
@@ -160,7 +157,22 @@ pub async fn run(
     result
 }
 
-/// Loads the models, consumes their queues and runs jobs until told to stop.
+/// Why one broker session ended.
+enum SessionEnd {
+    Stop(ExitReason),
+    /// The connection or a consumer failed; reconnect.
+    Lost(String),
+}
+
+/// Delays between reconnection attempts to RabbitMQ.
+const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// Consumes the served models' queues and runs jobs until told to stop,
+/// reconnecting to RabbitMQ with backoff whenever the connection is lost. Jobs
+/// running when it drops finish and record their outcome; their acks are lost
+/// with the channel, so the broker redelivers them and the claim in Redis acks
+/// them without running them again.
 async fn serve(
     config: &Arc<Config>,
     options: &WorkerOptions,
@@ -171,52 +183,156 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<ExitReason, WorkerError> {
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
+    let models: HashMap<String, ModelConfig> =
+        served.into_iter().map(|m| (m.id.clone(), m)).collect();
     let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts.url)?;
-    let names = config.names();
-    let broker = Arc::new(
-        Broker::connect(
-            &config.amqp_url,
-            &options.worker_id,
-            names.clone(),
-            &Topology::for_config(config),
-        )
-        .await?,
-    );
+    let topology = Topology::for_config(config);
     let restart = CancellationToken::new();
-    let context = Arc::new(JobContext {
-        config: Arc::clone(config),
-        names,
-        worker_id: options.worker_id.clone(),
-        host_id: options.host_id.clone(),
-        gpu: options.gpu.clone(),
-        store,
-        broker: Arc::clone(&broker),
-        models: served.into_iter().map(|m| (m.id.clone(), m)).collect(),
-        pool: Arc::clone(&pool),
-        artifacts,
-        stats: Arc::clone(&stats),
-        restart: restart.clone(),
-    });
-
-    let concurrency = config.worker.concurrency;
-    let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
-    let mut deliveries = broker
-        .consume(&served_ids, prefetch, &options.worker_id)
-        .await?;
-    stats.set_ready();
-    tracing::info!(models = ?served_ids, concurrency, "consuming");
-
-    let permits = Arc::new(Semaphore::new(concurrency as usize));
+    let cancels = Arc::new(CancelRegistry::default());
+    let cancel_listener = tokio::spawn(listen_for_cancels(
+        store.clone(),
+        Arc::clone(&cancels),
+        shutdown.clone(),
+    ));
+    let permits = Arc::new(Semaphore::new(config.worker.concurrency as usize));
     let tracker = TaskTracker::new();
+    let mut backoff = RECONNECT_INITIAL;
     let outcome = loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => break ExitReason::Shutdown,
+            connected = Broker::connect(&config.amqp_url, &options.worker_id, config.names(), &topology) => connected,
+        };
+        let broker = match connected {
+            Ok(broker) => Arc::new(broker),
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot connect to rabbitmq");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break ExitReason::Shutdown,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        backoff = RECONNECT_INITIAL;
+        let context = Arc::new(JobContext {
+            config: Arc::clone(config),
+            names: config.names(),
+            worker_id: options.worker_id.clone(),
+            host_id: options.host_id.clone(),
+            gpu: options.gpu.clone(),
+            store: store.clone(),
+            broker: Arc::clone(&broker),
+            models: models.clone(),
+            pool: Arc::clone(&pool),
+            artifacts: artifacts.clone(),
+            cancels: Arc::clone(&cancels),
+            stats: Arc::clone(&stats),
+            restart: restart.clone(),
+        });
+        let end = consume(
+            context,
+            &served_ids,
+            &permits,
+            &tracker,
+            &shutdown,
+            &restart,
+        )
+        .await;
+        broker.cancel_consumers().await;
+        match end {
+            SessionEnd::Stop(reason) => {
+                wait_for_in_flight(&tracker, config).await;
+                broker.close().await;
+                break reason;
+            }
+            SessionEnd::Lost(error) => {
+                tracing::warn!(%error, "rabbitmq connection lost; reconnecting");
+                broker.close().await;
+            }
+        }
+    };
+    tracker.close();
+    wait_for_in_flight(&tracker, config).await;
+    cancel_listener.abort_handle().abort();
+    pool.unload_all().await;
+    Ok(outcome)
+}
+
+/// Relays cancel requests to the jobs running here, resubscribing if Redis drops.
+async fn listen_for_cancels(
+    store: Store,
+    cancels: Arc<CancelRegistry>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match store.cancel_requests().await {
+            Ok(requests) => {
+                let mut requests = std::pin::pin!(requests);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        request = requests.next() => match request {
+                            Some(job_id) => {
+                                if cancels.cancel(&job_id) {
+                                    tracing::info!(job_id = %job_id, "cancel requested");
+                                }
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot subscribe to cancel requests; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn wait_for_in_flight(tracker: &TaskTracker, config: &Config) {
+    tracker.close();
+    let grace = Duration::from_secs(config.worker.shutdown_grace_s);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "in-flight jobs outlived the grace period; they go back to their queues"
+        );
+    }
+}
+
+/// One broker session: consume and dispatch deliveries until stop or failure.
+async fn consume(
+    context: Arc<JobContext>,
+    served_ids: &[String],
+    permits: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    restart: &CancellationToken,
+) -> SessionEnd {
+    let concurrency = context.config.worker.concurrency;
+    let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
+    let mut deliveries = match context
+        .broker
+        .consume(served_ids, prefetch, &context.worker_id)
+        .await
+    {
+        Ok(deliveries) => deliveries,
+        Err(error) => return SessionEnd::Lost(error.to_string()),
+    };
+    context.stats.set_ready();
+    tracing::info!(models = ?served_ids, concurrency, "consuming");
+    loop {
         let permit = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(ExitReason::Shutdown),
-            _ = restart.cancelled() => break Ok(ExitReason::RestartRequested),
-            permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore never closed"),
+            _ = shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
+            _ = restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
+            permit = Arc::clone(permits).acquire_owned() => permit.expect("semaphore never closed"),
         };
         let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(ExitReason::Shutdown),
-            _ = restart.cancelled() => break Ok(ExitReason::RestartRequested),
+            _ = shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
+            _ = restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
             next = deliveries.next() => next,
         };
         match next {
@@ -228,26 +344,11 @@ async fn serve(
                 });
             }
             Some((model_id, Err(error))) => {
-                tracing::error!(%error, model = %model_id, "consumer failed");
-                break Err(WorkerError::Broker(error.into()));
+                return SessionEnd::Lost(format!("consumer of {model_id}: {error}"))
             }
-            None => break Err(WorkerError::ConsumersClosed),
+            None => return SessionEnd::Lost("the broker closed the consumers".into()),
         }
-    };
-
-    broker.cancel_consumers().await;
-    drop(deliveries);
-    tracker.close();
-    let grace = Duration::from_secs(config.worker.shutdown_grace_s);
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            grace_s = grace.as_secs(),
-            "in-flight jobs outlived the grace period; they go back to their queues"
-        );
     }
-    pool.unload_all().await;
-    broker.close().await;
-    outcome
 }
 
 /// Shortest gap between two heartbeat writes triggered by state changes.

@@ -14,6 +14,7 @@ use gpuq_common::record::JobRecord;
 use gpuq_common::{Config, ConfigOverrides, JobStatus, Value, ValueMap};
 
 use crate::producer::{JobRequest, Producer};
+use crate::store::CancelOutcome;
 
 /// Submit GPU jobs to gpuq and see what the system is doing.
 #[derive(Parser, Debug)]
@@ -41,6 +42,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a job: a queued job never runs, a running one is stopped.
+    Cancel { job_id: String },
     /// Store or fetch files in the artifact store.
     #[command(subcommand)]
     Artifact(ArtifactCommand),
@@ -87,6 +90,9 @@ pub struct SubmitArgs {
     /// Run-time limit in seconds (default: the model's).
     #[arg(long)]
     pub timeout_s: Option<u64>,
+    /// Longest wait in the queue before the job ends timed_out, seconds.
+    #[arg(long)]
+    pub queue_timeout_s: Option<u64>,
     /// Wait for the job to end and print its result.
     #[arg(long)]
     pub wait: bool,
@@ -135,6 +141,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             None => {
                 eprintln!("no job '{job_id}' (unknown, or its record expired)");
                 4
+            }
+        },
+        Command::Cancel { job_id } => match producer.cancel(&job_id).await? {
+            CancelOutcome::Cancelled { was } => {
+                println!("cancelled {job_id} (was {was})");
+                0
+            }
+            CancelOutcome::AlreadyFinal(status) => {
+                eprintln!("job {job_id} already ended: {status}");
+                2
             }
         },
         Command::Artifact(ArtifactCommand::Put { file }) => {
@@ -207,6 +223,7 @@ async fn submit(producer: &Producer, args: SubmitArgs) -> anyhow::Result<i32> {
     request.job_id = args.job_id;
     request.priority = args.priority;
     request.timeout_s = args.timeout_s;
+    request.queue_timeout_s = args.queue_timeout_s;
     let model = request.model.clone().or_else(|| {
         producer
             .config()

@@ -15,4 +15,5 @@ mod system;
 
 pub use amqp::QueueDepth;
 pub use producer::{JobRequest, Producer, ProducerError, SubmitError};
+pub use store::CancelOutcome;
 pub use system::{QueueStatus, SystemStatus};

@@ -18,7 +18,7 @@ use lapin::types::ShortString;
 use lapin::BasicProperties;
 
 use crate::amqp::{PublishOutcome, Publisher, QueueDepth};
-use crate::store::{QueuedJob, Store};
+use crate::store::{CancelOutcome, QueuedJob, Store};
 use crate::system::{QueueStatus, SystemStatus};
 
 /// A job to submit. Only `feature` is required.
@@ -32,6 +32,8 @@ pub struct JobRequest {
     pub job_id: Option<String>,
     pub priority: Option<u8>,
     pub timeout_s: Option<u64>,
+    /// Longest wait in the queue, seconds; default `jobs.queue_timeout_s`.
+    pub queue_timeout_s: Option<u64>,
     pub metadata: ValueMap,
 }
 
@@ -176,6 +178,10 @@ impl Producer {
             timeout_s: request.timeout_s,
             metadata: request.metadata,
             submitted_at_ms: Some(created_ms),
+            queue_timeout_s: request
+                .queue_timeout_s
+                .or(Some(self.config.jobs.queue_timeout_s))
+                .filter(|s| *s > 0),
         };
         let body = Encoding::Msgpack.encode(&message).map_err(|e| {
             SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string()))
@@ -213,6 +219,11 @@ impl Producer {
             .with_app_id("gpuq".into());
         if let Some(priority) = message.priority {
             properties = properties.with_priority(priority);
+        }
+        if let Some(queue_timeout_s) = message.queue_timeout_s {
+            // The broker drops (dead-letters) it too, even if no worker ever looks.
+            properties =
+                properties.with_expiration((queue_timeout_s * 1000).to_string().as_str().into());
         }
         let exchange = self.names.jobs_exchange();
         let outcome = match self
@@ -280,6 +291,14 @@ impl Producer {
         let size = bytes.len();
         let id = self.put_artifact(bytes).await?;
         Ok(gpuq_common::artifacts::reference(&id, size))
+    }
+
+    /// Cancels a job: a queued one never runs, a running one is stopped.
+    pub async fn cancel(&self, job_id: &str) -> Result<CancelOutcome, ProducerError> {
+        Ok(self
+            .store
+            .cancel(job_id, self.config.jobs.finished_ttl_s, now_ms())
+            .await?)
     }
 
     /// The job's record, or `None` if unknown or expired.

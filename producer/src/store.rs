@@ -11,6 +11,30 @@ use gpuq_common::{JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
+const CANCEL_SCRIPT: &str = r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
+  return status
+end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'error_code', 'cancelled', 'error_message', ARGV[1], 'finished_ms', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'attempts', '0')
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[4])
+redis.call('PUBLISH', KEYS[3], ARGV[5])
+if status then return 'was_' .. status end
+return 'was_unknown'
+"#;
+
+/// What a cancel request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued or running (or not seen yet) and is now cancelled.
+    Cancelled { was: String },
+    /// The job had already ended with this status.
+    AlreadyFinal(String),
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: redis::Client,
@@ -134,6 +158,48 @@ impl Store {
             .ignore()
             .query_async::<()>(&mut connection)
             .await
+    }
+
+    /// Cancels a job that has not ended: marks it `cancelled` (so no worker runs
+    /// it) and tells the worker running it, if any, to stop.
+    pub async fn cancel(
+        &self,
+        job_id: &str,
+        ttl_s: u64,
+        now_ms: u64,
+    ) -> Result<CancelOutcome, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let event = StatusEvent {
+            job_id: job_id.to_owned(),
+            status: JobStatus::Cancelled,
+            ts_ms: now_ms,
+            feature: None,
+            model: None,
+            worker: None,
+            attempt: None,
+            progress: None,
+            error: Some(JobError::new(
+                gpuq_common::ErrorCode::Cancelled,
+                "cancelled by request",
+            )),
+        };
+        let reply: String = redis::Script::new(CANCEL_SCRIPT)
+            .key(self.names.job_key(job_id))
+            .key(self.names.events_channel())
+            .key(self.names.cancel_channel())
+            .arg("cancelled by request")
+            .arg(now_ms)
+            .arg(ttl_s)
+            .arg(serde_json::to_string(&event).unwrap_or_default())
+            .arg(job_id)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(match reply.strip_prefix("was_") {
+            Some(was) => CancelOutcome::Cancelled {
+                was: was.to_owned(),
+            },
+            None => CancelOutcome::AlreadyFinal(reply),
+        })
     }
 
     /// Forgets a job that never reached the broker.

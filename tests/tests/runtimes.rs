@@ -23,6 +23,8 @@ fn adapter_system() -> TestSystem {
     let script = example_adapter();
     TestSystem::new(&format!(
         r#"
+[jobs]
+retry_backoff_s = 1
 [dispatcher]
 host_id = "host-a"
 [[dispatcher.gpus]]
@@ -116,7 +118,8 @@ async fn the_example_adapter_runs_jobs_and_survives_each_failure() {
         "{record:?}"
     );
 
-    // Crash mid-job: clear error, fresh child for the next job.
+    // Crash mid-job: retried with back-off (a fresh child each time), then given
+    // up after jobs.max_attempts with the crash as the reason.
     let record = submit(
         &system,
         "text_to_mesh",
@@ -126,11 +129,12 @@ async fn the_example_adapter_runs_jobs_and_survives_each_failure() {
     .await;
     assert_eq!(
         (record["status"].as_str(), record["error_code"].as_str()),
-        ("failed", "model_failed"),
+        ("failed", "too_many_attempts"),
         "{record:?}"
     );
+    assert_eq!(record["attempts"], "3");
     assert!(
-        record["error_message"].contains("exited while running the job"),
+        record["error_message"].contains("model_crashed: the adapter exited while running the job"),
         "{record:?}"
     );
     let record = submit(
@@ -186,15 +190,15 @@ async fn the_example_adapter_runs_jobs_and_survives_each_failure() {
     let third_pid = result(&record)["pid"].as_u64().unwrap();
     assert!(third_pid != second_pid && third_pid != first_pid);
 
-    // Crash on load: a clear load error; the worker still serves the other model.
+    // Crash on load: retried, then a clear load error; the worker still serves the other model.
     let record = submit(&system, "broken_mesh", "broken-1", r#", "inputs": {}"#).await;
     assert_eq!(
         (record["status"].as_str(), record["error_code"].as_str()),
-        ("failed", "model_load_failed"),
+        ("failed", "too_many_attempts"),
         "{record:?}"
     );
     assert!(
-        record["error_message"].contains("exited while loading"),
+        record["error_message"].contains("model_load_failed: model 'toy_broken_on_load' cannot be loaded: adapter exited while loading"),
         "{record:?}"
     );
     let record = submit(

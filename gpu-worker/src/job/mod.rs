@@ -6,27 +6,28 @@
 //! to the dead-letter queue with the reason in its headers, then acked.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gpuq_common::config::Config;
 use gpuq_common::registry::ModelConfig;
-use gpuq_common::wire::{value_map_to_json_string, Encoding, JobReply, SCHEMA_VERSION};
-use gpuq_common::{
-    now_ms, ErrorCode, JobError, JobMessage, JobStatus, Names, StatusEvent, ValueMap,
-};
+use gpuq_common::wire::{value_map_to_json_string, Encoding};
+use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, Names};
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use gpuq_common::artifacts::{self, ArtifactError, ArtifactStore};
 
+use self::finish::{
+    completed, dead_letter, end_without_running, fail_without_running, failed, forward, give_up,
+    record_and_ack, retry_later, with_retries,
+};
 use crate::amqp::{self, Broker};
 use crate::pool::ModelPool;
 use crate::runtime::{self, Progress, RunError};
 use crate::stats::WorkerStats;
-use crate::store::{Claim, ClaimContext, Outcome, Store, StoreError};
+use crate::store::{Claim, ClaimContext, Outcome, Store};
 
 /// Everything a delivery handler needs, shared by all in-flight jobs.
 pub struct JobContext {
@@ -43,9 +44,50 @@ pub struct JobContext {
     pub pool: Arc<ModelPool>,
     /// Where artifact references in inputs and large outputs live.
     pub artifacts: ArtifactStore,
+    /// Cancel signals of the jobs running now.
+    pub cancels: Arc<CancelRegistry>,
     pub stats: Arc<WorkerStats>,
     /// Cancelled when a model thread is stuck and the process must be restarted.
     pub restart: CancellationToken,
+}
+
+/// Cancel tokens of running jobs, by job id; fed by the cancel channel.
+#[derive(Default)]
+pub struct CancelRegistry {
+    running: std::sync::Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl CancelRegistry {
+    fn register(&self, job_id: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.running
+            .lock()
+            .expect("cancel lock")
+            .insert(job_id.to_owned(), token.clone());
+        token
+    }
+
+    fn forget(&self, job_id: &str) {
+        self.running.lock().expect("cancel lock").remove(job_id);
+    }
+
+    /// Cancels the job if it runs here; returns whether it did.
+    pub fn cancel(&self, job_id: &str) -> bool {
+        match self.running.lock().expect("cancel lock").get(job_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl JobContext {
+    /// How long Redis writes of one job are retried before it is requeued.
+    fn redis_retry(&self) -> Duration {
+        Duration::from_secs(self.config.worker.redis_retry_s)
+    }
 }
 
 /// Where a decoded job goes.
@@ -121,7 +163,7 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: D
         .message_id()
         .as_ref()
         .map(|id| id.to_string());
-    let span = tracing::info_span!("job", job_id = message_id.as_deref().unwrap_or("?"), model = %model_id);
+    let span = tracing::info_span!("job", job_id = message_id.as_deref().unwrap_or_default(), model = %model_id);
     process(&ctx, &model_id, &delivery, message_id.as_deref())
         .instrument(span)
         .await;
@@ -146,7 +188,10 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         JobMessage::decode(content_type.as_deref(), &delivery.data, message_id)
     };
     let job = match decoded {
-        Ok(job) => job,
+        Ok(job) => {
+            tracing::Span::current().record("job_id", job.job_id.as_str());
+            job
+        }
         Err(error) => return dead_letter(ctx, model_id, delivery, message_id, error).await,
     };
     let encoding =
@@ -167,6 +212,10 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
     if let Err(error) = checked {
         return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await;
     }
+    if let Some(error) = queue_timeout_exceeded(&job, delivery, &ctx.config, now_ms()) {
+        let outcome = failed(JobStatus::TimedOut, error);
+        return end_without_running(ctx, &job, model_id, delivery, encoding, outcome).await;
+    }
     let claim_ctx = ClaimContext {
         job_id: &job.job_id,
         feature: &job.feature,
@@ -176,7 +225,7 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         gpu: &ctx.gpu,
         metadata_json: (!job.metadata.is_empty()).then(|| value_map_to_json_string(&job.metadata)),
     };
-    let attempt = match with_retries(|| ctx.store.claim(&claim_ctx)).await {
+    let attempt = match with_retries(ctx.redis_retry(), || ctx.store.claim(&claim_ctx)).await {
         Ok(Claim::Run { attempt }) => attempt,
         Ok(Claim::AlreadyFinal(status)) => {
             tracing::info!(%status, "job already final; acking the redelivery without running it");
@@ -188,7 +237,35 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         }
     };
     tracing::debug!(attempt, "job claimed");
+    let max_attempts = ctx.config.jobs.max_attempts;
+    if attempt > max_attempts {
+        let error = JobError::new(
+            ErrorCode::TooManyAttempts,
+            format!(
+                "the job was started {} time(s) without finishing (jobs.max_attempts = {max_attempts}); its worker died each time",
+                attempt - 1
+            ),
+        );
+        return give_up(ctx, &job, model_id, delivery, encoding, error, attempt).await;
+    }
     let outcome = run_model(ctx, model, &job, timeout).await;
+    if let Some(error) = outcome
+        .error
+        .as_ref()
+        .filter(|e| outcome.status == JobStatus::Failed && e.code.is_retryable())
+    {
+        if attempt < max_attempts {
+            return retry_later(ctx, &job, model_id, delivery, error, attempt).await;
+        }
+        let error = JobError::new(
+            ErrorCode::TooManyAttempts,
+            format!(
+                "failed {attempt} time(s) (jobs.max_attempts = {max_attempts}); last error: {}: {}",
+                error.code, error.message
+            ),
+        );
+        return give_up(ctx, &job, model_id, delivery, encoding, error, attempt).await;
+    }
     record_and_ack(
         ctx,
         &job,
@@ -220,8 +297,27 @@ async fn run_model(
         return failed(JobStatus::Failed, artifact_error(error));
     }
     let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
-    let result = lease.runtime.run(inputs, timeout, progress).await;
+    let cancel = ctx.cancels.register(&job.job_id);
+    let result = tokio::select! {
+        result = lease.runtime.run(inputs, timeout, progress) => result,
+        _ = cancel.cancelled() => Err(RunError::Cancelled),
+    };
+    ctx.cancels.forget(&job.job_id);
+    if result == Err(RunError::Cancelled) {
+        if lease.runtime.can_abort() {
+            tracing::info!("job cancelled; stopping the model process");
+            lease.runtime.abort().await;
+        } else {
+            // Its thread cannot be stopped: restart the worker once this is recorded.
+            tracing::info!("job cancelled; the worker restarts to stop it");
+            ctx.restart.cancel();
+        }
+    }
+    let aborted = result == Err(RunError::Cancelled) && lease.runtime.can_abort();
     drop(lease);
+    if aborted {
+        ctx.pool.evict(&model.id).await;
+    }
     match result {
         Ok(mut outputs) => match ctx
             .artifacts
@@ -232,6 +328,10 @@ async fn run_model(
             Err(error) => failed(JobStatus::Failed, artifact_error(error)),
         },
         Err(RunError::Job(error)) => failed(JobStatus::Failed, error),
+        Err(RunError::Cancelled) => failed(
+            JobStatus::Cancelled,
+            JobError::new(ErrorCode::Cancelled, "cancelled while running"),
+        ),
         Err(RunError::ModelBroken(error)) => {
             tracing::warn!(code = %error.code, "model broken; unloading it");
             ctx.pool.evict(&model.id).await;
@@ -266,6 +366,33 @@ async fn run_model(
     }
 }
 
+/// `Some(error)` when the job waited in the queue past its `queue_timeout_s`
+/// (or `jobs.queue_timeout_s`), counted from `submitted_at_ms` or the AMQP timestamp.
+pub fn queue_timeout_exceeded(
+    job: &JobMessage,
+    delivery: &Delivery,
+    config: &Config,
+    now_ms: u64,
+) -> Option<JobError> {
+    let limit_s = job
+        .queue_timeout_s
+        .or(Some(config.jobs.queue_timeout_s))
+        .filter(|s| *s > 0)?;
+    let submitted_ms = job
+        .submitted_at_ms
+        .or_else(|| delivery.properties.timestamp().map(|s| s * 1000))?;
+    let waited_ms = now_ms.saturating_sub(submitted_ms);
+    (waited_ms > limit_s * 1000).then(|| {
+        JobError::new(
+            ErrorCode::Timeout,
+            format!(
+                "the job waited {} s in the queue, longer than its queue_timeout_s of {limit_s} s",
+                waited_ms / 1000
+            ),
+        )
+    })
+}
+
 /// A missing or malformed reference is the job's fault; a store failure is not.
 fn artifact_error(error: ArtifactError) -> JobError {
     let code = match error {
@@ -298,236 +425,6 @@ fn progress_reporter(store: Store, job_id: String) -> Progress {
     })
 }
 
-fn completed(outputs: ValueMap) -> Outcome {
-    Outcome {
-        status: JobStatus::Completed,
-        result: Some(outputs),
-        error: None,
-    }
-}
-
-fn failed(status: JobStatus, error: JobError) -> Outcome {
-    Outcome {
-        status,
-        result: None,
-        error: Some(error),
-    }
-}
-
-async fn fail_without_running(
-    ctx: &JobContext,
-    job: &JobMessage,
-    model_id: &str,
-    delivery: &Delivery,
-    encoding: Encoding,
-    error: JobError,
-) {
-    tracing::warn!(code = %error.code, message = %error.message, "job refused");
-    record_and_ack(
-        ctx,
-        job,
-        model_id,
-        delivery,
-        encoding,
-        failed(JobStatus::Failed, error),
-        None,
-    )
-    .await;
-}
-
-/// Stores the outcome, replies if asked, then acks. If Redis stays unreachable
-/// the job is requeued instead: it runs again rather than being lost.
-async fn record_and_ack(
-    ctx: &JobContext,
-    job: &JobMessage,
-    model_id: &str,
-    delivery: &Delivery,
-    encoding: Encoding,
-    outcome: Outcome,
-    attempt: Option<u32>,
-) {
-    let finished_at_ms = now_ms();
-    let event = StatusEvent {
-        job_id: job.job_id.clone(),
-        status: outcome.status,
-        ts_ms: finished_at_ms,
-        feature: Some(job.feature.clone()),
-        model: Some(model_id.to_owned()),
-        worker: Some(ctx.worker_id.clone()),
-        attempt,
-        progress: None,
-        error: outcome.error.clone(),
-    };
-    match with_retries(|| ctx.store.finish(&job.job_id, &outcome, &event)).await {
-        Ok(true) => ctx
-            .stats
-            .job_finished(outcome.status == JobStatus::Completed),
-        Ok(false) => tracing::info!("job already ended elsewhere; outcome dropped"),
-        Err(error) => {
-            tracing::error!(%error, "cannot record the outcome in redis; requeueing the job");
-            return amqp::requeue(delivery).await;
-        }
-    }
-    if let Some(reply_to) = delivery.properties.reply_to().as_ref() {
-        send_reply(
-            ctx,
-            job,
-            delivery,
-            encoding,
-            &outcome,
-            reply_to.as_str(),
-            finished_at_ms,
-        )
-        .await;
-    }
-    tracing::info!(status = %outcome.status, "job finished");
-    amqp::ack(delivery).await;
-}
-
-async fn send_reply(
-    ctx: &JobContext,
-    job: &JobMessage,
-    delivery: &Delivery,
-    encoding: Encoding,
-    outcome: &Outcome,
-    reply_to: &str,
-    finished_at_ms: u64,
-) {
-    let reply = JobReply {
-        schema_version: SCHEMA_VERSION,
-        job_id: job.job_id.clone(),
-        status: outcome.status,
-        result: outcome.result.clone(),
-        error: outcome.error.clone(),
-        finished_at_ms,
-    };
-    let correlation_id = delivery
-        .properties
-        .correlation_id()
-        .as_ref()
-        .map(|c| c.to_string());
-    let sent = match reply.encode(encoding) {
-        Ok(body) => ctx
-            .broker
-            .reply(
-                reply_to,
-                correlation_id.as_deref(),
-                encoding.content_type(),
-                &body,
-            )
-            .await
-            .map_err(|e| e.to_string()),
-        Err(error) => Err(error.to_string()),
-    };
-    if let Err(error) = sent {
-        // The outcome is in Redis; a lost reply only costs the client a lookup.
-        tracing::warn!(%error, reply_to, "reply not delivered");
-    }
-}
-
-async fn forward(
-    ctx: &JobContext,
-    job: &JobMessage,
-    model_id: &str,
-    delivery: &Delivery,
-    encoding: Encoding,
-    routing_key: &str,
-) {
-    match ctx.broker.forward(routing_key, delivery).await {
-        Ok(true) => {
-            tracing::info!(routing_key, "job pins another model; forwarded");
-            amqp::ack(delivery).await;
-        }
-        Ok(false) => {
-            let error = JobError::new(
-                ErrorCode::Unroutable,
-                format!("no queue is bound to routing key '{routing_key}'"),
-            );
-            fail_without_running(ctx, job, model_id, delivery, encoding, error).await;
-        }
-        Err(error) => {
-            tracing::error!(%error, "forwarding failed; requeueing the job");
-            amqp::requeue(delivery).await;
-        }
-    }
-}
-
-/// A message that is not a usable job: copy it to the dead-letter queue with the
-/// reason, note it in Redis (and on the job, when its id is known), then ack.
-async fn dead_letter(
-    ctx: &JobContext,
-    model_id: &str,
-    delivery: &Delivery,
-    message_id: Option<&str>,
-    error: JobError,
-) {
-    tracing::warn!(code = %error.code, message = %error.message, "unusable message dead-lettered");
-    let source_queue = ctx.names.model_queue(model_id);
-    let note = serde_json::json!({
-        "ts_ms": now_ms(),
-        "queue": source_queue,
-        "job_id": message_id,
-        "worker": ctx.worker_id,
-        "error_code": error.code,
-        "error_message": error.message,
-    });
-    if let Err(store_error) = with_retries(|| ctx.store.note_dead_letter(&note)).await {
-        tracing::warn!(error = %store_error, "dead letter not noted in redis");
-    }
-    if let Some(job_id) = message_id.filter(|id| gpuq_common::wire::validate_job_id(id).is_ok()) {
-        let event = StatusEvent {
-            job_id: job_id.to_owned(),
-            status: JobStatus::Failed,
-            ts_ms: now_ms(),
-            feature: None,
-            model: Some(model_id.to_owned()),
-            worker: Some(ctx.worker_id.clone()),
-            attempt: None,
-            progress: None,
-            error: Some(error.clone()),
-        };
-        let outcome = failed(JobStatus::Failed, error.clone());
-        if let Err(store_error) = with_retries(|| ctx.store.finish(job_id, &outcome, &event)).await
-        {
-            tracing::warn!(error = %store_error, "failure of unusable job not recorded in redis");
-        }
-    }
-    match ctx
-        .broker
-        .dead_letter(delivery, &source_queue, &error, &ctx.worker_id)
-        .await
-    {
-        Ok(()) => amqp::ack(delivery).await,
-        // The queue's own dead-letter exchange still takes it, without our headers.
-        Err(broker_error) => {
-            tracing::warn!(error = %broker_error, "dead-letter publish failed; rejecting instead");
-            amqp::reject_to_dead_letter(delivery).await;
-        }
-    }
-}
-
-/// Delays between tries of a Redis write; about 6 s in all before giving up.
-const RETRY_DELAYS_MS: [u64; 6] = [50, 150, 300, 600, 1_500, 3_000];
-
-async fn with_retries<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let mut delays = RETRY_DELAYS_MS.iter();
-    loop {
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(error) => match delays.next() {
-                Some(ms) => {
-                    tracing::warn!(%error, retry_in_ms = ms, "redis write failed");
-                    tokio::time::sleep(Duration::from_millis(*ms)).await;
-                }
-                None => return Err(error),
-            },
-        }
-    }
-}
-
+mod finish;
 #[cfg(test)]
 mod tests;

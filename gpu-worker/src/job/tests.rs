@@ -1,5 +1,5 @@
 use super::*;
-use gpuq_common::ConfigOverrides;
+use gpuq_common::{ConfigOverrides, ValueMap};
 
 const CONFIG: &str = r#"
 [jobs]
@@ -39,6 +39,7 @@ fn job(feature: &str, model: Option<&str>) -> JobMessage {
         timeout_s: None,
         metadata: ValueMap::new(),
         submitted_at_ms: None,
+        queue_timeout_s: None,
     }
 }
 

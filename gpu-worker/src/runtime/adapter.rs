@@ -173,7 +173,7 @@ impl AdapterModel {
                 }
                 Reply::Garbage(what) => {
                     slot.take().expect("adapter child present").kill().await;
-                    return Err(crashed(format!(
+                    return Err(misbehaved(format!(
                         "the adapter wrote invalid output ({what}); it was restarted"
                     )));
                 }
@@ -191,10 +191,12 @@ impl AdapterModel {
                     let outputs = match from_adapter_json(&message["outputs"]) {
                         Ok(Value::Map(entries)) => entries,
                         Ok(_) => {
-                            return Err(crashed("the adapter's 'outputs' is not an object".into()))
+                            return Err(misbehaved(
+                                "the adapter's 'outputs' is not an object".into(),
+                            ))
                         }
                         Err(error) => {
-                            return Err(crashed(format!(
+                            return Err(misbehaved(format!(
                                 "the adapter's outputs are invalid: {error}"
                             )))
                         }
@@ -207,7 +209,7 @@ impl AdapterModel {
                 Some("error") => return Err(RunError::Job(adapter_error(&message))),
                 other => {
                     slot.take().expect("adapter child present").kill().await;
-                    return Err(crashed(format!(
+                    return Err(misbehaved(format!(
                         "the adapter sent an unknown message type {other:?}; it was restarted"
                     )));
                 }
@@ -216,8 +218,13 @@ impl AdapterModel {
     }
 }
 
-/// The job fails; the adapter process is gone and restarts for the next job.
+/// The adapter process died: the job may be retried (a fresh process starts).
 fn crashed(message: String) -> RunError {
+    RunError::Job(JobError::new(ErrorCode::ModelCrashed, message))
+}
+
+/// The adapter misbehaved: the job fails; a fresh process starts for the next one.
+fn misbehaved(message: String) -> RunError {
     RunError::Job(JobError::new(ErrorCode::ModelFailed, message))
 }
 

@@ -32,6 +32,8 @@ pub enum RunError {
     /// The job ran past its timeout. `stuck` means a thread that cannot be
     /// interrupted is still running it: the worker process must restart.
     TimedOut { stuck: bool },
+    /// The job was cancelled while running.
+    Cancelled,
 }
 
 /// A loaded model.
@@ -45,6 +47,15 @@ pub trait Runtime: Send + Sync {
     ) -> BoxFuture<'_, Result<ValueMap, RunError>>;
     /// Releases the model (its process, its memory).
     fn unload(&self) -> BoxFuture<'_, ()>;
+    /// Stops a job in progress at once (a cancelled job); the model may be
+    /// unusable afterwards and is unloaded. Default: unload.
+    fn abort(&self) -> BoxFuture<'_, ()> {
+        self.unload()
+    }
+    /// Whether a running job can be stopped without restarting the worker.
+    fn can_abort(&self) -> bool {
+        false
+    }
 }
 
 /// Why a model could not be loaded.

@@ -62,6 +62,21 @@ fn forced_failure(inputs: &ValueMap) -> Result<bool, JobError> {
     }
 }
 
+/// Appends the run's `tag` input to the run log (one short append: atomic
+/// across the processes sharing the file).
+fn record_run(path: &str, inputs: &ValueMap) {
+    use std::io::Write;
+    let tag = inputs.get("tag").and_then(Value::as_str).unwrap_or("-");
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(format!("{tag}\n").as_bytes()));
+    if let Err(error) = appended {
+        tracing::warn!(%error, path, "run log not written");
+    }
+}
+
 /// Input checks of the `sleep` runtime.
 pub fn validate_sleep(inputs: &ValueMap) -> Result<(), JobError> {
     duration_ms(inputs, 0)?;
@@ -87,6 +102,9 @@ impl Runtime for SleepModel {
         let params = self.params.clone();
         run_blocking(timeout, move || {
             let duration_ms = duration_ms(&inputs, params.duration_ms).map_err(RunError::Job)?;
+            if let Some(path) = &params.run_log {
+                record_run(path, &inputs);
+            }
             // Report progress half-way, as a long model would.
             std::thread::sleep(Duration::from_millis(duration_ms / 2));
             progress(0.5);
@@ -121,6 +139,7 @@ mod tests {
                 duration_ms: 1,
                 fail_rate,
                 load_ms: 0,
+                run_log: None,
             },
         }
     }
