@@ -277,6 +277,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(interval);
     let mut hangup = signal(SignalKind::hangup()).expect("installing SIGHUP handler");
     let slots_changed = slots.changed();
+    let mut watchdog = Watchdog::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -292,7 +293,7 @@ pub async fn run(
             _ = ticker.tick() => {}
         }
         gpus.refresh(&slots.worker_pids());
-        watchdog(&store, &slots, ttl).await;
+        watchdog.check(&store, &slots, ttl).await;
         let record = HostRecord {
             host_id: host_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -340,36 +341,42 @@ async fn reload(options: &DispatcherOptions, host_id: &str, gpus: &[GpuInfo]) ->
     }
 }
 
-/// Kills workers whose heartbeat is older than `ttl` (or that never wrote one
-/// within a startup allowance); their supervisors restart them. Workers beat
-/// from the moment Redis answers, before loading models, so the allowance only
-/// covers process start and the Redis connection.
-async fn watchdog(store: &Store, slots: &Slots, ttl: Duration) {
-    let startup_allowance = ttl * 2;
-    let workers = slots.settled_workers(startup_allowance);
-    if workers.is_empty() {
-        return;
-    }
-    let ids: Vec<String> = workers.iter().map(|(id, _)| id.clone()).collect();
-    let heartbeats: HashMap<String, Option<(u64, u32)>> = match store.worker_heartbeats(&ids).await
-    {
-        Ok(heartbeats) => ids.into_iter().zip(heartbeats).collect(),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read worker heartbeats; watchdog skipped");
+/// What the watchdog last saw of each worker: its heartbeat value (or none)
+/// and when, by the dispatcher's clock, that value was first seen.
+#[derive(Default)]
+struct Watchdog {
+    seen: HashMap<(String, u32), (Option<u64>, Instant)>,
+}
+
+impl Watchdog {
+    /// Kills workers whose heartbeat has not changed for `ttl`, as observed
+    /// here (so a Redis outage or clock skew never reads as a dead worker);
+    /// their supervisors restart them. Workers beat from the moment Redis
+    /// answers, before loading models, so a new worker gets `2 × ttl` to start.
+    async fn check(&mut self, store: &Store, slots: &Slots, ttl: Duration) {
+        let workers = slots.settled_workers(ttl * 2);
+        self.seen.retain(|key, _| workers.contains(key));
+        if workers.is_empty() {
             return;
         }
-    };
-    let now = now_ms();
-    for (worker_id, pid) in workers {
-        let fresh = heartbeats
-            .get(&worker_id)
-            .copied()
-            .flatten()
-            .is_some_and(|(at, beat_pid)| {
-                beat_pid == pid && now.saturating_sub(at) <= ttl.as_millis() as u64
-            });
-        if !fresh {
-            slots.kill_unresponsive(&worker_id, pid);
+        let ids: Vec<String> = workers.iter().map(|(id, _)| id.clone()).collect();
+        let heartbeats = match store.worker_heartbeats(&ids).await {
+            Ok(heartbeats) => heartbeats,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read worker heartbeats; watchdog skipped");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (key, heartbeat) in workers.into_iter().zip(heartbeats) {
+            let beat = heartbeat.filter(|(_, pid)| *pid == key.1).map(|(at, _)| at);
+            let entry = self.seen.entry(key.clone()).or_insert((beat, now));
+            if entry.0 != beat {
+                *entry = (beat, now);
+            } else if now.duration_since(entry.1) > ttl {
+                slots.kill_unresponsive(&key.0, key.1);
+                self.seen.remove(&key);
+            }
         }
     }
 }

@@ -134,13 +134,19 @@ pub struct TestSystem {
 impl TestSystem {
     /// Writes a config: `namespace`, the broker URLs, fast heartbeats, then `body`.
     pub fn new(body: &str) -> TestSystem {
+        Self::with_redis(body, &redis_url())
+    }
+
+    /// Like [`TestSystem::new`], with its own Redis (e.g. a [`PrivateRedis`]).
+    pub fn with_redis(body: &str, redis: &str) -> TestSystem {
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("gpuq.toml");
-        let config = write_config(&config_path, &namespace, body);
+        let body = format!("redis_url = \"{redis}\"\n{body}");
+        let config = write_config(&config_path, &namespace, &body);
         TestSystem {
             names: config.names(),
-            redis: redis::Client::open(redis_url()).expect("redis url"),
+            redis: redis::Client::open(redis).expect("redis url"),
             config,
             config_path,
             dir,
@@ -457,10 +463,14 @@ impl Drop for TestSystem {
 
 /// Writes a test config: `namespace`, the broker URLs, fast heartbeats, then `body`.
 fn write_config(path: &Path, namespace: &str, body: &str) -> Config {
+    let redis_line = if body.contains("redis_url") {
+        String::new()
+    } else {
+        format!("redis_url = \"{}\"\n", redis_url())
+    };
     let text = format!(
-        "namespace = \"{namespace}\"\namqp_url = \"{}\"\nredis_url = \"{}\"\n{body}",
-        amqp_url(),
-        redis_url()
+        "namespace = \"{namespace}\"\namqp_url = \"{}\"\n{redis_line}{body}",
+        amqp_url()
     );
     let text = if text.contains("[worker]") {
         text
@@ -533,3 +543,68 @@ runtime = "sleep"
 vram_mib = 4096
 timeout_s = 30
 "#;
+
+/// A Redis server of a test's own, on a free loopback port, that the test may
+/// stop and restart (the shared one must stay up for the others). Stopped by
+/// pid when dropped.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -190,6 +190,34 @@ async fn the_example_adapter_runs_jobs_and_survives_each_failure() {
     let third_pid = result(&record)["pid"].as_u64().unwrap();
     assert!(third_pid != second_pid && third_pid != first_pid);
 
+    // Cancel while running: the adapter process is killed, the worker lives on.
+    let body =
+        br#"{"job_id": "mesh-cancel", "feature": "text_to_mesh", "inputs": {"fault": "hang"}}"#;
+    system
+        .publish_raw("text_to_mesh", body, Some("application/json"), None)
+        .await;
+    system
+        .wait_for_status("mesh-cancel", &["processing"], WAIT)
+        .await;
+    let output = system.gpuq(&["cancel", "mesh-cancel"], WAIT);
+    assert!(output.status.success(), "{output:?}");
+    let record = system
+        .wait_for_status(
+            "mesh-cancel",
+            &["cancelled", "completed", "failed", "timed_out"],
+            WAIT,
+        )
+        .await;
+    assert_eq!(record["status"], "cancelled", "{record:?}");
+    let record = submit(
+        &system,
+        "text_to_mesh",
+        "mesh-after-cancel",
+        r#", "inputs": {"prompt": "w"}"#,
+    )
+    .await;
+    assert_eq!(record["status"], "completed", "{record:?}");
+
     // Crash on load: retried, then a clear load error; the worker still serves the other model.
     let record = submit(&system, "broken_mesh", "broken-1", r#", "inputs": {}"#).await;
     assert_eq!(

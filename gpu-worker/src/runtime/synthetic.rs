@@ -4,7 +4,9 @@
 //! - `echo` returns its inputs as outputs.
 //! - `sleep` stands for a GPU-bound model: it takes `load_ms` to load, holds its
 //!   slot (and, by the pool's accounting, its declared VRAM) for `duration_ms`
-//!   per job, and can fail on purpose (`fail: true` input, or `fail_rate`).
+//!   per job, and can fail on purpose (`fail: true` input, or `fail_rate`), or
+//!   crash its whole worker process (`abort_worker: true`). With `run_log`, each
+//!   run appends `<tag input> <start ms>` to a file, so tests count real runs.
 
 use std::time::Duration;
 
@@ -62,16 +64,17 @@ fn forced_failure(inputs: &ValueMap) -> Result<bool, JobError> {
     }
 }
 
-/// Appends the run's `tag` input to the run log (one short append: atomic
+/// Appends the run's `tag` input and start time to the run log (one short append: atomic
 /// across the processes sharing the file).
 fn record_run(path: &str, inputs: &ValueMap) {
     use std::io::Write;
     let tag = inputs.get("tag").and_then(Value::as_str).unwrap_or("-");
+    let line = format!("{tag} {}\n", gpuq_common::now_ms());
     let appended = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .and_then(|mut file| file.write_all(format!("{tag}\n").as_bytes()));
+        .and_then(|mut file| file.write_all(line.as_bytes()));
     if let Err(error) = appended {
         tracing::warn!(%error, path, "run log not written");
     }
@@ -104,6 +107,11 @@ impl Runtime for SleepModel {
             let duration_ms = duration_ms(&inputs, params.duration_ms).map_err(RunError::Job)?;
             if let Some(path) = &params.run_log {
                 record_run(path, &inputs);
+            }
+            if inputs.get("abort_worker") == Some(&Value::Boolean(true)) {
+                // Stands for a model that crashes its process (a segfault in native code).
+                tracing::error!("synthetic sleep model aborting the worker process on purpose");
+                std::process::abort();
             }
             // Report progress half-way, as a long model would.
             std::thread::sleep(Duration::from_millis(duration_ms / 2));
