@@ -163,7 +163,10 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: D
         .message_id()
         .as_ref()
         .map(|id| id.to_string());
-    let span = tracing::info_span!("job", job_id = message_id.as_deref().unwrap_or_default(), model = %model_id);
+    let span = tracing::info_span!("job", job_id = tracing::field::Empty, model = %model_id);
+    if let Some(id) = message_id.as_deref() {
+        span.record("job_id", id);
+    }
     process(&ctx, &model_id, &delivery, message_id.as_deref())
         .instrument(span)
         .await;

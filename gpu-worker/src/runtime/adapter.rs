@@ -313,6 +313,20 @@ impl Runtime for AdapterModel {
         self.run_job(inputs, timeout, progress).boxed()
     }
 
+    fn abort(&self) -> BoxFuture<'_, ()> {
+        async move {
+            // The job's future was dropped, so the lock is free; kill, don't ask.
+            if let Some(child) = self.child.lock().await.take() {
+                child.kill().await;
+            }
+        }
+        .boxed()
+    }
+
+    fn can_abort(&self) -> bool {
+        true
+    }
+
     fn unload(&self) -> BoxFuture<'_, ()> {
         async move {
             let Some(mut child) = self.child.lock().await.take() else {
