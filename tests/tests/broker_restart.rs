@@ -18,7 +18,10 @@ struct BrokerStopped;
 
 impl BrokerStopped {
     fn stop() -> BrokerStopped {
-        let status = Command::new("rabbitmqctl").arg("stop_app").status().expect("rabbitmqctl");
+        let status = Command::new("rabbitmqctl")
+            .arg("stop_app")
+            .status()
+            .expect("rabbitmqctl");
         assert!(status.success(), "rabbitmqctl stop_app failed");
         BrokerStopped
     }
@@ -27,7 +30,9 @@ impl BrokerStopped {
 impl Drop for BrokerStopped {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").arg("start_app").status();
-        let _ = Command::new("rabbitmqctl").args(["await_startup", "--timeout", "60"]).status();
+        let _ = Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "60"])
+            .status();
     }
 }
 
@@ -59,24 +64,37 @@ duration_ms = 300
         let output = system.gpuq(&["submit", "sleep", "--job-id", id], WAIT);
         assert!(output.status.success(), "{output:?}");
     }
-    system.wait_for_status(&ids[0], &["processing", "completed"], WAIT).await;
+    system
+        .wait_for_status(&ids[0], &["processing", "completed"], WAIT)
+        .await;
 
     let broker = BrokerStopped::stop();
     // While it is down, a producer gets a clear error instead of a silent loss.
-    let output = system.gpuq(&["submit", "sleep", "--job-id", "during-outage"], Duration::from_secs(30));
+    let output = system.gpuq(
+        &["submit", "sleep", "--job-id", "during-outage"],
+        Duration::from_secs(30),
+    );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("rabbitmq") || stderr.contains("connecting"), "{stderr}");
+    assert!(
+        stderr.contains("rabbitmq") || stderr.contains("connecting"),
+        "{stderr}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(broker);
 
     for id in &ids {
-        let record = system.wait_for_status(id, &["completed", "failed", "timed_out"], WAIT).await;
+        let record = system
+            .wait_for_status(id, &["completed", "failed", "timed_out"], WAIT)
+            .await;
         assert_eq!(record["status"], "completed", "{id}: {record:?}");
     }
     // The workers reconnected (the same processes: no restart was needed).
     eventually("both workers consume again", WAIT, || async {
-        system.queue_depth(&queue).await.is_some_and(|(ready, consumers)| ready == 0 && consumers == 2)
+        system
+            .queue_depth(&queue)
+            .await
+            .is_some_and(|(ready, consumers)| ready == 0 && consumers == 2)
     })
     .await;
     let slots = system.host_slots("host-a").await;

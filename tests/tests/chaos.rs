@@ -24,7 +24,9 @@ fn host(host_id: &str, gpus: u32, run_log: &str) -> String {
          restart_backoff_initial_ms = 100\nrestart_backoff_max_ms = 400\n"
     );
     for index in 0..gpus {
-        text.push_str(&format!("[[dispatcher.gpus]]\nindex = {index}\nmemory_mib = 8192\n"));
+        text.push_str(&format!(
+            "[[dispatcher.gpus]]\nindex = {index}\nmemory_mib = 8192\n"
+        ));
     }
     text.push_str(&format!(
         "[[models]]\nid = \"sleep\"\nfeature = \"sleep\"\nruntime = \"sleep\"\nvram_mib = 1024\n\
@@ -42,27 +44,42 @@ async fn every_job_ends_final_and_none_runs_after_completing_under_chaos() {
     let _a = system.dispatcher(&[]);
     let mut b = system.spawn_with_config("gpuq-dispatcher", &host_b, &[]);
     let queue = system.names.model_queue("sleep");
-    system.wait_for_consumers(&queue, 4, Duration::from_secs(30)).await;
+    system
+        .wait_for_consumers(&queue, 4, Duration::from_secs(30))
+        .await;
 
     // Publish every job on one confirmed channel, as a busy client would.
     let connection = system.amqp().await;
     let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let ids: Vec<String> = (0..JOBS).map(|i| format!("chaos-{i}")).collect();
     for id in &ids {
-        let body = format!(r#"{{"job_id": "{id}", "feature": "sleep", "inputs": {{"tag": "{id}"}}}}"#);
-        let _ = channel
+        let body =
+            format!(r#"{{"job_id": "{id}", "feature": "sleep", "inputs": {{"tag": "{id}"}}}}"#);
+        // Confirms are awaited all together below.
+        let _pending_confirm = channel
             .basic_publish(
                 system.names.jobs_exchange().as_str().into(),
                 "sleep".into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body.as_bytes(),
-                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
             )
             .await
             .unwrap();
     }
-    assert!(channel.wait_for_confirms().await.unwrap().is_empty(), "every job routed");
+    assert!(
+        channel.wait_for_confirms().await.unwrap().is_empty(),
+        "every job routed"
+    );
     let _ = connection.close(200, "published".into()).await;
 
     // Chaos: kill a random worker every 300 ms; restart dispatcher B half-way.
@@ -72,9 +89,17 @@ async fn every_job_ends_final_and_none_runs_after_completing_under_chaos() {
     let mut restarted_b = false;
     while started.elapsed() < CHAOS {
         let mut redis = system.redis().await;
-        let workers: Vec<String> = redis::cmd("SMEMBERS").arg(system.names.workers_set()).query_async(&mut redis).await.unwrap();
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(system.names.workers_set())
+            .query_async(&mut redis)
+            .await
+            .unwrap();
         if let Some(worker) = workers.choose(&mut rng) {
-            if let Some(pid) = system.worker_field(worker, "pid").await.and_then(|p| p.parse::<i32>().ok()) {
+            if let Some(pid) = system
+                .worker_field(worker, "pid")
+                .await
+                .and_then(|p| p.parse::<i32>().ok())
+            {
                 if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
                     kills += 1;
                 }
@@ -100,7 +125,10 @@ async fn every_job_ends_final_and_none_runs_after_completing_under_chaos() {
                 records.insert(id.clone(), record);
                 break;
             }
-            assert!(Instant::now() < deadline, "{id} not final after the chaos: {record:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{id} not final after the chaos: {record:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -110,23 +138,38 @@ async fn every_job_ends_final_and_none_runs_after_completing_under_chaos() {
     let mut runs: HashMap<String, Vec<u64>> = HashMap::new();
     for line in std::fs::read_to_string(&run_log).unwrap().lines() {
         let (tag, at) = line.split_once(' ').unwrap();
-        runs.entry(tag.to_owned()).or_default().push(at.parse().unwrap());
+        runs.entry(tag.to_owned())
+            .or_default()
+            .push(at.parse().unwrap());
     }
     let mut completed = 0;
     let mut reran = 0;
     for (id, record) in &records {
         let job_runs = runs.get(id).cloned().unwrap_or_default();
         let attempts: usize = record["attempts"].parse().unwrap();
-        assert!(job_runs.len() <= attempts, "{id} ran {} times in {attempts} attempts", job_runs.len());
+        assert!(
+            job_runs.len() <= attempts,
+            "{id} ran {} times in {attempts} attempts",
+            job_runs.len()
+        );
         if record["status"] == "completed" {
             completed += 1;
             let finished: u64 = record["finished_ms"].parse().unwrap();
-            assert!(job_runs.iter().all(|at| *at <= finished), "{id} ran after completing: {job_runs:?} > {finished}");
+            assert!(
+                job_runs.iter().all(|at| *at <= finished),
+                "{id} ran after completing: {job_runs:?} > {finished}"
+            );
             reran += usize::from(job_runs.len() > 1);
         } else {
-            assert_eq!(record["error_code"], "too_many_attempts", "{id}: {record:?}");
+            assert_eq!(
+                record["error_code"], "too_many_attempts",
+                "{id}: {record:?}"
+            );
         }
     }
     eprintln!("chaos: {JOBS} jobs, {kills} worker kills, dispatcher restarted: {restarted_b}, {completed} completed, {reran} re-run after a kill, {} gave up", JOBS - completed);
-    assert!(completed >= JOBS * 9 / 10, "only {completed} of {JOBS} completed");
+    assert!(
+        completed >= JOBS * 9 / 10,
+        "only {completed} of {JOBS} completed"
+    );
 }
