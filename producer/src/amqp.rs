@@ -5,7 +5,7 @@ use gpuq_common::amqp::{connect, declare_topology};
 use gpuq_common::topology::Topology;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 
 /// What the broker did with a published job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,20 +49,20 @@ impl Publisher {
         })
     }
 
-    /// Publishes with `mandatory` and waits for the broker's confirm.
-    pub async fn publish(
+    /// Publishes with `mandatory`; the returned confirm resolves when the broker
+    /// has taken (or returned) the message, so many publishes can be in flight.
+    pub async fn start_publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-    ) -> Result<PublishOutcome, lapin::Error> {
+    ) -> Result<PublisherConfirm, lapin::Error> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirmation = self
-            .channel
+        self.channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
@@ -70,9 +70,12 @@ impl Publisher {
                 body,
                 properties,
             )
-            .await?
-            .await?;
-        Ok(match confirmation {
+            .await
+    }
+
+    /// What the broker did with a published message.
+    pub async fn outcome(confirm: PublisherConfirm) -> Result<PublishOutcome, lapin::Error> {
+        Ok(match confirm.await? {
             Confirmation::Ack(Some(_returned)) => PublishOutcome::Unroutable,
             Confirmation::Ack(None) | Confirmation::NotRequested => PublishOutcome::Queued,
             Confirmation::Nack(_) => PublishOutcome::Refused,

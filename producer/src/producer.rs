@@ -93,6 +93,14 @@ pub enum ProducerError {
     Artifacts(#[from] ArtifactError),
 }
 
+/// A checked job, ready to publish.
+struct PreparedJob {
+    message: JobMessage,
+    body: Vec<u8>,
+    routing_key: String,
+    properties: BasicProperties,
+}
+
 pub struct Producer {
     config: Config,
     names: Names,
@@ -155,6 +163,96 @@ impl Producer {
 
     /// Queues a job and returns its id once the broker has confirmed it.
     pub async fn submit(&self, request: JobRequest) -> Result<String, SubmitError> {
+        self.submit_many(vec![request])
+            .await
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// Queues many jobs at once: one pipelined Redis round trip for their records,
+    /// then every publish before awaiting the confirms together. Returns one
+    /// result per request, in order.
+    pub async fn submit_many(&self, requests: Vec<JobRequest>) -> Vec<Result<String, SubmitError>> {
+        let created_ms = now_ms();
+        let mut results: Vec<Result<String, SubmitError>> = Vec::with_capacity(requests.len());
+        let mut prepared = Vec::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            match self.prepare(request, created_ms) {
+                Ok(job) => {
+                    results.push(Ok(job.message.job_id.clone()));
+                    prepared.push((index, job));
+                }
+                Err(error) => results.push(Err(error)),
+            }
+        }
+        let queued: Vec<QueuedJob<'_>> = prepared
+            .iter()
+            .map(|(_, job)| QueuedJob {
+                job_id: &job.message.job_id,
+                feature: &job.message.feature,
+                model: job.message.model.as_deref(),
+                created_ms,
+                metadata_json: (!job.message.metadata.is_empty())
+                    .then(|| value_map_to_json_string(&job.message.metadata)),
+            })
+            .collect();
+        let written = match self.store.write_queued(&queued).await {
+            Ok(written) => written,
+            Err(error) => {
+                for (index, _) in &prepared {
+                    results[*index] = Err(SubmitError::Store(error.clone()));
+                }
+                return results;
+            }
+        };
+        drop(queued);
+        let exchange = self.names.jobs_exchange();
+        let mut pending = Vec::new();
+        for ((index, job), fresh) in prepared.into_iter().zip(written) {
+            if !fresh {
+                results[index] = Err(SubmitError::DuplicateJobId(job.message.job_id));
+                continue;
+            }
+            let publish = self
+                .publisher
+                .start_publish(&exchange, &job.routing_key, &job.body, job.properties)
+                .await;
+            pending.push((index, job.message.job_id, job.routing_key, publish));
+        }
+        for (index, job_id, routing_key, publish) in pending {
+            let outcome = match publish {
+                Ok(confirm) => Publisher::outcome(confirm).await,
+                Err(error) => Err(error),
+            };
+            let error = match outcome {
+                Ok(PublishOutcome::Queued) => continue,
+                Ok(PublishOutcome::Unroutable) => {
+                    let error = SubmitError::Unroutable {
+                        exchange: exchange.clone(),
+                        routing_key,
+                    };
+                    self.record_failure(&job_id, ErrorCode::Unroutable, &error)
+                        .await;
+                    error
+                }
+                Ok(PublishOutcome::Refused) => {
+                    self.record_failure(&job_id, ErrorCode::Unroutable, &SubmitError::Refused)
+                        .await;
+                    SubmitError::Refused
+                }
+                Err(error) => {
+                    // Never reached the broker: the job does not exist.
+                    let _ = self.store.delete_job(&job_id).await;
+                    error.into()
+                }
+            };
+            results[index] = Err(error);
+        }
+        results
+    }
+
+    /// Checks a request and builds its message, body and AMQP properties.
+    fn prepare(&self, request: JobRequest, created_ms: u64) -> Result<PreparedJob, SubmitError> {
         self.check(&request)?;
         let job_id = request
             .job_id
@@ -167,12 +265,11 @@ impl Producer {
                 "priority must be 0 to 9",
             )));
         }
-        let created_ms = now_ms();
         let message = JobMessage {
             schema_version: SCHEMA_VERSION,
-            job_id: job_id.clone(),
-            feature: request.feature.clone(),
-            model: request.model.clone(),
+            job_id,
+            feature: request.feature,
+            model: request.model,
             inputs: request.inputs,
             priority: request.priority,
             timeout_s: request.timeout_s,
@@ -196,17 +293,6 @@ impl Producer {
                 ),
             )));
         }
-        let queued = QueuedJob {
-            job_id: &job_id,
-            feature: &message.feature,
-            model: message.model.as_deref(),
-            created_ms,
-            metadata_json: (!message.metadata.is_empty())
-                .then(|| value_map_to_json_string(&message.metadata)),
-        };
-        if !self.store.write_queued(&queued).await? {
-            return Err(SubmitError::DuplicateJobId(job_id));
-        }
         let routing_key = match &message.model {
             Some(model) => Names::pinned_routing_key(&message.feature, model),
             None => Names::feature_routing_key(&message.feature),
@@ -214,7 +300,7 @@ impl Producer {
         let mut properties = BasicProperties::default()
             .with_content_type(Encoding::Msgpack.content_type().into())
             .with_delivery_mode(2)
-            .with_message_id(ShortString::from(job_id.as_str()))
+            .with_message_id(ShortString::from(message.job_id.as_str()))
             .with_timestamp(created_ms / 1000)
             .with_app_id("gpuq".into());
         if let Some(priority) = message.priority {
@@ -225,36 +311,12 @@ impl Producer {
             properties =
                 properties.with_expiration((queue_timeout_s * 1000).to_string().as_str().into());
         }
-        let exchange = self.names.jobs_exchange();
-        let outcome = match self
-            .publisher
-            .publish(&exchange, &routing_key, &body, properties)
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                // Never reached the broker: the job does not exist.
-                let _ = self.store.delete_job(&job_id).await;
-                return Err(error.into());
-            }
-        };
-        match outcome {
-            PublishOutcome::Queued => Ok(job_id),
-            PublishOutcome::Unroutable => {
-                let error = SubmitError::Unroutable {
-                    exchange,
-                    routing_key,
-                };
-                self.record_failure(&job_id, ErrorCode::Unroutable, &error)
-                    .await;
-                Err(error)
-            }
-            PublishOutcome::Refused => {
-                self.record_failure(&job_id, ErrorCode::Unroutable, &SubmitError::Refused)
-                    .await;
-                Err(SubmitError::Refused)
-            }
-        }
+        Ok(PreparedJob {
+            message,
+            body,
+            routing_key,
+            properties,
+        })
     }
 
     async fn record_failure(&self, job_id: &str, code: ErrorCode, error: &SubmitError) {

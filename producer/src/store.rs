@@ -2,6 +2,7 @@
 //! worker and host records, and waits on the events channel.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -10,6 +11,14 @@ use gpuq_common::record::{HostRecord, JobRecord, WorkerRecord};
 use gpuq_common::{JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
+
+/// Writes a new job's record unless the id exists (a job id is used once).
+const QUEUED_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"#;
 
 const CANCEL_SCRIPT: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -40,6 +49,8 @@ pub struct Store {
     client: redis::Client,
     connection: ConnectionManager,
     names: Names,
+    queued_script: redis::Script,
+    events: Arc<tokio::sync::OnceCell<Arc<EventHub>>>,
 }
 
 /// A new job's first record.
@@ -57,63 +68,78 @@ impl Store {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));
-        let connection = client.get_connection_manager_with_config(config).await?;
+        let mut connection = client.get_connection_manager_with_config(config).await?;
+        let queued_script = redis::Script::new(QUEUED_SCRIPT);
+        queued_script
+            .prepare_invoke()
+            .load_async(&mut connection)
+            .await?;
         Ok(Store {
             client,
             connection,
             names,
+            queued_script,
+            events: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
-    /// Writes the `queued` record and publishes its event, in one round trip.
-    /// Fails if a job with this id already exists.
-    pub async fn write_queued(&self, job: &QueuedJob<'_>) -> Result<bool, redis::RedisError> {
+    /// Writes the `queued` records of many jobs and publishes their events, in
+    /// one pipelined round trip; `false` for a job id that already exists.
+    pub async fn write_queued(
+        &self,
+        jobs: &[QueuedJob<'_>],
+    ) -> Result<Vec<bool>, redis::RedisError> {
+        let mut pipe = redis::pipe();
+        for job in jobs {
+            let mut fields = vec![
+                (job_field::STATUS, JobStatus::Queued.as_str().to_owned()),
+                (job_field::FEATURE, job.feature.to_owned()),
+                (job_field::ATTEMPTS, "0".to_owned()),
+                (job_field::PROGRESS, "0".to_owned()),
+                (job_field::CREATED_MS, job.created_ms.to_string()),
+            ];
+            if let Some(model) = job.model {
+                fields.push((job_field::MODEL, model.to_owned()));
+            }
+            if let Some(metadata) = &job.metadata_json {
+                fields.push((job_field::METADATA, metadata.clone()));
+            }
+            let event = StatusEvent {
+                job_id: job.job_id.to_owned(),
+                status: JobStatus::Queued,
+                ts_ms: job.created_ms,
+                feature: Some(job.feature.to_owned()),
+                model: job.model.map(str::to_owned),
+                worker: None,
+                attempt: None,
+                progress: None,
+                error: None,
+            };
+            pipe.cmd("EVALSHA")
+                .arg(self.queued_script.get_hash())
+                .arg(2)
+                .arg(self.names.job_key(job.job_id))
+                .arg(self.names.events_channel())
+                .arg(serde_json::to_string(&event).unwrap_or_default());
+            for (field, value) in fields {
+                pipe.arg(field).arg(value);
+            }
+        }
         let mut connection = self.connection.clone();
-        let key = self.names.job_key(job.job_id);
-        let mut fields = vec![
-            (job_field::STATUS, JobStatus::Queued.as_str().to_owned()),
-            (job_field::FEATURE, job.feature.to_owned()),
-            (job_field::ATTEMPTS, "0".to_owned()),
-            (job_field::PROGRESS, "0".to_owned()),
-        ];
-        if let Some(model) = job.model {
-            fields.push((job_field::MODEL, model.to_owned()));
-        }
-        if let Some(metadata) = &job.metadata_json {
-            fields.push((job_field::METADATA, metadata.clone()));
-        }
-        let event = StatusEvent {
-            job_id: job.job_id.to_owned(),
-            status: JobStatus::Queued,
-            ts_ms: job.created_ms,
-            feature: Some(job.feature.to_owned()),
-            model: job.model.map(str::to_owned),
-            worker: None,
-            attempt: None,
-            progress: None,
-            error: None,
+        let written: Vec<i64> = match pipe.query_async(&mut connection).await {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // Redis restarted and forgot the script: load it and go again.
+                self.queued_script
+                    .prepare_invoke()
+                    .load_async(&mut connection)
+                    .await?;
+                pipe.query_async(&mut connection).await?
+            }
+            other => other?,
         };
-        // HSETNX on created_ms is the existence check: a job id is used once.
-        let (created,): (bool,) = redis::pipe()
-            .atomic()
-            .hset_nx(&key, job_field::CREATED_MS, job.created_ms)
-            .query_async(&mut connection)
-            .await?;
-        if !created {
-            return Ok(false);
-        }
-        redis::pipe()
-            .atomic()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .publish(
-                self.names.events_channel(),
-                serde_json::to_string(&event).unwrap_or_default(),
-            )
-            .ignore()
-            .query_async::<()>(&mut connection)
-            .await?;
-        Ok(true)
+        Ok(written.into_iter().map(|w| w == 1).collect())
     }
 
     /// Records why a job never reached a queue.
@@ -220,28 +246,20 @@ impl Store {
         job_id: &str,
         timeout: Duration,
     ) -> Result<Option<JobRecord>, redis::RedisError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.names.events_channel()).await?;
-        // Read after subscribing, so a transition between the two is not missed.
+        let hub = self
+            .events
+            .get_or_try_init(|| EventHub::start(self.client.clone(), self.names.events_channel()))
+            .await?;
+        // Register before reading, so a transition between the two is not missed.
+        let finished = hub.register(job_id);
         let record = self.job(job_id).await?;
         if record.as_ref().is_some_and(JobRecord::is_final) {
+            hub.forget(job_id);
             return Ok(record);
         }
-        let mut messages = pubsub.on_message();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let message = match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(message)) => message,
-                Ok(None) | Err(_) => return self.job(job_id).await,
-            };
-            let Ok(event) = serde_json::from_slice::<StatusEvent>(message.get_payload_bytes())
-            else {
-                continue;
-            };
-            if event.job_id == job_id && event.status.is_final() {
-                return self.job(job_id).await;
-            }
-        }
+        let _ = tokio::time::timeout(timeout, finished).await;
+        hub.forget(job_id);
+        self.job(job_id).await
     }
 
     /// Live worker records; ids whose record expired are dropped from the index.
@@ -285,5 +303,79 @@ impl Store {
             }
         }
         Ok(live)
+    }
+}
+
+/// One subscription to the events channel shared by every `wait` of a
+/// producer: final events wake the waiters of their job.
+pub struct EventHub {
+    waiters: std::sync::Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl EventHub {
+    async fn start(
+        client: redis::Client,
+        channel: String,
+    ) -> Result<Arc<EventHub>, redis::RedisError> {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        let hub = Arc::new(EventHub {
+            waiters: std::sync::Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Some(hub) = weak.upgrade() else { return };
+                let Ok(event) = serde_json::from_slice::<StatusEvent>(message.get_payload_bytes())
+                else {
+                    continue;
+                };
+                if event.status.is_final() {
+                    hub.wake(&event.job_id);
+                }
+            }
+            // The subscription ended (Redis went away): wake everyone to re-read.
+            if let Some(hub) = weak.upgrade() {
+                let all: Vec<String> = hub
+                    .waiters
+                    .lock()
+                    .expect("waiters lock")
+                    .keys()
+                    .cloned()
+                    .collect();
+                all.iter().for_each(|id| hub.wake(id));
+            }
+        });
+        Ok(hub)
+    }
+
+    fn register(&self, job_id: &str) -> tokio::sync::oneshot::Receiver<()> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters lock")
+            .entry(job_id.to_owned())
+            .or_default()
+            .push(sender);
+        receiver
+    }
+
+    fn forget(&self, job_id: &str) {
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        if let Some(senders) = waiters.get_mut(job_id) {
+            senders.retain(|s| !s.is_closed());
+            if senders.is_empty() {
+                waiters.remove(job_id);
+            }
+        }
+    }
+
+    fn wake(&self, job_id: &str) {
+        if let Some(senders) = self.waiters.lock().expect("waiters lock").remove(job_id) {
+            for sender in senders {
+                let _ = sender.send(());
+            }
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! (SIGTERM, then SIGKILL, by pid) and deletes its queues, exchanges and keys,
 //! also when the test failed. Every wait has a deadline.
 
+pub mod bench;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -33,8 +35,13 @@ pub fn redis_url() -> String {
 /// Path of a workspace binary, built by `cargo build --workspace --bins`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Tests run from target/<profile>/deps/, gpuq-bench from target/<profile>/.
+    let exe_dir = exe.parent().expect("executable dir");
+    let dir = if exe_dir.ends_with("deps") {
+        exe_dir.parent().expect("target dir")
+    } else {
+        exe_dir
+    };
     let path = dir.join(name);
     assert!(
         path.is_file(),

@@ -195,7 +195,12 @@ pub(super) async fn record_and_ack(
         )
         .await;
     }
-    tracing::info!(status = %outcome.status, "job finished");
+    // Successes are routine (debug); every other end is worth a line.
+    if outcome.status == JobStatus::Completed {
+        tracing::debug!("job completed");
+    } else {
+        tracing::info!(status = %outcome.status, "job finished");
+    }
     amqp::ack(delivery).await;
 }
 

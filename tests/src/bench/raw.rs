@@ -1,0 +1,100 @@
+//! The broker's raw limit: a bare lapin publisher (confirms, persistent
+//! messages, same queue type) and bare consumers with manual acks, no Redis and
+//! no gpuq code, on the same machine and in the same run as the gpuq figures.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+
+use super::BenchOptions;
+use crate::TestSystem;
+
+/// Messages per second from first publish to last ack.
+pub async fn broker_limit(system: &TestSystem, options: &BenchOptions) -> Result<f64> {
+    let queue = format!("{}.raw", system.names.namespace());
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(options.queue_type.as_str().into()),
+    );
+    let consumers = system.amqp().await;
+    let setup = consumers.create_channel().await?;
+    setup
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .context("declaring the raw queue")?;
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    for i in 0..options.workers {
+        let channel = consumers.create_channel().await?;
+        channel
+            .basic_qos(
+                options.prefetch.min(u32::from(u16::MAX)) as u16,
+                BasicQosOptions::default(),
+            )
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("raw-{i}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (acked, done, target) = (Arc::clone(&acked), Arc::clone(&done), options.jobs);
+        tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                if acked.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                    done.notify_one();
+                }
+            }
+        });
+    }
+
+    let publisher = system.amqp().await;
+    let channel = publisher.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let body = vec![7u8; options.payload_bytes + 120];
+    let finished = done.notified();
+    let started = Instant::now();
+    for _ in 0..options.jobs {
+        let _pending_confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+    }
+    channel.wait_for_confirms().await?;
+    tokio::time::timeout(Duration::from_secs(300), finished)
+        .await
+        .context("raw consumers did not finish")?;
+    let elapsed = started.elapsed();
+    let _ = setup
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = publisher.close(200, "done".into()).await;
+    let _ = consumers.close(200, "done".into()).await;
+    Ok(options.jobs as f64 / elapsed.as_secs_f64())
+}

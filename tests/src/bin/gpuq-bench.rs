@@ -1,0 +1,73 @@
+//! `gpuq-bench`: gpuq's throughput, latency, GPU-bound efficiency and footprint
+//! against the local RabbitMQ and Redis, beside the broker's raw limit.
+
+use clap::Parser;
+use gpuq_integration_tests::bench::{self, BenchOptions};
+
+/// Measures gpuq on this machine; see docs/benchmarks.md.
+#[derive(Parser, Debug)]
+#[command(name = "gpuq-bench")]
+struct Args {
+    /// No-op jobs per throughput run.
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Jobs a worker runs at once for no-op jobs (its prefetch).
+    #[arg(long, default_value_t = 64)]
+    prefetch: u32,
+    /// Bytes of payload in each no-op job.
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+    /// `quorum` or `classic`.
+    #[arg(long, default_value = "quorum")]
+    queue_type: String,
+    /// Runs of each figure (median, min, max).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Sequential submit-and-wait round trips for the latency figures.
+    #[arg(long, default_value_t = 1000)]
+    latency_samples: usize,
+    /// Synthetic GPU-bound jobs per run.
+    #[arg(long, default_value_t = 200)]
+    sleep_jobs: usize,
+    /// Run time of each GPU-bound job, ms.
+    #[arg(long, default_value_t = 20)]
+    sleep_ms: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let options = BenchOptions {
+        jobs: args.jobs,
+        workers: args.workers,
+        prefetch: args.prefetch,
+        payload_bytes: args.payload_bytes,
+        queue_type: args.queue_type,
+        runs: args.runs.max(1),
+        latency_samples: args.latency_samples,
+        sleep_jobs: args.sleep_jobs,
+        sleep_ms: args.sleep_ms,
+    };
+    let figures = bench::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        println!(
+            "gpuq-bench: {} jobs x {} runs, {} workers (prefetch {}), {} B payload, {} queues",
+            options.jobs,
+            options.runs,
+            options.workers,
+            options.prefetch,
+            options.payload_bytes,
+            options.queue_type
+        );
+        print!("{}", bench::render(&figures));
+    }
+    Ok(())
+}
