@@ -189,8 +189,12 @@ impl Default for ArtifactsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Jobs one worker runs at once; also its AMQP prefetch per queue. Default 1.
+    /// Jobs one worker runs at once. Default 1.
     pub concurrency: u32,
+    /// Deliveries a worker holds per queue (AMQP prefetch); 0 means `concurrency`.
+    /// `concurrency + 1` hides the broker round trip between short jobs, at the
+    /// price of one job waiting behind a running one. Default 0.
+    pub prefetch: u32,
     /// How often a worker refreshes its record in Redis, milliseconds. Default 2000.
     pub heartbeat_interval_ms: u64,
     /// After how long without a heartbeat a worker's record expires, milliseconds. Default 10000.
@@ -206,6 +210,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: 1,
+            prefetch: 0,
             heartbeat_interval_ms: 2_000,
             heartbeat_ttl_ms: 10_000,
             shutdown_grace_s: 30,
@@ -285,6 +290,18 @@ pub struct DeclaredGpu {
     /// Display name; default `declared-gpu-<index>`.
     #[serde(default)]
     pub name: Option<String>,
+}
+
+impl WorkerConfig {
+    /// The AMQP prefetch per queue: `prefetch`, or `concurrency` when 0.
+    pub fn effective_prefetch(&self) -> u16 {
+        let prefetch = if self.prefetch == 0 {
+            self.concurrency
+        } else {
+            self.prefetch
+        };
+        u16::try_from(prefetch).unwrap_or(u16::MAX)
+    }
 }
 
 impl Config {
@@ -411,6 +428,9 @@ impl Config {
         let worker = &self.worker;
         if !(1..=256).contains(&worker.concurrency) {
             return Err(invalid("worker.concurrency", "must be between 1 and 256"));
+        }
+        if worker.prefetch > 1024 {
+            return Err(invalid("worker.prefetch", "must be at most 1024"));
         }
         if worker.heartbeat_interval_ms < 100 {
             return Err(invalid(

@@ -313,7 +313,7 @@ async fn consume(
     restart: &CancellationToken,
 ) -> SessionEnd {
     let concurrency = context.config.worker.concurrency;
-    let prefetch = u16::try_from(concurrency).unwrap_or(u16::MAX);
+    let prefetch = context.config.worker.effective_prefetch();
     let mut deliveries = match context
         .broker
         .consume(served_ids, prefetch, &context.worker_id)

@@ -1,5 +1,6 @@
-//! Harness for the end-to-end tests: runs the real `gpuq`, `gpuq-dispatcher` and
-//! `gpuq-worker` binaries against the real RabbitMQ and Redis on this machine.
+//! Harness for the end-to-end tests (and `gpuq-bench`, in [`bench`]): runs the
+//! real `gpuq`, `gpuq-dispatcher` and `gpuq-worker` binaries against the real
+//! RabbitMQ and Redis on this machine.
 //!
 //! Every [`TestSystem`] has its own namespace (queue, exchange and Redis key
 //! prefix), so tests run in parallel. Dropping it stops every process it started

@@ -33,6 +33,8 @@ pub struct BenchOptions {
     pub latency_samples: usize,
     pub sleep_jobs: usize,
     pub sleep_ms: u64,
+    /// Prefetch of the GPU-bound workers (concurrency 1).
+    pub gpu_prefetch: u32,
 }
 
 /// One measured figure over several runs.
@@ -74,13 +76,14 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn system_config(options: &BenchOptions, concurrency: u32, model: &str) -> String {
+fn system_config(options: &BenchOptions, concurrency: u32, prefetch: u32, model: &str) -> String {
     format!(
         r#"
 [queues]
 type = "{queue_type}"
 [worker]
 concurrency = {concurrency}
+prefetch = {prefetch}
 heartbeat_interval_ms = 1000
 heartbeat_ttl_ms = 5000
 shutdown_grace_s = 10
@@ -113,10 +116,11 @@ impl BenchSystem {
     async fn start(
         options: &BenchOptions,
         concurrency: u32,
+        prefetch: u32,
         model: &str,
         model_id: &str,
     ) -> Result<BenchSystem> {
-        let system = TestSystem::new(&system_config(options, concurrency, model));
+        let system = TestSystem::new(&system_config(options, concurrency, prefetch, model));
         let dispatcher = system.dispatcher(&[]);
         system
             .wait_for_consumers(
@@ -181,9 +185,16 @@ async fn run_batch(
         .await?;
     let mut events = pubsub.into_on_message();
     let started = Instant::now();
+    // Windows of jobs in flight together, as a busy client would submit them.
     let submit = async {
-        for chunk in requests.chunks(2000) {
-            for result in system.producer.submit_many(chunk.to_vec()).await {
+        let mut windows = futures_util::stream::iter(
+            requests
+                .chunks(1000)
+                .map(|chunk| system.producer.submit_many(chunk.to_vec())),
+        )
+        .buffer_unordered(4);
+        while let Some(results) = windows.next().await {
+            for result in results {
                 result?;
             }
         }
@@ -231,7 +242,14 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<Figure>> {
     let timeout = Duration::from_secs(300);
 
     // 1 + 2: throughput beside the raw broker limit, run by run.
-    let echo = BenchSystem::start(options, options.prefetch, ECHO_MODEL, "echo").await?;
+    let echo = BenchSystem::start(
+        options,
+        options.prefetch,
+        options.prefetch,
+        ECHO_MODEL,
+        "echo",
+    )
+    .await?;
     run_batch(
         &echo,
         echo_requests(999, options.workers * 10, options.payload_bytes),
@@ -333,7 +351,8 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<Figure>> {
         "[[models]]\nid = \"sleep\"\nfeature = \"sleep\"\nruntime = \"sleep\"\nvram_mib = 256\n[models.params]\nduration_ms = {}\n",
         options.sleep_ms
     );
-    let sleep = BenchSystem::start(options, 1, &sleep_model, "sleep").await?;
+    // One job at a time per worker (a GPU), one more delivered ahead.
+    let sleep = BenchSystem::start(options, 1, options.gpu_prefetch, &sleep_model, "sleep").await?;
     let (mut efficiency, mut overhead) = (Vec::new(), Vec::new());
     for run in 0..options.runs {
         let requests: Vec<JobRequest> = (0..options.sleep_jobs)

@@ -37,7 +37,10 @@ pub async fn broker_limit(system: &TestSystem, options: &BenchOptions) -> Result
         .await
         .context("declaring the raw queue")?;
 
+    // A warm-up round first: a new quorum queue is slow for its first messages.
+    let warm_up = options.jobs.min(1000);
     let acked = Arc::new(AtomicUsize::new(0));
+    let warmed = Arc::new(tokio::sync::Notify::new());
     let done = Arc::new(tokio::sync::Notify::new());
     for i in 0..options.workers {
         let channel = consumers.create_channel().await?;
@@ -55,12 +58,21 @@ pub async fn broker_limit(system: &TestSystem, options: &BenchOptions) -> Result
                 FieldTable::default(),
             )
             .await?;
-        let (acked, done, target) = (Arc::clone(&acked), Arc::clone(&done), options.jobs);
+        let (acked, warmed, done, target) = (
+            Arc::clone(&acked),
+            Arc::clone(&warmed),
+            Arc::clone(&done),
+            warm_up + options.jobs,
+        );
         tokio::spawn(async move {
             let _channel = channel;
             while let Some(Ok(delivery)) = deliveries.next().await {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
-                if acked.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                let count = acked.fetch_add(1, Ordering::Relaxed) + 1;
+                if count == warm_up {
+                    warmed.notify_one();
+                }
+                if count == target {
                     done.notify_one();
                 }
             }
@@ -73,20 +85,31 @@ pub async fn broker_limit(system: &TestSystem, options: &BenchOptions) -> Result
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let body = vec![7u8; options.payload_bytes + 120];
+    let publish = |count: usize| {
+        let (channel, queue, body) = (channel.clone(), queue.clone(), body.clone());
+        async move {
+            for _ in 0..count {
+                let _pending_confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?;
+            }
+            channel.wait_for_confirms().await.map(|_| ())
+        }
+    };
+    let warm = warmed.notified();
+    publish(warm_up).await?;
+    tokio::time::timeout(Duration::from_secs(300), warm)
+        .await
+        .context("raw warm-up did not finish")?;
     let finished = done.notified();
     let started = Instant::now();
-    for _ in 0..options.jobs {
-        let _pending_confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?;
-    }
-    channel.wait_for_confirms().await?;
+    publish(options.jobs).await?;
     tokio::time::timeout(Duration::from_secs(300), finished)
         .await
         .context("raw consumers did not finish")?;

@@ -35,6 +35,9 @@ struct Args {
     /// Run time of each GPU-bound job, ms.
     #[arg(long, default_value_t = 20)]
     sleep_ms: u64,
+    /// Prefetch of the GPU-bound workers, which run one job at a time.
+    #[arg(long, default_value_t = 2)]
+    gpu_prefetch: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -53,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         latency_samples: args.latency_samples,
         sleep_jobs: args.sleep_jobs,
         sleep_ms: args.sleep_ms,
+        gpu_prefetch: args.gpu_prefetch,
     };
     let figures = bench::run(&options).await?;
     if args.json {
