@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 scripts/python-env.sh
 eval "$(scripts/libtorch.sh)"
-FEATURES=(--features gpuq-worker/torch --features gpuq-integration-tests/torch)
+FEATURES=(--features gpuq-worker/torch --features gpuq-worker/s3 --features gpuq-producer/s3 --features gpuq-integration-tests/torch --features gpuq-integration-tests/s3)
 # The end-to-end tests run the built binaries, so build them first.
 cargo build --locked --workspace --bins "${FEATURES[@]}"
 cargo test --locked --workspace "${FEATURES[@]}" "$@"

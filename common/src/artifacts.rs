@@ -89,9 +89,11 @@ pub struct ArtifactStore {
 }
 
 impl ArtifactStore {
-    /// Opens the store named by `url` (`file:///abs/dir`; `s3://…` with feature `s3`).
-    /// A local directory is created if missing.
-    pub fn open(url: &str) -> Result<ArtifactStore, ArtifactError> {
+    /// Opens the store of `config` (`file:///abs/dir`; `s3://…` with feature `s3`,
+    /// its endpoint and credentials in `config.options`). A local directory is
+    /// created if missing.
+    pub fn open(config: &crate::config::ArtifactsConfig) -> Result<ArtifactStore, ArtifactError> {
+        let url = config.url.as_str();
         let parsed = url::Url::parse(url).map_err(|e| ArtifactError::Url {
             url: url.to_owned(),
             reason: e.to_string(),
@@ -111,10 +113,11 @@ impl ArtifactStore {
                 prefix: Path::default(),
             });
         }
-        let (store, prefix) = object_store::parse_url(&parsed).map_err(|e| ArtifactError::Url {
-            url: url.to_owned(),
-            reason: format!("{e} (s3:// needs gpuq built with the `s3` feature)"),
-        })?;
+        let (store, prefix) = object_store::parse_url_opts(&parsed, config.options.iter())
+            .map_err(|e| ArtifactError::Url {
+                url: url.to_owned(),
+                reason: format!("{e} (s3:// needs gpuq built with the `s3` feature)"),
+            })?;
         Ok(ArtifactStore {
             store: Arc::from(store),
             prefix,
@@ -257,7 +260,11 @@ mod tests {
     #[tokio::test]
     async fn local_store_round_trips_and_offloads_big_outputs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ArtifactStore::open(&format!("file://{}", dir.path().display())).unwrap();
+        let config = crate::config::ArtifactsConfig {
+            url: format!("file://{}", dir.path().display()),
+            ..Default::default()
+        };
+        let store = ArtifactStore::open(&config).unwrap();
         let mut outputs = ValueMap::new();
         outputs.insert("small".into(), Value::Binary(vec![1; 10]));
         outputs.insert("mesh".into(), Value::Binary(vec![7; 5000]));

@@ -47,6 +47,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct ConfigOverrides {
     pub amqp_url: Option<String>,
     pub redis_url: Option<String>,
+    /// Artifact store options (`AWS_*` variables, lowercased: `aws_endpoint`, ...).
+    pub artifact_options: Vec<(String, String)>,
 }
 
 impl ConfigOverrides {
@@ -55,7 +57,22 @@ impl ConfigOverrides {
         Self {
             amqp_url: lookup(ENV_AMQP_URL).filter(|v| !v.is_empty()),
             redis_url: lookup(ENV_REDIS_URL).filter(|v| !v.is_empty()),
+            artifact_options: Vec::new(),
         }
+    }
+
+    /// Everything a binary takes from its environment: the URLs, and the
+    /// standard `AWS_*` variables for an `s3://` artifact store.
+    pub fn from_environment(vars: impl Iterator<Item = (String, String)>) -> Self {
+        let vars: Vec<(String, String)> = vars.collect();
+        let lookup = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let mut overrides = Self::from_lookup(lookup);
+        overrides.artifact_options = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        overrides
     }
 }
 
@@ -175,6 +192,9 @@ pub struct ArtifactsConfig {
     /// Byte strings up to this size travel inline in jobs and results; larger
     /// outputs are moved to the store and referenced by id. Default 1 MiB.
     pub inline_max_bytes: u64,
+    /// Store options, e.g. `aws_endpoint`, `aws_region`, `aws_allow_http` for an
+    /// S3-compatible store; `AWS_*` environment variables add to them.
+    pub options: BTreeMap<String, String>,
 }
 
 impl Default for ArtifactsConfig {
@@ -182,6 +202,7 @@ impl Default for ArtifactsConfig {
         Self {
             url: "file:///var/tmp/gpuq-artifacts".into(),
             inline_max_bytes: 1024 * 1024,
+            options: BTreeMap::new(),
         }
     }
 }
@@ -329,6 +350,13 @@ impl Config {
         }
         if let Some(url) = &overrides.redis_url {
             config.redis_url = url.clone();
+        }
+        for (key, value) in &overrides.artifact_options {
+            config
+                .artifacts
+                .options
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
         }
         config.validate()?;
         config.registry = Registry::new(&config.models);

@@ -185,7 +185,7 @@ async fn serve(
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
     let models: HashMap<String, ModelConfig> =
         served.into_iter().map(|m| (m.id.clone(), m)).collect();
-    let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts.url)?;
+    let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts)?;
     let topology = Topology::for_config(config);
     let restart = CancellationToken::new();
     let cancels = Arc::new(CancelRegistry::default());

@@ -117,7 +117,7 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    let overrides = ConfigOverrides::from_lookup(|name| std::env::var(name).ok());
+    let overrides = ConfigOverrides::from_environment(std::env::vars());
     let default_path = PathBuf::from("gpuq.toml");
     match path {
         Some(path) => Ok(Config::load(path, &overrides)?),

@@ -117,7 +117,7 @@ impl Producer {
         let topology = (!config.registry().is_empty()).then(|| Topology::for_config(&config));
         let publisher = Publisher::connect(&config.amqp_url, topology.as_ref()).await?;
         let store = Store::connect(&config.redis_url, names.clone()).await?;
-        let artifacts = ArtifactStore::open(&config.artifacts.url)?;
+        let artifacts = ArtifactStore::open(&config.artifacts)?;
         Ok(Producer {
             config,
             names,

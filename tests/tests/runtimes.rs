@@ -406,3 +406,64 @@ async fn large_files_travel_through_the_artifact_store_and_ids_cannot_escape_it(
     );
     assert!(record["error_message"].contains("not found"), "{record:?}");
 }
+
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_travel_through_an_s3_compatible_store() {
+    let moto = gpuq_integration_tests::MotoS3::start("gpuq-artifacts");
+    let system = TestSystem::new(&format!(
+        "{}[dispatcher]\nhost_id = \"host-a\"\n[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 8192\n\
+         [[models]]\nid = \"echo\"\nfeature = \"echo\"\nruntime = \"echo\"\nvram_mib = 256\n",
+        moto.artifacts_config("gpuq-artifacts")
+    ));
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
+        .await;
+
+    let image: Vec<u8> = (0..50_000u32).map(|i| (i % 199) as u8).collect();
+    let file = system.dir().join("photo.png");
+    std::fs::write(&file, &image).unwrap();
+    let output = system.gpuq(
+        &[
+            "submit",
+            "echo",
+            "--input",
+            &format!("image=@{}", file.display()),
+            "--wait",
+            "--json",
+        ],
+        WAIT,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(stdout.split_once('\n').unwrap().1).unwrap();
+    let id = record["result"]["image"]["$artifact"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Both the input and the output artifact are objects in the bucket.
+    let keys = moto.keys("gpuq-artifacts");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&format!("gpuq/{id}")), "{keys:?}");
+    let fetched = system.dir().join("fetched.png");
+    let output = system.gpuq(
+        &["artifact", "get", &id, "-o", fetched.to_str().unwrap()],
+        WAIT,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read(&fetched).unwrap(), image);
+    assert!(
+        !system.dir().join("artifacts").exists(),
+        "nothing went to a local directory"
+    );
+}

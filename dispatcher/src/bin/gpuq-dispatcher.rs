@@ -36,7 +36,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    let overrides = ConfigOverrides::from_lookup(|name| std::env::var(name).ok());
+    let overrides = ConfigOverrides::from_environment(std::env::vars());
     let config = Config::load(&args.config, &overrides).context("loading config")?;
     let options = DispatcherOptions {
         config_path: args.config.clone(),
