@@ -59,7 +59,7 @@ fn environment_overrides_replace_urls() {
 fn unknown_key_is_rejected_and_named() {
     let err = load_fixture(include_str!("../../fixtures/bad-unknown-key.toml")).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("prefetch"), "{text}");
+    assert!(text.contains("prefetch_count"), "{text}");
     assert!(text.contains("fixture.toml"), "{text}");
 }
 
