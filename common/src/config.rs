@@ -49,6 +49,8 @@ pub struct ConfigOverrides {
     pub redis_url: Option<String>,
     /// Artifact store options (`AWS_*` variables, lowercased: `aws_endpoint`, ...).
     pub artifact_options: Vec<(String, String)>,
+    /// Extra gateway bearer tokens (`GPUQ_GATEWAY_TOKENS`, comma-separated).
+    pub gateway_tokens: Vec<String>,
 }
 
 impl ConfigOverrides {
@@ -58,6 +60,15 @@ impl ConfigOverrides {
             amqp_url: lookup(ENV_AMQP_URL).filter(|v| !v.is_empty()),
             redis_url: lookup(ENV_REDIS_URL).filter(|v| !v.is_empty()),
             artifact_options: Vec::new(),
+            gateway_tokens: lookup("GPUQ_GATEWAY_TOKENS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -99,6 +110,8 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
     #[serde(default)]
     pub artifacts: ArtifactsConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
     /// The model registry.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -178,6 +191,32 @@ impl Default for JobsConfig {
             retry_backoff_s: 2,
             retry_backoff_max_s: 300,
             queue_timeout_s: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address `gpuq serve` listens on. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Bearer tokens accepted; empty means no auth. Env `GPUQ_GATEWAY_TOKENS`
+    /// (comma-separated) adds to them.
+    pub tokens: Vec<String>,
+    /// Ready jobs in a model's queue above which submissions are refused with
+    /// 503 and Retry-After (backpressure); 0 means no limit. Default 0.
+    pub max_queue_depth: u32,
+    /// Largest request body, bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            tokens: Vec::new(),
+            max_queue_depth: 0,
+            max_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -351,6 +390,10 @@ impl Config {
         if let Some(url) = &overrides.redis_url {
             config.redis_url = url.clone();
         }
+        config
+            .gateway
+            .tokens
+            .extend(overrides.gateway_tokens.iter().cloned());
         for (key, value) in &overrides.artifact_options {
             config
                 .artifacts

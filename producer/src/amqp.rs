@@ -106,6 +106,10 @@ impl Publisher {
         Ok(depth)
     }
 
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
     pub async fn close(&self) {
         let _ = self.connection.close(200, "producer closing".into()).await;
     }

@@ -47,6 +47,12 @@ pub enum Command {
     /// Store or fetch files in the artifact store.
     #[command(subcommand)]
     Artifact(ArtifactCommand),
+    /// Run the HTTP gateway (POST /v1/jobs, GET /v1/jobs/{id}, ...).
+    Serve {
+        /// Listen address; default `gateway.listen` (127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Show hosts, GPUs, workers and queues.
     System {
         /// Print the snapshot as JSON.
@@ -127,7 +133,13 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let config = load_config(cli.config.as_ref())?;
+    let mut config = load_config(cli.config.as_ref())?;
+    if let Command::Serve {
+        listen: Some(listen),
+    } = &cli.command
+    {
+        config.gateway.listen = listen.clone();
+    }
     let producer = Producer::connect(config)
         .await
         .context("connecting to rabbitmq and redis")?;
@@ -153,6 +165,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 2
             }
         },
+        Command::Serve { .. } => {
+            crate::gateway::serve(producer, gpuq_common::process::shutdown_on_signals()).await?;
+            return Ok(0);
+        }
         Command::Artifact(ArtifactCommand::Put { file }) => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -6,9 +6,11 @@
 //! - `store`: owns redis (queued records, reads, waiting on events).
 //! - `system`: the system snapshot and its tables.
 //! - `cli`: the `gpuq` commands.
+//! - `gateway`: the HTTP gateway (`gpuq serve`).
 
 mod amqp;
 pub mod cli;
+pub mod gateway;
 mod producer;
 mod store;
 mod system;

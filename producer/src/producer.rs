@@ -6,6 +6,7 @@
 //! publish is mandatory and confirmed: a job nothing can route is an error here,
 //! never a silent drop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gpuq_common::artifacts::{ArtifactError, ArtifactStore};
@@ -104,7 +105,8 @@ struct PreparedJob {
 pub struct Producer {
     config: Config,
     names: Names,
-    publisher: Publisher,
+    /// Replaced by a fresh connection when the broker dropped the old one.
+    publisher: tokio::sync::Mutex<Arc<Publisher>>,
     store: Store,
     artifacts: ArtifactStore,
 }
@@ -115,7 +117,9 @@ impl Producer {
     pub async fn connect(config: Config) -> Result<Producer, ProducerError> {
         let names = config.names();
         let topology = (!config.registry().is_empty()).then(|| Topology::for_config(&config));
-        let publisher = Publisher::connect(&config.amqp_url, topology.as_ref()).await?;
+        let publisher = tokio::sync::Mutex::new(Arc::new(
+            Publisher::connect(&config.amqp_url, topology.as_ref()).await?,
+        ));
         let store = Store::connect(&config.redis_url, names.clone()).await?;
         let artifacts = ArtifactStore::open(&config.artifacts)?;
         Ok(Producer {
@@ -125,6 +129,35 @@ impl Producer {
             store,
             artifacts,
         })
+    }
+
+    /// The broker connection, reconnecting first if the broker dropped it.
+    async fn publisher(&self) -> Result<Arc<Publisher>, lapin::Error> {
+        let mut current = self.publisher.lock().await;
+        if !current.is_connected() {
+            tracing::warn!("rabbitmq connection lost; reconnecting");
+            let topology =
+                (!self.config.registry().is_empty()).then(|| Topology::for_config(&self.config));
+            *current =
+                Arc::new(Publisher::connect(&self.config.amqp_url, topology.as_ref()).await?);
+        }
+        Ok(Arc::clone(&current))
+    }
+
+    /// Status events as they are published (one subscription per call).
+    pub async fn subscribe_events(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = gpuq_common::StatusEvent> + use<>, ProducerError>
+    {
+        Ok(self.store.subscribe_events().await?)
+    }
+
+    /// Fails unless both RabbitMQ and Redis answer.
+    pub async fn check_ready(&self) -> Result<(), ProducerError> {
+        self.store.ping().await?;
+        let dead_letters = self.names.dead_letter_queue();
+        self.publisher().await?.queue_depth(&dead_letters).await?;
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -185,6 +218,17 @@ impl Producer {
                 Err(error) => results.push(Err(error)),
             }
         }
+        // Connect (or reconnect) before writing anything, so a broker outage
+        // leaves no record behind.
+        let publisher = match self.publisher().await {
+            Ok(publisher) => publisher,
+            Err(error) => {
+                for (index, _) in &prepared {
+                    results[*index] = Err(SubmitError::Broker(error.clone()));
+                }
+                return results;
+            }
+        };
         let queued: Vec<QueuedJob<'_>> = prepared
             .iter()
             .map(|(_, job)| QueuedJob {
@@ -213,8 +257,7 @@ impl Producer {
                 results[index] = Err(SubmitError::DuplicateJobId(job.message.job_id));
                 continue;
             }
-            let publish = self
-                .publisher
+            let publish = publisher
                 .start_publish(&exchange, &job.routing_key, &job.body, job.properties)
                 .await;
             pending.push((index, job.message.job_id, job.routing_key, publish));
@@ -380,7 +423,8 @@ impl Producer {
     /// Messages waiting and consumers of a model's queue; `None` if the queue does not exist.
     pub async fn queue_depth(&self, model_id: &str) -> Result<Option<QueueDepth>, ProducerError> {
         Ok(self
-            .publisher
+            .publisher()
+            .await?
             .queue_depth(&self.names.model_queue(model_id))
             .await?)
     }
@@ -392,7 +436,7 @@ impl Producer {
         let mut queues = Vec::new();
         for model in self.config.registry().models() {
             let queue = self.names.model_queue(&model.id);
-            let depth = self.publisher.queue_depth(&queue).await?;
+            let depth = self.publisher().await?.queue_depth(&queue).await?;
             queues.push(QueueStatus {
                 model: model.id.clone(),
                 feature: model.feature.clone(),
@@ -404,7 +448,8 @@ impl Producer {
         }
         let dead_letter_queue = self.names.dead_letter_queue();
         let dead_letters = self
-            .publisher
+            .publisher()
+            .await?
             .queue_depth(&dead_letter_queue)
             .await?
             .map(|d| d.messages);
@@ -417,6 +462,6 @@ impl Producer {
     }
 
     pub async fn close(&self) {
-        self.publisher.close().await;
+        self.publisher.lock().await.close().await;
     }
 }

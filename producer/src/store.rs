@@ -262,6 +262,25 @@ impl Store {
         self.job(job_id).await
     }
 
+    /// Every status event, parsed, from a subscription of its own.
+    pub async fn subscribe_events(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = StatusEvent> + use<>, redis::RedisError> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.names.events_channel()).await?;
+        Ok(pubsub.into_on_message().filter_map(|message| async move {
+            serde_json::from_slice::<StatusEvent>(message.get_payload_bytes()).ok()
+        }))
+    }
+
+    pub async fn ping(&self) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(|_| ())
+    }
+
     /// Live worker records; ids whose record expired are dropped from the index.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, redis::RedisError> {
         let hashes = self

@@ -1,0 +1,99 @@
+//! API errors: an HTTP status, a stable machine code and a message for people.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::producer::{ProducerError, SubmitError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds, for 503 answers.
+    pub retry_after_s: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after_s: Some(5),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+
+    pub fn not_found(job_id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job '{job_id}' (unknown, or its record expired)"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+impl From<ProducerError> for ApiError {
+    fn from(error: ProducerError) -> ApiError {
+        match error {
+            ProducerError::Artifacts(e) => {
+                ApiError::unavailable("artifact_store_unavailable", e.to_string())
+            }
+            other => ApiError::unavailable("backend_unavailable", other.to_string()),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> ApiError {
+        let unprocessable =
+            |code| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, error.to_string());
+        match &error {
+            SubmitError::UnknownFeature { .. } => unprocessable("unknown_feature"),
+            SubmitError::UnknownModel { .. } => unprocessable("unknown_model"),
+            SubmitError::Unroutable { .. } => unprocessable("unroutable"),
+            SubmitError::Invalid(job_error) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                job_error.code.as_str(),
+                job_error.message.clone(),
+            ),
+            SubmitError::DuplicateJobId(_) => {
+                ApiError::new(StatusCode::CONFLICT, "duplicate_job_id", error.to_string())
+            }
+            SubmitError::Refused => ApiError::unavailable("queue_refused", error.to_string()),
+            SubmitError::Broker(_) | SubmitError::Store(_) => {
+                ApiError::unavailable("backend_unavailable", error.to_string())
+            }
+        }
+    }
+}
