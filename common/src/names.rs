@@ -73,6 +73,12 @@ impl Names {
         format!("{}:job:{job_id}", self.namespace)
     }
 
+    /// Sorted set of job ids by creation time (unix ms): the recent-jobs index,
+    /// trimmed to `jobs.finished_ttl_s`.
+    pub fn jobs_index(&self) -> String {
+        format!("{}:jobs", self.namespace)
+    }
+
     /// Pub/sub channel carrying every status transition as JSON.
     pub fn events_channel(&self) -> String {
         format!("{}:events", self.namespace)

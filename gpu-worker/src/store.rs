@@ -58,7 +58,9 @@ end
 local now = ARGV[1]
 redis.call('HSET', KEYS[1], 'status', 'processing', 'feature', ARGV[2], 'model', ARGV[3],
   'worker', ARGV[4], 'host', ARGV[5], 'gpu', ARGV[6], 'started_ms', now, 'progress', '0')
-redis.call('HSETNX', KEYS[1], 'created_ms', now)
+if redis.call('HSETNX', KEYS[1], 'created_ms', now) == 1 then
+  redis.call('ZADD', KEYS[3], now, ARGV[7])
+end
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'metadata', ARGV[8]) end
 redis.call('PERSIST', KEYS[1])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -152,6 +154,7 @@ impl Store {
             .claim_script
             .key(self.names.job_key(ctx.job_id))
             .key(self.names.events_channel())
+            .key(self.names.jobs_index())
             .arg(now_ms())
             .arg(ctx.feature)
             .arg(ctx.model)

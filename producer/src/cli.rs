@@ -42,6 +42,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List recent jobs, newest first.
+    Jobs {
+        /// Only jobs with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs of this feature.
+        #[arg(long)]
+        feature: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job: a queued job never runs, a running one is stopped.
     Cancel { job_id: String },
     /// Store or fetch files in the artifact store.
@@ -155,6 +169,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 4
             }
         },
+        Command::Jobs {
+            status,
+            feature,
+            limit,
+            json,
+        } => {
+            let status = match status.as_deref() {
+                Some(s) => {
+                    Some(JobStatus::parse(s).with_context(|| format!("unknown status '{s}'"))?)
+                }
+                None => None,
+            };
+            let jobs = producer
+                .recent_jobs(limit, status, feature.as_deref())
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                for job in &jobs {
+                    let run_ms = job
+                        .started_ms
+                        .zip(job.finished_ms)
+                        .map(|(s, f)| format!("{} ms", f.saturating_sub(s)));
+                    println!(
+                        "{}  {:<10} {:<24} {:<10} {}",
+                        job.job_id,
+                        job.status.map_or("-".into(), |s| s.to_string()),
+                        job.feature.clone().unwrap_or_default(),
+                        run_ms.unwrap_or_default(),
+                        job.error
+                            .as_ref()
+                            .map(|e| format!("{}: {}", e.code, e.message))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            0
+        }
         Command::Cancel { job_id } => match producer.cancel(&job_id).await? {
             CancelOutcome::Cancelled { was } => {
                 println!("cancelled {job_id} (was {was})");

@@ -120,7 +120,12 @@ impl Producer {
         let publisher = tokio::sync::Mutex::new(Arc::new(
             Publisher::connect(&config.amqp_url, topology.as_ref()).await?,
         ));
-        let store = Store::connect(&config.redis_url, names.clone()).await?;
+        let store = Store::connect(
+            &config.redis_url,
+            names.clone(),
+            config.jobs.finished_ttl_s * 1000,
+        )
+        .await?;
         let artifacts = ArtifactStore::open(&config.artifacts)?;
         Ok(Producer {
             config,
@@ -404,6 +409,17 @@ impl Producer {
             .store
             .cancel(job_id, self.config.jobs.finished_ttl_s, now_ms())
             .await?)
+    }
+
+    /// The most recent jobs, newest first (jobs submitted through gpuq, and those
+    /// other clients published once a worker saw them).
+    pub async fn recent_jobs(
+        &self,
+        limit: usize,
+        status: Option<gpuq_common::JobStatus>,
+        feature: Option<&str>,
+    ) -> Result<Vec<JobRecord>, ProducerError> {
+        Ok(self.store.recent_jobs(limit, status, feature).await?)
     }
 
     /// The job's record, or `None` if unknown or expired.

@@ -15,7 +15,9 @@ use redis::AsyncCommands;
 /// Writes a new job's record unless the id exists (a job id is used once).
 const QUEUED_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 "#;
@@ -50,6 +52,8 @@ pub struct Store {
     connection: ConnectionManager,
     names: Names,
     queued_script: redis::Script,
+    /// How long ids stay in the recent-jobs index (the finished-job TTL).
+    index_ttl_ms: u64,
     events: Arc<tokio::sync::OnceCell<Arc<EventHub>>>,
 }
 
@@ -63,7 +67,11 @@ pub struct QueuedJob<'a> {
 }
 
 impl Store {
-    pub async fn connect(url: &str, names: Names) -> Result<Store, redis::RedisError> {
+    pub async fn connect(
+        url: &str,
+        names: Names,
+        index_ttl_ms: u64,
+    ) -> Result<Store, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -79,6 +87,7 @@ impl Store {
             connection,
             names,
             queued_script,
+            index_ttl_ms,
             events: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
@@ -117,10 +126,14 @@ impl Store {
             };
             pipe.cmd("EVALSHA")
                 .arg(self.queued_script.get_hash())
-                .arg(2)
+                .arg(3)
                 .arg(self.names.job_key(job.job_id))
                 .arg(self.names.events_channel())
-                .arg(serde_json::to_string(&event).unwrap_or_default());
+                .arg(self.names.jobs_index())
+                .arg(serde_json::to_string(&event).unwrap_or_default())
+                .arg(job.created_ms)
+                .arg(job.job_id)
+                .arg(job.created_ms.saturating_sub(self.index_ttl_ms));
             for (field, value) in fields {
                 pipe.arg(field).arg(value);
             }
@@ -279,6 +292,48 @@ impl Store {
             .query_async::<String>(&mut connection)
             .await
             .map(|_| ())
+    }
+
+    /// The most recent jobs, newest first, optionally of one status and feature.
+    pub async fn recent_jobs(
+        &self,
+        limit: usize,
+        status: Option<JobStatus>,
+        feature: Option<&str>,
+    ) -> Result<Vec<JobRecord>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let mut found = Vec::new();
+        let page = (limit * 4).max(100) as isize;
+        let mut start = 0isize;
+        while found.len() < limit {
+            let ids: Vec<String> = connection
+                .zrevrange(self.names.jobs_index(), start, start + page - 1)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hgetall(self.names.job_key(id));
+            }
+            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut connection).await?;
+            for (id, hash) in ids.iter().zip(hashes) {
+                let Some(record) = JobRecord::from_hash(id, &hash) else {
+                    continue;
+                };
+                if status.is_some_and(|s| record.status != Some(s))
+                    || feature.is_some_and(|f| record.feature.as_deref() != Some(f))
+                {
+                    continue;
+                }
+                found.push(record);
+                if found.len() == limit {
+                    break;
+                }
+            }
+            start += page;
+        }
+        Ok(found)
     }
 
     /// Live worker records; ids whose record expired are dropped from the index.

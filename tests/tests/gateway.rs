@@ -288,6 +288,44 @@ async fn every_route_answers_with_the_documented_codes() {
         (status, system_view["hosts"][0]["host_id"].as_str()),
         (200, Some("host-a"))
     );
+    // Recent jobs, newest first, with filters; the CLI shows the same.
+    let (status, listed, _) = gateway
+        .call(
+            Method::GET,
+            "/v1/jobs?status=completed&feature=echo",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["retry-me-1", id.as_str()], "{listed}");
+    let (status, listed, _) = gateway
+        .call(Method::GET, "/v1/jobs?status=cancelled", None, None)
+        .await;
+    assert_eq!(
+        (status, listed["jobs"][0]["job_id"].as_str()),
+        (200, Some(queued.as_str()))
+    );
+    let (status, _, _) = gateway
+        .call(Method::GET, "/v1/jobs?status=sleeping", None, None)
+        .await;
+    assert_eq!(status, 422);
+    let output = system.gpuq(&["jobs", "--status", "completed"], WAIT);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("retry-me-1  completed"),
+        "{text}"
+    );
+
     let (status, ready, _) = gateway.call(Method::GET, "/readyz", None, None).await;
     assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
 }
@@ -372,4 +410,80 @@ async fn server_sent_events_deliver_a_jobs_transitions_until_it_ends() {
         text.contains("\"progress\":0.5"),
         "progress events too: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_megabyte_artifact_uploads_feeds_a_job_and_downloads_intact() {
+    let system = TestSystem::new(BODY);
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
+        .await;
+    let gateway = start_gateway(&system).await;
+
+    let mesh: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(mesh.clone()).file_name("chair.glb"),
+    );
+    let response = gateway
+        .client
+        .post(format!("{}/v1/artifacts", gateway.base))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let uploaded: Value = response.json().await.unwrap();
+    assert_eq!(uploaded["size_bytes"], 3_000_000);
+    let id = uploaded["artifact_id"].as_str().unwrap().to_owned();
+
+    // The echo model gets the bytes and returns them: a new artifact, same content.
+    let (status, created, _) = gateway
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            Some(json!({"feature": "echo", "inputs": {"mesh": {"$artifact": id}}})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let job = gateway
+        .wait_final(created["job_id"].as_str().unwrap())
+        .await;
+    let returned = job["result"]["mesh"]["$artifact"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(returned, id);
+    let downloaded = gateway
+        .client
+        .get(format!("{}/v1/artifacts/{returned}", gateway.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(downloaded.status().as_u16(), 200);
+    assert_eq!(downloaded.bytes().await.unwrap().to_vec(), mesh);
+
+    let (status, error, _) = gateway
+        .call(
+            reqwest::Method::GET,
+            "/v1/artifacts/art_missing",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (404, Some("artifact_not_found"))
+    );
+    let (status, _, _) = gateway
+        .call(
+            reqwest::Method::GET,
+            "/v1/artifacts/..%2F..%2Fetc%2Fpasswd",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 422);
 }

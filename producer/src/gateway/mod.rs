@@ -46,9 +46,17 @@ fn router(producer: Producer) -> Router {
         tokens: config.tokens.clone(),
     });
     let api = Router::new()
-        .route("/v1/jobs", axum::routing::post(routes::submit))
+        .route(
+            "/v1/jobs",
+            axum::routing::post(routes::submit).get(routes::list_jobs),
+        )
         .route("/v1/jobs/{id}", get(routes::job).delete(routes::cancel))
         .route("/v1/jobs/{id}/events", get(routes::events))
+        .route(
+            "/v1/artifacts",
+            axum::routing::post(routes::upload_artifact),
+        )
+        .route("/v1/artifacts/{id}", get(routes::download_artifact))
         .route("/v1/models", get(routes::models))
         .route("/v1/features", get(routes::features))
         .route("/v1/system", get(routes::system))

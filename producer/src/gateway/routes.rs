@@ -123,6 +123,37 @@ pub async fn submit(
     }
 }
 
+/// `GET /v1/jobs` filters.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    feature: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Recent jobs, newest first.
+pub async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let status = match query.status.as_deref() {
+        Some(s) => Some(gpuq_common::JobStatus::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("unknown status '{s}'"),
+            )
+        })?),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let jobs = state
+        .producer
+        .recent_jobs(limit, status, query.feature.as_deref())
+        .await?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
 pub async fn job(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -187,6 +218,55 @@ pub async fn events(
         .chain(updates)
         .map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// `POST /v1/artifacts`: multipart upload of one file (the first field);
+/// returns its id, to pass as `{"$artifact": id}` in inputs.
+pub async fn upload_artifact(
+    State(state): State<Arc<AppState>>,
+    mut multipart: axum::extract::Multipart,
+) -> Result<(StatusCode, Json<JsonValue>), ApiError> {
+    let bad = |message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_upload", message)
+    };
+    let field = multipart
+        .next_field()
+        .await
+        .map_err(|e| bad(e.body_text()))?
+        .ok_or_else(|| bad("the upload has no file field".into()))?;
+    let name = field.file_name().map(str::to_owned);
+    let bytes = field.bytes().await.map_err(|e| bad(e.body_text()))?;
+    let size = bytes.len();
+    let id = state.producer.put_artifact(bytes.to_vec()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"artifact_id": id, "size_bytes": size, "file_name": name})),
+    ))
+}
+
+/// `GET /v1/artifacts/{id}`: the stored bytes.
+pub async fn download_artifact(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], Vec<u8>), ApiError> {
+    use gpuq_common::artifacts::ArtifactError;
+    match state.producer.get_artifact(&id).await {
+        Ok(bytes) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )),
+        Err(crate::ProducerError::Artifacts(ArtifactError::NotFound(_))) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "artifact_not_found",
+            format!("no artifact '{id}'"),
+        )),
+        Err(crate::ProducerError::Artifacts(ArtifactError::InvalidId(_))) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_artifact_id",
+            format!("'{id}' is not an artifact id"),
+        )),
+        Err(other) => Err(other.into()),
+    }
 }
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
