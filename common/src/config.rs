@@ -298,6 +298,9 @@ pub struct DispatcherConfig {
     pub restart_backoff_max_ms: u64,
     /// Consecutive quick crashes (within 30 s of start) after which a slot is marked failed. Default 5.
     pub crash_loop_limit: u32,
+    /// Address of the host's Prometheus `/metrics`; empty disables it.
+    /// Default `127.0.0.1:9464`.
+    pub metrics_listen: String,
     /// Serve only these models on this host (default: every model that fits).
     pub models: Option<Vec<String>>,
     /// GPUs declared by hand, used where NVML is unavailable.
@@ -332,6 +335,7 @@ impl Default for DispatcherConfig {
             restart_backoff_initial_ms: 500,
             restart_backoff_max_ms: 30_000,
             crash_loop_limit: 5,
+            metrics_listen: "127.0.0.1:9464".into(),
             models: None,
             gpus: Vec::new(),
             slots: Vec::new(),

@@ -17,6 +17,7 @@ pub mod amqp;
 #[cfg(feature = "artifacts")]
 pub mod artifacts;
 pub mod config;
+pub mod metrics;
 pub mod names;
 #[cfg(feature = "process")]
 pub mod process;

@@ -111,6 +111,9 @@ pub struct WorkerRecord {
     /// Largest sum of declared VRAM of resident models reached, MiB.
     #[serde(default)]
     pub peak_resident_mib: u64,
+    /// Job counters and duration histograms by model, since the worker started.
+    #[serde(default)]
+    pub metrics: crate::metrics::WorkerMetrics,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
 }
@@ -155,6 +158,10 @@ impl WorkerRecord {
             ("model_loads", self.model_loads.to_string()),
             ("model_unloads", self.model_unloads.to_string()),
             ("peak_resident_mib", self.peak_resident_mib.to_string()),
+            (
+                "metrics",
+                serde_json::to_string(&self.metrics).unwrap_or_default(),
+            ),
             ("started_ms", self.started_ms.to_string()),
             ("heartbeat_ms", self.heartbeat_ms.to_string()),
         ]
@@ -184,6 +191,10 @@ impl WorkerRecord {
             model_loads: parse_num(hash, "model_loads").unwrap_or(0),
             model_unloads: parse_num(hash, "model_unloads").unwrap_or(0),
             peak_resident_mib: parse_num(hash, "peak_resident_mib").unwrap_or(0),
+            metrics: hash
+                .get("metrics")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
             started_ms: parse_num(hash, "started_ms").unwrap_or(0),
             heartbeat_ms: parse_num(hash, "heartbeat_ms").unwrap_or(0),
         })
@@ -357,6 +368,7 @@ mod tests {
             model_loads: 1,
             model_unloads: 0,
             peak_resident_mib: 256,
+            metrics: Default::default(),
             started_ms: 1,
             heartbeat_ms: 2,
         };

@@ -263,6 +263,20 @@ pub async fn run(
     };
     let mut slots = Slots::new(command, policy, shutdown.clone());
     slots.apply(&current_plan);
+    let metrics_view: crate::metrics::SharedView = Default::default();
+    if !config.dispatcher.metrics_listen.is_empty() {
+        let serving = crate::metrics::serve(
+            config.dispatcher.metrics_listen.clone(),
+            Arc::clone(&metrics_view),
+            store.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "metrics endpoint failed");
+            }
+        });
+    }
     let watcher = tokio::spawn(crate::dead_letters::watch(
         config.clone(),
         store.clone(),
@@ -306,6 +320,8 @@ pub async fn run(
             started_ms,
             heartbeat_ms: now_ms(),
         };
+        *metrics_view.lock().expect("metrics view lock") =
+            (record.gpus.clone(), record.slots.clone());
         if let Err(error) = store.heartbeat(&record, ttl).await {
             tracing::warn!(%error, "host heartbeat not written");
         }

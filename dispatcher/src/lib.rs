@@ -7,11 +7,13 @@
 //! - `slots`: the running slots, kept in line with the plan (start, reload, stop).
 //! - `supervisor`: one worker process per slot, restarts, crash-loop limit.
 //! - `dead_letters`: records the fate of jobs the broker dead-letters (expired, delivery limit).
+//! - `metrics`: owns prometheus (the host's `/metrics`).
 //! - `store`: owns redis (the host record, dead-lettered jobs).
 
 mod dead_letters;
 mod dispatcher;
 mod gpu;
+mod metrics;
 mod nvml;
 mod plan;
 mod slots;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gpuq_common::record::HostRecord;
+use gpuq_common::record::{HostRecord, WorkerRecord};
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -104,6 +104,24 @@ return 1
             .invoke_async(&mut connection)
             .await?;
         Ok(wrote == 1)
+    }
+
+    /// The records of these workers (missing ones are left out).
+    pub async fn worker_records(
+        &self,
+        worker_ids: &[String],
+    ) -> Result<Vec<WorkerRecord>, redis::RedisError> {
+        if worker_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.clone();
+        let mut pipe = redis::pipe();
+        for id in worker_ids {
+            pipe.hgetall(self.names.worker_key(id));
+        }
+        let hashes: Vec<std::collections::HashMap<String, String>> =
+            pipe.query_async(&mut connection).await?;
+        Ok(hashes.iter().filter_map(WorkerRecord::from_hash).collect())
     }
 
     pub async fn remove_host(&self, host_id: &str) -> Result<(), redis::RedisError> {

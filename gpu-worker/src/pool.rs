@@ -76,6 +76,8 @@ pub struct Lease {
     pool: Arc<ModelPool>,
     model_id: String,
     pub runtime: Arc<dyn Runtime>,
+    /// How long loading took, when this acquire loaded the model.
+    pub loaded_in: Option<std::time::Duration>,
 }
 
 impl Drop for Lease {
@@ -165,7 +167,7 @@ impl ModelPool {
                 resident.last_used = Instant::now();
                 let runtime = Arc::clone(&resident.runtime);
                 self.publish(&residents, |_| {});
-                return Ok(self.lease(&model.id, runtime));
+                return Ok(self.lease(&model.id, runtime, None));
             }
             while !self.fits(&residents, model.vram_mib) {
                 let Some(victim) = residents
@@ -216,7 +218,7 @@ impl ModelPool {
                 .sum::<u64>()
                 <= b));
             self.publish(&residents, |stats| stats.loads += 1);
-            return Ok(self.lease(&model.id, runtime));
+            return Ok(self.lease(&model.id, runtime, Some(started.elapsed())));
         }
     }
 
@@ -239,11 +241,17 @@ impl ModelPool {
         Ok(())
     }
 
-    fn lease(self: &Arc<Self>, model_id: &str, runtime: Arc<dyn Runtime>) -> Lease {
+    fn lease(
+        self: &Arc<Self>,
+        model_id: &str,
+        runtime: Arc<dyn Runtime>,
+        loaded_in: Option<std::time::Duration>,
+    ) -> Lease {
         Lease {
             pool: Arc::clone(self),
             model_id: model_id.to_owned(),
             runtime,
+            loaded_in,
         }
     }
 

@@ -12,6 +12,7 @@ pub struct WorkerStats {
     jobs_done: AtomicU64,
     jobs_failed: AtomicU64,
     running: Mutex<BTreeSet<String>>,
+    metrics: Mutex<gpuq_common::metrics::WorkerMetrics>,
 }
 
 /// Removes a job from the running set when dropped, even if its task panics.
@@ -59,6 +60,37 @@ impl WorkerStats {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Counts a job that ran on `model` and how long it waited and ran.
+    pub fn record_job(
+        &self,
+        model: &str,
+        status: &str,
+        queue_wait_s: Option<f64>,
+        run_s: Option<f64>,
+    ) {
+        let mut metrics = self.metrics.lock().expect("stats lock");
+        let model = metrics.models.entry(model.to_owned()).or_default();
+        *model.jobs.entry(status.to_owned()).or_default() += 1;
+        if let Some(wait) = queue_wait_s {
+            model.queue_wait.observe(wait);
+        }
+        if let Some(run) = run_s {
+            model.run.observe(run);
+        }
+    }
+
+    /// Counts a model load and its duration.
+    pub fn record_load(&self, model: &str, seconds: f64) {
+        let mut metrics = self.metrics.lock().expect("stats lock");
+        let model = metrics.models.entry(model.to_owned()).or_default();
+        model.loads += 1;
+        model.load_seconds_sum += seconds;
+    }
+
+    pub fn metrics(&self) -> gpuq_common::metrics::WorkerMetrics {
+        self.metrics.lock().expect("stats lock").clone()
     }
 
     pub fn jobs_done(&self) -> u64 {

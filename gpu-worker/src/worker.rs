@@ -405,6 +405,7 @@ async fn heartbeat_loop(
             model_loads: pool_stats.loads,
             model_unloads: pool_stats.unloads,
             peak_resident_mib: pool_stats.peak_resident_mib,
+            metrics: stats.metrics(),
             started_ms,
             heartbeat_ms: now_ms(),
         };

@@ -208,3 +208,10 @@ fn runtime_params_are_checked_per_runtime() {
     );
     assert!(load_fixture(&ok).is_ok());
 }
+
+#[test]
+fn docker_compose_config_loads_and_exposes_metrics() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gpuq.compose.toml");
+    let config = Config::load(&path, &ConfigOverrides::default()).unwrap();
+    assert_eq!(config.dispatcher.metrics_listen, "0.0.0.0:9464");
+}

@@ -299,6 +299,13 @@ async fn run_model(
     if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs).await {
         return failed(JobStatus::Failed, artifact_error(error));
     }
+    if let Some(load) = lease.loaded_in {
+        ctx.stats.record_load(&model.id, load.as_secs_f64());
+    }
+    let queue_wait_s = job
+        .submitted_at_ms
+        .map(|at| now_ms().saturating_sub(at) as f64 / 1000.0);
+    let run_started = std::time::Instant::now();
     let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
     let cancel = ctx.cancels.register(&job.job_id);
     let result = tokio::select! {
@@ -316,12 +323,13 @@ async fn run_model(
             ctx.restart.cancel();
         }
     }
+    let run_s = run_started.elapsed().as_secs_f64();
     let aborted = result == Err(RunError::Cancelled) && lease.runtime.can_abort();
     drop(lease);
     if aborted {
         ctx.pool.evict(&model.id).await;
     }
-    match result {
+    let outcome = match result {
         Ok(mut outputs) => match ctx
             .artifacts
             .offload_outputs(&mut outputs, ctx.config.artifacts.inline_max_bytes)
@@ -366,7 +374,14 @@ async fn run_model(
                 ),
             )
         }
-    }
+    };
+    ctx.stats.record_job(
+        &model.id,
+        outcome.status.as_str(),
+        queue_wait_s,
+        Some(run_s),
+    );
+    outcome
 }
 
 /// `Some(error)` when the job waited in the queue past its `queue_timeout_s`

@@ -1,0 +1,141 @@
+//! The dispatcher's Prometheus `/metrics` after some jobs: the counts match.
+
+use std::time::Duration;
+
+use gpuq_integration_tests::TestSystem;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_jobs_each_model_ran() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let system = TestSystem::new(&format!(
+        r#"
+[dispatcher]
+host_id = "host-a"
+metrics_listen = "127.0.0.1:{port}"
+[[dispatcher.gpus]]
+index = 0
+memory_mib = 8192
+[[models]]
+id = "echo"
+feature = "echo"
+runtime = "echo"
+vram_mib = 256
+[[models]]
+id = "sleep"
+feature = "sleep"
+runtime = "sleep"
+vram_mib = 256
+"#
+    ));
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
+        .await;
+    for i in 0..3 {
+        let output = system.gpuq(
+            &["submit", "echo", "--input", &format!("i={i}"), "--wait"],
+            WAIT,
+        );
+        assert!(output.status.success());
+    }
+    let output = system.gpuq(
+        &[
+            "submit",
+            "sleep",
+            "--input",
+            "fail=true",
+            "--input",
+            "duration_ms=5",
+            "--wait",
+        ],
+        WAIT,
+    );
+    assert_eq!(output.status.code(), Some(2));
+
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let worker = r#"worker="host-a-gpu0-slot0""#;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if sample(
+            &text,
+            &format!(r#"gpuq_jobs_total{{{worker},model="sleep",status="failed"}}"#),
+        ) == Some(1.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"gpuq_jobs_total{{{worker},model="echo",status="completed"}}"#)
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"gpuq_jobs_total{{{worker},model="sleep",status="failed"}}"#)
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"gpuq_job_run_seconds_count{{{worker},model="echo"}}"#)
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"gpuq_job_queue_wait_seconds_count{{{worker},model="echo"}}"#)
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"gpuq_model_loads_total{{{worker},model="echo"}}"#)
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!(r#"gpuq_models_resident{{{worker}}}"#)),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!(r#"gpuq_worker_restarts_total{{{worker}}}"#)),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"gpuq_gpu_memory_total_bytes{gpu="0"}"#),
+        Some(8192.0 * 1024.0 * 1024.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE gpuq_job_run_seconds histogram"),
+        "{text}"
+    );
+}
