@@ -218,6 +218,46 @@ pub fn render(snapshot: &HostSnapshot) -> String {
     String::from_utf8(buffer).unwrap_or_default()
 }
 
+/// The latest host view the heartbeat loop saw, shared with the HTTP server.
+pub type SharedView = std::sync::Arc<std::sync::Mutex<(Vec<GpuRecord>, Vec<SlotRecord>)>>;
+
+/// Serves `/metrics` on `address` until `shutdown`.
+pub async fn serve(
+    address: String,
+    view: SharedView,
+    store: crate::store::Store,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&address).await?;
+    tracing::info!(%address, "metrics on /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (view, store) = (view.clone(), store.clone());
+            async move {
+                let (gpus, slots) = view.lock().expect("metrics view lock").clone();
+                let ids: Vec<String> = slots.iter().map(|s| s.worker_id.clone()).collect();
+                let workers = store.worker_records(&ids).await.unwrap_or_default();
+                let text = render(&HostSnapshot {
+                    gpus,
+                    slots,
+                    workers,
+                });
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,44 +313,4 @@ mod tests {
             "{text}"
         );
     }
-}
-
-/// The latest host view the heartbeat loop saw, shared with the HTTP server.
-pub type SharedView = std::sync::Arc<std::sync::Mutex<(Vec<GpuRecord>, Vec<SlotRecord>)>>;
-
-/// Serves `/metrics` on `address` until `shutdown`.
-pub async fn serve(
-    address: String,
-    view: SharedView,
-    store: crate::store::Store,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&address).await?;
-    tracing::info!(%address, "metrics on /metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let (view, store) = (view.clone(), store.clone());
-            async move {
-                let (gpus, slots) = view.lock().expect("metrics view lock").clone();
-                let ids: Vec<String> = slots.iter().map(|s| s.worker_id.clone()).collect();
-                let workers = store.worker_records(&ids).await.unwrap_or_default();
-                let text = render(&HostSnapshot {
-                    gpus,
-                    slots,
-                    workers,
-                });
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    text,
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
