@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 
 scripts/services.sh
 scripts/python-env.sh
+# The dashboard test drives Debian's Chromium through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  echo "test: installing chromium and chromium-driver"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 eval "$(scripts/libtorch.sh)"
 FEATURES=(--features gpuq-worker/torch --features gpuq-worker/s3 --features gpuq-producer/s3 --features gpuq-integration-tests/torch --features gpuq-integration-tests/s3)
 # The end-to-end tests run the built binaries, so build them first.

@@ -4,7 +4,9 @@
 //! Stateless: every request goes through the producer library to RabbitMQ and
 //! Redis, so several gateways can run behind a load balancer. Errors are JSON
 //! `{"error": {"code", "message"}}` with a stable code. With bearer tokens
-//! configured, nothing but `/healthz` answers without one.
+//! configured, nothing but `/healthz` answers without one (as a header, or as
+//! `?access_token=` for the dashboard's EventSource). `/` is a one-page live
+//! dashboard (no build step) over these routes.
 
 mod error;
 mod routes;
@@ -57,6 +59,11 @@ fn router(producer: Producer) -> Router {
             axum::routing::post(routes::upload_artifact),
         )
         .route("/v1/artifacts/{id}", get(routes::download_artifact))
+        .route("/v1/events", get(routes::all_events))
+        .route(
+            "/",
+            get(|| async { axum::response::Html(include_str!("dashboard.html")) }),
+        )
         .route("/v1/models", get(routes::models))
         .route("/v1/features", get(routes::features))
         .route("/v1/system", get(routes::system))
@@ -81,14 +88,27 @@ async fn authorize(
     if state.tokens.is_empty() {
         return Ok(next.run(request).await);
     }
-    let presented = request
+    let from_header = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if state.tokens.iter().any(|t| t == token) => Ok(next.run(request).await),
-        _ => Err(ApiError::unauthorized()),
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    // Browsers cannot set headers on EventSource: the dashboard passes ?access_token=.
+    let from_query = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .map(str::to_owned)
+    });
+    let authorized = [from_header, from_query]
+        .into_iter()
+        .flatten()
+        .any(|token| state.tokens.iter().any(|t| *t == token));
+    if authorized {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::unauthorized())
     }
 }
 

@@ -269,6 +269,15 @@ pub async fn download_artifact(
     }
 }
 
+/// Every status event of the system, as Server-Sent Events (the dashboard's feed).
+pub async fn all_events(
+    State(state): State<Arc<AppState>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let events = state.producer.subscribe_events().await?;
+    let stream = events.map(|event| Ok(Event::default().json_data(&event).unwrap_or_default()));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
 pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
     let hosts = state.producer.system_status().await?.hosts;
     let models: Vec<JsonValue> = state
@@ -304,7 +313,7 @@ pub async fn features(State(state): State<Arc<AppState>>) -> Json<JsonValue> {
             })
         })
         .collect();
-    Json(json!({ "features": features }))
+    Json(json!({ "namespace": state.producer.config().namespace, "features": features }))
 }
 
 pub async fn system(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
