@@ -104,7 +104,7 @@ async fn authorize(
     let authorized = [from_header, from_query]
         .into_iter()
         .flatten()
-        .any(|token| state.tokens.iter().any(|t| *t == token));
+        .any(|token| state.tokens.contains(&token));
     if authorized {
         Ok(next.run(request).await)
     } else {
