@@ -158,7 +158,6 @@ vram_mib = 4096
         }
     };
     let wait_for = |id: &'static str, needle: String| {
-        let text_of = text_of;
         async move {
             let deadline = Instant::now() + WAIT;
             loop {
