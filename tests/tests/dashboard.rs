@@ -157,20 +157,18 @@ vram_mib = 4096
             .to_owned()
         }
     };
-    let wait_for = |id: &'static str, needle: String| {
-        async move {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let text = text_of(id).await;
-                if text.contains(&needle) {
-                    return text;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "#{id} never showed {needle:?}: {text}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let wait_for = |id: &'static str, needle: String| async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = text_of(id).await;
+            if text.contains(&needle) {
+                return text;
             }
+            assert!(
+                Instant::now() < deadline,
+                "#{id} never showed {needle:?}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     let gpus = wait_for("gpus", "gpu-host-1".into()).await;

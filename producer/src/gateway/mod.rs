@@ -9,6 +9,7 @@
 //! dashboard (no build step) over these routes.
 
 mod error;
+mod metrics;
 mod routes;
 
 use std::sync::Arc;
@@ -23,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::producer::{Producer, ProducerError};
 pub use error::ApiError;
+
+/// The OpenAPI 3 description of every route, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 struct AppState {
     producer: Producer,
@@ -68,6 +72,16 @@ fn router(producer: Producer) -> Router {
         .route("/v1/features", get(routes::features))
         .route("/v1/system", get(routes::system))
         .route("/readyz", get(routes::ready))
+        .route("/metrics", get(metrics::render))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    OPENAPI,
+                )
+            }),
+        )
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             authorize,
@@ -75,6 +89,7 @@ fn router(producer: Producer) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
 }
