@@ -58,6 +58,13 @@ pub enum Command {
     },
     /// Cancel a job: a queued job never runs, a running one is stopped.
     Cancel { job_id: String },
+    /// Follow a job live: status changes and a progress bar, until it ends.
+    Watch {
+        job_id: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_s: u64,
+    },
     /// Store or fetch files in the artifact store.
     #[command(subcommand)]
     Artifact(ArtifactCommand),
@@ -207,6 +214,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             0
         }
+        Command::Watch { job_id, timeout_s } => {
+            watch(&producer, &job_id, Duration::from_secs(timeout_s)).await?
+        }
         Command::Cancel { job_id } => match producer.cancel(&job_id).await? {
             CancelOutcome::Cancelled { was } => {
                 println!("cancelled {job_id} (was {was})");
@@ -330,6 +340,57 @@ async fn submit(producer: &Producer, args: SubmitArgs) -> anyhow::Result<i32> {
             );
             3
         }
+    })
+}
+
+/// Follows a job's events with a progress bar; the exit code is `--wait`'s.
+async fn watch(producer: &Producer, job_id: &str, timeout: Duration) -> anyhow::Result<i32> {
+    use futures_util::StreamExt;
+    let events = producer.subscribe_events().await?;
+    let Some(record) = producer.status(job_id).await? else {
+        eprintln!("no job '{job_id}' (unknown, or its record expired)");
+        return Ok(4);
+    };
+    let bar = indicatif::ProgressBar::new(100);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:30}] {pos:>3}% {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let show = |status: &str, progress: Option<f64>| {
+        if let Some(p) = progress {
+            bar.set_position((p * 100.0).round() as u64);
+        }
+        bar.set_message(status.to_owned());
+    };
+    show(
+        &record.status.map_or("unknown".into(), |s| s.to_string()),
+        record.progress,
+    );
+    if !record.is_final() {
+        let job_events = events.filter(|e| std::future::ready(e.job_id == job_id));
+        let mut job_events = std::pin::pin!(job_events);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, job_events.next()).await {
+            show(event.status.as_str(), event.progress);
+            if event.status.is_final() {
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let record = producer
+        .status(job_id)
+        .await?
+        .context("the job's record expired")?;
+    print_record(&record, false);
+    Ok(match record.status {
+        Some(JobStatus::Completed) => 0,
+        Some(status) if status.is_final() => 2,
+        _ => 3,
     })
 }
 

@@ -345,7 +345,19 @@ impl Producer {
             Some(model) => Names::pinned_routing_key(&message.feature, model),
             None => Names::feature_routing_key(&message.feature),
         };
+        // W3C trace context: the job's trace id travels with it to the worker's logs.
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            lapin::types::AMQPValue::LongString(
+                format!("00-{trace_id}-{span_id}-01").as_str().into(),
+            ),
+        );
+        tracing::debug!(job_id = %message.job_id, %trace_id, feature = %message.feature, "job submitted");
         let mut properties = BasicProperties::default()
+            .with_headers(headers)
             .with_content_type(Encoding::Msgpack.content_type().into())
             .with_delivery_mode(2)
             .with_message_id(ShortString::from(message.job_id.as_str()))

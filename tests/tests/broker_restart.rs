@@ -58,6 +58,21 @@ duration_ms = 300
     let _dispatcher = system.dispatcher(&[]);
     let queue = system.names.model_queue("sleep");
     system.wait_for_consumers(&queue, 2, WAIT).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _gateway = system.spawn("gpuq", &["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    let gateway = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually("the gateway is ready", WAIT, || async {
+        http.get(format!("{gateway}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
 
     let ids: Vec<String> = (0..20).map(|i| format!("through-restart-{i}")).collect();
     for id in &ids {
@@ -80,6 +95,19 @@ duration_ms = 300
         stderr.contains("rabbitmq") || stderr.contains("connecting"),
         "{stderr}"
     );
+    // The gateway says so too: 503 with Retry-After, and a JSON error.
+    let ready = http.get(format!("{gateway}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.headers().contains_key("retry-after"));
+    let submit = http
+        .post(format!("{gateway}/v1/jobs"))
+        .json(&serde_json::json!({"feature": "sleep"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submit.status(), 503);
+    let error: serde_json::Value = submit.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "backend_unavailable", "{error}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(broker);
 
@@ -99,4 +127,19 @@ duration_ms = 300
     .await;
     let slots = system.host_slots("host-a").await;
     assert!(slots.iter().all(|s| s["restarts"] == 0), "{slots:?}");
+    // The gateway reconnected by itself.
+    eventually("the gateway is ready again", WAIT, || async {
+        http.get(format!("{gateway}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let submit = http
+        .post(format!("{gateway}/v1/jobs"))
+        .json(&serde_json::json!({"feature": "sleep"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submit.status(), 201);
 }

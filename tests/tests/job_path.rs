@@ -355,3 +355,20 @@ async fn malformed_message_is_dead_lettered_and_the_worker_keeps_serving() {
         .unwrap();
     assert_eq!(worker_pid, pid_after, "the worker restarted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpuq_watch_follows_a_job_until_it_ends() {
+    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
+        .await;
+    let output = system.gpuq(&["submit", "sleep", "--input", "duration_ms=800"], WAIT);
+    let job_id = first_line(&output);
+    let watched = system.gpuq(&["watch", &job_id], WAIT);
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    assert_eq!(watched.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("status: completed"), "{stdout}");
+    let missing = system.gpuq(&["watch", "no-such-job"], WAIT);
+    assert_eq!(missing.status.code(), Some(4));
+}

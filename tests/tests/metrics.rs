@@ -40,7 +40,7 @@ runtime = "sleep"
 vram_mib = 256
 "#
     ));
-    let _dispatcher = system.dispatcher(&[]);
+    let dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
         .await;

@@ -163,7 +163,20 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: D
         .message_id()
         .as_ref()
         .map(|id| id.to_string());
-    let span = tracing::info_span!("job", job_id = tracing::field::Empty, model = %model_id);
+    let span = tracing::info_span!(
+        "job",
+        job_id = tracing::field::Empty,
+        model = %model_id,
+        feature = tracing::field::Empty,
+        trace_id = tracing::field::Empty
+    );
+    // W3C trace context from the publisher (`traceparent`), when it sent one.
+    let headers = delivery.properties.headers().as_ref();
+    if let Some(trace_id) =
+        gpuq_common::amqp::header_str(headers, "traceparent").and_then(|t| t.split('-').nth(1))
+    {
+        span.record("trace_id", trace_id);
+    }
     if let Some(id) = message_id.as_deref() {
         span.record("job_id", id);
     }
@@ -192,7 +205,9 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
     };
     let job = match decoded {
         Ok(job) => {
-            tracing::Span::current().record("job_id", job.job_id.as_str());
+            let span = tracing::Span::current();
+            span.record("job_id", job.job_id.as_str());
+            span.record("feature", job.feature.as_str());
             job
         }
         Err(error) => return dead_letter(ctx, model_id, delivery, message_id, error).await,
