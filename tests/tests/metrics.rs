@@ -65,16 +65,22 @@ vram_mib = 256
     );
     assert_eq!(output.status.code(), Some(2));
     // The producer's W3C trace context reached the worker's job span.
-    let failed_id = String::from_utf8_lossy(&output.stdout).lines().next().unwrap().to_owned();
+    let failed_id = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
     let log = dispatcher.log();
     let line = log
         .lines()
         .find(|l| l.contains(&failed_id) && l.contains("job finished"))
         .unwrap_or_else(|| panic!("no log line for {failed_id}: {log}"));
-    let trace_id = line
-        .split("trace_id=")
-        .nth(1)
-        .map(|rest| rest.chars().take_while(|c| c.is_ascii_hexdigit()).count());
+    let trace_id = line.split("trace_id=").nth(1).map(|rest| {
+        rest.trim_start_matches('"')
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count()
+    });
     assert_eq!(trace_id, Some(32), "{line}");
 
     let url = format!("http://127.0.0.1:{port}/metrics");

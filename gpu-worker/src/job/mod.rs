@@ -206,7 +206,9 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
     let job = match decoded {
         Ok(job) => {
             let span = tracing::Span::current();
-            span.record("job_id", job.job_id.as_str());
+            if message_id.is_none() {
+                span.record("job_id", job.job_id.as_str());
+            }
             span.record("feature", job.feature.as_str());
             job
         }
