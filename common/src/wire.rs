@@ -240,6 +240,24 @@ pub struct StatusEvent {
     pub error: Option<JobError>,
 }
 
+impl StatusEvent {
+    /// A transition of `job_id` to `status` now; set the optional fields with
+    /// struct-update syntax.
+    pub fn new(job_id: impl Into<String>, status: JobStatus) -> StatusEvent {
+        StatusEvent {
+            job_id: job_id.into(),
+            status,
+            ts_ms: crate::now_ms(),
+            feature: None,
+            model: None,
+            worker: None,
+            attempt: None,
+            progress: None,
+            error: None,
+        }
+    }
+}
+
 /// The reply published to a job's `reply_to` queue once it is final.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobReply {

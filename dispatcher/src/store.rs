@@ -82,15 +82,9 @@ return 1
         let mut connection = self.connection.clone();
         let now = now_ms();
         let event = StatusEvent {
-            job_id: job_id.to_owned(),
-            status,
-            ts_ms: now,
-            feature: None,
-            model: None,
-            worker: None,
-            attempt: None,
-            progress: None,
             error: Some(error.clone()),
+            ts_ms: now,
+            ..StatusEvent::new(job_id.to_owned(), status)
         };
         let wrote: i64 = redis::Script::new(SCRIPT)
             .key(self.names.job_key(job_id))

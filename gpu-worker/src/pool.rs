@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
+use gpuq_common::record::ResidentModel;
 use gpuq_common::registry::ModelConfig;
 use gpuq_common::{now_ms, ErrorCode};
 use serde::Serialize;
@@ -39,17 +40,6 @@ struct Resident {
     jobs: u64,
 }
 
-/// A resident model, as the worker's record shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ResidentInfo {
-    pub model: String,
-    pub vram_mib: u64,
-    pub in_use: usize,
-    pub loaded_at_ms: u64,
-    pub load_ms: u64,
-    pub jobs: u64,
-}
-
 /// Counters of the pool's life, for the worker's record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PoolStats {
@@ -68,7 +58,7 @@ pub struct ModelPool {
     residents: Mutex<Vec<Resident>>,
     idle: Notify,
     /// Copy of the residents for readers that must not wait on a load.
-    snapshot: StdMutex<(Vec<ResidentInfo>, PoolStats)>,
+    snapshot: StdMutex<(Vec<ResidentModel>, PoolStats)>,
 }
 
 /// A model in use by one job; returns it to the pool when dropped.
@@ -117,7 +107,7 @@ impl ModelPool {
     }
 
     /// Resident models and counters, without waiting for a load in progress.
-    pub fn snapshot(&self) -> (Vec<ResidentInfo>, PoolStats) {
+    pub fn snapshot(&self) -> (Vec<ResidentModel>, PoolStats) {
         self.snapshot.lock().expect("pool snapshot lock").clone()
     }
 
@@ -128,7 +118,7 @@ impl ModelPool {
         snapshot.1.peak_resident_mib = snapshot.1.peak_resident_mib.max(resident_mib);
         snapshot.0 = residents
             .iter()
-            .map(|r| ResidentInfo {
+            .map(|r| ResidentModel {
                 model: r.model_id.clone(),
                 vram_mib: r.vram_mib,
                 in_use: r.in_use,

@@ -220,15 +220,8 @@ impl Store {
     pub async fn set_progress(&self, job_id: &str, progress: f64) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let event = StatusEvent {
-            job_id: job_id.to_owned(),
-            status: JobStatus::Processing,
-            ts_ms: now_ms(),
-            feature: None,
-            model: None,
-            worker: None,
-            attempt: None,
             progress: Some(progress),
-            error: None,
+            ..StatusEvent::new(job_id.to_owned(), JobStatus::Processing)
         };
         let _: i64 = self
             .progress_script

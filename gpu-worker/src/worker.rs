@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_common::config::Config;
-use gpuq_common::record::{ResidentModel, WorkerRecord};
+use gpuq_common::record::WorkerRecord;
 use gpuq_common::registry::{ModelConfig, Registry};
 use gpuq_common::topology::Topology;
 use gpuq_common::{now_ms, redact_url};
@@ -391,17 +391,7 @@ async fn heartbeat_loop(
             current_jobs,
             jobs_done: stats.jobs_done(),
             jobs_failed: stats.jobs_failed(),
-            resident_models: residents
-                .into_iter()
-                .map(|r| ResidentModel {
-                    model: r.model,
-                    vram_mib: r.vram_mib,
-                    in_use: r.in_use,
-                    loaded_at_ms: r.loaded_at_ms,
-                    load_ms: r.load_ms,
-                    jobs: r.jobs,
-                })
-                .collect(),
+            resident_models: residents,
             model_loads: pool_stats.loads,
             model_unloads: pool_stats.unloads,
             peak_resident_mib: pool_stats.peak_resident_mib,

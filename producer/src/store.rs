@@ -114,15 +114,10 @@ impl Store {
                 fields.push((job_field::METADATA, metadata.clone()));
             }
             let event = StatusEvent {
-                job_id: job.job_id.to_owned(),
-                status: JobStatus::Queued,
-                ts_ms: job.created_ms,
                 feature: Some(job.feature.to_owned()),
                 model: job.model.map(str::to_owned),
-                worker: None,
-                attempt: None,
-                progress: None,
-                error: None,
+                ts_ms: job.created_ms,
+                ..StatusEvent::new(job.job_id.to_owned(), JobStatus::Queued)
             };
             pipe.cmd("EVALSHA")
                 .arg(self.queued_script.get_hash())
@@ -166,15 +161,9 @@ impl Store {
         let mut connection = self.connection.clone();
         let key = self.names.job_key(job_id);
         let event = StatusEvent {
-            job_id: job_id.to_owned(),
-            status: JobStatus::Failed,
-            ts_ms: now_ms,
-            feature: None,
-            model: None,
-            worker: None,
-            attempt: None,
-            progress: None,
             error: Some(error.clone()),
+            ts_ms: now_ms,
+            ..StatusEvent::new(job_id.to_owned(), JobStatus::Failed)
         };
         redis::pipe()
             .atomic()

@@ -86,15 +86,12 @@ pub(super) async fn retry_later(
     let backoff = retry_backoff(&ctx.config.jobs, attempt);
     tracing::warn!(attempt, backoff_s = backoff.as_secs(), code = %error.code, message = %error.message, "retryable failure; retrying after a back-off");
     let event = StatusEvent {
-        job_id: job.job_id.clone(),
-        status: JobStatus::Queued,
-        ts_ms: now_ms(),
         feature: Some(job.feature.clone()),
         model: Some(model_id.to_owned()),
         worker: Some(ctx.worker_id.clone()),
         attempt: Some(attempt),
-        progress: None,
         error: Some(error.clone()),
+        ..StatusEvent::new(job.job_id.clone(), JobStatus::Queued)
     };
     if let Err(store_error) = with_retries(ctx.redis_retry(), || {
         ctx.store.mark_retrying(&job.job_id, &event, backoff)
@@ -159,15 +156,13 @@ pub(super) async fn record_and_ack(
 ) {
     let finished_at_ms = now_ms();
     let event = StatusEvent {
-        job_id: job.job_id.clone(),
-        status: outcome.status,
-        ts_ms: finished_at_ms,
         feature: Some(job.feature.clone()),
         model: Some(model_id.to_owned()),
         worker: Some(ctx.worker_id.clone()),
         attempt,
-        progress: None,
         error: outcome.error.clone(),
+        ts_ms: finished_at_ms,
+        ..StatusEvent::new(job.job_id.clone(), outcome.status)
     };
     match with_retries(ctx.redis_retry(), || {
         ctx.store.finish(&job.job_id, &outcome, &event)
@@ -298,15 +293,10 @@ pub(super) async fn dead_letter(
     }
     if let Some(job_id) = message_id.filter(|id| gpuq_common::wire::validate_job_id(id).is_ok()) {
         let event = StatusEvent {
-            job_id: job_id.to_owned(),
-            status: JobStatus::Failed,
-            ts_ms: now_ms(),
-            feature: None,
             model: Some(model_id.to_owned()),
             worker: Some(ctx.worker_id.clone()),
-            attempt: None,
-            progress: None,
             error: Some(error.clone()),
+            ..StatusEvent::new(job_id.to_owned(), JobStatus::Failed)
         };
         let outcome = failed(JobStatus::Failed, error.clone());
         if let Err(store_error) = with_retries(ctx.redis_retry(), || {
