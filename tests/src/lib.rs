@@ -8,19 +8,22 @@
 //! also when the test failed. Every wait has a deadline.
 
 pub mod bench;
+pub mod http;
+mod process;
+mod servers;
+
+pub use process::ProcessGuard;
+pub use servers::{MotoS3, PrivateRedis};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use gpuq_common::topology::Topology;
 use gpuq_common::{Config, ConfigOverrides, Names};
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 /// RabbitMQ URL for tests (`GPUQ_AMQP_URL` or the local default).
 pub fn amqp_url() -> String {
@@ -50,84 +53,6 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A process started by a test; stopped by pid when dropped.
-pub struct ProcessGuard {
-    child: Option<Child>,
-    name: String,
-    log: PathBuf,
-}
-
-impl ProcessGuard {
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends a signal to the process.
-    pub fn signal(&self, signal: Signal) {
-        let _ = kill(Pid::from_raw(self.pid() as i32), signal);
-    }
-
-    /// Waits for the process to exit on its own; returns its exit code (`None` for a signal).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let child = self.child.as_mut().context("process already reaped")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status.code());
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not exit within {timeout:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after `grace`.
-    pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-impl Drop for ProcessGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: String = log
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            eprintln!(
-                "----- last lines of {} ({}) -----\n{tail}",
-                self.name,
-                self.log.display()
-            );
-        }
-        self.stop(Duration::from_secs(10));
-    }
 }
 
 /// One isolated gpuq system: a namespace, a config file, and the processes started for it.
@@ -553,150 +478,3 @@ runtime = "sleep"
 vram_mib = 4096
 timeout_s = 30
 "#;
-
-/// A Redis server of a test's own, on a free loopback port, that the test may
-/// stop and restart (the shared one must stay up for the others). Stopped by
-/// pid when dropped.
-pub struct PrivateRedis {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    pub fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = PrivateRedis { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Kills the server (SIGKILL: an outage, not a shutdown).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// (Re)starts the server on the same port and waits until it answers.
-    pub fn restart(&mut self) {
-        self.kill();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "private redis did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// An S3-compatible server of a test's own (moto, from the project's Python
-/// environment) on a free loopback port, with one bucket. Stopped by pid when dropped.
-pub struct MotoS3 {
-    pub port: u16,
-    child: Child,
-}
-
-impl MotoS3 {
-    pub fn start(bucket: &str) -> MotoS3 {
-        let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
-        assert!(
-            server.is_file(),
-            "{} missing: run scripts/python-env.sh (scripts/test.sh does)",
-            server.display()
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto_server");
-        let moto = MotoS3 { port, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                use std::io::{Read, Write};
-                let request = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                stream.write_all(request.as_bytes()).unwrap();
-                let mut reply = String::new();
-                let _ = stream.read_to_string(&mut reply);
-                assert!(
-                    reply.starts_with("HTTP/1.1 200"),
-                    "bucket not created: {reply}"
-                );
-                return moto;
-            }
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The `[artifacts]` section for a store in `bucket` on this server.
-    pub fn artifacts_config(&self, bucket: &str) -> String {
-        format!(
-            "[artifacts]\nurl = \"s3://{bucket}/gpuq\"\ninline_max_bytes = 1024\n[artifacts.options]\n\
-             aws_endpoint = \"http://127.0.0.1:{}\"\naws_allow_http = \"true\"\naws_region = \"us-east-1\"\n\
-             aws_access_key_id = \"testing\"\naws_secret_access_key = \"testing\"\n",
-            self.port
-        )
-    }
-
-    /// Object keys in the bucket, read back from the server.
-    pub fn keys(&self, bucket: &str) -> Vec<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let request = format!(
-            "GET /{bucket}?list-type=2 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.port
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut reply = String::new();
-        let _ = stream.read_to_string(&mut reply);
-        reply
-            .split("<Key>")
-            .skip(1)
-            .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_owned()))
-            .collect()
-    }
-}
-
-impl Drop for MotoS3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}

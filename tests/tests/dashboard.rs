@@ -11,14 +11,27 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// chromedriver on a free port, stopped by pid when dropped.
+/// chromedriver on a free port. Dropping it ends the browser session (so
+/// Chromium exits even when the test failed), then stops chromedriver by pid.
 struct Driver {
     child: Child,
     base: String,
+    port: u16,
+    session: Option<String>,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(session) = &self.session {
+            use std::io::{Read, Write};
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                // Bounded: chromedriver may keep the connection open after answering.
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let request = format!("DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(request.as_bytes());
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -103,9 +116,11 @@ vram_mib = 4096
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver (Debian's chromium-driver; scripts/test.sh installs it)");
-    let driver = Driver {
+    let mut driver = Driver {
         child,
         base: format!("http://127.0.0.1:{driver_port}"),
+        port: driver_port,
+        session: None,
     };
     let client = reqwest::Client::new();
     let deadline = Instant::now() + WAIT;
@@ -128,11 +143,9 @@ vram_mib = 4096
         }}}}),
     )
     .await;
-    let session = format!(
-        "{}/session/{}",
-        driver.base,
-        session["sessionId"].as_str().unwrap()
-    );
+    let session_id = session["sessionId"].as_str().unwrap().to_owned();
+    driver.session = Some(session_id.clone());
+    let session = format!("{}/session/{session_id}", driver.base);
     webdriver(
         &client,
         reqwest::Method::POST,
@@ -228,5 +241,4 @@ vram_mib = 4096
     if std::env::var_os("GPUQ_UPDATE_SCREENSHOT").is_some() {
         std::fs::write(&docs, &png).unwrap();
     }
-    let _ = client.delete(&session).send().await;
 }

@@ -2,10 +2,11 @@
 //! error codes, idempotent retries, auth on and off, Server-Sent Events and
 //! backpressure.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use gpuq_integration_tests::{ProcessGuard, TestSystem};
+use gpuq_integration_tests::http::start_gateway;
+use gpuq_integration_tests::TestSystem;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -34,81 +35,6 @@ feature = "huge"
 runtime = "echo"
 vram_mib = 999999
 "#;
-
-struct Gateway {
-    base: String,
-    _process: ProcessGuard,
-    client: reqwest::Client,
-}
-
-async fn start_gateway(system: &TestSystem) -> Gateway {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    let process = system.spawn("gpuq", &["serve", "--listen", &address]);
-    let base = format!("http://{address}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not start: {}",
-            process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Gateway {
-        base,
-        _process: process,
-        client,
-    }
-}
-
-impl Gateway {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        token: Option<&str>,
-    ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            headers,
-        )
-    }
-
-    async fn wait_final(&self, id: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (_, job, _) = self
-                .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None, None)
-                .await;
-            if ["completed", "failed", "cancelled", "timed_out"]
-                .contains(&job["status"].as_str().unwrap_or(""))
-            {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "{id} not final: {job}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_with_the_documented_codes() {
@@ -486,75 +412,4 @@ async fn a_multi_megabyte_artifact_uploads_feeds_a_job_and_downloads_intact() {
         )
         .await;
     assert_eq!(status, 422);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openapi_document_lists_exactly_the_routes_that_answer() {
-    let system = TestSystem::new(BODY);
-    let gateway = start_gateway(&system).await;
-    let (status, doc, _) = gateway
-        .call(reqwest::Method::GET, "/openapi.json", None, None)
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
-    let mut documented: Vec<String> = Vec::new();
-    for (path, operations) in doc["paths"].as_object().unwrap() {
-        for method in operations.as_object().unwrap().keys() {
-            documented.push(format!("{} {path}", method.to_uppercase()));
-            // Every documented route is routed: an unrouted path gives axum's empty
-            // 404 or a 405; ours always answer with a body.
-            let url = format!("{}{}", gateway.base, path.replace("{id}", "x"));
-            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let response = gateway
-                .client
-                .request(method, &url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            let Ok(response) = response else { continue }; // event streams stay open: routed
-            let status = response.status().as_u16();
-            let body = response.text().await.unwrap_or_default();
-            assert!(
-                status != 405 && !(status == 404 && body.is_empty()),
-                "{path} is documented but not routed ({status})"
-            );
-        }
-    }
-    documented.sort();
-    let mut routed = vec![
-        "GET /",
-        "GET /healthz",
-        "GET /metrics",
-        "GET /openapi.json",
-        "GET /readyz",
-        "GET /v1/artifacts/{id}",
-        "GET /v1/events",
-        "GET /v1/features",
-        "GET /v1/jobs",
-        "GET /v1/jobs/{id}",
-        "GET /v1/jobs/{id}/events",
-        "GET /v1/models",
-        "GET /v1/system",
-        "POST /v1/artifacts",
-        "POST /v1/jobs",
-        "DELETE /v1/jobs/{id}",
-    ];
-    routed.sort();
-    assert_eq!(
-        documented, routed,
-        "the router (src/gateway/mod.rs) and openapi.json disagree"
-    );
-
-    // The gateway counts its own requests.
-    let (status, text, _) = gateway
-        .call(reqwest::Method::GET, "/metrics", None, None)
-        .await;
-    assert_eq!(status, 200);
-    let text = text.as_str().unwrap().to_owned();
-    assert!(
-        text.contains(
-            r#"gpuq_gateway_requests_total{method="GET",route="/openapi.json",status="200"} 2"#
-        ),
-        "{text}"
-    );
 }

@@ -1,0 +1,234 @@
+//! The sections of `gpuq.toml`, with their defaults. Each field's doc gives
+//! its meaning, unit and default; `Config::load` validates them together.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Kind of the per-model queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    /// Replicated across a RabbitMQ cluster, with a delivery limit. The default.
+    #[default]
+    Quorum,
+    /// Single-node queues; they honour message priorities.
+    Classic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `quorum` (default) or `classic`.
+    #[serde(rename = "type")]
+    pub queue_type: QueueType,
+    /// Quorum queues: deliveries of one message before the broker dead-letters it. Default 5.
+    pub delivery_limit: u32,
+    /// Largest accepted job body in bytes; larger ones fail `payload_too_large`. Default 16 MiB.
+    pub max_message_bytes: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            queue_type: QueueType::Quorum,
+            delivery_limit: 5,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// How long a finished job's record stays in Redis, seconds. Default 86400 (24 h).
+    pub finished_ttl_s: u64,
+    /// Largest `timeout_s` a job may ask for, seconds. Default 86400.
+    pub max_timeout_s: u64,
+    /// Starts of one job (worker deaths and retryable failures included) before
+    /// it ends `failed` with `too_many_attempts` and a copy in the dead-letter queue. Default 3.
+    pub max_attempts: u32,
+    /// Back-off before the second attempt after a retryable failure, seconds;
+    /// doubles each attempt. Default 2.
+    pub retry_backoff_s: u64,
+    /// Longest back-off, seconds. Default 300.
+    pub retry_backoff_max_s: u64,
+    /// Default longest wait in the queue before a job ends `timed_out`, seconds;
+    /// 0 means none. A job's `queue_timeout_s` overrides it. Default 0.
+    pub queue_timeout_s: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            finished_ttl_s: 86_400,
+            max_timeout_s: 86_400,
+            max_attempts: 3,
+            retry_backoff_s: 2,
+            retry_backoff_max_s: 300,
+            queue_timeout_s: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address `gpuq serve` listens on. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Bearer tokens accepted; empty means no auth. Env `GPUQ_GATEWAY_TOKENS`
+    /// (comma-separated) adds to them.
+    pub tokens: Vec<String>,
+    /// Ready jobs in a model's queue above which submissions are refused with
+    /// 503 and Retry-After (backpressure); 0 means no limit. Default 0.
+    pub max_queue_depth: u32,
+    /// Largest request body, bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            tokens: Vec::new(),
+            max_queue_depth: 0,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    /// Where artifacts live: `file:///dir` (one host or a shared mount) or
+    /// `s3://bucket/prefix` (many hosts; build with feature `s3`).
+    /// Default `file:///var/tmp/gpuq-artifacts`.
+    pub url: String,
+    /// Byte strings up to this size travel inline in jobs and results; larger
+    /// outputs are moved to the store and referenced by id. Default 1 MiB.
+    pub inline_max_bytes: u64,
+    /// Store options, e.g. `aws_endpoint`, `aws_region`, `aws_allow_http` for an
+    /// S3-compatible store; `AWS_*` environment variables add to them.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        Self {
+            url: "file:///var/tmp/gpuq-artifacts".into(),
+            inline_max_bytes: 1024 * 1024,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs one worker runs at once. Default 1.
+    pub concurrency: u32,
+    /// Deliveries a worker holds per queue (AMQP prefetch); 0 means `concurrency`.
+    /// `concurrency + 1` hides the broker round trip between short jobs, at the
+    /// price of one job waiting behind a running one. Default 0.
+    pub prefetch: u32,
+    /// How often a worker refreshes its record in Redis, milliseconds. Default 2000.
+    pub heartbeat_interval_ms: u64,
+    /// After how long without a heartbeat a worker's record expires, milliseconds. Default 10000.
+    pub heartbeat_ttl_ms: u64,
+    /// How long a stopping worker lets in-flight jobs finish, seconds. Default 30.
+    pub shutdown_grace_s: u64,
+    /// How long a worker keeps retrying a job's Redis writes (holding the job,
+    /// unacked) before requeueing it, seconds. Default 300.
+    pub redis_retry_s: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            prefetch: 0,
+            heartbeat_interval_ms: 2_000,
+            heartbeat_ttl_ms: 10_000,
+            shutdown_grace_s: 30,
+            redis_retry_s: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// Host id in Redis and worker ids; default the machine's hostname.
+    pub host_id: Option<String>,
+    /// Worker processes (slots) per GPU. Default 1.
+    pub workers_per_gpu: u32,
+    /// Models one worker may keep loaded at once. Default 2.
+    pub max_models_per_worker: u32,
+    /// VRAM per GPU kept free for the driver and others, MiB. Default 512.
+    pub vram_reserve_mib: u64,
+    /// Path of the `gpuq-worker` binary; default: next to `gpuq-dispatcher`.
+    pub worker_bin: Option<PathBuf>,
+    /// First delay before restarting a worker that exited, milliseconds. Default 500.
+    pub restart_backoff_initial_ms: u64,
+    /// Longest delay between restarts, milliseconds. Default 30000.
+    pub restart_backoff_max_ms: u64,
+    /// Consecutive quick crashes (within 30 s of start) after which a slot is marked failed. Default 5.
+    pub crash_loop_limit: u32,
+    /// Address of the host's Prometheus `/metrics`; empty disables it.
+    /// Default `127.0.0.1:9464`.
+    pub metrics_listen: String,
+    /// Serve only these models on this host (default: every model that fits).
+    pub models: Option<Vec<String>>,
+    /// GPUs declared by hand, used where NVML is unavailable.
+    pub gpus: Vec<DeclaredGpu>,
+    /// Explicit slots; a GPU with any replaces its `workers_per_gpu` equal slots.
+    pub slots: Vec<SlotConfig>,
+}
+
+/// An explicit worker slot (`[[dispatcher.slots]]`), e.g. one dedicated to a heavy
+/// model while light models share another.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// GPU index the slot runs on.
+    pub gpu: u32,
+    /// Budget in MiB; default an equal share of what the GPU's other slots leave.
+    #[serde(default)]
+    pub vram_mib: Option<u64>,
+    /// Models this slot serves; default every model that fits its budget.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            host_id: None,
+            workers_per_gpu: 1,
+            max_models_per_worker: 2,
+            vram_reserve_mib: 512,
+            worker_bin: None,
+            restart_backoff_initial_ms: 500,
+            restart_backoff_max_ms: 30_000,
+            crash_loop_limit: 5,
+            metrics_listen: "127.0.0.1:9464".into(),
+            models: None,
+            gpus: Vec::new(),
+            slots: Vec::new(),
+        }
+    }
+}
+
+/// A GPU declared in config (`[[dispatcher.gpus]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredGpu {
+    /// Device index as CUDA numbers it.
+    pub index: u32,
+    /// Total memory, MiB.
+    pub memory_mib: u64,
+    /// Display name; default `declared-gpu-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
