@@ -410,6 +410,13 @@ fn write_config(path: &Path, namespace: &str, body: &str) -> Config {
     } else {
         format!("{text}\n[worker]\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 10\n")
     };
+    // Tests run many dispatchers at once: none binds the default metrics port
+    // unless the test asks for one.
+    let text = if text.contains("metrics_listen") {
+        text
+    } else {
+        text.replace("[dispatcher]\n", "[dispatcher]\nmetrics_listen = \"\"\n")
+    };
     // Each system keeps its artifacts in its own temporary directory.
     let artifacts_dir = path.parent().expect("config dir").join("artifacts");
     let text = if text.contains("url = \"s3://") {
