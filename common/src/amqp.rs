@@ -83,3 +83,19 @@ pub fn header_str<'a>(headers: Option<&'a FieldTable>, key: &str) -> Option<&'a 
         _ => None,
     }
 }
+
+/// An integer header (e.g. a quorum queue's `x-delivery-count`), whatever
+/// integer type the broker encoded it with.
+pub fn header_u64(headers: Option<&FieldTable>, key: &str) -> Option<u64> {
+    match headers?.inner().get(key)? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::Timestamp(n) => Some(*n),
+        _ => None,
+    }
+}

@@ -15,8 +15,8 @@ use crate::names::Names;
 mod sections;
 use crate::registry::{ModelConfig, Registry};
 pub use sections::{
-    ArtifactsConfig, DeclaredGpu, DispatcherConfig, GatewayConfig, JobsConfig, QueueConfig,
-    QueueType, SlotConfig, WorkerConfig,
+    ArtifactsConfig, DeclaredGpu, DispatcherConfig, GatewayConfig, JobsConfig, ModelPlacement,
+    PlacementConfig, QueueConfig, QueueType, SlotConfig, WorkerConfig,
 };
 
 /// Environment variable that overrides `amqp_url`.
@@ -118,6 +118,8 @@ pub struct Config {
     pub artifacts: ArtifactsConfig,
     #[serde(default)]
     pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub placement: PlacementConfig,
     /// The model registry.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -243,7 +245,40 @@ impl Config {
         self.validate_worker()?;
         self.validate_dispatcher()?;
         self.validate_models()?;
-        self.validate_model_references()
+        self.validate_model_references()?;
+        self.validate_placement()
+    }
+
+    fn validate_placement(&self) -> Result<(), ConfigError> {
+        let placement = &self.placement;
+        if placement.interval_ms < 100 {
+            return Err(invalid("placement.interval_ms", "must be at least 100"));
+        }
+        if placement.max_queue_wait_ms < placement.interval_ms {
+            return Err(invalid(
+                "placement.max_queue_wait_ms",
+                "must be at least placement.interval_ms",
+            ));
+        }
+        for (id, model) in &placement.models {
+            let key = format!("placement.models.{id}");
+            if !self.models.iter().any(|m| &m.id == id) {
+                return Err(invalid(key, format!("model '{id}' is not in the registry")));
+            }
+            if model.max_replicas != 0 && model.min_replicas > model.max_replicas {
+                return Err(invalid(
+                    format!("{key}.min_replicas"),
+                    "must not exceed max_replicas",
+                ));
+            }
+            if let Some(empty) = model.pin.iter().find(|w| w.trim().is_empty()) {
+                return Err(invalid(
+                    format!("{key}.pin"),
+                    format!("worker id '{empty}' is empty"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Model ids named outside `[[models]]` must be registered.

@@ -109,6 +109,28 @@ impl Names {
         format!("{}:dead", self.namespace)
     }
 
+    /// String naming the dispatcher that places models for the whole
+    /// namespace; it expires unless that dispatcher renews it.
+    pub fn placement_lease(&self) -> String {
+        format!("{}:placement:lease", self.namespace)
+    }
+
+    /// JSON [`crate::record::Assignment`]: the queues a worker consumes;
+    /// expires unless the placing dispatcher renews it.
+    pub fn assignment_key(&self, worker_id: &str) -> String {
+        format!("{}:assignment:{worker_id}", self.namespace)
+    }
+
+    /// Pub/sub channel carrying the id of each worker whose assignment changed.
+    pub fn assignments_channel(&self) -> String {
+        format!("{}:assignments", self.namespace)
+    }
+
+    /// Hash of measured model timings, model id to JSON [`crate::record::ModelTimings`].
+    pub fn model_timings(&self) -> String {
+        format!("{}:model_timings", self.namespace)
+    }
+
     /// Pattern matching every Redis key of this namespace.
     pub fn redis_pattern(&self) -> String {
         format!("{}:*", self.namespace)
@@ -160,5 +182,7 @@ mod tests {
         assert_eq!(names.events_channel(), "gpuq:events");
         assert_eq!(names.worker_key("h-gpu0-slot0"), "gpuq:worker:h-gpu0-slot0");
         assert_eq!(names.redis_pattern(), "gpuq:*");
+        assert_eq!(names.assignment_key("w"), "gpuq:assignment:w");
+        assert_eq!(names.placement_lease(), "gpuq:placement:lease");
     }
 }

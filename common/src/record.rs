@@ -5,7 +5,7 @@
 //! read them. Writers (workers, dispatchers) produce the fields with `to_fields`;
 //! readers (producer, CLI) parse them with `from_hash`, tolerating missing fields.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,8 +94,15 @@ pub struct WorkerRecord {
     /// `starting`, `idle`, `busy` or `stopping`.
     pub state: String,
     pub vram_budget_mib: u64,
-    /// Models whose queues this worker consumes.
+    /// Models this worker may serve (its slot's budget and model list allow them).
     pub models: Vec<String>,
+    /// Models whose queues it consumes now: its placement assignment, or all
+    /// of `models` when it has none.
+    #[serde(default)]
+    pub consuming: Vec<String>,
+    /// Jobs delivered to it and not started yet, by model.
+    #[serde(default)]
+    pub waiting: BTreeMap<String, u64>,
     /// Comma-separated ids of the jobs running now.
     pub current_jobs: Vec<String>,
     pub jobs_done: u64,
@@ -116,6 +123,29 @@ pub struct WorkerRecord {
     pub metrics: crate::metrics::WorkerMetrics,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
+}
+
+/// The queues one worker consumes, decided by the placing dispatcher
+/// (`<namespace>:assignment:<worker>`, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Model ids whose queues the worker consumes.
+    pub models: Vec<String>,
+    /// The model whose backlog the worker works down, if any.
+    #[serde(default)]
+    pub main: Option<String>,
+    /// Host id of the dispatcher that decided it.
+    pub by: String,
+    pub decided_ms: u64,
+}
+
+/// Measured timings of one model across workers (`<namespace>:model_timings`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelTimings {
+    /// Mean load time, milliseconds.
+    pub load_ms: u64,
+    /// Mean run time of one job, milliseconds.
+    pub run_ms: u64,
 }
 
 /// A model resident in a worker.
@@ -144,6 +174,14 @@ impl WorkerRecord {
             (
                 "models",
                 serde_json::to_string(&self.models).unwrap_or_default(),
+            ),
+            (
+                "consuming",
+                serde_json::to_string(&self.consuming).unwrap_or_default(),
+            ),
+            (
+                "waiting",
+                serde_json::to_string(&self.waiting).unwrap_or_default(),
             ),
             (
                 "current_jobs",
@@ -181,6 +219,11 @@ impl WorkerRecord {
             state: text(hash, "state").unwrap_or_default(),
             vram_budget_mib: parse_num(hash, "vram_budget_mib").unwrap_or(0),
             models: json_list("models"),
+            consuming: json_list("consuming"),
+            waiting: hash
+                .get("waiting")
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
             current_jobs: json_list("current_jobs"),
             jobs_done: parse_num(hash, "jobs_done").unwrap_or(0),
             jobs_failed: parse_num(hash, "jobs_failed").unwrap_or(0),
@@ -354,6 +397,8 @@ mod tests {
             state: "idle".into(),
             vram_budget_mib: 8000,
             models: vec!["echo".into()],
+            consuming: vec!["echo".into()],
+            waiting: [("echo".to_string(), 2)].into(),
             current_jobs: vec![],
             jobs_done: 3,
             jobs_failed: 1,

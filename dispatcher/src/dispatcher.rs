@@ -1,6 +1,6 @@
 //! The dispatcher's life: discover GPUs, plan slots, declare the AMQP topology,
-//! supervise one worker per slot, keep the host record fresh, reload on SIGHUP,
-//! stop cleanly.
+//! supervise one worker per slot, keep the host record fresh, take part in
+//! placement (see `placer`), reload on SIGHUP, stop cleanly.
 //!
 //! Shutdown stops every worker with SIGTERM (each finishes or returns its
 //! in-flight jobs within `worker.shutdown_grace_s`), then removes the host
@@ -284,6 +284,15 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let placer = config.placement.enabled.then(|| {
+        tokio::spawn(crate::placer::run(
+            config.clone(),
+            host_id.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ))
+    });
+
     let started = Instant::now();
     let started_ms = now_ms();
     let interval = Duration::from_millis(config.worker.heartbeat_interval_ms);
@@ -329,6 +338,9 @@ pub async fn run(
     tracing::info!("stopping workers");
     slots.stop_all(started).await;
     let _ = watcher.await;
+    if let Some(placer) = placer {
+        let _ = placer.await;
+    }
     if let Err(error) = store.remove_host(&host_id).await {
         tracing::warn!(%error, "host record not removed; it will expire");
     }

@@ -4,6 +4,8 @@
 //!   heartbeat the host record, shut down.
 //! - `gpu`: GPU discovery as gpuq types (pure); `nvml`: owns nvml-wrapper.
 //! - `plan`: VRAM planning (pure).
+//! - `placement`: which model each worker serves, from the backlog (pure);
+//!   `placer`: the loop that gathers the snapshot and publishes assignments.
 //! - `slots`: the running slots, kept in line with the plan (start, reload, stop).
 //! - `supervisor`: one worker process per slot, restarts, crash-loop limit.
 //! - `dead_letters`: records the fate of jobs the broker dead-letters (expired, delivery limit).
@@ -15,6 +17,8 @@ mod dispatcher;
 mod gpu;
 mod metrics;
 mod nvml;
+mod placement;
+mod placer;
 mod plan;
 mod slots;
 mod store;
@@ -22,4 +26,5 @@ mod supervisor;
 
 pub use dispatcher::{plan_report, run, DispatcherError, DispatcherOptions};
 pub use gpu::{GpuInfo, GpuSource};
+pub use placement::{decide, Decision, ModelState, Policy, Snapshot, WorkerState};
 pub use plan::{plan, OverCommitted, Plan, SlotPlan};

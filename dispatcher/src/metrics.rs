@@ -279,6 +279,8 @@ mod tests {
             state: "idle".into(),
             vram_budget_mib: 1,
             models: vec![],
+            consuming: vec![],
+            waiting: Default::default(),
             current_jobs: vec![],
             jobs_done: 3,
             jobs_failed: 0,

@@ -1,8 +1,10 @@
-//! Owns the dispatcher's Redis connection: the host record and its heartbeat.
+//! Owns the dispatcher's Redis connection: the host record and its heartbeat,
+//! the placement lease, assignments and model timings.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use gpuq_common::record::{HostRecord, WorkerRecord};
+use gpuq_common::record::{Assignment, HostRecord, ModelTimings, WorkerRecord};
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -116,6 +118,99 @@ return 1
         let hashes: Vec<std::collections::HashMap<String, String>> =
             pipe.query_async(&mut connection).await?;
         Ok(hashes.iter().filter_map(WorkerRecord::from_hash).collect())
+    }
+
+    /// Takes or renews the placement lease for `host_id`; `true` when held.
+    pub async fn hold_placement_lease(
+        &self,
+        host_id: &str,
+        ttl: Duration,
+    ) -> Result<bool, redis::RedisError> {
+        const SCRIPT: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+        let mut connection = self.connection.clone();
+        let held: i64 = redis::Script::new(SCRIPT)
+            .key(self.names.placement_lease())
+            .arg(host_id)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Gives the placement lease up, if `host_id` holds it.
+    pub async fn release_placement_lease(&self, host_id: &str) -> Result<(), redis::RedisError> {
+        const SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+        let mut connection = self.connection.clone();
+        redis::Script::new(SCRIPT)
+            .key(self.names.placement_lease())
+            .arg(host_id)
+            .invoke_async::<i64>(&mut connection)
+            .await
+            .map(|_| ())
+    }
+
+    /// Every live worker's record, whichever host runs it.
+    pub async fn all_worker_records(&self) -> Result<Vec<WorkerRecord>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let ids: Vec<String> = connection.smembers(self.names.workers_set()).await?;
+        self.worker_records(&ids).await
+    }
+
+    /// Model timings stored by earlier placements.
+    pub async fn model_timings(&self) -> Result<HashMap<String, ModelTimings>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let stored: HashMap<String, String> =
+            connection.hgetall(self.names.model_timings()).await?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(model, json)| Some((model, serde_json::from_str(&json).ok()?)))
+            .collect())
+    }
+
+    /// Writes every worker's assignment (renewing its expiry), the measured
+    /// model timings, and announces the assignments that changed.
+    pub async fn publish_placement(
+        &self,
+        assignments: &[(String, Assignment)],
+        changed: &[String],
+        ttl: Duration,
+        timings: &HashMap<String, ModelTimings>,
+    ) -> Result<(), redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let mut pipe = redis::pipe();
+        for (worker_id, assignment) in assignments {
+            pipe.cmd("SET")
+                .arg(self.names.assignment_key(worker_id))
+                .arg(serde_json::to_string(assignment).unwrap_or_default())
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        for (model, timing) in timings {
+            pipe.hset(
+                self.names.model_timings(),
+                model,
+                serde_json::to_string(timing).unwrap_or_default(),
+            )
+            .ignore();
+        }
+        for worker_id in changed {
+            pipe.publish(self.names.assignments_channel(), worker_id)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut connection).await
     }
 
     pub async fn remove_host(&self, host_id: &str) -> Result<(), redis::RedisError> {

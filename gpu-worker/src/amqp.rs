@@ -26,9 +26,6 @@ pub enum BrokerError {
     Nacked(String),
 }
 
-/// A delivery tagged with the model whose queue it came from.
-pub type TaggedDelivery = (String, Result<Delivery, lapin::Error>);
-
 pub struct Broker {
     connection: Connection,
     consume_channel: Channel,
@@ -61,37 +58,48 @@ impl Broker {
         })
     }
 
-    /// Starts one consumer per model queue and merges their deliveries.
-    pub async fn consume(
-        &self,
-        model_ids: &[String],
-        prefetch: u16,
-        worker_id: &str,
-    ) -> Result<BoxStream<'static, TaggedDelivery>, BrokerError> {
+    /// Sets how many unacked deliveries each consumer may hold.
+    pub async fn set_prefetch(&self, prefetch: u16) -> Result<(), BrokerError> {
         self.consume_channel
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await?;
-        let mut streams = Vec::new();
-        for model_id in model_ids {
-            let tag = format!("{worker_id}.{model_id}");
-            let consumer = self
-                .consume_channel
-                .basic_consume(
-                    self.names.model_queue(model_id).into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            self.consumer_tags.lock().expect("tags lock").push(tag);
-            let model_id = model_id.clone();
-            streams.push(
-                consumer
-                    .map(move |delivery| (model_id.clone(), delivery))
-                    .boxed(),
-            );
-        }
-        Ok(futures_util::stream::select_all(streams).boxed())
+        Ok(())
+    }
+
+    /// Starts consuming one model's queue under `tag` (unique per channel).
+    /// The stream ends once the consumer is cancelled and every delivery the
+    /// broker sent before the cancel has been yielded.
+    pub async fn start_consumer(
+        &self,
+        model_id: &str,
+        tag: &str,
+    ) -> Result<BoxStream<'static, Result<Delivery, lapin::Error>>, BrokerError> {
+        let consumer = self
+            .consume_channel
+            .basic_consume(
+                self.names.model_queue(model_id).into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.consumer_tags
+            .lock()
+            .expect("tags lock")
+            .push(tag.to_owned());
+        Ok(consumer.boxed())
+    }
+
+    /// Stops one consumer: the broker sends it nothing more.
+    pub async fn cancel_consumer(&self, tag: &str) -> Result<(), BrokerError> {
+        self.consumer_tags
+            .lock()
+            .expect("tags lock")
+            .retain(|t| t != tag);
+        self.consume_channel
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await?;
+        Ok(())
     }
 
     /// Stops every consumer: the broker sends no more deliveries.

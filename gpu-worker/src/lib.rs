@@ -5,14 +5,18 @@
 //! - `job`: one delivery from bytes to ack (decode, route, claim, run, record, reply).
 //! - `runtime`: the `Runtime` seam and its implementations (synthetic echo and
 //!   sleep, adapter processes, TorchScript with feature `torch`).
+//! - `placement`: the assignment from the placing dispatcher, and which held
+//!   job runs next (loaded models first); `consumers`: the queues consumed now.
 //! - `pool`: model residency within the VRAM budget (load on use, LRU eviction).
 //! - `amqp`: owns lapin (consume and publish channels). `store`: owns redis.
 //! - `gpu`: owns nvml-wrapper (free memory before a load).
 //! - `stats`: live counters for the heartbeat.
 
 mod amqp;
+mod consumers;
 mod gpu;
 mod job;
+mod placement;
 mod pool;
 mod runtime;
 mod stats;

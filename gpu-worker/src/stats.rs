@@ -1,6 +1,6 @@
 //! Live counters of one worker, read by its heartbeat.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +12,8 @@ pub struct WorkerStats {
     jobs_done: AtomicU64,
     jobs_failed: AtomicU64,
     running: Mutex<BTreeSet<String>>,
+    /// Queues consumed and held jobs by model, as placement sees them.
+    queues: Mutex<(Vec<String>, BTreeMap<String, u64>)>,
     metrics: Mutex<gpuq_common::metrics::WorkerMetrics>,
 }
 
@@ -56,6 +58,19 @@ impl WorkerStats {
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
         self.changed.notify_one();
+    }
+
+    /// Records which queues are consumed and how many jobs wait here unstarted.
+    pub fn set_queues(&self, consuming: Vec<String>, waiting: BTreeMap<String, u64>) {
+        let mut queues = self.queues.lock().expect("stats lock");
+        if queues.0 != consuming || queues.1 != waiting {
+            *queues = (consuming, waiting);
+            self.changed.notify_one();
+        }
+    }
+
+    pub fn queues(&self) -> (Vec<String>, BTreeMap<String, u64>) {
+        self.queues.lock().expect("stats lock").clone()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use gpuq_common::record::WorkerRecord;
+use gpuq_common::record::{Assignment, WorkerRecord};
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent, ValueMap};
 use redis::aio::ConnectionManager;
@@ -270,6 +270,32 @@ impl Store {
         Ok(pubsub
             .into_on_message()
             .filter_map(|message| async move { message.get_payload::<String>().ok() }))
+    }
+
+    /// Worker ids published on the assignments channel, as they come.
+    pub async fn assignment_changes(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = String> + use<>, StoreError> {
+        use futures_util::StreamExt;
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.names.assignments_channel()).await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|message| async move { message.get_payload::<String>().ok() }))
+    }
+
+    /// This worker's placement assignment; `None` when there is none (no
+    /// placing dispatcher, or it stopped renewing it) or it cannot be read as one.
+    pub async fn assignment(&self, worker_id: &str) -> Result<Option<Assignment>, StoreError> {
+        let mut connection = self.connection.clone();
+        let json: Option<String> = connection.get(self.names.assignment_key(worker_id)).await?;
+        Ok(json.and_then(|json| match serde_json::from_str(&json) {
+            Ok(assignment) => Some(assignment),
+            Err(error) => {
+                tracing::warn!(%error, "unreadable placement assignment; consuming every model");
+                None
+            }
+        }))
     }
 
     /// Records a message that could not be run at all, for people to inspect.

@@ -5,7 +5,7 @@
 //! finish for `worker.shutdown_grace_s`, then closes the connection: whatever is
 //! still unacked goes back to its queue, so nothing is lost.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +15,15 @@ use gpuq_common::record::WorkerRecord;
 use gpuq_common::registry::{ModelConfig, Registry};
 use gpuq_common::topology::Topology;
 use gpuq_common::{now_ms, redact_url};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::amqp::Broker;
+use crate::consumers::Consumers;
 use crate::job::{handle_delivery, CancelRegistry, JobContext};
+use crate::placement::{choose, desired_models, Affinity, Choice};
 use crate::pool::{Loader, ModelPool};
 use crate::runtime;
 use crate::stats::WorkerStats;
@@ -182,6 +185,17 @@ async fn serve(
     pool: Arc<ModelPool>,
     shutdown: CancellationToken,
 ) -> Result<ExitReason, WorkerError> {
+    let (assignment_sender, mut assignment) = watch::channel(None);
+    let watching = shutdown.child_token();
+    let watcher = config.placement.enabled.then(|| {
+        tokio::spawn(crate::placement::watch_assignment(
+            store.clone(),
+            options.worker_id.clone(),
+            Duration::from_millis(config.worker.heartbeat_interval_ms),
+            assignment_sender,
+            watching.clone(),
+        ))
+    });
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
     let models: HashMap<String, ModelConfig> =
         served.into_iter().map(|m| (m.id.clone(), m)).collect();
@@ -230,15 +244,14 @@ async fn serve(
             stats: Arc::clone(&stats),
             restart: restart.clone(),
         });
-        let end = consume(
-            context,
-            &served_ids,
-            &permits,
-            &tracker,
-            &shutdown,
-            &restart,
-        )
-        .await;
+        let session = Session {
+            served: &served_ids,
+            permits: &permits,
+            tracker: &tracker,
+            shutdown: &shutdown,
+            restart: &restart,
+        };
+        let end = consume(context, session, &mut assignment).await;
         broker.cancel_consumers().await;
         match end {
             SessionEnd::Stop(reason) => {
@@ -255,6 +268,10 @@ async fn serve(
     tracker.close();
     wait_for_in_flight(&tracker, config).await;
     cancel_listener.abort_handle().abort();
+    watching.cancel();
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     pool.unload_all().await;
     Ok(outcome)
 }
@@ -303,50 +320,120 @@ async fn wait_for_in_flight(tracker: &TaskTracker, config: &Config) {
     }
 }
 
-/// One broker session: consume and dispatch deliveries until stop or failure.
+/// What a broker session shares with the worker's life.
+struct Session<'a> {
+    served: &'a [String],
+    permits: &'a Arc<Semaphore>,
+    tracker: &'a TaskTracker,
+    shutdown: &'a CancellationToken,
+    restart: &'a CancellationToken,
+}
+
+/// How long a free worker waits for a job of a loaded model before starting
+/// one that needs a load: a few broker round trips, against loads of seconds.
+const AFFINITY_GRACE: Duration = Duration::from_millis(50);
+
+/// One broker session: consume the assigned queues, following assignment
+/// changes, and run held jobs (loaded models first) until stop or failure.
 async fn consume(
     context: Arc<JobContext>,
-    served_ids: &[String],
-    permits: &Arc<Semaphore>,
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-    restart: &CancellationToken,
+    session: Session<'_>,
+    assignment: &mut watch::Receiver<Option<Vec<String>>>,
 ) -> SessionEnd {
-    let concurrency = context.config.worker.concurrency;
-    let prefetch = context.config.worker.effective_prefetch();
-    let mut deliveries = match context
+    let config = Arc::clone(&context.config);
+    if let Err(error) = context
         .broker
-        .consume(served_ids, prefetch, &context.worker_id)
+        .set_prefetch(config.worker.effective_prefetch())
         .await
     {
-        Ok(deliveries) => deliveries,
-        Err(error) => return SessionEnd::Lost(error.to_string()),
+        return SessionEnd::Lost(error.to_string());
+    }
+    let mut consumers = Consumers::new(
+        Arc::clone(&context.broker),
+        &context.worker_id,
+        config.queues.delivery_limit,
+    );
+    let desired = desired_models(assignment.borrow_and_update().as_deref(), session.served);
+    if let Err(error) = consumers.apply(&desired).await {
+        return SessionEnd::Lost(error.to_string());
+    }
+    let publish_queues = |consumers: &Consumers| {
+        context.stats.set_queues(
+            consumers.consuming().into_iter().collect(),
+            consumers.waiting(),
+        )
     };
+    publish_queues(&consumers);
     context.stats.set_ready();
-    tracing::info!(models = ?served_ids, concurrency, "consuming");
+    tracing::info!(models = ?desired, concurrency = config.worker.concurrency, "consuming");
+    let affinity = config.placement.enabled.then(|| Affinity {
+        starve_after: Duration::from_millis(config.placement.max_queue_wait_ms),
+        grace: AFFINITY_GRACE,
+    });
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let mut free_since: Option<Instant> = None;
+    let mut assignment_open = true;
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
-            _ = restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
-            permit = Arc::clone(permits).acquire_owned() => permit.expect("semaphore never closed"),
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
-            _ = restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
-            next = deliveries.next() => next,
-        };
-        match next {
-            Some((model_id, Ok(delivery))) => {
-                let context = Arc::clone(&context);
-                tracker.spawn(async move {
-                    handle_delivery(context, model_id, delivery).await;
-                    drop(permit);
-                });
+        let mut grace_until: Option<Instant> = None;
+        if permit.is_some() && !consumers.held.is_empty() {
+            let now = Instant::now();
+            let since = *free_since.get_or_insert(now);
+            let loaded: BTreeSet<String> = context
+                .pool
+                .snapshot()
+                .0
+                .into_iter()
+                .map(|r| r.model)
+                .collect();
+            let held: Vec<(&str, Instant)> = consumers
+                .held
+                .iter()
+                .map(|h| (h.model.as_str(), h.received))
+                .collect();
+            match choose(&held, &loaded, &consumers.consuming(), affinity, since, now) {
+                Choice::Run(index) => {
+                    let job = consumers.held.remove(index).expect("chosen job is held");
+                    let permit = permit.take().expect("free slot");
+                    free_since = None;
+                    publish_queues(&consumers);
+                    let context = Arc::clone(&context);
+                    session.tracker.spawn(async move {
+                        handle_delivery(context, job.model, job.delivery).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Choice::Wait(until) => grace_until = Some(until),
             }
-            Some((model_id, Err(error))) => {
-                return SessionEnd::Lost(format!("consumer of {model_id}: {error}"))
+        }
+        let wants_permit = permit.is_none() && !consumers.held.is_empty();
+        tokio::select! {
+            _ = session.shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
+            _ = session.restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
+            changed = assignment.changed(), if assignment_open => {
+                if changed.is_err() {
+                    assignment_open = false;
+                    continue;
+                }
+                let desired = desired_models(assignment.borrow_and_update().as_deref(), session.served);
+                if desired != consumers.consuming() {
+                    tracing::info!(models = ?desired, "consuming (placement)");
+                    if let Err(error) = consumers.apply(&desired).await {
+                        return SessionEnd::Lost(error.to_string());
+                    }
+                    publish_queues(&consumers);
+                }
             }
-            None => return SessionEnd::Lost("the broker closed the consumers".into()),
+            received = consumers.receive() => {
+                if let Err(error) = received {
+                    return SessionEnd::Lost(error);
+                }
+                publish_queues(&consumers);
+            }
+            acquired = Arc::clone(session.permits).acquire_owned(), if wants_permit => {
+                permit = Some(acquired.expect("semaphore never closed"));
+            }
+            _ = tokio::time::sleep_until(grace_until.unwrap_or_else(Instant::now)), if grace_until.is_some() => {}
         }
     }
 }
@@ -375,6 +462,7 @@ async fn heartbeat_loop(
         }
         let current_jobs = stats.running_jobs();
         let (residents, pool_stats) = pool.snapshot();
+        let (consuming, waiting) = stats.queues();
         let record = WorkerRecord {
             worker_id: options.worker_id.clone(),
             host: options.host_id.clone(),
@@ -388,6 +476,8 @@ async fn heartbeat_loop(
             .to_owned(),
             vram_budget_mib: options.vram_budget_mib.unwrap_or(0),
             models: models.clone(),
+            consuming,
+            waiting,
             current_jobs,
             jobs_done: stats.jobs_done(),
             jobs_failed: stats.jobs_failed(),

@@ -232,3 +232,55 @@ pub struct DeclaredGpu {
     #[serde(default)]
     pub name: Option<String>,
 }
+
+/// Backlog-aware placement (`[placement]`): which models each worker holds
+/// and which queues it consumes, decided from the backlog across all hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// `false` turns placement off: every worker consumes every queue its
+    /// budget fits and loads models on demand (LRU). Default `true`.
+    pub enabled: bool,
+    /// How often the placing dispatcher re-decides, milliseconds. Default 1000.
+    pub interval_ms: u64,
+    /// A model a worker loaded for its backlog stays its main model at least
+    /// this long, unless another model starves, milliseconds. Default 15000.
+    pub min_residency_ms: u64,
+    /// Longest time a model's backlog may go unserved before it pre-empts a
+    /// warm model on some worker, milliseconds. Default 30000.
+    pub max_queue_wait_ms: u64,
+    /// Per-model policy, by model id.
+    pub models: BTreeMap<String, ModelPlacement>,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 1_000,
+            min_residency_ms: 15_000,
+            max_queue_wait_ms: 30_000,
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+impl PlacementConfig {
+    /// How long an assignment stays valid without being renewed: past it, a
+    /// worker falls back to consuming every model it can serve.
+    pub fn assignment_ttl_ms(&self) -> u64 {
+        (self.interval_ms * 5).max(5_000)
+    }
+}
+
+/// `[placement.models.<id>]`: replicas bounds and pinning of one model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelPlacement {
+    /// Workers that consume this model's queue even without a backlog. Default 0.
+    pub min_replicas: u32,
+    /// Most workers given to this model's backlog; 0 means no limit. Default 0.
+    pub max_replicas: u32,
+    /// Worker ids (e.g. `host-a-gpu0-slot0`) that always hold this model.
+    pub pin: Vec<String>,
+}

@@ -215,3 +215,40 @@ fn docker_compose_config_loads_and_exposes_metrics() {
     let config = Config::load(&path, &ConfigOverrides::default()).unwrap();
     assert_eq!(config.dispatcher.metrics_listen, "0.0.0.0:9464");
 }
+
+#[test]
+fn placement_policy_is_checked_and_names_the_bad_key() {
+    let model = "[[models]]\nid = \"m\"\nfeature = \"f\"\nruntime = \"echo\"\nvram_mib = 10\n";
+    let defaults = load_fixture(model).unwrap();
+    assert!(defaults.placement.enabled);
+    assert!(defaults.placement.assignment_ttl_ms() >= 5 * defaults.placement.interval_ms);
+    let cases = [
+        ("[placement]\ninterval_ms = 10\n", "placement.interval_ms"),
+        (
+            "[placement]\ninterval_ms = 2000\nmax_queue_wait_ms = 1000\n",
+            "placement.max_queue_wait_ms",
+        ),
+        (
+            "[placement.models.nope]\nmax_replicas = 1\n",
+            "placement.models.nope",
+        ),
+        (
+            "[placement.models.m]\nmin_replicas = 3\nmax_replicas = 1\n",
+            "placement.models.m.min_replicas",
+        ),
+        (
+            "[placement.models.m]\npin = [\"\"]\n",
+            "placement.models.m.pin",
+        ),
+    ];
+    for (section, key) in cases {
+        let text = format!("{model}{section}");
+        let err = load_fixture(&text).expect_err(&text);
+        assert_eq!(invalid_key(err), key, "{text}");
+    }
+    let ok = load_fixture(&format!(
+        "{model}[placement]\nmin_residency_ms = 0\n[placement.models.m]\nmin_replicas = 1\npin = [\"h-gpu0-slot0\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.placement.models["m"].pin, ["h-gpu0-slot0"]);
+}

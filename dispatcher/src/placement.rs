@@ -1,0 +1,542 @@
+//! Backlog-aware placement: which model each worker serves, decided from the
+//! backlog every host can see.
+//!
+//! Loading a model takes seconds to minutes, so a worker that follows every
+//! queue swaps models per job. [`decide`] gives each worker at most one *main*
+//! model (the backlog it works down), chosen so that every model with work has
+//! a worker (no starvation), heavy backlogs get more workers when the extra
+//! work outweighs a load, and warm workers keep their model. A pure function
+//! over a [`Snapshot`], so every rule is unit-tested without brokers.
+//!
+//! The rules, in order:
+//! 1. pinned models stay on their workers;
+//! 2. a worker keeps the model it is on while that model has work;
+//! 3. free workers go to the models with the most work per worker, a model
+//!    without any worker first; a worker that would have to load the model is
+//!    added only while each worker would still get at least one load's worth of work;
+//! 4. a model without a worker takes one from a model that has two or more; a
+//!    model whose backlog waited past `max_queue_wait_ms` takes one from any
+//!    model that is not starving itself (min residency does not protect it);
+//! 5. workers move from light to heavy backlogs when the gain beats the load,
+//!    once they have held their model for `min_residency_ms`.
+//!
+//! Each worker then consumes its main model, the models pinned to it, active
+//! models already loaded there that fit beside the main one, and, when it has
+//! no main model, every idle model it can serve (so an idle system answers at
+//! once). Every model some worker can serve is consumed by at least one worker.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the placement knows of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelState {
+    pub id: String,
+    pub vram_mib: u64,
+    /// Expected load time: measured where it has been, else an estimate.
+    pub load_ms: u64,
+    /// Expected run time of one job.
+    pub run_ms: u64,
+    /// Jobs waiting: ready in the queue, plus delivered to a worker but not started.
+    pub waiting: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Recent arrivals, jobs per second.
+    pub arrivals_per_s: f64,
+    /// Since when this model has had waiting jobs and none running.
+    pub unserved_since_ms: Option<u64>,
+    pub min_replicas: u32,
+    /// 0 means no limit.
+    pub max_replicas: u32,
+}
+
+/// What the placement knows of one worker.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkerState {
+    pub id: String,
+    pub host: String,
+    /// VRAM budget, MiB; `None` means no limit.
+    pub budget_mib: Option<u64>,
+    /// Models it may keep loaded at once.
+    pub max_models: usize,
+    /// Models its slot may serve.
+    pub eligible: Vec<String>,
+    /// Loaded models, with when each was loaded (ms since the epoch).
+    pub resident: Vec<(String, u64)>,
+    /// Models with a job running here now.
+    pub running: Vec<String>,
+    /// Models pinned to this worker.
+    pub pinned: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub min_residency_ms: u64,
+    pub max_queue_wait_ms: u64,
+    /// How far ahead arrivals count as work, milliseconds.
+    pub lookahead_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    pub now_ms: u64,
+    pub models: Vec<ModelState>,
+    pub workers: Vec<WorkerState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    /// Queues each worker consumes (model ids, sorted), by worker id.
+    pub assignments: BTreeMap<String, Vec<String>>,
+    /// Each worker's main model, where it has one.
+    pub main: BTreeMap<String, String>,
+    /// Models with work that no worker can serve.
+    pub unservable: Vec<String>,
+}
+
+impl Decision {
+    /// Workers whose main model is `model`.
+    pub fn replicas(&self, model: &str) -> usize {
+        self.main.values().filter(|m| *m == model).count()
+    }
+}
+
+struct Planner<'a> {
+    snapshot: &'a Snapshot,
+    policy: &'a Policy,
+    models: BTreeMap<&'a str, &'a ModelState>,
+    main: BTreeMap<&'a str, &'a str>,
+}
+
+impl<'a> Planner<'a> {
+    fn model(&self, id: &str) -> Option<&'a ModelState> {
+        self.models.get(id).copied()
+    }
+
+    fn active(&self, id: &str) -> bool {
+        self.model(id).is_some_and(|m| m.waiting + m.running > 0)
+    }
+
+    fn starving(&self, id: &str) -> bool {
+        self.model(id)
+            .and_then(|m| m.unserved_since_ms)
+            .is_some_and(|since| {
+                self.snapshot.now_ms.saturating_sub(since) >= self.policy.max_queue_wait_ms
+            })
+    }
+
+    /// Milliseconds of work the model has: its jobs, plus arrivals expected
+    /// within the look-ahead.
+    fn work_ms(&self, id: &str) -> f64 {
+        self.model(id).map_or(0.0, |m| {
+            let expected = m.arrivals_per_s * self.policy.lookahead_ms as f64 / 1000.0;
+            ((m.waiting + m.running) as f64 + expected) * m.run_ms.max(1) as f64
+        })
+    }
+
+    /// Most workers worth giving the model: no more than its jobs, its
+    /// `max_replicas`, and at least its `min_replicas`.
+    fn cap(&self, id: &str) -> usize {
+        self.model(id).map_or(0, |m| {
+            let expected = m.arrivals_per_s * self.policy.lookahead_ms as f64 / 1000.0;
+            let jobs = (m.waiting + m.running) as usize + expected.round() as usize;
+            let limit = if m.max_replicas == 0 {
+                usize::MAX
+            } else {
+                m.max_replicas as usize
+            };
+            jobs.max(m.min_replicas as usize).min(limit)
+        })
+    }
+
+    fn replicas(&self, id: &str) -> usize {
+        self.main.values().filter(|m| **m == id).count()
+    }
+
+    fn can_serve(&self, worker: &WorkerState, id: &str) -> bool {
+        worker.eligible.iter().any(|m| m == id)
+            && self
+                .model(id)
+                .is_some_and(|m| worker.budget_mib.is_none_or(|b| m.vram_mib <= b))
+    }
+
+    fn resident(worker: &WorkerState, id: &str) -> Option<u64> {
+        worker
+            .resident
+            .iter()
+            .find(|(m, _)| m == id)
+            .map(|(_, at)| *at)
+    }
+
+    /// The model the worker is on: the one it runs, else its most recently
+    /// loaded model that has work.
+    fn current(&self, worker: &'a WorkerState) -> Option<&'a str> {
+        if let Some(running) = worker
+            .running
+            .iter()
+            .find(|m| self.models.contains_key(m.as_str()))
+        {
+            return Some(running);
+        }
+        worker
+            .resident
+            .iter()
+            .filter(|(m, _)| self.active(m))
+            .max_by_key(|(m, at)| (*at, std::cmp::Reverse(m.as_str())))
+            .map(|(m, _)| m.as_str())
+    }
+
+    /// A worker still inside its model's minimum residency, or running it.
+    fn settled(&self, worker: &WorkerState, id: &str) -> bool {
+        worker.running.iter().any(|m| m == id)
+            || Self::resident(worker, id).is_some_and(|at| {
+                self.snapshot.now_ms.saturating_sub(at) < self.policy.min_residency_ms
+            })
+    }
+
+    /// Work per worker if the model had `replicas` workers.
+    fn share(&self, id: &str, replicas: usize) -> f64 {
+        self.work_ms(id) / replicas.max(1) as f64
+    }
+
+    fn load_ms(&self, worker: &WorkerState, id: &str) -> f64 {
+        if Self::resident(worker, id).is_some() {
+            0.0
+        } else {
+            self.model(id).map_or(0.0, |m| m.load_ms as f64)
+        }
+    }
+
+    /// Whether one more worker (which may have to load it) is worth it for the model.
+    fn worth_another(&self, worker: &WorkerState, id: &str) -> bool {
+        let replicas = self.replicas(id);
+        let floor = self.model(id).map_or(0, |m| m.min_replicas as usize).max(1);
+        replicas < floor || self.share(id, replicas + 1) >= self.load_ms(worker, id)
+    }
+
+    /// Workers a model keeps whatever happens: one while it has work, and its `min_replicas`.
+    fn floor(&self, id: &str) -> usize {
+        let min = self.model(id).map_or(0, |m| m.min_replicas as usize);
+        min.max(usize::from(self.active(id)))
+    }
+
+    /// A worker whose main model is pinned to it.
+    fn held_by_pin(&self, worker: &WorkerState) -> bool {
+        self.main
+            .get(worker.id.as_str())
+            .is_some_and(|main| worker.pinned.iter().any(|p| p == main))
+    }
+
+    fn pin(&mut self) {
+        for worker in &self.snapshot.workers {
+            let pinned: Vec<&str> = worker
+                .pinned
+                .iter()
+                .map(String::as_str)
+                .filter(|m| self.models.contains_key(m))
+                .collect();
+            let choice = pinned
+                .iter()
+                .find(|m| self.active(m))
+                .or(pinned.first())
+                .copied();
+            if let Some(model) = choice {
+                self.main.insert(&worker.id, model);
+            }
+        }
+    }
+
+    fn keep(&mut self) {
+        for worker in &self.snapshot.workers {
+            if self.main.contains_key(worker.id.as_str()) {
+                continue;
+            }
+            if let Some(current) = self.current(worker) {
+                if self.active(current)
+                    && self.can_serve(worker, current)
+                    && self.replicas(current) < self.cap(current)
+                {
+                    self.main.insert(&worker.id, current);
+                }
+            }
+        }
+    }
+
+    fn free_workers(&self) -> impl Iterator<Item = &'a WorkerState> + '_ {
+        self.snapshot
+            .workers
+            .iter()
+            .filter(|w| !self.main.contains_key(w.id.as_str()))
+    }
+
+    /// Order of preference among workers for a model: already loaded there,
+    /// then workers whose loaded models have no work, then by id.
+    fn preference(&self, worker: &WorkerState, id: &str) -> (bool, usize, String) {
+        let busy_residents = worker
+            .resident
+            .iter()
+            .filter(|(m, _)| m != id && self.active(m))
+            .count();
+        (
+            Self::resident(worker, id).is_none(),
+            busy_residents,
+            worker.id.clone(),
+        )
+    }
+
+    /// Priority of a model for its next worker: starving, then without any
+    /// worker, then below `min_replicas`, then the most work per worker.
+    fn priority(&self, id: &str) -> (bool, bool, bool, f64) {
+        let replicas = self.replicas(id);
+        let min = self.model(id).map_or(0, |m| m.min_replicas as usize);
+        (
+            self.starving(id) && replicas == 0,
+            self.active(id) && replicas == 0,
+            replicas < min,
+            self.share(id, replicas + 1),
+        )
+    }
+
+    fn wants_workers(&self, id: &str) -> bool {
+        let min = self.model(id).map_or(0, |m| m.min_replicas as usize);
+        (self.active(id) || min > 0) && self.replicas(id) < self.cap(id)
+    }
+
+    fn fill(&mut self) {
+        let mut exhausted: BTreeSet<&str> = BTreeSet::new();
+        loop {
+            let mut best: Option<(&'a str, &'a WorkerState)> = None;
+            let mut best_priority = None;
+            for &id in self.models.keys() {
+                if exhausted.contains(id) || !self.wants_workers(id) {
+                    continue;
+                }
+                let Some(worker) = self
+                    .free_workers()
+                    .filter(|w| self.can_serve(w, id))
+                    .min_by_key(|w| self.preference(w, id))
+                else {
+                    exhausted.insert(id);
+                    continue;
+                };
+                if !self.worth_another(worker, id) {
+                    exhausted.insert(id);
+                    continue;
+                }
+                let priority = self.priority(id);
+                if best_priority
+                    .as_ref()
+                    .is_none_or(|b| priority_gt(&priority, b))
+                {
+                    best_priority = Some(priority);
+                    best = Some((id, worker));
+                }
+            }
+            let Some((id, worker)) = best else { return };
+            self.main.insert(&worker.id, id);
+        }
+    }
+
+    /// Gives models without a worker (and starving ones) a worker taken from
+    /// another model.
+    fn preempt(&mut self) {
+        let mut models: Vec<&'a str> = self
+            .models
+            .keys()
+            .copied()
+            .filter(|id| self.active(id) && self.replicas(id) == 0)
+            .collect();
+        // The longest-starved first, then the most work.
+        models.sort_by(|a, b| {
+            let since = |id: &str| {
+                self.model(id)
+                    .and_then(|m| m.unserved_since_ms)
+                    .unwrap_or(u64::MAX)
+            };
+            since(a)
+                .cmp(&since(b))
+                .then(self.work_ms(b).total_cmp(&self.work_ms(a)))
+                .then(a.cmp(b))
+        });
+        for id in models {
+            let starving = self.starving(id);
+            let donor = self
+                .snapshot
+                .workers
+                .iter()
+                .filter(|w| self.can_serve(w, id) && !self.held_by_pin(w))
+                .filter_map(|w| {
+                    let from = *self.main.get(w.id.as_str())?;
+                    let from_replicas = self.replicas(from);
+                    let allowed = if from_replicas > self.floor(from) {
+                        true
+                    } else {
+                        starving && !self.starving(from)
+                    };
+                    allowed.then_some((w, from, from_replicas))
+                })
+                // Take from the model with the most workers, then the least work.
+                .min_by(|(wa, fa, ra), (wb, fb, rb)| {
+                    rb.cmp(ra)
+                        .then(self.share(fa, *ra).total_cmp(&self.share(fb, *rb)))
+                        .then(self.preference(wa, id).cmp(&self.preference(wb, id)))
+                });
+            if let Some((worker, _, _)) = donor {
+                self.main.insert(&worker.id, id);
+            }
+        }
+    }
+
+    /// Moves settled-out workers from light backlogs to heavy ones while the
+    /// heavy model's gain outweighs its load.
+    fn rebalance(&mut self) {
+        let limit = self.snapshot.workers.len() * self.models.len().max(1);
+        for _ in 0..limit {
+            let mut best: Option<(&'a WorkerState, &'a str, f64)> = None;
+            for worker in &self.snapshot.workers {
+                let Some(&from) = self.main.get(worker.id.as_str()) else {
+                    continue;
+                };
+                if self.held_by_pin(worker) || self.settled(worker, from) {
+                    continue;
+                }
+                let from_replicas = self.replicas(from);
+                if from_replicas <= self.floor(from) {
+                    continue;
+                }
+                let left = if self.active(from) {
+                    self.share(from, from_replicas - 1)
+                } else {
+                    0.0
+                };
+                for &to in self.models.keys() {
+                    if to == from || !self.active(to) || !self.can_serve(worker, to) {
+                        continue;
+                    }
+                    let to_replicas = self.replicas(to);
+                    if to_replicas >= self.cap(to) {
+                        continue;
+                    }
+                    let gain = self.share(to, to_replicas + 1) - self.load_ms(worker, to) - left;
+                    if gain > 0.0 && best.as_ref().is_none_or(|(_, _, g)| gain > *g) {
+                        best = Some((worker, to, gain));
+                    }
+                }
+            }
+            let Some((worker, to, _)) = best else { return };
+            self.main.insert(&worker.id, to);
+        }
+    }
+
+    fn fits_beside(&self, worker: &WorkerState, main: &str, other: &str) -> bool {
+        let vram = |id: &str| self.model(id).map_or(0, |m| m.vram_mib);
+        worker.max_models >= 2
+            && worker
+                .budget_mib
+                .is_none_or(|b| vram(main) + vram(other) <= b)
+    }
+
+    fn assignments(&self) -> BTreeMap<String, Vec<String>> {
+        let mut assignments: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for worker in &self.snapshot.workers {
+            let set = assignments.entry(worker.id.clone()).or_default();
+            set.extend(
+                worker
+                    .pinned
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|m| self.models.contains_key(m)),
+            );
+            match self.main.get(worker.id.as_str()) {
+                Some(&main) => {
+                    set.insert(main);
+                    for (other, _) in &worker.resident {
+                        if other != main
+                            && self.active(other)
+                            && self.can_serve(worker, other)
+                            && self.fits_beside(worker, main, other)
+                        {
+                            set.insert(other);
+                        }
+                    }
+                }
+                None => set.extend(
+                    self.models
+                        .keys()
+                        .copied()
+                        .filter(|id| self.can_serve(worker, id))
+                        .filter(|id| !self.active(id) || Self::resident(worker, id).is_some()),
+                ),
+            }
+        }
+        // Every model some worker can serve is consumed somewhere: by the
+        // worker with the least work per worker on its main model.
+        for &id in self.models.keys() {
+            if assignments.values().any(|set| set.contains(id)) {
+                continue;
+            }
+            let fallback = self
+                .snapshot
+                .workers
+                .iter()
+                .filter(|w| self.can_serve(w, id))
+                .min_by(|a, b| {
+                    let load = |w: &WorkerState| {
+                        self.main
+                            .get(w.id.as_str())
+                            .map_or(0.0, |m| self.share(m, self.replicas(m)))
+                    };
+                    load(a).total_cmp(&load(b)).then(a.id.cmp(&b.id))
+                });
+            if let Some(worker) = fallback {
+                assignments.entry(worker.id.clone()).or_default().insert(id);
+            }
+        }
+        assignments
+            .into_iter()
+            .map(|(worker, set)| (worker, set.into_iter().map(str::to_owned).collect()))
+            .collect()
+    }
+}
+
+/// Compares model priorities; the bools first, then work per worker.
+fn priority_gt(a: &(bool, bool, bool, f64), b: &(bool, bool, bool, f64)) -> bool {
+    (a.0, a.1, a.2)
+        .cmp(&(b.0, b.1, b.2))
+        .then(a.3.total_cmp(&b.3))
+        .is_gt()
+}
+
+/// Decides which model each worker serves and which queues it consumes.
+pub fn decide(snapshot: &Snapshot, policy: &Policy) -> Decision {
+    let mut planner = Planner {
+        snapshot,
+        policy,
+        models: snapshot.models.iter().map(|m| (m.id.as_str(), m)).collect(),
+        main: BTreeMap::new(),
+    };
+    planner.pin();
+    planner.keep();
+    planner.fill();
+    planner.preempt();
+    planner.rebalance();
+    let assignments = planner.assignments();
+    let unservable = snapshot
+        .models
+        .iter()
+        .filter(|m| planner.active(&m.id))
+        .filter(|m| !snapshot.workers.iter().any(|w| planner.can_serve(w, &m.id)))
+        .map(|m| m.id.clone())
+        .collect();
+    Decision {
+        assignments,
+        main: planner
+            .main
+            .iter()
+            .map(|(w, m)| ((*w).to_owned(), (*m).to_owned()))
+            .collect(),
+        unservable,
+    }
+}
+
+#[cfg(test)]
+mod tests;

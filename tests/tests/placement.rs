@@ -1,0 +1,195 @@
+//! Backlog-aware placement with real processes: two dispatchers share one
+//! placement (one lease holder), the workers follow a backlog that moves from
+//! one model to another without restarting, and no job is lost or run twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use gpuq_common::record::Assignment;
+use gpuq_integration_tests::{eventually, TestSystem};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Two synthetic models of 10 GiB: a 16 GiB worker holds one at a time.
+fn host(host_id: &str, run_log: &str) -> String {
+    format!(
+        r#"
+[dispatcher]
+host_id = "{host_id}"
+vram_reserve_mib = 0
+[[dispatcher.gpus]]
+index = 0
+memory_mib = 16384
+[placement]
+interval_ms = 200
+min_residency_ms = 1000
+max_queue_wait_ms = 10000
+[[models]]
+id = "a"
+feature = "a"
+runtime = "sleep"
+vram_mib = 10240
+[models.params]
+duration_ms = 150
+load_ms = 400
+run_log = "{run_log}"
+[[models]]
+id = "b"
+feature = "b"
+runtime = "sleep"
+vram_mib = 10240
+[models.params]
+duration_ms = 150
+load_ms = 400
+run_log = "{run_log}"
+"#
+    )
+}
+
+const WORKERS: [&str; 2] = ["host-a-gpu0-slot0", "host-b-gpu0-slot0"];
+
+async fn assignment(system: &TestSystem, worker: &str) -> Option<Assignment> {
+    let mut redis = system.redis().await;
+    let json: Option<String> = redis::cmd("GET")
+        .arg(system.names.assignment_key(worker))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    json.map(|j| serde_json::from_str(&j).unwrap())
+}
+
+async fn lease_holder(system: &TestSystem) -> Option<String> {
+    let mut redis = system.redis().await;
+    redis::cmd("GET")
+        .arg(system.names.placement_lease())
+        .query_async(&mut redis)
+        .await
+        .unwrap()
+}
+
+async fn submit(system: &TestSystem, model: &str, ids: &[String]) {
+    for id in ids {
+        let body =
+            format!(r#"{{"job_id": "{id}", "feature": "{model}", "inputs": {{"tag": "{id}"}}}}"#);
+        system
+            .publish_raw(model, body.as_bytes(), Some("application/json"), None)
+            .await;
+    }
+}
+
+/// Waits until both workers' main model is `model`, and returns their pids.
+async fn both_workers_on(system: &TestSystem, model: &str) {
+    eventually(&format!("both workers placed on {model}"), WAIT, || async {
+        for worker in WORKERS {
+            let main = assignment(system, worker).await.and_then(|a| a.main);
+            if main.as_deref() != Some(model) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+async fn worker_pids(system: &TestSystem) -> Vec<String> {
+    let mut pids = Vec::new();
+    for worker in WORKERS {
+        pids.push(system.worker_field(worker, "pid").await.unwrap_or_default());
+    }
+    pids
+}
+
+/// Waits for every job to end; returns the hosts that ran them.
+async fn all_completed(system: &TestSystem, ids: &[String]) -> HashSet<String> {
+    let mut hosts = HashSet::new();
+    for id in ids {
+        let record = system
+            .wait_for_status(id, &["completed", "failed", "timed_out"], WAIT)
+            .await;
+        assert_eq!(record["status"], "completed", "{id}: {record:?}");
+        hosts.insert(record["host"].clone());
+    }
+    hosts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_two_hosts_follow_the_backlog_without_losing_or_repeating_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_log = dir.path().join("runs.log");
+    let run_log = run_log.to_str().unwrap();
+    let system = TestSystem::new(&host("host-a", run_log));
+    let second = system.extra_config("host-b.toml", &host("host-b", run_log));
+    let host_a = system.dispatcher(&[]);
+    let host_b = system.spawn_with_config("gpuq-dispatcher", &second, &[]);
+    eventually("both workers assigned by one dispatcher", WAIT, || async {
+        let mut by = HashSet::new();
+        for worker in WORKERS {
+            match assignment(&system, worker).await {
+                Some(a) => by.insert(a.by),
+                None => return false,
+            };
+        }
+        by.len() == 1 && lease_holder(&system).await.is_some_and(|h| by.contains(&h))
+    })
+    .await;
+    let pids = worker_pids(&system).await;
+
+    // A backlog on a: both workers load a and work it down.
+    let first: Vec<String> = (0..40).map(|i| format!("a-{i}")).collect();
+    submit(&system, "a", &first).await;
+    both_workers_on(&system, "a").await;
+    let hosts = all_completed(&system, &first).await;
+    assert_eq!(hosts.len(), 2, "both hosts ran a's jobs: {hosts:?}");
+
+    // The backlog moves to b: the same worker processes switch to b.
+    let second_batch: Vec<String> = (0..40).map(|i| format!("b-{i}")).collect();
+    submit(&system, "b", &second_batch).await;
+    both_workers_on(&system, "b").await;
+    let hosts = all_completed(&system, &second_batch).await;
+    assert_eq!(hosts.len(), 2, "both hosts ran b's jobs: {hosts:?}");
+    assert_eq!(worker_pids(&system).await, pids, "no worker restarted");
+
+    // Every job ran exactly once.
+    let log = std::fs::read_to_string(dir.path().join("runs.log")).unwrap();
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for line in log.lines() {
+        let tag = line
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *runs.entry(tag).or_default() += 1;
+    }
+    for id in first.iter().chain(&second_batch) {
+        assert_eq!(runs.get(id), Some(&1), "{id} ran {:?} times", runs.get(id));
+    }
+    assert_eq!(runs.len(), first.len() + second_batch.len());
+
+    // The lease holder stops: the other dispatcher takes placement over.
+    let holder = lease_holder(&system).await.unwrap();
+    let survivor = if holder == "host-a" {
+        "host-b"
+    } else {
+        "host-a"
+    };
+    if holder == "host-a" {
+        drop(host_a);
+    } else {
+        drop(host_b);
+    }
+    eventually("the other dispatcher holds the lease", WAIT, || async {
+        lease_holder(&system).await.as_deref() == Some(survivor)
+    })
+    .await;
+    let worker = format!("{survivor}-gpu0-slot0");
+    eventually(
+        "the survivor renews its worker's assignment",
+        WAIT,
+        || async {
+            assignment(&system, &worker)
+                .await
+                .is_some_and(|a| a.by == survivor)
+        },
+    )
+    .await;
+}
