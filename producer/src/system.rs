@@ -137,6 +137,8 @@ impl SystemStatus {
             "state",
             "budget MiB",
             "models",
+            "consuming",
+            "loaded",
             "running",
             "done",
             "failed",
@@ -151,6 +153,19 @@ impl SystemStatus {
                 w.state.clone(),
                 w.vram_budget_mib.to_string(),
                 w.models.join(","),
+                w.consuming
+                    .iter()
+                    .map(|m| match w.waiting.get(m) {
+                        Some(held) => format!("{m}({held} held)"),
+                        None => m.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                w.resident_models
+                    .iter()
+                    .map(|r| r.model.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 w.current_jobs.join(","),
                 w.jobs_done.to_string(),
                 w.jobs_failed.to_string(),
