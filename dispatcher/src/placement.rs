@@ -20,10 +20,12 @@
 //! 5. workers move from light to heavy backlogs when the gain beats the load,
 //!    once they have held their model for `min_residency_ms`.
 //!
-//! Each worker then consumes its main model, the models pinned to it, active
-//! models already loaded there that fit beside the main one, and, when it has
-//! no main model, every idle model it can serve (so an idle system answers at
-//! once). Every model some worker can serve is consumed by at least one worker.
+//! Each worker then consumes its main model, the models pinned to it, and
+//! active models already loaded there that fit beside the main one. A worker
+//! without a main model consumes the models it has loaded, or, with none
+//! loaded, every idle model it can serve (so a fresh system answers at once
+//! and a burst is not loaded by every idle worker). Every model some worker
+//! can serve is consumed by at least one worker.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -116,6 +118,11 @@ impl<'a> Planner<'a> {
         self.model(id).is_some_and(|m| m.waiting + m.running > 0)
     }
 
+    /// Jobs not started yet.
+    fn waiting(&self, id: &str) -> bool {
+        self.model(id).is_some_and(|m| m.waiting > 0)
+    }
+
     fn starving(&self, id: &str) -> bool {
         self.model(id)
             .and_then(|m| m.unserved_since_ms)
@@ -133,12 +140,13 @@ impl<'a> Planner<'a> {
         })
     }
 
-    /// Most workers worth giving the model: no more than its jobs, its
-    /// `max_replicas`, and at least its `min_replicas`.
+    /// Most workers worth giving the model: no more than its jobs not started
+    /// yet (a worker on its last job is free to move on), its `max_replicas`,
+    /// and at least its `min_replicas`.
     fn cap(&self, id: &str) -> usize {
         self.model(id).map_or(0, |m| {
             let expected = m.arrivals_per_s * self.policy.lookahead_ms as f64 / 1000.0;
-            let jobs = (m.waiting + m.running) as usize + expected.round() as usize;
+            let jobs = m.waiting as usize + expected.round() as usize;
             let limit = if m.max_replicas == 0 {
                 usize::MAX
             } else {
@@ -343,7 +351,7 @@ impl<'a> Planner<'a> {
             .models
             .keys()
             .copied()
-            .filter(|id| self.active(id) && self.replicas(id) == 0)
+            .filter(|id| self.waiting(id) && self.replicas(id) == 0)
             .collect();
         // The longest-starved first, then the most work.
         models.sort_by(|a, b| {
@@ -459,16 +467,22 @@ impl<'a> Planner<'a> {
                         }
                     }
                 }
+                // An idle worker takes the models it has loaded, and, when it has
+                // none loaded (nothing to evict), every idle model it can serve.
                 None => set.extend(
                     self.models
                         .keys()
                         .copied()
                         .filter(|id| self.can_serve(worker, id))
-                        .filter(|id| !self.active(id) || Self::resident(worker, id).is_some()),
+                        .filter(|id| {
+                            Self::resident(worker, id).is_some()
+                                || (worker.resident.is_empty() && !self.active(id))
+                        }),
                 ),
             }
         }
-        // Every model some worker can serve is consumed somewhere: by the
+        // Every model some worker can serve is consumed somewhere: by an idle
+        // worker if there is one (one that has it loaded first), else by the
         // worker with the least work per worker on its main model.
         for &id in self.models.keys() {
             if assignments.values().any(|set| set.contains(id)) {
@@ -485,7 +499,11 @@ impl<'a> Planner<'a> {
                             .get(w.id.as_str())
                             .map_or(0.0, |m| self.share(m, self.replicas(m)))
                     };
-                    load(a).total_cmp(&load(b)).then(a.id.cmp(&b.id))
+                    let cold = |w: &WorkerState| Self::resident(w, id).is_none();
+                    load(a)
+                        .total_cmp(&load(b))
+                        .then(cold(a).cmp(&cold(b)))
+                        .then(a.id.cmp(&b.id))
                 });
             if let Some(worker) = fallback {
                 assignments.entry(worker.id.clone()).or_default().insert(id);

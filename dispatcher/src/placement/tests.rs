@@ -78,6 +78,32 @@ fn an_idle_system_consumes_every_model_everywhere() {
 }
 
 #[test]
+fn idle_workers_with_loaded_models_keep_to_them_and_share_the_rest() {
+    let decision = decide(
+        &snapshot(
+            vec![
+                model("a", 0, 100, 1000),
+                model("b", 0, 100, 1000),
+                model("c", 0, 100, 1000),
+            ],
+            vec![
+                with_resident(worker("w1", ABC), "a", 60_000),
+                with_resident(worker("w2", ABC), "b", 60_000),
+            ],
+        ),
+        &policy(),
+    );
+    assert!(consumes(&decision, "w1", "a") && !consumes(&decision, "w1", "b"));
+    assert!(consumes(&decision, "w2", "b") && !consumes(&decision, "w2", "a"));
+    // c, loaded nowhere, is consumed by exactly one of them.
+    let c: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .filter(|w| consumes(&decision, w, "c"))
+        .collect();
+    assert_eq!(c.len(), 1, "{decision:?}");
+}
+
+#[test]
 fn every_model_with_a_backlog_gets_a_worker() {
     let decision = decide(
         &snapshot(
@@ -172,6 +198,20 @@ fn an_idle_worker_prefers_the_model_it_has_loaded() {
     // w2 is picked first for a (no load), and w1 joins since the work is worth a load.
     assert_eq!(main_of(&decision, "w2"), Some("a"));
     assert_eq!(decision.replicas("a"), 2);
+}
+
+#[test]
+fn a_worker_on_the_last_job_of_its_model_is_moved_on_before_it_ends() {
+    let mut a = model("a", 0, 1000, 3000);
+    a.running = 1;
+    let mut busy = with_resident(worker("w1", ABC), "a", 1_000);
+    busy.running = vec!["a".into()];
+    let decision = decide(
+        &snapshot(vec![a, model("b", 20, 1000, 3000)], vec![busy]),
+        &policy(),
+    );
+    // Its next job is b's: it is delivered while a's last job runs.
+    assert_eq!(main_of(&decision, "w1"), Some("b"), "{decision:?}");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! `gpuq-bench`: gpuq's throughput, latency, GPU-bound efficiency and footprint
-//! against the local RabbitMQ and Redis, beside the broker's raw limit.
+//! against the local RabbitMQ and Redis, beside the broker's raw limit; with
+//! `--mixed`, the mixed-workload placement benchmark instead (`bench::mixed`).
 
 use clap::Parser;
-use gpuq_integration_tests::bench::{self, BenchOptions};
+use gpuq_integration_tests::bench::{self, mixed, BenchOptions};
 
 /// Measures gpuq on this machine; see docs/benchmarks.md.
 #[derive(Parser, Debug)]
@@ -41,11 +42,42 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run only the mixed-workload benchmark: one seeded trace of bursty jobs
+    /// for five slow-loading models, replayed with placement off, then on.
+    #[arg(long)]
+    mixed: bool,
+    /// Multiplies the mixed trace's job counts and arrival window (0.25: a quick run).
+    #[arg(long, default_value_t = 1.0)]
+    mixed_scale: f64,
+    /// Seed of the mixed trace.
+    #[arg(long, default_value_t = 8)]
+    seed: u64,
+    /// GPUs (one worker each) of the mixed benchmark.
+    #[arg(long, default_value_t = 4)]
+    mixed_workers: usize,
+    /// Mixed benchmark without the (slow) naive run.
+    #[arg(long)]
+    mixed_skip_naive: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.mixed {
+        let report = mixed::run(&mixed::MixedOptions {
+            scale: args.mixed_scale,
+            seed: args.seed,
+            workers: args.mixed_workers,
+            skip_naive: args.mixed_skip_naive,
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", mixed::render(&report));
+        }
+        return Ok(());
+    }
     let options = BenchOptions {
         jobs: args.jobs,
         workers: args.workers,

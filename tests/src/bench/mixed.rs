@@ -1,0 +1,1001 @@
+//! `gpuq-bench --mixed`: a mixed-workload benchmark of model placement (issue 8).
+//!
+//! One dispatcher declares `W` GPUs of 16 GiB, one worker each, and five
+//! synthetic `sleep` models whose loads take seconds and whose VRAM lets a
+//! worker hold one or two of them. The same seeded trace of bursty per-model
+//! arrivals is replayed twice: with placement off (every worker consumes every
+//! queue, loads on demand, evicts the least recently used model) and with
+//! backlog-aware placement on. Each run reports its makespan against a lower
+//! bound, how busy the GPUs were, how many loads it paid, and queue waits by
+//! model.
+//!
+//! The trace, the lower bound and the figures are pure functions, tested here;
+//! [`run`] needs the real RabbitMQ, Redis and gpuq binaries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use gpuq_common::metrics::WorkerMetrics;
+use gpuq_common::record::WorkerRecord;
+use gpuq_common::{Config, ConfigOverrides, JobStatus};
+use gpuq_producer::{JobRequest, Producer};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::percentile;
+use crate::TestSystem;
+
+/// `placement.interval_ms` of the placement run.
+pub const PLACEMENT_INTERVAL_MS: u64 = 250;
+/// `placement.min_residency_ms` of the placement run.
+pub const PLACEMENT_MIN_RESIDENCY_MS: u64 = 5_000;
+/// `placement.max_queue_wait_ms` of the placement run: the bound reported
+/// beside the worst per-model p95 queue wait.
+pub const PLACEMENT_MAX_QUEUE_WAIT_MS: u64 = 20_000;
+/// Target of placement makespan / lower bound.
+pub const TARGET_OVER_LOWER_BOUND: f64 = 1.15;
+/// Target of placement makespan / naive makespan.
+pub const TARGET_OVER_NAIVE: f64 = 0.65;
+
+/// Memory of each declared GPU (one worker per GPU, no reserve), MiB.
+pub const GPU_MEMORY_MIB: u64 = 16_384;
+/// Worker heartbeat (and record refresh) interval, ms.
+const HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// Run work (sum of job durations) per worker at scale 1.0, ms.
+pub const WORK_PER_WORKER_MS: f64 = 35_000.0;
+/// Bursts start within this window at scale 1.0, ms; it shrinks with the scale
+/// so that a quick run keeps the offered load of a full one.
+pub const ARRIVAL_WINDOW_MS: f64 = 40_000.0;
+/// Fewest and most bursts per model.
+const BURSTS: (u64, u64) = (2, 4);
+/// Range of the mean gap between arrivals within a burst (exponential gaps), ms.
+const BURST_GAP_MEAN_MS: (f64, f64) = (50.0, 100.0);
+
+/// A synthetic `sleep` model of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SyntheticModel {
+    /// Model id, also its feature.
+    pub id: &'static str,
+    pub vram_mib: u64,
+    pub load_ms: u64,
+    pub duration_ms: u64,
+}
+
+/// The five models: a 16 GiB worker holds one or two of them.
+pub const MODELS: [SyntheticModel; 5] = [
+    SyntheticModel {
+        id: "m1",
+        vram_mib: 9000,
+        load_ms: 3000,
+        duration_ms: 300,
+    },
+    SyntheticModel {
+        id: "m2",
+        vram_mib: 7000,
+        load_ms: 2000,
+        duration_ms: 200,
+    },
+    SyntheticModel {
+        id: "m3",
+        vram_mib: 6000,
+        load_ms: 1000,
+        duration_ms: 150,
+    },
+    SyntheticModel {
+        id: "m4",
+        vram_mib: 8000,
+        load_ms: 2500,
+        duration_ms: 400,
+    },
+    SyntheticModel {
+        id: "m5",
+        vram_mib: 6000,
+        load_ms: 1500,
+        duration_ms: 250,
+    },
+];
+
+/// What to run; `gpuq-bench --help` documents each flag.
+#[derive(Debug, Clone)]
+pub struct MixedOptions {
+    /// Multiplies job counts (and the arrival window).
+    pub scale: f64,
+    pub seed: u64,
+    /// GPUs, one worker each.
+    pub workers: usize,
+    /// Skip the naive run (for iterating on placement; no placement/naive ratio).
+    pub skip_naive: bool,
+}
+
+/// The trace's random numbers: ChaCha8 is documented to give the same
+/// sequence for a seed on every platform and release, so a seed names one trace.
+struct TraceRng(ChaCha8Rng);
+
+impl TraceRng {
+    fn new(seed: u64) -> TraceRng {
+        TraceRng(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0.random::<f64>()
+    }
+
+    /// Uniform in [low, high].
+    fn range(&mut self, low: u64, high: u64) -> u64 {
+        self.0.random_range(low..=high)
+    }
+
+    /// Exponentially distributed with this mean (inverse transform).
+    fn exponential(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.unit()).ln()
+    }
+}
+
+/// One job of the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TraceJob {
+    /// Milliseconds after the replay starts (the first job arrives at 0).
+    pub arrival_ms: u64,
+    /// Index into the model list.
+    pub model: usize,
+    pub duration_ms: u64,
+}
+
+/// Total work the trace aims at: `workers` × 35 s × `scale`, ms.
+pub fn intended_work_ms(workers: usize, scale: f64) -> f64 {
+    workers as f64 * WORK_PER_WORKER_MS * scale
+}
+
+/// A seeded trace of bursty per-model arrivals, in arrival order: each model
+/// gets a random share of [`intended_work_ms`] as whole jobs of its duration,
+/// split over 2 to 4 bursts that start at random times within the arrival
+/// window, with exponential gaps (mean 50 to 100 ms) inside a burst.
+pub fn generate_trace(
+    models: &[SyntheticModel],
+    workers: usize,
+    scale: f64,
+    seed: u64,
+) -> Vec<TraceJob> {
+    let mut rng = TraceRng::new(seed);
+    let target = intended_work_ms(workers, scale);
+    let window = ARRIVAL_WINDOW_MS * scale;
+    let weights: Vec<f64> = models.iter().map(|_| 0.5 + rng.unit()).collect();
+    let total_weight: f64 = weights.iter().sum();
+    let mut trace = Vec::new();
+    for (index, (model, weight)) in models.iter().zip(&weights).enumerate() {
+        let share = target * weight / total_weight;
+        let jobs = ((share / model.duration_ms as f64).round() as u64).max(1);
+        let bursts = rng.range(BURSTS.0, BURSTS.1).min(jobs);
+        // One job per burst, the rest spread at random over the bursts.
+        let mut sizes = vec![1u64; bursts as usize];
+        for _ in bursts..jobs {
+            sizes[rng.range(0, bursts - 1) as usize] += 1;
+        }
+        for size in sizes {
+            let mut at = rng.unit() * window;
+            let gap_mean =
+                BURST_GAP_MEAN_MS.0 + rng.unit() * (BURST_GAP_MEAN_MS.1 - BURST_GAP_MEAN_MS.0);
+            for i in 0..size {
+                if i > 0 {
+                    at += rng.exponential(gap_mean);
+                }
+                trace.push(TraceJob {
+                    arrival_ms: at.round() as u64,
+                    model: index,
+                    duration_ms: model.duration_ms,
+                });
+            }
+        }
+    }
+    trace.sort_by_key(|job| (job.arrival_ms, job.model));
+    let first = trace.first().map_or(0, |job| job.arrival_ms);
+    for job in &mut trace {
+        job.arrival_ms -= first;
+    }
+    trace
+}
+
+/// The makespan lower bound of a trace on `workers` GPUs and its three terms, ms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LowerBound {
+    /// (sum of job durations + one load of each model in the trace) / W.
+    pub work_ms: f64,
+    /// Max over arrival times t of t + (work arriving at or after t) / W.
+    pub tail_ms: f64,
+    /// Max over jobs of arrival + duration.
+    pub last_job_ms: f64,
+    /// The largest of the three.
+    pub value_ms: f64,
+}
+
+pub fn lower_bound(trace: &[TraceJob], models: &[SyntheticModel], workers: usize) -> LowerBound {
+    let w = workers.max(1) as f64;
+    let work: u64 = trace.iter().map(|job| job.duration_ms).sum();
+    let mut used = vec![false; models.len()];
+    for job in trace {
+        used[job.model] = true;
+    }
+    let loads: u64 = models
+        .iter()
+        .zip(&used)
+        .filter(|(_, used)| **used)
+        .map(|(model, _)| model.load_ms)
+        .sum();
+    let work_ms = (work + loads) as f64 / w;
+    let mut sorted: Vec<&TraceJob> = trace.iter().collect();
+    sorted.sort_by_key(|job| job.arrival_ms);
+    // Walk back from the last arrival, summing the work that arrives at or after t.
+    let (mut tail_ms, mut after) = (0.0f64, 0u64);
+    for (i, job) in sorted.iter().enumerate().rev() {
+        after += job.duration_ms;
+        let first_at_t = i == 0 || sorted[i - 1].arrival_ms != job.arrival_ms;
+        if first_at_t {
+            tail_ms = tail_ms.max(job.arrival_ms as f64 + after as f64 / w);
+        }
+    }
+    let last_job_ms = trace
+        .iter()
+        .map(|job| (job.arrival_ms + job.duration_ms) as f64)
+        .fold(0.0, f64::max);
+    LowerBound {
+        work_ms,
+        tail_ms,
+        last_job_ms,
+        value_ms: work_ms.max(tail_ms).max(last_job_ms),
+    }
+}
+
+/// The issue's bound: (sum of job durations + each model's load × the number
+/// of workers that ran it) / W, ms. `workers_ran[m]` counts model `m`'s workers.
+pub fn lower_bound_issue(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    workers_ran: &[usize],
+    workers: usize,
+) -> f64 {
+    let work: u64 = trace.iter().map(|job| job.duration_ms).sum();
+    let loads: u64 = models
+        .iter()
+        .zip(workers_ran)
+        .map(|(model, n)| model.load_ms * *n as u64)
+        .sum();
+    (work + loads) as f64 / workers.max(1) as f64
+}
+
+/// The two runs of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Naive,
+    Placement,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Naive => "naive",
+            Mode::Placement => "placement",
+        }
+    }
+
+    fn placement_section(self) -> String {
+        match self {
+            Mode::Naive => "[placement]\nenabled = false\n".to_owned(),
+            Mode::Placement => format!(
+                "[placement]\nenabled = true\ninterval_ms = {PLACEMENT_INTERVAL_MS}\nmin_residency_ms = {PLACEMENT_MIN_RESIDENCY_MS}\nmax_queue_wait_ms = {PLACEMENT_MAX_QUEUE_WAIT_MS}\n"
+            ),
+        }
+    }
+}
+
+/// The config body of one run (`TestSystem` adds namespace and URLs).
+pub fn system_config(mode: Mode, models: &[SyntheticModel], workers: usize) -> String {
+    let mut text = format!(
+        r#"
+[worker]
+concurrency = 1
+prefetch = 1
+heartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}
+heartbeat_ttl_ms = 5000
+shutdown_grace_s = 10
+[dispatcher]
+host_id = "bench"
+workers_per_gpu = 1
+vram_reserve_mib = 0
+max_models_per_worker = 2
+"#
+    );
+    for index in 0..workers {
+        text.push_str(&format!(
+            "[[dispatcher.gpus]]\nindex = {index}\nmemory_mib = {GPU_MEMORY_MIB}\n"
+        ));
+    }
+    text.push_str(&mode.placement_section());
+    for model in models {
+        text.push_str(&format!(
+            "[[models]]\nid = \"{id}\"\nfeature = \"{id}\"\nruntime = \"sleep\"\nvram_mib = {vram}\n[models.params]\nduration_ms = {duration}\nload_ms = {load}\n",
+            id = model.id,
+            vram = model.vram_mib,
+            duration = model.duration_ms,
+            load = model.load_ms,
+        ));
+    }
+    text
+}
+
+/// What one run left in Redis for one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    /// Index into the model list (from the trace).
+    pub model: usize,
+    /// Duration the trace asked for, ms.
+    pub duration_ms: u64,
+    pub status: String,
+    pub created_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+/// Queue waits of one model's jobs in one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelWait {
+    pub jobs: usize,
+    pub mean_wait_s: f64,
+    pub p95_wait_s: f64,
+    /// Workers whose metrics show jobs of this model.
+    pub workers_ran: usize,
+    pub loads: u64,
+    pub load_s: f64,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunFigures {
+    pub mode: String,
+    pub jobs: usize,
+    pub completed: usize,
+    /// Jobs that ended other than `completed` (failed, timed out, cancelled).
+    pub failed: usize,
+    pub makespan_s: f64,
+    /// Makespan / [`LowerBound::value_ms`].
+    pub makespan_over_lower_bound: f64,
+    /// Sum over jobs of finished − started (model loads included) / (W × makespan).
+    pub busy_fraction: f64,
+    /// Sum of completed jobs' durations / (W × makespan): time spent on the work itself.
+    pub work_fraction: f64,
+    pub loads: u64,
+    pub load_s: f64,
+    /// Largest p95 queue wait of any model, and that model.
+    pub worst_p95_wait_s: f64,
+    pub worst_p95_model: String,
+    pub models: BTreeMap<String, ModelWait>,
+    /// Worker records read at the end of the run.
+    pub worker_records: usize,
+    /// Latest a job was submitted after its trace time, ms.
+    pub max_submit_lag_ms: u64,
+}
+
+/// Figures of a run from its jobs and its workers' metrics.
+pub fn figures(
+    mode: Mode,
+    models: &[SyntheticModel],
+    workers: usize,
+    jobs: &[JobOutcome],
+    metrics: &[WorkerMetrics],
+    lower_bound_ms: f64,
+) -> RunFigures {
+    let w = workers.max(1) as f64;
+    let first_submit = jobs.iter().filter_map(|j| j.created_ms).min().unwrap_or(0);
+    let last_finish = jobs.iter().filter_map(|j| j.finished_ms).max().unwrap_or(0);
+    let makespan_ms = last_finish.saturating_sub(first_submit) as f64;
+    let busy_ms: u64 = jobs
+        .iter()
+        .filter_map(|j| Some(j.finished_ms?.saturating_sub(j.started_ms?)))
+        .sum();
+    let completed = jobs.iter().filter(|j| j.status == "completed").count();
+    let work_ms: u64 = jobs
+        .iter()
+        .filter(|j| j.status == "completed")
+        .map(|j| j.duration_ms)
+        .sum();
+    let mut per_model = BTreeMap::new();
+    let (mut worst_p95_wait_s, mut worst_p95_model) = (0.0f64, String::new());
+    for (index, model) in models.iter().enumerate() {
+        let mut waits: Vec<f64> = jobs
+            .iter()
+            .filter(|j| j.model == index)
+            .filter_map(|j| Some(j.started_ms?.saturating_sub(j.created_ms?) as f64 / 1000.0))
+            .collect();
+        let count = jobs.iter().filter(|j| j.model == index).count();
+        if count == 0 {
+            continue;
+        }
+        waits.sort_by(f64::total_cmp);
+        let mean = if waits.is_empty() {
+            f64::NAN
+        } else {
+            waits.iter().sum::<f64>() / waits.len() as f64
+        };
+        let p95 = percentile(&waits, 95.0);
+        if p95 > worst_p95_wait_s || worst_p95_model.is_empty() {
+            worst_p95_wait_s = p95;
+            worst_p95_model = model.id.to_owned();
+        }
+        let of_model = || metrics.iter().filter_map(|m| m.models.get(model.id));
+        per_model.insert(
+            model.id.to_owned(),
+            ModelWait {
+                jobs: count,
+                mean_wait_s: mean,
+                p95_wait_s: p95,
+                workers_ran: of_model()
+                    .filter(|m| m.jobs.values().sum::<u64>() > 0)
+                    .count(),
+                loads: of_model().map(|m| m.loads).sum(),
+                load_s: of_model().map(|m| m.load_seconds_sum).sum(),
+            },
+        );
+    }
+    let all_models = || metrics.iter().flat_map(|m| m.models.values());
+    RunFigures {
+        mode: mode.name().to_owned(),
+        jobs: jobs.len(),
+        completed,
+        failed: jobs.len() - completed,
+        makespan_s: makespan_ms / 1000.0,
+        makespan_over_lower_bound: makespan_ms / lower_bound_ms,
+        busy_fraction: busy_ms as f64 / (w * makespan_ms),
+        work_fraction: work_ms as f64 / (w * makespan_ms),
+        loads: all_models().map(|m| m.loads).sum(),
+        load_s: all_models().map(|m| m.load_seconds_sum).sum(),
+        worst_p95_wait_s,
+        worst_p95_model,
+        models: per_model,
+        worker_records: metrics.len(),
+        max_submit_lag_ms: 0,
+    }
+}
+
+/// Everything `gpuq-bench --mixed` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct MixedReport {
+    pub seed: u64,
+    pub scale: f64,
+    pub workers: usize,
+    pub jobs: usize,
+    /// Jobs per model in the trace.
+    pub trace_jobs: BTreeMap<String, usize>,
+    pub total_work_s: f64,
+    pub last_arrival_s: f64,
+    pub lower_bound: LowerBound,
+    /// The issue's bound, with the placement run's workers per model.
+    pub lower_bound_issue_ms: f64,
+    pub runs: Vec<RunFigures>,
+    pub placement_over_lower_bound: f64,
+    pub placement_over_lower_bound_issue: f64,
+    pub placement_over_naive: f64,
+    /// Worst per-model p95 queue wait of the placement run.
+    pub worst_p95_wait_s: f64,
+    pub max_queue_wait_ms: u64,
+    pub placement_interval_ms: u64,
+    pub min_residency_ms: u64,
+}
+
+/// Replays the trace with placement off, then on, and compares the runs.
+pub async fn run(options: &MixedOptions) -> Result<MixedReport> {
+    if !(options.scale > 0.0 && options.scale.is_finite()) {
+        bail!("--mixed-scale must be a positive number");
+    }
+    if options.workers == 0 {
+        bail!("--mixed-workers must be at least 1");
+    }
+    let models = &MODELS[..];
+    let trace = generate_trace(models, options.workers, options.scale, options.seed);
+    let bound = lower_bound(&trace, models, options.workers);
+    let mut runs = Vec::new();
+    let mut placement_workers_ran = vec![0; models.len()];
+    let modes = if options.skip_naive {
+        &[Mode::Placement][..]
+    } else {
+        &[Mode::Naive, Mode::Placement][..]
+    };
+    for &mode in modes {
+        let (jobs, metrics, lag) = replay(mode, &trace, options).await?;
+        let mut figures = figures(
+            mode,
+            models,
+            options.workers,
+            &jobs,
+            &metrics,
+            bound.value_ms,
+        );
+        figures.max_submit_lag_ms = lag;
+        if mode == Mode::Placement {
+            for (index, model) in models.iter().enumerate() {
+                placement_workers_ran[index] =
+                    figures.models.get(model.id).map_or(0, |m| m.workers_ran);
+            }
+        }
+        runs.push(figures);
+    }
+    let issue = lower_bound_issue(&trace, models, &placement_workers_ran, options.workers);
+    let placement = runs.last().expect("the placement run");
+    let naive_makespan_s = runs
+        .iter()
+        .find(|r| r.mode == Mode::Naive.name())
+        .map_or(f64::NAN, |r| r.makespan_s);
+    let mut trace_jobs = BTreeMap::new();
+    for job in &trace {
+        *trace_jobs
+            .entry(models[job.model].id.to_owned())
+            .or_insert(0) += 1;
+    }
+    Ok(MixedReport {
+        seed: options.seed,
+        scale: options.scale,
+        workers: options.workers,
+        jobs: trace.len(),
+        trace_jobs,
+        total_work_s: trace.iter().map(|j| j.duration_ms).sum::<u64>() as f64 / 1000.0,
+        last_arrival_s: trace.last().map_or(0, |j| j.arrival_ms) as f64 / 1000.0,
+        lower_bound: bound,
+        lower_bound_issue_ms: issue,
+        placement_over_lower_bound: placement.makespan_over_lower_bound,
+        placement_over_lower_bound_issue: placement.makespan_s * 1000.0 / issue,
+        placement_over_naive: placement.makespan_s / naive_makespan_s,
+        worst_p95_wait_s: placement.worst_p95_wait_s,
+        max_queue_wait_ms: PLACEMENT_MAX_QUEUE_WAIT_MS,
+        placement_interval_ms: PLACEMENT_INTERVAL_MS,
+        min_residency_ms: PLACEMENT_MIN_RESIDENCY_MS,
+        runs,
+    })
+}
+
+/// One run on a fresh system: start, replay, wait, read, stop. Returns the
+/// jobs' outcomes in trace order, the workers' metrics, and the largest submit lag.
+async fn replay(
+    mode: Mode,
+    trace: &[TraceJob],
+    options: &MixedOptions,
+) -> Result<(Vec<JobOutcome>, Vec<WorkerMetrics>, u64)> {
+    let models = &MODELS[..];
+    let body = system_config(mode, models, options.workers);
+    // TestSystem panics on a config gpuq rejects: check it first, for a plain error.
+    Config::parse(&body, None, &ConfigOverrides::default())
+        .with_context(|| format!("the {} run's config is rejected", mode.name()))?;
+    let system = TestSystem::new(&body);
+    let dispatcher = system.dispatcher(&[]);
+    let ready = wait_for_workers(&system, mode, options.workers, Duration::from_secs(90)).await;
+    if let Err(error) = ready {
+        let log = dispatcher.log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        bail!(
+            "{error:#}\ndispatcher log (last lines):\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let producer = Producer::connect(system.config.clone())
+        .await
+        .context("producer")?;
+
+    let run_tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut ids = Vec::with_capacity(trace.len());
+    let started = tokio::time::Instant::now();
+    let mut max_lag_ms = 0u64;
+    for (i, job) in trace.iter().enumerate() {
+        let due = started + Duration::from_millis(job.arrival_ms);
+        tokio::time::sleep_until(due).await;
+        max_lag_ms = max_lag_ms.max(due.elapsed().as_millis() as u64);
+        let model = &models[job.model];
+        let mut request = JobRequest::new(model.id).input("duration_ms", job.duration_ms);
+        request.job_id = Some(format!("mix-{}-{i}-{}", mode.name(), &run_tag[..8]));
+        let id = producer
+            .submit(request)
+            .await
+            .with_context(|| format!("submitting job {i} ({})", model.id))?;
+        ids.push(id);
+    }
+
+    // Every job may, at worst, pay its model's load: allow that, plus slack.
+    let worst_ms: u64 = trace
+        .iter()
+        .map(|j| j.duration_ms + models[j.model].load_ms)
+        .sum();
+    let timeout = Duration::from_millis(60_000 + worst_ms * 3 / 2 / options.workers as u64);
+    let mut connection = system.redis().await;
+    wait_until_final(&system, &mut connection, &ids, timeout)
+        .await
+        .with_context(|| format!("the {} run", mode.name()))?;
+    // Let every worker refresh its record (metrics) once more.
+    tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_INTERVAL_MS)).await;
+
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.cmd("HGETALL").arg(system.names.job_key(id));
+    }
+    let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut connection).await?;
+    let number = |hash: &HashMap<String, String>, field: &str| {
+        hash.get(field).and_then(|v| v.parse::<u64>().ok())
+    };
+    let mut jobs = Vec::with_capacity(ids.len());
+    for ((job, hash), id) in trace.iter().zip(&hashes).zip(&ids) {
+        let model = models[job.model].id;
+        if let Some(recorded) = hash.get("model").filter(|m| m.as_str() != model) {
+            bail!("job {id} ran model {recorded}, not {model}");
+        }
+        jobs.push(JobOutcome {
+            model: job.model,
+            duration_ms: job.duration_ms,
+            status: hash.get("status").cloned().unwrap_or_default(),
+            created_ms: number(hash, "created_ms"),
+            started_ms: number(hash, "started_ms"),
+            finished_ms: number(hash, "finished_ms"),
+        });
+    }
+
+    let worker_ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(system.names.workers_set())
+        .query_async(&mut connection)
+        .await?;
+    let mut metrics = Vec::new();
+    for worker_id in worker_ids {
+        let hash: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(system.names.worker_key(&worker_id))
+            .query_async(&mut connection)
+            .await?;
+        if let Some(record) = WorkerRecord::from_hash(&hash) {
+            metrics.push(record.metrics);
+        }
+    }
+    drop(connection);
+    drop(producer);
+    drop(dispatcher); // stops it and its workers
+    drop(system);
+    Ok((jobs, metrics, max_lag_ms))
+}
+
+/// Waits until `workers` worker records say `idle` (or `busy`); with placement
+/// off, also until every model queue has that many consumers.
+async fn wait_for_workers(
+    system: &TestSystem,
+    mode: Mode,
+    workers: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut connection = system.redis().await;
+    loop {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(system.names.workers_set())
+            .query_async(&mut connection)
+            .await?;
+        let mut ready = 0;
+        for id in &ids {
+            let state: Option<String> = redis::cmd("HGET")
+                .arg(system.names.worker_key(id))
+                .arg("state")
+                .query_async(&mut connection)
+                .await?;
+            if matches!(state.as_deref(), Some("idle" | "busy")) {
+                ready += 1;
+            }
+        }
+        let mut consuming = true;
+        if ready >= workers && mode == Mode::Naive {
+            for model in &MODELS {
+                let depth = system
+                    .queue_depth(&system.names.model_queue(model.id))
+                    .await;
+                consuming &= depth.is_some_and(|(_, c)| c as usize >= workers);
+            }
+        }
+        if ready >= workers && consuming {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} run: {ready} of {workers} workers ready (consuming every queue: {consuming}) after {timeout:?}",
+                mode.name()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls the jobs' statuses until every one is final.
+async fn wait_until_final(
+    system: &TestSystem,
+    connection: &mut redis::aio::MultiplexedConnection,
+    ids: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut pending: Vec<&String> = ids.iter().collect();
+    while !pending.is_empty() {
+        let mut pipe = redis::pipe();
+        for id in &pending {
+            pipe.cmd("HGET").arg(system.names.job_key(id)).arg("status");
+        }
+        let statuses: Vec<Option<String>> = pipe.query_async(connection).await?;
+        pending = pending
+            .into_iter()
+            .zip(statuses)
+            .filter(|(_, status)| {
+                !status
+                    .as_deref()
+                    .and_then(JobStatus::parse)
+                    .is_some_and(JobStatus::is_final)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {} jobs not final after {timeout:?} (e.g. {})",
+                pending.len(),
+                ids.len(),
+                pending[0]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+fn ratio_line(name: &str, value: f64, target: f64) -> String {
+    let verdict = if value <= target { "met" } else { "NOT met" };
+    format!("{name} = {value:.2} (target <= {target:.2}: {verdict})\n")
+}
+
+/// The report as markdown tables and summary lines.
+pub fn render(report: &MixedReport) -> String {
+    let bound = &report.lower_bound;
+    let mut out = format!(
+        "gpuq-bench --mixed: seed {}, scale {}, {} workers (1 per GPU of {GPU_MEMORY_MIB} MiB), {} jobs, {:.1} s of work, last arrival at {:.1} s\n",
+        report.seed, report.scale, report.workers, report.jobs, report.total_work_s, report.last_arrival_s
+    );
+    out.push_str(&format!(
+        "lower bound LB = {:.2} s (work + one load per model: {:.2} s, arrival tail: {:.2} s, last job: {:.2} s); LB_issue = {:.2} s\n\n",
+        bound.value_ms / 1000.0,
+        bound.work_ms / 1000.0,
+        bound.tail_ms / 1000.0,
+        bound.last_job_ms / 1000.0,
+        report.lower_bound_issue_ms / 1000.0,
+    ));
+    out.push_str("| run | makespan s | makespan/LB | busy fraction | work fraction | loads | load s | worst p95 wait s | completed | failed |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for run in &report.runs {
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.2} ({}) | {} | {} |\n",
+            run.mode,
+            run.makespan_s,
+            run.makespan_over_lower_bound,
+            run.busy_fraction,
+            run.work_fraction,
+            run.loads,
+            run.load_s,
+            run.worst_p95_wait_s,
+            run.worst_p95_model,
+            run.completed,
+            run.failed,
+        ));
+    }
+    out.push_str("\nQueue wait by model (started − created), seconds:\n\n");
+    out.push_str("| model | jobs |");
+    for run in &report.runs {
+        out.push_str(&format!(
+            " {0} mean | {0} p95 | {0} loads | {0} workers |",
+            run.mode
+        ));
+    }
+    out.push_str("\n|---|---:|");
+    for _ in &report.runs {
+        out.push_str("---:|---:|---:|---:|");
+    }
+    out.push('\n');
+    for (model, jobs) in &report.trace_jobs {
+        out.push_str(&format!("| {model} | {jobs} |"));
+        for run in &report.runs {
+            match run.models.get(model) {
+                Some(m) => out.push_str(&format!(
+                    " {:.2} | {:.2} | {} | {} |",
+                    m.mean_wait_s, m.p95_wait_s, m.loads, m.workers_ran
+                )),
+                None => out.push_str(" - | - | - | - |"),
+            }
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&ratio_line(
+        "placement/lower bound",
+        report.placement_over_lower_bound,
+        TARGET_OVER_LOWER_BOUND,
+    ));
+    out.push_str(&format!(
+        "placement/LB_issue = {:.2}\n",
+        report.placement_over_lower_bound_issue
+    ));
+    out.push_str(&ratio_line(
+        "placement/naive",
+        report.placement_over_naive,
+        TARGET_OVER_NAIVE,
+    ));
+    let bound_s = report.max_queue_wait_ms as f64 / 1000.0;
+    out.push_str(&format!(
+        "worst p95 queue wait = {:.1} s (bound = max_queue_wait_ms = {bound_s:.0} s: {})\n",
+        report.worst_p95_wait_s,
+        if report.worst_p95_wait_s <= bound_s {
+            "met"
+        } else {
+            "NOT met"
+        }
+    ));
+    for run in &report.runs {
+        if run.max_submit_lag_ms > 100 {
+            out.push_str(&format!(
+                "note: the {} replay fell up to {} ms behind the trace\n",
+                run.mode, run.max_submit_lag_ms
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_is_deterministic_for_a_seed_and_sums_to_the_intended_work() {
+        for (workers, scale) in [(4, 1.0), (4, 0.25), (2, 0.5)] {
+            let a = generate_trace(&MODELS, workers, scale, 8);
+            assert_eq!(a, generate_trace(&MODELS, workers, scale, 8));
+            assert_ne!(a, generate_trace(&MODELS, workers, scale, 9));
+            let work: u64 = a.iter().map(|j| j.duration_ms).sum();
+            // Each model's share is rounded to whole jobs: off by at most half a job each.
+            let slack: u64 = MODELS.iter().map(|m| m.duration_ms / 2 + 1).sum();
+            let intended = intended_work_ms(workers, scale);
+            assert!(
+                (work as f64 - intended).abs() <= slack as f64,
+                "work {work} ms, intended {intended} ms"
+            );
+            assert_eq!(a[0].arrival_ms, 0);
+            assert!(a.windows(2).all(|w| w[0].arrival_ms <= w[1].arrival_ms));
+            let window = ARRIVAL_WINDOW_MS * scale;
+            // Bursts start within the window; their tails are short.
+            assert!(a.last().unwrap().arrival_ms as f64 <= window + 30_000.0);
+            for (index, model) in MODELS.iter().enumerate() {
+                assert!(a
+                    .iter()
+                    .any(|j| j.model == index && j.duration_ms == model.duration_ms));
+            }
+        }
+    }
+
+    #[test]
+    fn a_model_gets_two_to_four_bursts() {
+        let trace = generate_trace(&MODELS, 4, 1.0, 8);
+        for index in 0..MODELS.len() {
+            let arrivals: Vec<u64> = trace
+                .iter()
+                .filter(|j| j.model == index)
+                .map(|j| j.arrival_ms)
+                .collect();
+            // Gaps of more than 3 s separate bursts (gaps within one average under 0.1 s).
+            let breaks = arrivals.windows(2).filter(|w| w[1] - w[0] > 3_000).count();
+            assert!(breaks < 4, "model {index}: {breaks} breaks");
+        }
+    }
+
+    fn model(id: &'static str, load_ms: u64) -> SyntheticModel {
+        SyntheticModel {
+            id,
+            vram_mib: 1,
+            load_ms,
+            duration_ms: 0,
+        }
+    }
+
+    fn job(arrival_ms: u64, model: usize, duration_ms: u64) -> TraceJob {
+        TraceJob {
+            arrival_ms,
+            model,
+            duration_ms,
+        }
+    }
+
+    #[test]
+    fn the_lower_bound_takes_the_largest_of_its_three_terms() {
+        let models = [model("a", 100), model("b", 200), model("c", 5_000)];
+        // Model c never appears: its load does not count.
+        let trace = [
+            job(0, 0, 1000),
+            job(0, 1, 1000),
+            job(500, 0, 1000),
+            job(5000, 1, 300),
+        ];
+        let bound = lower_bound(&trace, &models, 2);
+        assert_eq!(bound.work_ms, (3300.0 + 300.0) / 2.0);
+        // t = 0: 1650; t = 500: 500 + 650; t = 5000: 5000 + 150.
+        assert_eq!(bound.tail_ms, 5150.0);
+        assert_eq!(bound.last_job_ms, 5300.0);
+        assert_eq!(bound.value_ms, 5300.0);
+
+        // Everything at once: the work term wins.
+        let burst = [job(0, 0, 1000), job(0, 0, 1000), job(0, 1, 1000)];
+        let bound = lower_bound(&burst, &models, 2);
+        assert_eq!(bound.work_ms, 1650.0);
+        assert_eq!(bound.tail_ms, 1500.0);
+        assert_eq!(bound.last_job_ms, 1000.0);
+        assert_eq!(bound.value_ms, 1650.0);
+
+        // A late burst: the tail term wins.
+        let late = [
+            job(0, 0, 100),
+            job(2000, 1, 1000),
+            job(2000, 1, 1000),
+            job(2000, 1, 1000),
+        ];
+        let bound = lower_bound(&late, &models, 2);
+        assert_eq!(bound.tail_ms, 3500.0);
+        assert_eq!(bound.value_ms, 3500.0);
+
+        assert_eq!(
+            lower_bound_issue(&trace, &models, &[2, 1, 0], 2),
+            (3300.0 + 2.0 * 100.0 + 200.0) / 2.0
+        );
+    }
+
+    #[test]
+    fn figures_follow_their_definitions() {
+        let models = [model("a", 100), model("b", 200)];
+        let outcome = |model, status: &str, created, started, finished| JobOutcome {
+            model,
+            duration_ms: 100,
+            status: status.to_owned(),
+            created_ms: Some(created),
+            started_ms: started,
+            finished_ms: finished,
+        };
+        let jobs = [
+            outcome(0, "completed", 1_000, Some(1_000), Some(1_200)),
+            outcome(0, "completed", 1_000, Some(2_000), Some(2_100)),
+            outcome(1, "failed", 1_500, Some(1_600), Some(3_000)),
+            outcome(1, "timed_out", 1_500, None, Some(2_500)),
+        ];
+        let mut metrics = WorkerMetrics::default();
+        let a = metrics.models.entry("a".into()).or_default();
+        a.loads = 2;
+        a.load_seconds_sum = 0.25;
+        a.jobs.insert("completed".into(), 2);
+        let figures = figures(Mode::Naive, &models, 2, &jobs, &[metrics], 1_000.0);
+        assert_eq!(figures.makespan_s, 2.0);
+        assert_eq!(figures.makespan_over_lower_bound, 2.0);
+        assert_eq!(figures.busy_fraction, (200.0 + 100.0 + 1400.0) / 4000.0);
+        assert_eq!(figures.work_fraction, 200.0 / 4000.0);
+        assert_eq!((figures.completed, figures.failed), (2, 2));
+        assert_eq!((figures.loads, figures.load_s), (2, 0.25));
+        assert_eq!(figures.models["a"].mean_wait_s, 0.5);
+        assert_eq!(figures.models["a"].p95_wait_s, 1.0);
+        assert_eq!(figures.models["a"].workers_ran, 1);
+        assert_eq!(figures.models["b"].workers_ran, 0);
+        assert_eq!(figures.worst_p95_model, "a");
+    }
+
+    #[test]
+    fn every_config_is_valid_and_declares_the_workers_and_models() {
+        for mode in [Mode::Naive, Mode::Placement] {
+            let text = system_config(mode, &MODELS, 3);
+            Config::parse(&text, None, &ConfigOverrides::default()).unwrap();
+            assert_eq!(text.matches("[[dispatcher.gpus]]").count(), 3);
+            assert_eq!(text.matches("runtime = \"sleep\"").count(), MODELS.len());
+            let enabled = format!("[placement]\nenabled = {}\n", mode == Mode::Placement);
+            assert!(text.contains(&enabled), "{text}");
+        }
+    }
+}
