@@ -10,7 +10,8 @@
 //!
 //! The rules, in order:
 //! 1. pinned models stay on their workers;
-//! 2. a worker keeps the model it is on while that model has work;
+//! 2. a worker keeps the main model of the last decision, else the model it
+//!    is on, while that model has jobs waiting (decisions do not flap);
 //! 3. free workers go to the models with the most work per worker, a model
 //!    without any worker first; a worker that would have to load the model is
 //!    added only while each worker would still get at least one load's worth of work;
@@ -18,7 +19,7 @@
 //!    model whose backlog waited past `max_queue_wait_ms` takes one from any
 //!    model that is not starving itself (min residency does not protect it);
 //! 5. workers move from light to heavy backlogs when the gain beats the load,
-//!    once they have held their model for `min_residency_ms`.
+//!    once they have held their model (loaded or assigned) for `min_residency_ms`.
 //!
 //! Each worker then consumes its main model, the models pinned to it, and
 //! active models already loaded there that fit beside the main one. A worker
@@ -68,6 +69,10 @@ pub struct WorkerState {
     pub running: Vec<String>,
     /// Models pinned to this worker.
     pub pinned: Vec<String>,
+    /// Its main model in the last decision, and since when it has had it.
+    pub main: Option<(String, u64)>,
+    /// Queues it was assigned in the last decision.
+    pub consuming: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,10 +200,14 @@ impl<'a> Planner<'a> {
 
     /// A worker still inside its model's minimum residency, or running it.
     fn settled(&self, worker: &WorkerState, id: &str) -> bool {
+        let recent =
+            |at: u64| self.snapshot.now_ms.saturating_sub(at) < self.policy.min_residency_ms;
         worker.running.iter().any(|m| m == id)
-            || Self::resident(worker, id).is_some_and(|at| {
-                self.snapshot.now_ms.saturating_sub(at) < self.policy.min_residency_ms
-            })
+            || Self::resident(worker, id).is_some_and(recent)
+            || worker
+                .main
+                .as_ref()
+                .is_some_and(|(main, since)| main == id && recent(*since))
     }
 
     /// Work per worker if the model had `replicas` workers.
@@ -253,18 +262,21 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Workers stay where the last decision put them, else on the model they
+    /// are on, while that model has jobs waiting for them.
     fn keep(&mut self) {
         for worker in &self.snapshot.workers {
             if self.main.contains_key(worker.id.as_str()) {
                 continue;
             }
-            if let Some(current) = self.current(worker) {
-                if self.active(current)
-                    && self.can_serve(worker, current)
-                    && self.replicas(current) < self.cap(current)
-                {
-                    self.main.insert(&worker.id, current);
-                }
+            let previous = worker.main.as_ref().map(|(m, _)| m.as_str());
+            let choice = [previous, self.current(worker)]
+                .into_iter()
+                .flatten()
+                .filter_map(|id| self.models.get_key_value(id).map(|(k, _)| *k))
+                .find(|id| self.can_serve(worker, id) && self.replicas(id) < self.cap(id));
+            if let Some(model) = choice {
+                self.main.insert(&worker.id, model);
             }
         }
     }
@@ -482,8 +494,8 @@ impl<'a> Planner<'a> {
             }
         }
         // Every model some worker can serve is consumed somewhere: by an idle
-        // worker if there is one (one that has it loaded first), else by the
-        // worker with the least work per worker on its main model.
+        // worker if there is one, the one that consumed it already, else one
+        // that has it loaded, else the one with the least work on its main model.
         for &id in self.models.keys() {
             if assignments.values().any(|set| set.contains(id)) {
                 continue;
@@ -500,9 +512,13 @@ impl<'a> Planner<'a> {
                             .map_or(0.0, |m| self.share(m, self.replicas(m)))
                     };
                     let cold = |w: &WorkerState| Self::resident(w, id).is_none();
-                    load(a)
-                        .total_cmp(&load(b))
+                    let new = |w: &WorkerState| !w.consuming.iter().any(|m| m == id);
+                    let busy = |w: &WorkerState| self.main.contains_key(w.id.as_str());
+                    busy(a)
+                        .cmp(&busy(b))
+                        .then(new(a).cmp(&new(b)))
                         .then(cold(a).cmp(&cold(b)))
+                        .then(load(a).total_cmp(&load(b)))
                         .then(a.id.cmp(&b.id))
                 });
             if let Some(worker) = fallback {

@@ -30,6 +30,9 @@ const DEFAULT_LOAD_MS: u64 = 10_000;
 /// Run time assumed for a model that has not run yet, milliseconds.
 const DEFAULT_RUN_MS: u64 = 1_000;
 
+/// A worker's last published queues, and its main model with since when.
+type Published = (Vec<String>, Option<(String, u64)>);
+
 /// What the placer remembers between rounds.
 #[derive(Default)]
 struct History {
@@ -38,7 +41,7 @@ struct History {
     arrivals_per_s: BTreeMap<String, f64>,
     unserved_since_ms: BTreeMap<String, u64>,
     /// Last published assignment of each worker.
-    published: BTreeMap<String, Vec<String>>,
+    published: BTreeMap<String, Published>,
     stored_timings: HashMap<String, ModelTimings>,
 }
 
@@ -300,6 +303,15 @@ fn snapshot(
                 .filter(|(_, p)| p.pin.contains(&w.worker_id))
                 .map(|(id, _)| id.clone())
                 .collect(),
+            main: history
+                .published
+                .get(&w.worker_id)
+                .and_then(|(_, main)| main.clone()),
+            consuming: history
+                .published
+                .get(&w.worker_id)
+                .map(|(models, _)| models.clone())
+                .unwrap_or_default(),
         })
         .collect();
     Snapshot {
@@ -320,11 +332,21 @@ fn assignments(
     let mut changed = Vec::new();
     for (worker, models) in &decision.assignments {
         let main = decision.main.get(worker).cloned();
-        if history.published.get(worker) != Some(models) {
+        let previous = history.published.get(worker);
+        let main_since = match previous.and_then(|(_, m)| m.as_ref()) {
+            Some((previous_main, since)) if Some(previous_main) == main.as_ref() => *since,
+            _ => now,
+        };
+        if previous.is_none_or(|(previous_models, previous_main)| {
+            previous_models != models || previous_main.as_ref().map(|(m, _)| m) != main.as_ref()
+        }) {
             tracing::info!(worker = %worker, models = ?models, main = ?main, "placement: new assignment");
-            history.published.insert(worker.clone(), models.clone());
             changed.push(worker.clone());
         }
+        history.published.insert(
+            worker.clone(),
+            (models.clone(), main.clone().map(|m| (m, main_since))),
+        );
         all.push((
             worker.clone(),
             Assignment {

@@ -378,19 +378,24 @@ async fn consume(
         if permit.is_some() && !consumers.held.is_empty() {
             let now = Instant::now();
             let since = *free_since.get_or_insert(now);
-            let loaded: BTreeSet<String> = context
-                .pool
-                .snapshot()
-                .0
-                .into_iter()
-                .map(|r| r.model)
-                .collect();
-            let held: Vec<(&str, Instant)> = consumers
-                .held
-                .iter()
-                .map(|h| (h.model.as_str(), h.received))
-                .collect();
-            match choose(&held, &loaded, &consumers.consuming(), affinity, since, now) {
+            let choice = if affinity.is_none() {
+                Choice::Run(0)
+            } else {
+                let loaded: BTreeSet<String> = context
+                    .pool
+                    .snapshot()
+                    .0
+                    .into_iter()
+                    .map(|r| r.model)
+                    .collect();
+                let held: Vec<(&str, Instant)> = consumers
+                    .held
+                    .iter()
+                    .map(|h| (h.model.as_str(), h.received))
+                    .collect();
+                choose(&held, &loaded, &consumers.consuming(), affinity, since, now)
+            };
+            match choice {
                 Choice::Run(index) => {
                     let job = consumers.held.remove(index).expect("chosen job is held");
                     let permit = permit.take().expect("free slot");

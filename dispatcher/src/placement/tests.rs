@@ -215,6 +215,45 @@ fn a_worker_on_the_last_job_of_its_model_is_moved_on_before_it_ends() {
 }
 
 #[test]
+fn a_worker_moved_to_a_model_stays_there_while_it_finishes_the_old_one() {
+    // The last decision moved w1 from a to b; it still runs a's job and a still
+    // has work, but the decision does not flip back (each flip costs a load).
+    let mut a = model("a", 30, 1000, 3000);
+    a.running = 1;
+    let mut moved = with_resident(worker("w1", ABC), "a", 60_000);
+    moved.running = vec!["a".into()];
+    moved.main = Some(("b".into(), NOW - 1_000));
+    let w2 = with_resident(worker("w2", ABC), "a", 60_000);
+    let decision = decide(
+        &snapshot(vec![a, model("b", 30, 1000, 3000)], vec![moved, w2]),
+        &policy(),
+    );
+    assert_eq!(main_of(&decision, "w1"), Some("b"), "{decision:?}");
+    assert_eq!(main_of(&decision, "w2"), Some("a"), "{decision:?}");
+}
+
+#[test]
+fn coverage_stays_with_the_worker_that_had_it() {
+    let mut w1 = worker("w1", ABC);
+    w1.resident = vec![("a".into(), NOW - 60_000)];
+    let mut w2 = worker("w2", ABC);
+    w2.resident = vec![("b".into(), NOW - 60_000)];
+    w2.consuming = vec!["b".into(), "c".into()];
+    let decision = decide(
+        &snapshot(
+            vec![
+                model("a", 0, 100, 1000),
+                model("b", 0, 100, 1000),
+                model("c", 0, 100, 1000),
+            ],
+            vec![w1, w2],
+        ),
+        &policy(),
+    );
+    assert!(consumes(&decision, "w2", "c") && !consumes(&decision, "w1", "c"));
+}
+
+#[test]
 fn min_residency_holds_a_fresh_model_and_frees_an_old_one() {
     let mut a = model("a", 1, 1000, 3000);
     a.running = 1;
