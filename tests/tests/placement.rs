@@ -193,3 +193,105 @@ async fn workers_on_two_hosts_follow_the_backlog_without_losing_or_repeating_a_j
     )
     .await;
 }
+
+/// Writes a worker's assignment as any Redis client could, and announces it.
+async fn assign(system: &TestSystem, worker: &str, models: &[&str]) {
+    let assignment = Assignment {
+        models: models.iter().map(|m| m.to_string()).collect(),
+        main: models.first().map(|m| m.to_string()),
+        by: "test".into(),
+        decided_ms: gpuq_common::now_ms(),
+    };
+    let mut redis = system.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(system.names.assignment_key(worker))
+        .arg(serde_json::to_string(&assignment).unwrap())
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("PUBLISH")
+        .arg(system.names.assignments_channel())
+        .arg(worker)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+async fn consumers(system: &TestSystem, model: &str) -> (u32, u32) {
+    system
+        .queue_depth(&system.names.model_queue(model))
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_follows_its_assignment_and_gives_back_the_jobs_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_log = dir.path().join("runs.log");
+    let system = TestSystem::new(&host("solo", run_log.to_str().unwrap()));
+    let first = system.spawn("gpuq-worker", &["--worker-id", "w1", "--host-id", "solo"]);
+    // No assignment yet: it consumes every model it can serve.
+    system.wait_for_consumers(&system.names.model_queue("a"), 1, WAIT).await;
+    system.wait_for_consumers(&system.names.model_queue("b"), 1, WAIT).await;
+    let pid = system.worker_field("w1", "pid").await;
+
+    assign(&system, "w1", &["a"]).await;
+    eventually("w1 stops consuming b", WAIT, || async {
+        consumers(&system, "b").await.1 == 0 && consumers(&system, "a").await.1 == 1
+    })
+    .await;
+
+    // Busy on a long job of a, holding one job of b when b is taken away.
+    assign(&system, "w1", &["a", "b"]).await;
+    system.wait_for_consumers(&system.names.model_queue("b"), 1, WAIT).await;
+    let body = r#"{"job_id": "long-a", "feature": "a", "inputs": {"tag": "long-a", "duration_ms": 3000}}"#;
+    system
+        .publish_raw("a", body.as_bytes(), Some("application/json"), None)
+        .await;
+    system.wait_for_status("long-a", &["processing"], WAIT).await;
+    let b_jobs: Vec<String> = (0..3).map(|i| format!("b-{i}")).collect();
+    submit(&system, "b", &b_jobs).await;
+    eventually("w1 holds a job of b", WAIT, || async {
+        system
+            .worker_field("w1", "waiting")
+            .await
+            .is_some_and(|w| w.contains("\"b\":1"))
+    })
+    .await;
+    assign(&system, "w1", &["a"]).await;
+    eventually("the held job is back in b's queue", WAIT, || async {
+        consumers(&system, "b").await == (3, 0)
+    })
+    .await;
+
+    // Another worker serves b; every job runs once, and w1 never restarted.
+    let _second = system.spawn(
+        "gpuq-worker",
+        &["--worker-id", "w2", "--host-id", "solo", "--models", "b"],
+    );
+    all_completed(&system, &b_jobs).await;
+    all_completed(&system, &["long-a".to_string()]).await;
+    for id in &b_jobs {
+        assert_eq!(system.job_hash(id).await["worker"], "w2", "{id}");
+    }
+    let log = std::fs::read_to_string(&run_log).unwrap();
+    let mut tags: Vec<&str> = log.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, ["b-0", "b-1", "b-2", "long-a"]);
+    assert_eq!(system.worker_field("w1", "pid").await, pid, "w1 did not restart");
+
+    // Without an assignment (expired or deleted), it consumes everything again.
+    let mut redis = system.redis().await;
+    let _: () = redis::cmd("DEL")
+        .arg(system.names.assignment_key("w1"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    eventually("w1 consumes b again", WAIT, || async {
+        consumers(&system, "b").await.1 == 2
+    })
+    .await;
+    drop(first);
+}
