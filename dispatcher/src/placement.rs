@@ -14,7 +14,7 @@
 //!    is on, while that model has jobs waiting (decisions do not flap);
 //! 3. free workers go to the models with the most work per worker, a model
 //!    without any worker first; a worker that would have to load the model is
-//!    added only while each worker would still get at least one load's worth of work;
+//!    added only while the model's workers have more than a load's worth of work each;
 //! 4. a model without a worker takes one from a model that has two or more; a
 //!    model whose backlog waited past `max_queue_wait_ms` takes one from any
 //!    model that is not starving itself (min residency does not protect it);
@@ -223,11 +223,13 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Whether one more worker (which may have to load it) is worth it for the model.
+    /// Whether one more (idle) worker that may have to load the model first
+    /// finishes its work sooner: with `r` workers on `W` ms of work, a new one
+    /// that loads for `L` helps exactly when `W / r > L`.
     fn worth_another(&self, worker: &WorkerState, id: &str) -> bool {
         let replicas = self.replicas(id);
         let floor = self.model(id).map_or(0, |m| m.min_replicas as usize).max(1);
-        replicas < floor || self.share(id, replicas + 1) >= self.load_ms(worker, id)
+        replicas < floor || self.share(id, replicas) > self.load_ms(worker, id)
     }
 
     /// Workers a model keeps whatever happens: one while it has work, and its `min_replicas`.

@@ -233,8 +233,12 @@ async fn a_worker_follows_its_assignment_and_gives_back_the_jobs_it_held() {
     let system = TestSystem::new(&host("solo", run_log.to_str().unwrap()));
     let first = system.spawn("gpuq-worker", &["--worker-id", "w1", "--host-id", "solo"]);
     // No assignment yet: it consumes every model it can serve.
-    system.wait_for_consumers(&system.names.model_queue("a"), 1, WAIT).await;
-    system.wait_for_consumers(&system.names.model_queue("b"), 1, WAIT).await;
+    system
+        .wait_for_consumers(&system.names.model_queue("a"), 1, WAIT)
+        .await;
+    system
+        .wait_for_consumers(&system.names.model_queue("b"), 1, WAIT)
+        .await;
     let pid = system.worker_field("w1", "pid").await;
 
     assign(&system, "w1", &["a"]).await;
@@ -245,12 +249,17 @@ async fn a_worker_follows_its_assignment_and_gives_back_the_jobs_it_held() {
 
     // Busy on a long job of a, holding one job of b when b is taken away.
     assign(&system, "w1", &["a", "b"]).await;
-    system.wait_for_consumers(&system.names.model_queue("b"), 1, WAIT).await;
-    let body = r#"{"job_id": "long-a", "feature": "a", "inputs": {"tag": "long-a", "duration_ms": 3000}}"#;
+    system
+        .wait_for_consumers(&system.names.model_queue("b"), 1, WAIT)
+        .await;
+    let body =
+        r#"{"job_id": "long-a", "feature": "a", "inputs": {"tag": "long-a", "duration_ms": 3000}}"#;
     system
         .publish_raw("a", body.as_bytes(), Some("application/json"), None)
         .await;
-    system.wait_for_status("long-a", &["processing"], WAIT).await;
+    system
+        .wait_for_status("long-a", &["processing"], WAIT)
+        .await;
     let b_jobs: Vec<String> = (0..3).map(|i| format!("b-{i}")).collect();
     submit(&system, "b", &b_jobs).await;
     eventually("w1 holds a job of b", WAIT, || async {
@@ -277,10 +286,17 @@ async fn a_worker_follows_its_assignment_and_gives_back_the_jobs_it_held() {
         assert_eq!(system.job_hash(id).await["worker"], "w2", "{id}");
     }
     let log = std::fs::read_to_string(&run_log).unwrap();
-    let mut tags: Vec<&str> = log.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let mut tags: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     tags.sort_unstable();
     assert_eq!(tags, ["b-0", "b-1", "b-2", "long-a"]);
-    assert_eq!(system.worker_field("w1", "pid").await, pid, "w1 did not restart");
+    assert_eq!(
+        system.worker_field("w1", "pid").await,
+        pid,
+        "w1 did not restart"
+    );
 
     // Without an assignment (expired or deleted), it consumes everything again.
     let mut redis = system.redis().await;

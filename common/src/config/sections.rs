@@ -241,7 +241,7 @@ pub struct PlacementConfig {
     /// `false` turns placement off: every worker consumes every queue its
     /// budget fits and loads models on demand (LRU). Default `true`.
     pub enabled: bool,
-    /// How often the placing dispatcher re-decides, milliseconds. Default 1000.
+    /// How often the placing dispatcher re-decides, milliseconds. Default 500.
     pub interval_ms: u64,
     /// A model a worker loaded for its backlog stays its main model at least
     /// this long, unless another model starves, milliseconds. Default 15000.
@@ -257,7 +257,7 @@ impl Default for PlacementConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            interval_ms: 1_000,
+            interval_ms: 500,
             min_residency_ms: 15_000,
             max_queue_wait_ms: 30_000,
             models: BTreeMap::new(),

@@ -122,7 +122,7 @@ fn every_model_with_a_backlog_gets_a_worker() {
 }
 
 #[test]
-fn heavy_backlogs_get_more_workers_while_each_gets_a_load_of_work() {
+fn heavy_backlogs_get_more_workers() {
     let decision = decide(
         &snapshot(
             vec![model("a", 100, 1000, 5000), model("b", 2, 100, 5000)],
@@ -137,6 +137,18 @@ fn heavy_backlogs_get_more_workers_while_each_gets_a_load_of_work() {
     );
     assert_eq!(decision.replicas("a"), 3, "{decision:?}");
     assert_eq!(decision.replicas("b"), 1, "{decision:?}");
+}
+
+#[test]
+fn idle_workers_join_while_the_work_per_worker_exceeds_a_load() {
+    // 12 s of work, 5 s loads: a second worker finishes at 8.5 s instead of 12,
+    // a third at 7.3 s instead of 8.5; a fourth (4 s each, less than a load) not.
+    let workers = (1..=5).map(|i| worker(&format!("w{i}"), ABC)).collect();
+    let decision = decide(
+        &snapshot(vec![model("a", 12, 1000, 5000)], workers),
+        &policy(),
+    );
+    assert_eq!(decision.replicas("a"), 3, "{decision:?}");
 }
 
 #[test]

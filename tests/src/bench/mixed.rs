@@ -27,13 +27,10 @@ use serde::Serialize;
 use super::percentile;
 use crate::TestSystem;
 
-/// `placement.interval_ms` of the placement run.
-pub const PLACEMENT_INTERVAL_MS: u64 = 250;
-/// `placement.min_residency_ms` of the placement run.
-pub const PLACEMENT_MIN_RESIDENCY_MS: u64 = 5_000;
-/// `placement.max_queue_wait_ms` of the placement run: the bound reported
-/// beside the worst per-model p95 queue wait.
-pub const PLACEMENT_MAX_QUEUE_WAIT_MS: u64 = 20_000;
+/// The placement run uses the default policy (`[placement]` with no other key).
+fn default_policy() -> gpuq_common::config::PlacementConfig {
+    gpuq_common::config::PlacementConfig::default()
+}
 /// Target of placement makespan / lower bound.
 pub const TARGET_OVER_LOWER_BOUND: f64 = 1.15;
 /// Target of placement makespan / naive makespan.
@@ -283,9 +280,7 @@ impl Mode {
     fn placement_section(self) -> String {
         match self {
             Mode::Naive => "[placement]\nenabled = false\n".to_owned(),
-            Mode::Placement => format!(
-                "[placement]\nenabled = true\ninterval_ms = {PLACEMENT_INTERVAL_MS}\nmin_residency_ms = {PLACEMENT_MIN_RESIDENCY_MS}\nmax_queue_wait_ms = {PLACEMENT_MAX_QUEUE_WAIT_MS}\n"
-            ),
+            Mode::Placement => "[placement]\nenabled = true\n".to_owned(),
         }
     }
 }
@@ -546,9 +541,9 @@ pub async fn run(options: &MixedOptions) -> Result<MixedReport> {
         placement_over_lower_bound_issue: placement.makespan_s * 1000.0 / issue,
         placement_over_naive: placement.makespan_s / naive_makespan_s,
         worst_p95_wait_s: placement.worst_p95_wait_s,
-        max_queue_wait_ms: PLACEMENT_MAX_QUEUE_WAIT_MS,
-        placement_interval_ms: PLACEMENT_INTERVAL_MS,
-        min_residency_ms: PLACEMENT_MIN_RESIDENCY_MS,
+        max_queue_wait_ms: default_policy().max_queue_wait_ms,
+        placement_interval_ms: default_policy().interval_ms,
+        min_residency_ms: default_policy().min_residency_ms,
         runs,
     })
 }
@@ -765,6 +760,10 @@ pub fn render(report: &MixedReport) -> String {
         bound.tail_ms / 1000.0,
         bound.last_job_ms / 1000.0,
         report.lower_bound_issue_ms / 1000.0,
+    ));
+    out.push_str(&format!(
+        "placement policy: the defaults (interval {} ms, min residency {} ms, max queue wait {} ms)\n\n",
+        report.placement_interval_ms, report.min_residency_ms, report.max_queue_wait_ms
     ));
     out.push_str("| run | makespan s | makespan/LB | busy fraction | work fraction | loads | load s | worst p95 wait s | completed | failed |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
