@@ -126,6 +126,12 @@ impl Names {
         format!("{}:assignments", self.namespace)
     }
 
+    /// Pub/sub channel where a worker that ran out of jobs announces its id,
+    /// so the placing dispatcher decides again at once.
+    pub fn idle_channel(&self) -> String {
+        format!("{}:idle", self.namespace)
+    }
+
     /// Hash of measured model timings, model id to JSON [`crate::record::ModelTimings`].
     pub fn model_timings(&self) -> String {
         format!("{}:model_timings", self.namespace)

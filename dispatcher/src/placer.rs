@@ -4,7 +4,8 @@
 //! another dispatcher takes over within a few intervals; meanwhile workers
 //! keep their last assignment until it expires, then consume everything.
 //!
-//! Each round: read the queue depths (passive declares: ready messages and
+//! Rounds run every `placement.interval_ms`, and at once when a worker
+//! announces it ran out of jobs. Each round: read the queue depths (passive declares: ready messages and
 //! consumers), every live worker record (models it may serve, loaded models,
 //! jobs running and held), measured model timings; estimate arrivals; run
 //! [`decide`]; write each worker's assignment with an expiry, and announce
@@ -13,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use gpuq_common::config::Config;
 use gpuq_common::record::{Assignment, ModelTimings, WorkerRecord};
 use gpuq_common::registry::{ModelConfig, RuntimeParams};
@@ -29,6 +31,8 @@ use crate::store::Store;
 const DEFAULT_LOAD_MS: u64 = 10_000;
 /// Run time assumed for a model that has not run yet, milliseconds.
 const DEFAULT_RUN_MS: u64 = 1_000;
+/// Shortest gap between two rounds triggered by idle workers.
+const EARLIEST_REPEAT: Duration = Duration::from_millis(100);
 
 /// A worker's last published queues, and its main model with since when.
 type Published = (Vec<String>, Option<(String, u64)>);
@@ -55,11 +59,28 @@ pub async fn run(config: Config, host_id: String, store: Store, shutdown: Cancel
     let mut broker: Option<(Connection, Channel)> = None;
     let mut history = History::default();
     let mut leading = false;
+    let mut idle = None;
+    let mut last_round = tokio::time::Instant::now();
     loop {
+        if idle.is_none() {
+            idle = store.idle_workers().await.ok().map(Box::pin);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+            announced = async { idle.as_mut()?.next().await }, if idle.is_some() => {
+                match announced {
+                    // A worker ran dry: decide now (at most every 100 ms), if leading.
+                    Some(_) if leading && last_round.elapsed() >= EARLIEST_REPEAT => {}
+                    Some(_) => continue,
+                    None => {
+                        idle = None;
+                        continue;
+                    }
+                }
+            }
         }
+        last_round = tokio::time::Instant::now();
         let held = match store.hold_placement_lease(&host_id, lease_ttl).await {
             Ok(held) => held,
             Err(error) => {

@@ -11,6 +11,7 @@ use redis::AsyncCommands;
 
 #[derive(Clone)]
 pub struct Store {
+    client: redis::Client,
     connection: ConnectionManager,
     names: Names,
 }
@@ -22,7 +23,11 @@ impl Store {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));
         let connection = client.get_connection_manager_with_config(config).await?;
-        Ok(Store { connection, names })
+        Ok(Store {
+            client,
+            connection,
+            names,
+        })
     }
 
     /// Writes the host record and renews its expiry.
@@ -142,6 +147,18 @@ return 0
             .invoke_async(&mut connection)
             .await?;
         Ok(held == 1)
+    }
+
+    /// Ids of workers announcing they ran out of jobs, as they come.
+    pub async fn idle_workers(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = String> + use<>, redis::RedisError> {
+        use futures_util::StreamExt;
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.names.idle_channel()).await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|message| async move { message.get_payload::<String>().ok() }))
     }
 
     /// Gives the placement lease up, if `host_id` holds it.

@@ -13,18 +13,36 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use gpuq_common::record::Assignment;
+
 use crate::store::Store;
+
+/// What a worker consumes, from its assignment (or its absence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queues {
+    pub models: BTreeSet<String>,
+    /// The model whose jobs go first, loaded or not.
+    pub main: Option<String>,
+}
 
 /// The models to consume: the assignment's (those this worker can serve), or
 /// every served model when there is no assignment.
-pub fn desired_models(assignment: Option<&[String]>, served: &[String]) -> BTreeSet<String> {
+pub fn desired_queues(assignment: Option<&Assignment>, served: &[String]) -> Queues {
     match assignment {
-        Some(models) => models
-            .iter()
-            .filter(|m| served.contains(m))
-            .cloned()
-            .collect(),
-        None => served.iter().cloned().collect(),
+        Some(assignment) => {
+            let models: BTreeSet<String> = assignment
+                .models
+                .iter()
+                .filter(|m| served.contains(m))
+                .cloned()
+                .collect();
+            let main = assignment.main.clone().filter(|m| models.contains(m));
+            Queues { models, main }
+        }
+        None => Queues {
+            models: served.iter().cloned().collect(),
+            main: None,
+        },
     }
 }
 
@@ -35,19 +53,25 @@ pub async fn watch_assignment(
     store: Store,
     worker_id: String,
     poll: Duration,
-    sender: watch::Sender<Option<Vec<String>>>,
+    sender: watch::Sender<Option<Assignment>>,
     stop: CancellationToken,
 ) {
-    let read = |store: Store, worker_id: String, sender: watch::Sender<Option<Vec<String>>>| async move {
+    let read = |store: Store, worker_id: String, sender: watch::Sender<Option<Assignment>>| async move {
         match store.assignment(&worker_id).await {
             Ok(assignment) => {
-                let models = assignment.map(|a| a.models);
+                let key =
+                    |a: &Option<Assignment>| a.as_ref().map(|a| (a.models.clone(), a.main.clone()));
                 sender.send_if_modified(|current| {
-                    let changed = *current != models;
+                    let changed = key(current) != key(&assignment);
                     if changed {
-                        tracing::info!(assignment = ?models, "placement assignment changed");
-                        *current = models;
+                        tracing::info!(
+                            models = ?assignment.as_ref().map(|a| &a.models),
+                            main = ?assignment.as_ref().and_then(|a| a.main.as_ref()),
+                            "placement assignment changed"
+                        );
                     }
+                    // The decision time moves every round; keep it without waking anyone.
+                    *current = assignment;
                     changed
                 });
             }
@@ -99,13 +123,14 @@ pub enum Choice {
     Wait(Instant),
 }
 
-/// Picks the next job among `held` (model, when received), oldest first:
-/// a starving job, else a job of a loaded model, else, once the grace after
-/// `free_since` has passed (or when no loaded model is consumed), the oldest.
+/// Picks the next job among `held` (model, when received), oldest first: a
+/// starving job, else a job of the main model (loading it if need be), else a
+/// job of a loaded model, else, once the grace after `free_since` has passed
+/// (at once when neither the main model nor a loaded one is consumed), the oldest.
 pub fn choose(
     held: &[(&str, Instant)],
     loaded: &BTreeSet<String>,
-    consumed: &BTreeSet<String>,
+    queues: &Queues,
     affinity: Option<Affinity>,
     free_since: Instant,
     now: Instant,
@@ -121,11 +146,17 @@ pub fn choose(
     {
         return Choice::Run(starving.0);
     }
+    if let Some(main) = queues.main.as_deref() {
+        if let Some(first) = held.iter().position(|(m, _)| *m == main) {
+            return Choice::Run(first);
+        }
+    }
     if let Some(warm) = held.iter().position(|(m, _)| loaded.contains(*m)) {
         return Choice::Run(warm);
     }
     let deadline = free_since + affinity.grace;
-    if loaded.is_disjoint(consumed) || now >= deadline {
+    let worth_waiting = queues.main.is_some() || !loaded.is_disjoint(&queues.models);
+    if !worth_waiting || now >= deadline {
         Choice::Run(0)
     } else {
         Choice::Wait(deadline)
@@ -145,11 +176,25 @@ mod tests {
         grace: Duration::from_millis(50),
     };
 
+    fn queues(models: &[&str], main: Option<&str>) -> Queues {
+        Queues {
+            models: set(models),
+            main: main.map(str::to_owned),
+        }
+    }
+
     #[test]
     fn without_affinity_jobs_run_in_arrival_order() {
         let now = Instant::now();
         let held = [("b", now), ("a", now)];
-        let choice = choose(&held, &set(&["a"]), &set(&["a", "b"]), None, now, now);
+        let choice = choose(
+            &held,
+            &set(&["a"]),
+            &queues(&["a", "b"], None),
+            None,
+            now,
+            now,
+        );
         assert_eq!(choice, Choice::Run(0));
     }
 
@@ -157,15 +202,24 @@ mod tests {
     fn a_job_of_a_loaded_model_goes_first() {
         let now = Instant::now();
         let held = [("b", now), ("a", now)];
-        let choice = choose(
-            &held,
-            &set(&["a"]),
-            &set(&["a", "b"]),
-            Some(AFFINITY),
-            now,
-            now,
+        let all = queues(&["a", "b"], None);
+        assert_eq!(
+            choose(&held, &set(&["a"]), &all, Some(AFFINITY), now, now),
+            Choice::Run(1)
         );
-        assert_eq!(choice, Choice::Run(1));
+    }
+
+    #[test]
+    fn the_main_model_goes_before_loaded_ones_even_when_it_needs_a_load() {
+        // Placement moved this worker to b; a stays consumed because it is loaded
+        // and fits beside b, but it must not keep b from ever loading.
+        let now = Instant::now();
+        let held = [("a", now), ("b", now)];
+        let moved = queues(&["a", "b"], Some("b"));
+        assert_eq!(
+            choose(&held, &set(&["a"]), &moved, Some(AFFINITY), now, now),
+            Choice::Run(1)
+        );
     }
 
     #[test]
@@ -173,44 +227,61 @@ mod tests {
         let start = Instant::now();
         let held = [("b", start)];
         let loaded = set(&["a"]);
-        let consumed = set(&["a", "b"]);
+        let all = queues(&["a", "b"], None);
         assert_eq!(
-            choose(&held, &loaded, &consumed, Some(AFFINITY), start, start),
+            choose(&held, &loaded, &all, Some(AFFINITY), start, start),
             Choice::Wait(start + AFFINITY.grace)
         );
         let later = start + AFFINITY.grace;
         assert_eq!(
-            choose(&held, &loaded, &consumed, Some(AFFINITY), start, later),
+            choose(&held, &loaded, &all, Some(AFFINITY), start, later),
             Choice::Run(0)
         );
-        // Nothing loaded is consumed: no job of a loaded model can come.
+        // Nothing loaded is consumed and no main model: no better job can come.
         assert_eq!(
-            choose(&held, &loaded, &set(&["b"]), Some(AFFINITY), start, start),
+            choose(
+                &held,
+                &loaded,
+                &queues(&["b"], None),
+                Some(AFFINITY),
+                start,
+                start
+            ),
             Choice::Run(0)
         );
     }
 
     #[test]
-    fn a_starving_job_beats_loaded_models() {
+    fn a_starving_job_beats_the_main_and_loaded_models() {
         let now = Instant::now() + Duration::from_secs(60);
-        let held = [("a", now), ("b", now - Duration::from_secs(31))];
-        let choice = choose(
-            &held,
-            &set(&["a"]),
-            &set(&["a", "b"]),
-            Some(AFFINITY),
-            now,
-            now,
+        let held = [("a", now), ("c", now - Duration::from_secs(31)), ("b", now)];
+        let q = queues(&["a", "b", "c"], Some("b"));
+        assert_eq!(
+            choose(&held, &set(&["a"]), &q, Some(AFFINITY), now, now),
+            Choice::Run(1)
         );
-        assert_eq!(choice, Choice::Run(1));
     }
 
     #[test]
     fn the_assignment_narrows_to_served_models_and_none_means_all() {
         let served = vec!["a".to_string(), "b".to_string()];
-        let assigned = vec!["b".to_string(), "z".to_string()];
-        assert_eq!(desired_models(Some(&assigned), &served), set(&["b"]));
-        assert_eq!(desired_models(None, &served), set(&["a", "b"]));
-        assert!(desired_models(Some(&[]), &served).is_empty());
+        let assignment = |models: &[&str], main: Option<&str>| Assignment {
+            models: models.iter().map(|m| m.to_string()).collect(),
+            main: main.map(str::to_owned),
+            by: "h".into(),
+            decided_ms: 0,
+        };
+        assert_eq!(
+            desired_queues(Some(&assignment(&["b", "z"], Some("z"))), &served),
+            queues(&["b"], None)
+        );
+        assert_eq!(
+            desired_queues(Some(&assignment(&["a", "b"], Some("b"))), &served),
+            queues(&["a", "b"], Some("b"))
+        );
+        assert_eq!(desired_queues(None, &served), queues(&["a", "b"], None));
+        assert!(desired_queues(Some(&assignment(&[], None)), &served)
+            .models
+            .is_empty());
     }
 }

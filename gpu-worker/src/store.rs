@@ -284,6 +284,15 @@ impl Store {
             .filter_map(|message| async move { message.get_payload::<String>().ok() }))
     }
 
+    /// Tells the placing dispatcher this worker ran out of jobs.
+    pub async fn announce_idle(&self, worker_id: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: () = connection
+            .publish(self.names.idle_channel(), worker_id)
+            .await?;
+        Ok(())
+    }
+
     /// This worker's placement assignment; `None` when there is none (no
     /// placing dispatcher, or it stopped renewing it) or it cannot be read as one.
     pub async fn assignment(&self, worker_id: &str) -> Result<Option<Assignment>, StoreError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_common::config::Config;
-use gpuq_common::record::WorkerRecord;
+use gpuq_common::record::{Assignment, WorkerRecord};
 use gpuq_common::registry::{ModelConfig, Registry};
 use gpuq_common::topology::Topology;
 use gpuq_common::{now_ms, redact_url};
@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::amqp::Broker;
 use crate::consumers::Consumers;
 use crate::job::{handle_delivery, CancelRegistry, JobContext};
-use crate::placement::{choose, desired_models, Affinity, Choice};
+use crate::placement::{choose, desired_queues, Affinity, Choice};
 use crate::pool::{Loader, ModelPool};
 use crate::runtime;
 use crate::stats::WorkerStats;
@@ -338,7 +338,7 @@ const AFFINITY_GRACE: Duration = Duration::from_millis(50);
 async fn consume(
     context: Arc<JobContext>,
     session: Session<'_>,
-    assignment: &mut watch::Receiver<Option<Vec<String>>>,
+    assignment: &mut watch::Receiver<Option<Assignment>>,
 ) -> SessionEnd {
     let config = Arc::clone(&context.config);
     if let Err(error) = context
@@ -353,8 +353,8 @@ async fn consume(
         &context.worker_id,
         config.queues.delivery_limit,
     );
-    let desired = desired_models(assignment.borrow_and_update().as_deref(), session.served);
-    if let Err(error) = consumers.apply(&desired).await {
+    let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
+    if let Err(error) = consumers.apply(&queues.models).await {
         return SessionEnd::Lost(error.to_string());
     }
     let publish_queues = |consumers: &Consumers| {
@@ -365,7 +365,7 @@ async fn consume(
     };
     publish_queues(&consumers);
     context.stats.set_ready();
-    tracing::info!(models = ?desired, concurrency = config.worker.concurrency, "consuming");
+    tracing::info!(models = ?queues.models, concurrency = config.worker.concurrency, "consuming");
     let affinity = config.placement.enabled.then(|| Affinity {
         starve_after: Duration::from_millis(config.placement.max_queue_wait_ms),
         grace: AFFINITY_GRACE,
@@ -393,7 +393,7 @@ async fn consume(
                     .iter()
                     .map(|h| (h.model.as_str(), h.received))
                     .collect();
-                choose(&held, &loaded, &consumers.consuming(), affinity, since, now)
+                choose(&held, &loaded, &queues, affinity, since, now)
             };
             match choice {
                 Choice::Run(index) => {
@@ -420,10 +420,10 @@ async fn consume(
                     assignment_open = false;
                     continue;
                 }
-                let desired = desired_models(assignment.borrow_and_update().as_deref(), session.served);
-                if desired != consumers.consuming() {
-                    tracing::info!(models = ?desired, "consuming (placement)");
-                    if let Err(error) = consumers.apply(&desired).await {
+                queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
+                if queues.models != consumers.consuming() {
+                    tracing::info!(models = ?queues.models, main = ?queues.main, "consuming (placement)");
+                    if let Err(error) = consumers.apply(&queues.models).await {
                         return SessionEnd::Lost(error.to_string());
                     }
                     publish_queues(&consumers);
@@ -443,6 +443,9 @@ async fn consume(
     }
 }
 
+/// How long a worker must stay without jobs before it tells placement.
+const DRY_CONFIRM: Duration = Duration::from_millis(50);
+
 /// Shortest gap between two heartbeat writes triggered by state changes.
 const HEARTBEAT_MIN_GAP: Duration = Duration::from_millis(100);
 
@@ -459,6 +462,7 @@ async fn heartbeat_loop(
     let interval = Duration::from_millis(config.worker.heartbeat_interval_ms);
     let ttl = Duration::from_millis(config.worker.heartbeat_ttl_ms);
     let mut ticker = tokio::time::interval(interval);
+    let mut announced_dry = false;
     loop {
         tokio::select! {
             _ = stopping.cancelled() => return,
@@ -497,6 +501,21 @@ async fn heartbeat_loop(
         if let Err(error) = store.heartbeat(&record, ttl).await {
             tracing::warn!(%error, "heartbeat not written");
         }
+        let dry = record.state == "idle" && record.waiting.is_empty();
+        if config.placement.enabled && dry && !announced_dry {
+            // Tell placement this worker ran out of jobs, unless the next one
+            // was only a broker round trip away.
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = tokio::time::sleep(DRY_CONFIRM) => {}
+            }
+            if stats.running_jobs().is_empty() && stats.queues().1.is_empty() {
+                if let Err(error) = store.announce_idle(&options.worker_id).await {
+                    tracing::debug!(%error, "idle announcement not sent");
+                }
+            }
+        }
+        announced_dry = dry;
         // State changes are published at once, but at most this often, so a busy
         // worker does not turn its heartbeat into per-job writes.
         tokio::select! {
