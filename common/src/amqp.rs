@@ -15,6 +15,29 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, lap
     Connection::connect(url, properties).await
 }
 
+/// Frame size for connections that carry only small control messages.
+pub const CONTROL_FRAME_MAX: u32 = 16 * 1024;
+
+/// Like [`connect`], asking the broker for frames of at most `frame_max` bytes
+/// (unless the URL sets `frame_max` itself). lapin keeps buffers of 32 frames
+/// each way, so at RabbitMQ's default of 128 KiB a connection costs 8 MiB;
+/// larger messages still pass, split over more frames.
+pub async fn connect_with_frame_max(
+    url: &str,
+    connection_name: &str,
+    frame_max: u32,
+) -> Result<Connection, lapin::Error> {
+    connect(&with_frame_max(url, frame_max), connection_name).await
+}
+
+fn with_frame_max(url: &str, frame_max: u32) -> String {
+    if url.contains("frame_max=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}frame_max={frame_max}")
+}
+
 /// Declares exchanges, queues and bindings; safe to call again with the same topology.
 pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
     for exchange in &topology.exchanges {
@@ -97,5 +120,26 @@ pub fn header_u64(headers: Option<&FieldTable>, key: &str) -> Option<u64> {
         AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
         AMQPValue::Timestamp(n) => Some(*n),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_max_is_added_unless_the_url_sets_it() {
+        assert_eq!(
+            with_frame_max("amqp://h:5672/%2f", 16384),
+            "amqp://h:5672/%2f?frame_max=16384"
+        );
+        assert_eq!(
+            with_frame_max("amqp://h/%2f?heartbeat=10", 4096),
+            "amqp://h/%2f?heartbeat=10&frame_max=4096"
+        );
+        assert_eq!(
+            with_frame_max("amqp://h/%2f?frame_max=8192", 4096),
+            "amqp://h/%2f?frame_max=8192"
+        );
     }
 }

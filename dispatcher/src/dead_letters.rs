@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gpuq_common::amqp::connect;
+use gpuq_common::amqp::{connect_with_frame_max, CONTROL_FRAME_MAX};
 use gpuq_common::config::Config;
 use gpuq_common::names::dead_letter_header;
 use gpuq_common::wire::validate_job_id;
@@ -110,9 +110,10 @@ pub async fn watch(config: Config, store: Store, host_id: String, shutdown: Canc
     let queue = config.names().dead_letter_events_queue();
     loop {
         let session = async {
-            let connection = connect(
+            let connection = connect_with_frame_max(
                 &config.amqp_url,
                 &format!("gpuq-dispatcher {host_id} dead-letters"),
+                CONTROL_FRAME_MAX,
             )
             .await?;
             let channel = connection.create_channel().await?;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuq_common::amqp::{connect, declare_topology};
+use gpuq_common::amqp::{connect_with_frame_max, declare_topology, CONTROL_FRAME_MAX};
 use gpuq_common::config::Config;
 use gpuq_common::process::LogFormat;
 use gpuq_common::record::HostRecord;
@@ -114,7 +114,12 @@ fn make_plan(
 }
 
 async fn declare(config: &Config, host_id: &str) -> Result<(), DispatcherError> {
-    let connection = connect(&config.amqp_url, &format!("gpuq-dispatcher {host_id}")).await?;
+    let connection = connect_with_frame_max(
+        &config.amqp_url,
+        &format!("gpuq-dispatcher {host_id}"),
+        CONTROL_FRAME_MAX,
+    )
+    .await?;
     let channel = connection.create_channel().await?;
     declare_topology(&channel, &Topology::for_config(config)).await?;
     let _ = channel.close(200, "topology declared".into()).await;

@@ -125,10 +125,13 @@ async fn round(
 ) -> Result<(), String> {
     let names = config.names();
     if broker.is_none() {
-        let connection =
-            gpuq_common::amqp::connect(&config.amqp_url, &format!("gpuq-placer {host_id}"))
-                .await
-                .map_err(|e| format!("rabbitmq: {e}"))?;
+        let connection = gpuq_common::amqp::connect_with_frame_max(
+            &config.amqp_url,
+            &format!("gpuq-placer {host_id}"),
+            gpuq_common::amqp::CONTROL_FRAME_MAX,
+        )
+        .await
+        .map_err(|e| format!("rabbitmq: {e}"))?;
         let channel = connection
             .create_channel()
             .await
