@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Two synthetic models of 10 GiB: a 16 GiB worker holds one at a time.
 fn host(host_id: &str, run_log: &str) -> String {
-    format!(
+    let mut config = format!(
         r#"
 [dispatcher]
 host_id = "{host_id}"
@@ -24,26 +24,14 @@ memory_mib = 16384
 interval_ms = 200
 min_residency_ms = 1000
 max_queue_wait_ms = 10000
-[[models]]
-id = "a"
-feature = "a"
-runtime = "sleep"
-vram_mib = 10240
-[models.params]
-duration_ms = 150
-load_ms = 400
-run_log = "{run_log}"
-[[models]]
-id = "b"
-feature = "b"
-runtime = "sleep"
-vram_mib = 10240
-[models.params]
-duration_ms = 150
-load_ms = 400
-run_log = "{run_log}"
 "#
-    )
+    );
+    for model in ["a", "b"] {
+        config.push_str(&format!(
+            "[[models]]\nid = \"{model}\"\nfeature = \"{model}\"\nruntime = \"sleep\"\nvram_mib = 10240\n[models.params]\nduration_ms = 150\nload_ms = 400\nrun_log = \"{run_log}\"\n"
+        ));
+    }
+    config
 }
 
 const WORKERS: [&str; 2] = ["host-a-gpu0-slot0", "host-b-gpu0-slot0"];

@@ -36,6 +36,11 @@ fn worker(id: &str, eligible: &[&str]) -> WorkerState {
     }
 }
 
+/// Workers w1..=wn, each able to serve a, b and c.
+fn workers(n: usize) -> Vec<WorkerState> {
+    (1..=n).map(|i| worker(&format!("w{i}"), ABC)).collect()
+}
+
 fn with_resident(mut worker: WorkerState, model: &str, loaded_ago_ms: u64) -> WorkerState {
     worker.resident.push((model.into(), NOW - loaded_ago_ms));
     worker
@@ -68,7 +73,7 @@ fn an_idle_system_consumes_every_model_everywhere() {
                 model("b", 0, 100, 1000),
                 model("c", 0, 100, 1000),
             ],
-            vec![worker("w1", ABC), worker("w2", ABC)],
+            workers(2),
         ),
         &policy(),
     );
@@ -112,7 +117,7 @@ fn every_model_with_a_backlog_gets_a_worker() {
                 model("b", 1, 100, 1000),
                 model("c", 1, 100, 1000),
             ],
-            vec![worker("w1", ABC), worker("w2", ABC), worker("w3", ABC)],
+            workers(3),
         ),
         &policy(),
     );
@@ -126,12 +131,7 @@ fn heavy_backlogs_get_more_workers() {
     let decision = decide(
         &snapshot(
             vec![model("a", 100, 1000, 5000), model("b", 2, 100, 5000)],
-            vec![
-                worker("w1", ABC),
-                worker("w2", ABC),
-                worker("w3", ABC),
-                worker("w4", ABC),
-            ],
+            workers(4),
         ),
         &policy(),
     );
@@ -158,7 +158,7 @@ fn a_small_backlog_is_not_worth_loading_on_idle_workers() {
     let decision = decide(
         &snapshot(
             vec![model("a", 3, 100, 5000), model("b", 0, 100, 5000)],
-            vec![worker("w1", ABC), worker("w2", ABC), worker("w3", ABC)],
+            workers(3),
         ),
         &policy(),
     );
@@ -445,18 +445,7 @@ fn replica_bounds_are_honoured() {
     a.max_replicas = 2;
     let mut c = model("c", 0, 100, 1000);
     c.min_replicas = 1;
-    let decision = decide(
-        &snapshot(
-            vec![a, c],
-            vec![
-                worker("w1", ABC),
-                worker("w2", ABC),
-                worker("w3", ABC),
-                worker("w4", ABC),
-            ],
-        ),
-        &policy(),
-    );
+    let decision = decide(&snapshot(vec![a, c], workers(4)), &policy());
     assert_eq!(decision.replicas("a"), 2, "{decision:?}");
     assert_eq!(decision.replicas("c"), 1, "{decision:?}");
 }
@@ -465,7 +454,7 @@ fn replica_bounds_are_honoured() {
 fn expected_arrivals_count_as_work() {
     let mut a = model("a", 1, 1000, 3000);
     a.arrivals_per_s = 4.0;
-    let ws = vec![worker("w1", ABC), worker("w2", ABC), worker("w3", ABC)];
+    let ws = workers(3);
     let no_lookahead = decide(&snapshot(vec![a.clone()], ws.clone()), &policy());
     assert_eq!(no_lookahead.replicas("a"), 1);
     a.waiting = 5;
@@ -486,7 +475,7 @@ fn every_servable_model_is_consumed_somewhere() {
                 model("b", 100, 1000, 3000),
                 model("c", 0, 10, 10),
             ],
-            vec![worker("w1", ABC), worker("w2", ABC)],
+            workers(2),
         ),
         &policy(),
     );
