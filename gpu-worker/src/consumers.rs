@@ -119,7 +119,7 @@ impl Consumers {
     }
 
     /// Waits for the next delivery and holds it. `Err` when a consumer failed
-    /// or ended without being cancelled: the session is lost.
+    /// or ended without being cancelled: the session is lost. Cancel-safe.
     pub async fn receive(&mut self) -> Result<(), String> {
         if self.streams.is_empty() {
             return std::future::pending().await;
@@ -130,7 +130,9 @@ impl Consumers {
         match event {
             Some(Ok(delivery)) => {
                 if self.cancelling.contains(&tag) && !self.should_keep(&delivery) {
-                    amqp::requeue(&delivery).await;
+                    // In a task of its own: this future may be dropped by the
+                    // caller's select, and the job must not be left unacked.
+                    tokio::spawn(async move { amqp::requeue(&delivery).await });
                 } else {
                     self.held.push_back(Held {
                         model,
