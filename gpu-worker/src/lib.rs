@@ -6,7 +6,8 @@
 //! - `runtime`: the `Runtime` seam and its implementations (synthetic echo and
 //!   sleep, adapter processes, TorchScript with feature `torch`).
 //! - `placement`: the assignment from the placing dispatcher, and which held
-//!   job runs next (loaded models first); `consumers`: the queues consumed now.
+//!   job runs next (main and loaded models first); `consumers`: the queues
+//!   consumed now; `session`: one broker session's consume loop.
 //! - `pool`: model residency within the VRAM budget (load on use, LRU eviction).
 //! - `amqp`: owns lapin (consume and publish channels). `store`: owns redis.
 //! - `gpu`: owns nvml-wrapper (free memory before a load).
@@ -19,6 +20,7 @@ mod job;
 mod placement;
 mod pool;
 mod runtime;
+mod session;
 mod stats;
 mod store;
 mod worker;

@@ -5,27 +5,25 @@
 //! finish for `worker.shutdown_grace_s`, then closes the connection: whatever is
 //! still unacked goes back to its queue, so nothing is lost.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_common::config::Config;
-use gpuq_common::record::{Assignment, WorkerRecord};
+use gpuq_common::record::WorkerRecord;
 use gpuq_common::registry::{ModelConfig, Registry};
 use gpuq_common::topology::Topology;
 use gpuq_common::{now_ms, redact_url};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::amqp::Broker;
-use crate::consumers::Consumers;
-use crate::job::{handle_delivery, CancelRegistry, JobContext};
-use crate::placement::{choose, desired_queues, Affinity, Choice};
+use crate::job::{CancelRegistry, JobContext};
 use crate::pool::{Loader, ModelPool};
 use crate::runtime;
+use crate::session::{consume, Session, SessionEnd};
 use crate::stats::WorkerStats;
 use crate::store::{Store, StoreError};
 
@@ -158,13 +156,6 @@ pub async fn run(
     }
     tracing::info!(reason = ?result.as_ref().ok(), "worker stopped");
     result
-}
-
-/// Why one broker session ended.
-enum SessionEnd {
-    Stop(ExitReason),
-    /// The connection or a consumer failed; reconnect.
-    Lost(String),
 }
 
 /// Delays between reconnection attempts to RabbitMQ.
@@ -317,129 +308,6 @@ async fn wait_for_in_flight(tracker: &TaskTracker, config: &Config) {
             grace_s = grace.as_secs(),
             "in-flight jobs outlived the grace period; they go back to their queues"
         );
-    }
-}
-
-/// What a broker session shares with the worker's life.
-struct Session<'a> {
-    served: &'a [String],
-    permits: &'a Arc<Semaphore>,
-    tracker: &'a TaskTracker,
-    shutdown: &'a CancellationToken,
-    restart: &'a CancellationToken,
-}
-
-/// How long a free worker waits for a job of a loaded model before starting
-/// one that needs a load: a few broker round trips, against loads of seconds.
-const AFFINITY_GRACE: Duration = Duration::from_millis(50);
-
-/// One broker session: consume the assigned queues, following assignment
-/// changes, and run held jobs (loaded models first) until stop or failure.
-async fn consume(
-    context: Arc<JobContext>,
-    session: Session<'_>,
-    assignment: &mut watch::Receiver<Option<Assignment>>,
-) -> SessionEnd {
-    let config = Arc::clone(&context.config);
-    if let Err(error) = context
-        .broker
-        .set_prefetch(config.worker.effective_prefetch())
-        .await
-    {
-        return SessionEnd::Lost(error.to_string());
-    }
-    let mut consumers = Consumers::new(
-        Arc::clone(&context.broker),
-        &context.worker_id,
-        config.queues.delivery_limit,
-    );
-    let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
-    if let Err(error) = consumers.apply(&queues.models).await {
-        return SessionEnd::Lost(error.to_string());
-    }
-    let publish_queues = |consumers: &Consumers| {
-        context.stats.set_queues(
-            consumers.consuming().into_iter().collect(),
-            consumers.waiting(),
-        )
-    };
-    publish_queues(&consumers);
-    context.stats.set_ready();
-    tracing::info!(models = ?queues.models, concurrency = config.worker.concurrency, "consuming");
-    let affinity = config.placement.enabled.then(|| Affinity {
-        starve_after: Duration::from_millis(config.placement.max_queue_wait_ms),
-        grace: AFFINITY_GRACE,
-    });
-    let mut permit: Option<OwnedSemaphorePermit> = None;
-    let mut free_since: Option<Instant> = None;
-    let mut assignment_open = true;
-    loop {
-        let mut grace_until: Option<Instant> = None;
-        if permit.is_some() && !consumers.held.is_empty() {
-            let now = Instant::now();
-            let since = *free_since.get_or_insert(now);
-            let choice = if affinity.is_none() {
-                Choice::Run(0)
-            } else {
-                let loaded: BTreeSet<String> = context
-                    .pool
-                    .snapshot()
-                    .0
-                    .into_iter()
-                    .map(|r| r.model)
-                    .collect();
-                let held: Vec<(&str, Instant)> = consumers
-                    .held
-                    .iter()
-                    .map(|h| (h.model.as_str(), h.received))
-                    .collect();
-                choose(&held, &loaded, &queues, affinity, since, now)
-            };
-            match choice {
-                Choice::Run(index) => {
-                    let job = consumers.held.remove(index).expect("chosen job is held");
-                    let permit = permit.take().expect("free slot");
-                    free_since = None;
-                    publish_queues(&consumers);
-                    let context = Arc::clone(&context);
-                    session.tracker.spawn(async move {
-                        handle_delivery(context, job.model, job.delivery).await;
-                        drop(permit);
-                    });
-                    continue;
-                }
-                Choice::Wait(until) => grace_until = Some(until),
-            }
-        }
-        let wants_permit = permit.is_none() && !consumers.held.is_empty();
-        tokio::select! {
-            _ = session.shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
-            _ = session.restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
-            changed = assignment.changed(), if assignment_open => {
-                if changed.is_err() {
-                    assignment_open = false;
-                    continue;
-                }
-                queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
-                if queues.models != consumers.consuming() {
-                    tracing::info!(models = ?queues.models, main = ?queues.main, "consuming (placement)");
-                    if let Err(error) = consumers.apply(&queues.models).await {
-                        return SessionEnd::Lost(error.to_string());
-                    }
-                    publish_queues(&consumers);
-                }
-            }
-            received = consumers.receive() => {
-                if let Err(error) = received {
-                    return SessionEnd::Lost(error);
-                }
-                publish_queues(&consumers);
-            }
-            acquired = Arc::clone(session.permits).acquire_owned(), if wants_permit => {
-                permit = Some(acquired.expect("semaphore never closed"));
-            }
-            _ = tokio::time::sleep_until(grace_until.unwrap_or_else(Instant::now)), if grace_until.is_some() => {}
-        }
     }
 }
 

@@ -1,0 +1,94 @@
+//! Which queues each worker consumes once main models are decided: its main
+//! model, models pinned to it, loaded models with work that fit beside the main
+//! one, everything idle for workers without a main model, and every servable
+//! model somewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Planner, WorkerState};
+
+impl Planner<'_> {
+    fn fits_beside(&self, worker: &WorkerState, main: &str, other: &str) -> bool {
+        let vram = |id: &str| self.model(id).map_or(0, |m| m.vram_mib);
+        worker.max_models >= 2
+            && worker
+                .budget_mib
+                .is_none_or(|b| vram(main) + vram(other) <= b)
+    }
+
+    pub(super) fn assignments(&self) -> BTreeMap<String, Vec<String>> {
+        let mut assignments: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for worker in &self.snapshot.workers {
+            let set = assignments.entry(worker.id.clone()).or_default();
+            set.extend(
+                worker
+                    .pinned
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|m| self.models.contains_key(m)),
+            );
+            match self.main.get(worker.id.as_str()) {
+                Some(&main) => {
+                    set.insert(main);
+                    for (other, _) in &worker.resident {
+                        if other != main
+                            && self.active(other)
+                            && self.can_serve(worker, other)
+                            && self.fits_beside(worker, main, other)
+                        {
+                            set.insert(other);
+                        }
+                    }
+                }
+                // An idle worker takes the models it has loaded, and, when it has
+                // none loaded (nothing to evict), every idle model it can serve.
+                None => set.extend(
+                    self.models
+                        .keys()
+                        .copied()
+                        .filter(|id| self.can_serve(worker, id))
+                        .filter(|id| {
+                            Self::resident(worker, id).is_some()
+                                || (worker.resident.is_empty() && !self.active(id))
+                        }),
+                ),
+            }
+        }
+        // Every model some worker can serve is consumed somewhere: by an idle
+        // worker if there is one, the one that consumed it already, else one
+        // that has it loaded, else the one with the least work on its main model.
+        for &id in self.models.keys() {
+            if assignments.values().any(|set| set.contains(id)) {
+                continue;
+            }
+            let fallback = self
+                .snapshot
+                .workers
+                .iter()
+                .filter(|w| self.can_serve(w, id))
+                .min_by(|a, b| {
+                    let load = |w: &WorkerState| {
+                        self.main
+                            .get(w.id.as_str())
+                            .map_or(0.0, |m| self.share(m, self.replicas(m)))
+                    };
+                    let cold = |w: &WorkerState| Self::resident(w, id).is_none();
+                    let new = |w: &WorkerState| !w.consuming.iter().any(|m| m == id);
+                    let busy = |w: &WorkerState| self.main.contains_key(w.id.as_str());
+                    busy(a)
+                        .cmp(&busy(b))
+                        .then(new(a).cmp(&new(b)))
+                        .then(cold(a).cmp(&cold(b)))
+                        .then(load(a).total_cmp(&load(b)))
+                        .then(a.id.cmp(&b.id))
+                });
+            if let Some(worker) = fallback {
+                assignments.entry(worker.id.clone()).or_default().insert(id);
+            }
+        }
+        assignments
+            .into_iter()
+            .map(|(worker, set)| (worker, set.into_iter().map(str::to_owned).collect()))
+            .collect()
+    }
+}

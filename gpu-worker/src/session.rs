@@ -1,0 +1,148 @@
+//! One broker session of a worker: consume the assigned queues, follow
+//! assignment changes, and run held jobs up to the worker's concurrency, in the
+//! order placement wants (see `placement::choose`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpuq_common::record::Assignment;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::consumers::Consumers;
+use crate::job::{handle_delivery, JobContext};
+use crate::placement::{choose, desired_queues, Affinity, Choice};
+use crate::worker::ExitReason;
+
+/// Why one broker session ended.
+pub enum SessionEnd {
+    Stop(ExitReason),
+    /// The connection or a consumer failed; reconnect.
+    Lost(String),
+}
+
+/// What a broker session shares with the worker's life.
+pub struct Session<'a> {
+    pub served: &'a [String],
+    pub permits: &'a Arc<Semaphore>,
+    pub tracker: &'a TaskTracker,
+    pub shutdown: &'a CancellationToken,
+    pub restart: &'a CancellationToken,
+}
+
+/// How long a free worker waits for a job of a loaded model before starting
+/// one that needs a load: a few broker round trips, against loads of seconds.
+const AFFINITY_GRACE: Duration = Duration::from_millis(50);
+
+/// One broker session: consume the assigned queues, following assignment
+/// changes, and run held jobs (loaded models first) until stop or failure.
+pub async fn consume(
+    context: Arc<JobContext>,
+    session: Session<'_>,
+    assignment: &mut watch::Receiver<Option<Assignment>>,
+) -> SessionEnd {
+    let config = Arc::clone(&context.config);
+    if let Err(error) = context
+        .broker
+        .set_prefetch(config.worker.effective_prefetch())
+        .await
+    {
+        return SessionEnd::Lost(error.to_string());
+    }
+    let mut consumers = Consumers::new(
+        Arc::clone(&context.broker),
+        &context.worker_id,
+        config.queues.delivery_limit,
+    );
+    let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
+    if let Err(error) = consumers.apply(&queues.models).await {
+        return SessionEnd::Lost(error.to_string());
+    }
+    let publish_queues = |consumers: &Consumers| {
+        context.stats.set_queues(
+            consumers.consuming().into_iter().collect(),
+            consumers.waiting(),
+        )
+    };
+    publish_queues(&consumers);
+    context.stats.set_ready();
+    tracing::info!(models = ?queues.models, concurrency = config.worker.concurrency, "consuming");
+    let affinity = config.placement.enabled.then(|| Affinity {
+        starve_after: Duration::from_millis(config.placement.max_queue_wait_ms),
+        grace: AFFINITY_GRACE,
+    });
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let mut free_since: Option<Instant> = None;
+    let mut assignment_open = true;
+    loop {
+        let mut grace_until: Option<Instant> = None;
+        if permit.is_some() && !consumers.held.is_empty() {
+            let now = Instant::now();
+            let since = *free_since.get_or_insert(now);
+            let choice = if affinity.is_none() {
+                Choice::Run(0)
+            } else {
+                let loaded: BTreeSet<String> = context
+                    .pool
+                    .snapshot()
+                    .0
+                    .into_iter()
+                    .map(|r| r.model)
+                    .collect();
+                let held: Vec<(&str, Instant)> = consumers
+                    .held
+                    .iter()
+                    .map(|h| (h.model.as_str(), h.received))
+                    .collect();
+                choose(&held, &loaded, &queues, affinity, since, now)
+            };
+            match choice {
+                Choice::Run(index) => {
+                    let job = consumers.held.remove(index).expect("chosen job is held");
+                    let permit = permit.take().expect("free slot");
+                    free_since = None;
+                    publish_queues(&consumers);
+                    let context = Arc::clone(&context);
+                    session.tracker.spawn(async move {
+                        handle_delivery(context, job.model, job.delivery).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Choice::Wait(until) => grace_until = Some(until),
+            }
+        }
+        let wants_permit = permit.is_none() && !consumers.held.is_empty();
+        tokio::select! {
+            _ = session.shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
+            _ = session.restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
+            changed = assignment.changed(), if assignment_open => {
+                if changed.is_err() {
+                    assignment_open = false;
+                    continue;
+                }
+                queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
+                if queues.models != consumers.consuming() {
+                    tracing::info!(models = ?queues.models, main = ?queues.main, "consuming (placement)");
+                    if let Err(error) = consumers.apply(&queues.models).await {
+                        return SessionEnd::Lost(error.to_string());
+                    }
+                    publish_queues(&consumers);
+                }
+            }
+            received = consumers.receive() => {
+                if let Err(error) = received {
+                    return SessionEnd::Lost(error);
+                }
+                publish_queues(&consumers);
+            }
+            acquired = Arc::clone(session.permits).acquire_owned(), if wants_permit => {
+                permit = Some(acquired.expect("semaphore never closed"));
+            }
+            _ = tokio::time::sleep_until(grace_until.unwrap_or_else(Instant::now)), if grace_until.is_some() => {}
+        }
+    }
+}
