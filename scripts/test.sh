@@ -13,8 +13,7 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
-eval "$(scripts/libtorch.sh)"
-FEATURES=(--features gpuq-worker/torch --features gpuq-worker/s3 --features gpuq-producer/s3 --features gpuq-integration-tests/torch --features gpuq-integration-tests/s3)
-# The end-to-end tests run the built binaries, so build them first.
-cargo build --locked --workspace --bins "${FEATURES[@]}"
-cargo test --locked --workspace "${FEATURES[@]}" "$@"
+# The end-to-end tests run the built binaries, so build them first
+# (scripts/cargo.sh adds the torch and s3 features).
+scripts/cargo.sh build --bins
+scripts/cargo.sh test "$@"
