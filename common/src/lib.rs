@@ -6,6 +6,8 @@
 //! - [`names`]: every queue, exchange and Redis key name.
 //! - [`topology`]: the AMQP topology as plain data.
 //! - [`record`]: the Redis job, worker and host records, parsed for readers.
+//! - [`job_index`]: the per-status, per-feature and per-submitter job indexes,
+//!   kept by the Lua prelude every status-writing script shares.
 //! - `amqp` (feature `amqp`): declares the topology with lapin.
 //! - `artifacts` (feature `artifacts`): the artifact store (object_store).
 //! - `process` (feature `process`): logging, signal shutdown, host id for binaries.
@@ -17,6 +19,7 @@ pub mod amqp;
 #[cfg(feature = "artifacts")]
 pub mod artifacts;
 pub mod config;
+pub mod job_index;
 pub mod metrics;
 pub mod names;
 #[cfg(feature = "process")]
@@ -40,22 +43,20 @@ pub fn now_ms() -> u64 {
 
 /// Hides the password of a URL (`amqp://user:secret@host` -> `amqp://user:***@host`)
 /// so that URLs can be logged.
+///
+/// The user info ends at the *last* `@` of the URL, so a password that holds
+/// `/`, `@` or `:` unescaped (`amqp://u:pa/ss@host`) is hidden whole. When in
+/// doubt it hides more: an `@` in a path or query counts as the end of user info.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                format!("{scheme}://{user}@{host}{path}")
-            }
-        }
-        None => url.to_owned(),
+    let Some((userinfo, after)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{after}"),
+        None => format!("{scheme}://{userinfo}@{after}"),
     }
 }
 
@@ -76,5 +77,18 @@ mod tests {
         assert_eq!(redact_url("rediss://:pw@host/1"), "rediss://:***@host/1");
         assert_eq!(redact_url("amqp://user@host"), "amqp://user@host");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_holding_slash_at_and_colon() {
+        for (url, shown) in [
+            ("amqp://u:pa/ss@host/%2f", "amqp://u:***@host/%2f"),
+            ("amqp://u:p@ss@host:5672/vh", "amqp://u:***@host:5672/vh"),
+            ("redis://:a:b/c@d@redis:6379/0", "redis://:***@redis:6379/0"),
+            ("amqps://user:p/a@s:s?x@host", "amqps://user:***@host"),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, shown, "{url}");
+        }
     }
 }

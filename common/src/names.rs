@@ -73,10 +73,32 @@ impl Names {
         format!("{}:job:{job_id}", self.namespace)
     }
 
+    /// Hash about one stored artifact: `owner`, the gateway token name that
+    /// uploaded it or whose job produced it. Expires with the artifact.
+    pub fn artifact_key(&self, artifact_id: &str) -> String {
+        format!("{}:artifact:{artifact_id}", self.namespace)
+    }
+
     /// Sorted set of job ids by creation time (unix ms): the recent-jobs index,
     /// trimmed to `jobs.finished_ttl_s`.
     pub fn jobs_index(&self) -> String {
         format!("{}:jobs", self.namespace)
+    }
+
+    /// Sorted set of the ids of jobs whose status is `status`, by creation
+    /// time; kept by every script that changes a status (see `job_index`).
+    pub fn jobs_by_status(&self, status: &str) -> String {
+        format!("{}:jobs:status:{status}", self.namespace)
+    }
+
+    /// Sorted set of the ids of one feature's jobs, by creation time.
+    pub fn jobs_by_feature(&self, feature: &str) -> String {
+        format!("{}:jobs:feature:{feature}", self.namespace)
+    }
+
+    /// Sorted set of the ids of the jobs one gateway token submitted, by creation time.
+    pub fn jobs_by_submitter(&self, submitted_by: &str) -> String {
+        format!("{}:jobs:by:{submitted_by}", self.namespace)
     }
 
     /// Pub/sub channel carrying every status transition as JSON.
@@ -160,6 +182,11 @@ pub mod job_field {
     pub const ERROR_MESSAGE: &str = "error_message";
     pub const RESULT: &str = "result";
     pub const METADATA: &str = "metadata";
+    /// Name of the gateway token that submitted the job (absent for other publishers).
+    pub const SUBMITTED_BY: &str = "submitted_by";
+    /// A `reply_to` the worker refused to answer (not direct reply-to, nor
+    /// under `jobs.reply_prefix`); absent when there was none.
+    pub const REPLY_TO_IGNORED: &str = "reply_to_ignored";
 }
 
 /// Headers added to a dead-lettered message.
@@ -188,6 +215,9 @@ mod tests {
         assert_eq!(names.events_channel(), "gpuq:events");
         assert_eq!(names.worker_key("h-gpu0-slot0"), "gpuq:worker:h-gpu0-slot0");
         assert_eq!(names.redis_pattern(), "gpuq:*");
+        assert_eq!(names.jobs_by_status("failed"), "gpuq:jobs:status:failed");
+        assert_eq!(names.jobs_by_feature("echo"), "gpuq:jobs:feature:echo");
+        assert_eq!(names.jobs_by_submitter("alice"), "gpuq:jobs:by:alice");
         assert_eq!(names.assignment_key("w"), "gpuq:assignment:w");
         assert_eq!(names.placement_lease(), "gpuq:placement:lease");
     }

@@ -37,8 +37,11 @@ pub struct JobRecord {
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
     pub error: Option<JobError>,
-    /// The model's outputs as JSON.
+    /// The model's outputs as JSON (left out of listings; read one job for it).
     pub result: Option<serde_json::Value>,
+    /// Name of the gateway token that submitted the job, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 impl JobRecord {
@@ -76,6 +79,7 @@ impl JobRecord {
             result: hash
                 .get(job_field::RESULT)
                 .and_then(|r| serde_json::from_str(r).ok()),
+            submitted_by: text(hash, job_field::SUBMITTED_BY),
         })
     }
 

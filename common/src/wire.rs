@@ -63,6 +63,10 @@ pub struct JobMessage {
     /// started by then ends `timed_out` without running. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_s: Option<u64>,
+    /// Name of the gateway token that submitted the job (set by the gateway;
+    /// other publishers leave it out). Output artifacts are owned by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 /// Lifecycle state of a job, as stored in Redis and sent in events.

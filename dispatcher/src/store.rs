@@ -83,6 +83,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'error_code', ARGV[2], 'error_mes
 redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'attempts', '0')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+gpuq_reindex(KEYS[1], status, ARGV[1], tonumber(ARGV[4]) - tonumber(ARGV[5]) * 1000)
 redis.call('PUBLISH', KEYS[2], ARGV[6])
 return 1
 "#;
@@ -93,7 +94,7 @@ return 1
             ts_ms: now,
             ..StatusEvent::new(job_id.to_owned(), status)
         };
-        let wrote: i64 = redis::Script::new(SCRIPT)
+        let wrote: i64 = redis::Script::new(&gpuq_common::job_index::with_reindex(SCRIPT))
             .key(self.names.job_key(job_id))
             .key(self.names.events_channel())
             .arg(status.as_str())

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use gpuq_common::job_index::with_reindex;
 use gpuq_common::record::{Assignment, WorkerRecord};
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent, ValueMap};
@@ -62,6 +63,7 @@ if redis.call('HSETNX', KEYS[1], 'created_ms', now) == 1 then
   redis.call('ZADD', KEYS[3], now, ARGV[7])
 end
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'metadata', ARGV[8]) end
+gpuq_reindex(KEYS[1], status, 'processing', nil)
 redis.call('PERSIST', KEYS[1])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('PUBLISH', KEYS[2], cjson.encode({job_id = ARGV[7], status = 'processing',
@@ -86,6 +88,7 @@ redis.call('HSETNX', KEYS[1], 'attempts', '0')
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'feature', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'model', ARGV[9]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+gpuq_reindex(KEYS[1], status, ARGV[1], tonumber(ARGV[2]) - tonumber(ARGV[3]) * 1000)
 redis.call('PUBLISH', KEYS[2], ARGV[7])
 return 'ok'
 "#;
@@ -97,6 +100,7 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' or statu
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', '0', 'error_code', ARGV[1],
   'error_message', ARGV[2], 'retry_at_ms', ARGV[3])
+gpuq_reindex(KEYS[1], status, 'queued', nil)
 redis.call('PUBLISH', KEYS[2], ARGV[4])
 return 1
 "#;
@@ -140,10 +144,10 @@ impl Store {
             connection,
             names,
             finished_ttl_s,
-            claim_script: Script::new(CLAIM_SCRIPT),
-            finish_script: Script::new(FINISH_SCRIPT),
+            claim_script: Script::new(&with_reindex(CLAIM_SCRIPT)),
+            finish_script: Script::new(&with_reindex(FINISH_SCRIPT)),
             progress_script: Script::new(PROGRESS_SCRIPT),
-            retry_script: Script::new(RETRY_SCRIPT),
+            retry_script: Script::new(&with_reindex(RETRY_SCRIPT)),
         })
     }
 
@@ -307,6 +311,24 @@ impl Store {
         }))
     }
 
+    /// Notes on the job's record a `reply_to` that got no reply. Written just
+    /// before the outcome, whose write sets the record's expiry.
+    pub async fn note_reply_to_ignored(
+        &self,
+        job_id: &str,
+        reply_to: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let field = gpuq_common::names::job_field::REPLY_TO_IGNORED;
+        redis::cmd("HSET")
+            .arg(self.names.job_key(job_id))
+            .arg(field)
+            .arg(reply_to)
+            .query_async::<()>(&mut connection)
+            .await?;
+        Ok(())
+    }
+
     /// Records a message that could not be run at all, for people to inspect.
     pub async fn note_dead_letter(&self, entry: &serde_json::Value) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
@@ -318,6 +340,27 @@ impl Store {
             .ignore()
             .query_async::<()>(&mut connection)
             .await?;
+        Ok(())
+    }
+
+    /// Records `owner` (a gateway token name) as the owner of artifacts
+    /// (`<ns>:artifact:<id>` field `owner`), expiring after `ttl_s`.
+    pub async fn set_artifact_owners(
+        &self,
+        artifact_ids: &[String],
+        owner: &str,
+        ttl_s: u64,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let mut pipe = redis::pipe();
+        for id in artifact_ids {
+            let key = self.names.artifact_key(id);
+            pipe.hset(&key, "owner", owner)
+                .ignore()
+                .expire(&key, i64::try_from(ttl_s).unwrap_or(i64::MAX))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut connection).await?;
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use gpuq_common::process::{init_tracing, LogFormat};
 use gpuq_common::record::JobRecord;
 use gpuq_common::{Config, ConfigOverrides, JobStatus, Value, ValueMap};
 
-use crate::producer::{JobRequest, Producer};
+use crate::producer::{HubEvent, JobFilter, JobRequest, Producer};
 use crate::store::CancelOutcome;
 
 /// Submit GPU jobs to gpuq and see what the system is doing.
@@ -188,9 +188,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
                 None => None,
             };
-            let jobs = producer
-                .recent_jobs(limit, status, feature.as_deref())
-                .await?;
+            let filter = JobFilter {
+                status,
+                feature,
+                submitted_by: None,
+            };
+            let jobs = producer.recent_jobs(limit, &filter).await?.jobs;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
@@ -345,7 +348,6 @@ async fn submit(producer: &Producer, args: SubmitArgs) -> anyhow::Result<i32> {
 
 /// Follows a job's events with a progress bar; the exit code is `--wait`'s.
 async fn watch(producer: &Producer, job_id: &str, timeout: Duration) -> anyhow::Result<i32> {
-    use futures_util::StreamExt;
     let events = producer.subscribe_events().await?;
     let Some(record) = producer.status(job_id).await? else {
         eprintln!("no job '{job_id}' (unknown, or its record expired)");
@@ -371,12 +373,23 @@ async fn watch(producer: &Producer, job_id: &str, timeout: Duration) -> anyhow::
         record.progress,
     );
     if !record.is_final() {
-        let job_events = events.filter(|e| std::future::ready(e.job_id == job_id));
-        let mut job_events = std::pin::pin!(job_events);
+        let mut events = events;
         let deadline = tokio::time::Instant::now() + timeout;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, job_events.next()).await {
-            show(event.status.as_str(), event.progress);
-            if event.status.is_final() {
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            let (status, progress) = match event {
+                HubEvent::Status(event) if event.job_id == job_id => (event.status, event.progress),
+                HubEvent::Status(_) => continue,
+                // Missed events: the record says where the job is.
+                HubEvent::Gap => match producer.status(job_id).await? {
+                    Some(record) => match record.status {
+                        Some(status) => (status, record.progress),
+                        None => continue,
+                    },
+                    None => break,
+                },
+            };
+            show(status.as_str(), progress);
+            if status.is_final() {
                 break;
             }
         }

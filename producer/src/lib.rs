@@ -16,6 +16,6 @@ mod store;
 mod system;
 
 pub use amqp::QueueDepth;
-pub use producer::{JobRequest, Producer, ProducerError, SubmitError};
+pub use producer::{JobFilter, JobListing, JobRequest, Producer, ProducerError, SubmitError};
 pub use store::CancelOutcome;
 pub use system::{QueueStatus, SystemStatus};

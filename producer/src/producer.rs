@@ -20,6 +20,7 @@ use lapin::BasicProperties;
 
 use crate::amqp::{PublishOutcome, Publisher, QueueDepth};
 use crate::store::{CancelOutcome, QueuedJob, Store};
+pub use crate::store::{EventReceiver, HubEvent, JobFilter, JobListing};
 use crate::system::{QueueStatus, SystemStatus};
 
 /// A job to submit. Only `feature` is required.
@@ -36,6 +37,8 @@ pub struct JobRequest {
     /// Longest wait in the queue, seconds; default `jobs.queue_timeout_s`.
     pub queue_timeout_s: Option<u64>,
     pub metadata: ValueMap,
+    /// Name of the gateway token submitting the job (recorded as `submitted_by`).
+    pub submitted_by: Option<String>,
 }
 
 impl JobRequest {
@@ -94,6 +97,23 @@ pub enum ProducerError {
     Artifacts(#[from] ArtifactError),
 }
 
+/// Largest per-message TTL RabbitMQ accepts (`expiration`, milliseconds,
+/// 2^32 - 1); a larger one would close the shared publishing channel.
+const MAX_AMQP_EXPIRATION_MS: u64 = u32::MAX as u64;
+
+/// A client's duration must be 1 s to `jobs.max_timeout_s`: it is multiplied
+/// into milliseconds and handed to RabbitMQ, which refuses absurd values by
+/// closing the channel every submission shares.
+fn check_duration_s(key: &str, value: Option<u64>, max_s: u64) -> Result<(), SubmitError> {
+    match value {
+        Some(s) if s == 0 || s > max_s => Err(SubmitError::Invalid(JobError::new(
+            ErrorCode::InvalidParameter,
+            format!("{key} must be between 1 and {max_s} seconds (jobs.max_timeout_s), got {s}"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A checked job, ready to publish.
 struct PreparedJob {
     message: JobMessage,
@@ -149,11 +169,9 @@ impl Producer {
         Ok(Arc::clone(&current))
     }
 
-    /// Status events as they are published (one subscription per call).
-    pub async fn subscribe_events(
-        &self,
-    ) -> Result<impl futures_util::Stream<Item = gpuq_common::StatusEvent> + use<>, ProducerError>
-    {
+    /// Status events from now on, through the process's one shared Redis
+    /// subscription; a reader that falls behind gets a gap, not a backlog.
+    pub async fn subscribe_events(&self) -> Result<EventReceiver, ProducerError> {
         Ok(self.store.subscribe_events().await?)
     }
 
@@ -243,6 +261,7 @@ impl Producer {
                 created_ms,
                 metadata_json: (!job.message.metadata.is_empty())
                     .then(|| value_map_to_json_string(&job.message.metadata)),
+                submitted_by: job.message.submitted_by.as_deref(),
             })
             .collect();
         let written = match self.store.write_queued(&queued).await {
@@ -313,6 +332,9 @@ impl Producer {
                 "priority must be 0 to 9",
             )));
         }
+        let max_s = self.config.jobs.max_timeout_s;
+        check_duration_s("timeout_s", request.timeout_s, max_s)?;
+        check_duration_s("queue_timeout_s", request.queue_timeout_s, max_s)?;
         let message = JobMessage {
             schema_version: SCHEMA_VERSION,
             job_id,
@@ -327,6 +349,7 @@ impl Producer {
                 .queue_timeout_s
                 .or(Some(self.config.jobs.queue_timeout_s))
                 .filter(|s| *s > 0),
+            submitted_by: request.submitted_by,
         };
         let body = Encoding::Msgpack.encode(&message).map_err(|e| {
             SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string()))
@@ -366,10 +389,13 @@ impl Producer {
         if let Some(priority) = message.priority {
             properties = properties.with_priority(priority);
         }
-        if let Some(queue_timeout_s) = message.queue_timeout_s {
+        if let Some(expiration_ms) = message
+            .queue_timeout_s
+            .and_then(|s| s.checked_mul(1000))
+            .filter(|ms| *ms <= MAX_AMQP_EXPIRATION_MS)
+        {
             // The broker drops (dead-letters) it too, even if no worker ever looks.
-            properties =
-                properties.with_expiration((queue_timeout_s * 1000).to_string().as_str().into());
+            properties = properties.with_expiration(expiration_ms.to_string().as_str().into());
         }
         Ok(PreparedJob {
             message,
@@ -400,6 +426,18 @@ impl Producer {
         Ok(self.artifacts.put(bytes).await?)
     }
 
+    /// Records that gateway token `owner` owns artifact `id`: a `submit` token
+    /// downloads only the artifacts it owns. Expires with job records.
+    pub async fn set_artifact_owner(&self, id: &str, owner: &str) -> Result<(), ProducerError> {
+        let ttl_s = self.config.jobs.finished_ttl_s;
+        Ok(self.store.set_artifact_owner(id, owner, ttl_s).await?)
+    }
+
+    /// The gateway token name that owns artifact `id`, if recorded.
+    pub async fn artifact_owner(&self, id: &str) -> Result<Option<String>, ProducerError> {
+        Ok(self.store.artifact_owner(id).await?)
+    }
+
     /// Reads an artifact (e.g. a mesh a job returned by reference).
     pub async fn get_artifact(&self, id: &str) -> Result<Vec<u8>, ProducerError> {
         Ok(self.artifacts.get(id).await?)
@@ -425,13 +463,14 @@ impl Producer {
 
     /// The most recent jobs, newest first (jobs submitted through gpuq, and those
     /// other clients published once a worker saw them).
+    /// The most recent jobs matching `filter`, newest first, without their
+    /// results; bounded work per call (see `Store::list_jobs`).
     pub async fn recent_jobs(
         &self,
         limit: usize,
-        status: Option<gpuq_common::JobStatus>,
-        feature: Option<&str>,
-    ) -> Result<Vec<JobRecord>, ProducerError> {
-        Ok(self.store.recent_jobs(limit, status, feature).await?)
+        filter: &JobFilter,
+    ) -> Result<JobListing, ProducerError> {
+        Ok(self.store.list_jobs(filter, limit).await?)
     }
 
     /// The job's record, or `None` if unknown or expired.

@@ -5,19 +5,25 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use gpuq_common::job_index::{with_reindex, LIST_FIELDS, LIST_PAGE, MAX_RECORDS_READ_PER_LIST};
 use gpuq_common::names::job_field;
 use gpuq_common::record::{HostRecord, JobRecord, WorkerRecord};
 use gpuq_common::{JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
-/// Writes a new job's record unless the id exists (a job id is used once).
+mod events;
+use events::EventHub;
+pub use events::{EventReceiver, HubEvent};
+
+/// Writes a new job's record unless the id exists (a job id is used once),
+/// and enters it in the job indexes.
 const QUEUED_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4])
+gpuq_reindex(KEYS[1], false, 'queued', ARGV[4])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 "#;
@@ -31,11 +37,54 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'error_code', 'cancelled', 'e
 redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'attempts', '0')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+gpuq_reindex(KEYS[1], status, 'cancelled', tonumber(ARGV[2]) - tonumber(ARGV[3]) * 1000)
 redis.call('PUBLISH', KEYS[2], ARGV[4])
 redis.call('PUBLISH', KEYS[3], ARGV[5])
 if status then return 'was_' .. status end
 return 'was_unknown'
 "#;
+
+/// Records why a job never reached a queue.
+const FAILED_SCRIPT: &str = r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_ms', ARGV[1], 'error_code', ARGV[2], 'error_message', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+gpuq_reindex(KEYS[1], status, 'failed', tonumber(ARGV[1]) - tonumber(ARGV[4]) * 1000)
+redis.call('PUBLISH', KEYS[2], ARGV[5])
+return 1
+"#;
+
+/// Which jobs a listing returns; every term given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub feature: Option<String>,
+    /// The name of the gateway token that submitted the job.
+    pub submitted_by: Option<String>,
+}
+
+impl JobFilter {
+    pub fn matches(&self, record: &JobRecord) -> bool {
+        self.status.is_none_or(|s| record.status == Some(s))
+            && self
+                .feature
+                .as_ref()
+                .is_none_or(|f| record.feature.as_ref() == Some(f))
+            && self
+                .submitted_by
+                .as_ref()
+                .is_none_or(|n| record.submitted_by.as_ref() == Some(n))
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct JobListing {
+    pub jobs: Vec<JobRecord>,
+    /// The listing stopped at the cap on records read per request before
+    /// finding `limit` jobs: older matching jobs may exist.
+    pub truncated: bool,
+}
 
 /// What a cancel request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +101,8 @@ pub struct Store {
     connection: ConnectionManager,
     names: Names,
     queued_script: redis::Script,
+    cancel_script: redis::Script,
+    failed_script: redis::Script,
     /// How long ids stay in the recent-jobs index (the finished-job TTL).
     index_ttl_ms: u64,
     events: Arc<tokio::sync::OnceCell<Arc<EventHub>>>,
@@ -64,6 +115,8 @@ pub struct QueuedJob<'a> {
     pub model: Option<&'a str>,
     pub created_ms: u64,
     pub metadata_json: Option<String>,
+    /// Name of the gateway token that submitted it.
+    pub submitted_by: Option<&'a str>,
 }
 
 impl Store {
@@ -77,7 +130,7 @@ impl Store {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));
         let mut connection = client.get_connection_manager_with_config(config).await?;
-        let queued_script = redis::Script::new(QUEUED_SCRIPT);
+        let queued_script = redis::Script::new(&with_reindex(QUEUED_SCRIPT));
         queued_script
             .prepare_invoke()
             .load_async(&mut connection)
@@ -87,6 +140,8 @@ impl Store {
             connection,
             names,
             queued_script,
+            cancel_script: redis::Script::new(&with_reindex(CANCEL_SCRIPT)),
+            failed_script: redis::Script::new(&with_reindex(FAILED_SCRIPT)),
             index_ttl_ms,
             events: Arc::new(tokio::sync::OnceCell::new()),
         })
@@ -112,6 +167,9 @@ impl Store {
             }
             if let Some(metadata) = &job.metadata_json {
                 fields.push((job_field::METADATA, metadata.clone()));
+            }
+            if let Some(submitted_by) = job.submitted_by {
+                fields.push((job_field::SUBMITTED_BY, submitted_by.to_owned()));
             }
             let event = StatusEvent {
                 feature: Some(job.feature.to_owned()),
@@ -159,33 +217,22 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), redis::RedisError> {
         let mut connection = self.connection.clone();
-        let key = self.names.job_key(job_id);
         let event = StatusEvent {
             error: Some(error.clone()),
             ts_ms: now_ms,
             ..StatusEvent::new(job_id.to_owned(), JobStatus::Failed)
         };
-        redis::pipe()
-            .atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    (job_field::STATUS, JobStatus::Failed.as_str().to_owned()),
-                    (job_field::FINISHED_MS, now_ms.to_string()),
-                    (job_field::ERROR_CODE, error.code.as_str().to_owned()),
-                    (job_field::ERROR_MESSAGE, error.message.clone()),
-                ],
-            )
-            .ignore()
-            .expire(&key, ttl_s as i64)
-            .ignore()
-            .publish(
-                self.names.events_channel(),
-                serde_json::to_string(&event).unwrap_or_default(),
-            )
-            .ignore()
-            .query_async::<()>(&mut connection)
+        self.failed_script
+            .key(self.names.job_key(job_id))
+            .key(self.names.events_channel())
+            .arg(now_ms)
+            .arg(error.code.as_str())
+            .arg(&error.message)
+            .arg(ttl_s)
+            .arg(serde_json::to_string(&event).unwrap_or_default())
+            .invoke_async::<i64>(&mut connection)
             .await
+            .map(|_| ())
     }
 
     /// Cancels a job that has not ended: marks it `cancelled` (so no worker runs
@@ -211,7 +258,8 @@ impl Store {
                 "cancelled by request",
             )),
         };
-        let reply: String = redis::Script::new(CANCEL_SCRIPT)
+        let reply: String = self
+            .cancel_script
             .key(self.names.job_key(job_id))
             .key(self.names.events_channel())
             .key(self.names.cancel_channel())
@@ -248,10 +296,7 @@ impl Store {
         job_id: &str,
         timeout: Duration,
     ) -> Result<Option<JobRecord>, redis::RedisError> {
-        let hub = self
-            .events
-            .get_or_try_init(|| EventHub::start(self.client.clone(), self.names.events_channel()))
-            .await?;
+        let hub = self.hub().await?;
         // Register before reading, so a transition between the two is not missed.
         let finished = hub.register(job_id);
         let record = self.job(job_id).await?;
@@ -264,15 +309,18 @@ impl Store {
         self.job(job_id).await
     }
 
-    /// Every status event, parsed, from a subscription of its own.
-    pub async fn subscribe_events(
-        &self,
-    ) -> Result<impl futures_util::Stream<Item = StatusEvent> + use<>, redis::RedisError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.names.events_channel()).await?;
-        Ok(pubsub.into_on_message().filter_map(|message| async move {
-            serde_json::from_slice::<StatusEvent>(message.get_payload_bytes()).ok()
-        }))
+    /// The process's one subscription to the events channel, started on first use.
+    async fn hub(&self) -> Result<&Arc<EventHub>, redis::RedisError> {
+        self.events
+            .get_or_try_init(|| EventHub::start(self.client.clone(), self.names.events_channel()))
+            .await
+    }
+
+    /// Every status event from now on, through the shared subscription: a
+    /// bounded receiver that reports a gap (lag, or a lost subscription)
+    /// instead of buffering for a slow reader.
+    pub async fn subscribe_events(&self) -> Result<EventReceiver, redis::RedisError> {
+        Ok(self.hub().await?.receiver())
     }
 
     pub async fn ping(&self) -> Result<(), redis::RedisError> {
@@ -283,46 +331,130 @@ impl Store {
             .map(|_| ())
     }
 
-    /// The most recent jobs, newest first, optionally of one status and feature.
-    pub async fn recent_jobs(
+    /// The most recent jobs matching `filter`, newest first, without their
+    /// results. Reads the smallest index that covers a filter, a page at a
+    /// time, and never more than [`MAX_RECORDS_READ_PER_LIST`] records: a
+    /// listing that stops there says so with `truncated`.
+    pub async fn list_jobs(
         &self,
+        filter: &JobFilter,
         limit: usize,
-        status: Option<JobStatus>,
-        feature: Option<&str>,
-    ) -> Result<Vec<JobRecord>, redis::RedisError> {
+    ) -> Result<JobListing, redis::RedisError> {
         let mut connection = self.connection.clone();
-        let mut found = Vec::new();
-        let page = (limit * 4).max(100) as isize;
-        let mut start = 0isize;
-        while found.len() < limit {
+        let index = self.smallest_index(filter, &mut connection).await?;
+        let mut listing = JobListing::default();
+        let mut read = 0usize;
+        let mut start = 0usize;
+        while listing.jobs.len() < limit {
+            if read >= MAX_RECORDS_READ_PER_LIST {
+                listing.truncated = true;
+                break;
+            }
+            let page = LIST_PAGE.min(MAX_RECORDS_READ_PER_LIST - read);
             let ids: Vec<String> = connection
-                .zrevrange(self.names.jobs_index(), start, start + page - 1)
+                .zrevrange(&index, start as isize, (start + page - 1) as isize)
                 .await?;
             if ids.is_empty() {
                 break;
             }
+            start += ids.len();
+            read += ids.len();
             let mut pipe = redis::pipe();
             for id in &ids {
-                pipe.hgetall(self.names.job_key(id));
+                pipe.cmd("HMGET")
+                    .arg(self.names.job_key(id))
+                    .arg(&LIST_FIELDS[..]);
             }
-            let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut connection).await?;
-            for (id, hash) in ids.iter().zip(hashes) {
+            let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut connection).await?;
+            let mut expired = Vec::new();
+            for (id, row) in ids.iter().zip(rows) {
+                let hash: HashMap<String, String> = LIST_FIELDS
+                    .iter()
+                    .zip(row)
+                    .filter_map(|(field, value)| value.map(|v| ((*field).to_owned(), v)))
+                    .collect();
                 let Some(record) = JobRecord::from_hash(id, &hash) else {
+                    expired.push(id.clone());
                     continue;
                 };
-                if status.is_some_and(|s| record.status != Some(s))
-                    || feature.is_some_and(|f| record.feature.as_deref() != Some(f))
-                {
-                    continue;
-                }
-                found.push(record);
-                if found.len() == limit {
-                    break;
+                if filter.matches(&record) && listing.jobs.len() < limit {
+                    listing.jobs.push(record);
                 }
             }
-            start += page;
+            if !expired.is_empty() {
+                // Records past their lifetime leave the index as they are met.
+                let _: () = connection.zrem(&index, &expired).await?;
+                start -= expired.len();
+            }
         }
-        Ok(found)
+        Ok(listing)
+    }
+
+    /// The index with the fewest ids among those that cover one of the
+    /// filter's terms (`ZCARD` is O(1)); the all-jobs index without filters.
+    async fn smallest_index(
+        &self,
+        filter: &JobFilter,
+        connection: &mut ConnectionManager,
+    ) -> Result<String, redis::RedisError> {
+        let candidates: Vec<String> = [
+            filter.status.map(|s| self.names.jobs_by_status(s.as_str())),
+            filter
+                .feature
+                .as_deref()
+                .map(|f| self.names.jobs_by_feature(f)),
+            filter
+                .submitted_by
+                .as_deref()
+                .map(|n| self.names.jobs_by_submitter(n)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if candidates.is_empty() {
+            return Ok(self.names.jobs_index());
+        }
+        let mut pipe = redis::pipe();
+        for key in &candidates {
+            pipe.zcard(key);
+        }
+        let sizes: Vec<u64> = pipe.query_async(connection).await?;
+        let smallest = candidates
+            .into_iter()
+            .zip(sizes)
+            .min_by_key(|(_, size)| *size)
+            .map(|(key, _)| key);
+        Ok(smallest.unwrap_or_else(|| self.names.jobs_index()))
+    }
+
+    /// Records who owns an artifact (`<ns>:artifact:<id>` field `owner`),
+    /// expiring after `ttl_s` like the artifact.
+    pub async fn set_artifact_owner(
+        &self,
+        artifact_id: &str,
+        owner: &str,
+        ttl_s: u64,
+    ) -> Result<(), redis::RedisError> {
+        let key = self.names.artifact_key(artifact_id);
+        redis::pipe()
+            .atomic()
+            .hset(&key, "owner", owner)
+            .ignore()
+            .expire(&key, i64::try_from(ttl_s).unwrap_or(i64::MAX))
+            .ignore()
+            .query_async(&mut self.connection.clone())
+            .await
+    }
+
+    /// The artifact's recorded owner, if any.
+    pub async fn artifact_owner(
+        &self,
+        artifact_id: &str,
+    ) -> Result<Option<String>, redis::RedisError> {
+        self.connection
+            .clone()
+            .hget(self.names.artifact_key(artifact_id), "owner")
+            .await
     }
 
     /// Live worker records; ids whose record expired are dropped from the index.
@@ -366,79 +498,5 @@ impl Store {
             }
         }
         Ok(live)
-    }
-}
-
-/// One subscription to the events channel shared by every `wait` of a
-/// producer: final events wake the waiters of their job.
-pub struct EventHub {
-    waiters: std::sync::Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
-}
-
-impl EventHub {
-    async fn start(
-        client: redis::Client,
-        channel: String,
-    ) -> Result<Arc<EventHub>, redis::RedisError> {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&channel).await?;
-        let hub = Arc::new(EventHub {
-            waiters: std::sync::Mutex::new(HashMap::new()),
-        });
-        let weak = Arc::downgrade(&hub);
-        tokio::spawn(async move {
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
-                let Some(hub) = weak.upgrade() else { return };
-                let Ok(event) = serde_json::from_slice::<StatusEvent>(message.get_payload_bytes())
-                else {
-                    continue;
-                };
-                if event.status.is_final() {
-                    hub.wake(&event.job_id);
-                }
-            }
-            // The subscription ended (Redis went away): wake everyone to re-read.
-            if let Some(hub) = weak.upgrade() {
-                let all: Vec<String> = hub
-                    .waiters
-                    .lock()
-                    .expect("waiters lock")
-                    .keys()
-                    .cloned()
-                    .collect();
-                all.iter().for_each(|id| hub.wake(id));
-            }
-        });
-        Ok(hub)
-    }
-
-    fn register(&self, job_id: &str) -> tokio::sync::oneshot::Receiver<()> {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.waiters
-            .lock()
-            .expect("waiters lock")
-            .entry(job_id.to_owned())
-            .or_default()
-            .push(sender);
-        receiver
-    }
-
-    fn forget(&self, job_id: &str) {
-        let mut waiters = self.waiters.lock().expect("waiters lock");
-        if let Some(senders) = waiters.get_mut(job_id) {
-            senders.retain(|s| !s.is_closed());
-            if senders.is_empty() {
-                waiters.remove(job_id);
-            }
-        }
-    }
-
-    fn wake(&self, job_id: &str) {
-        if let Some(senders) = self.waiters.lock().expect("waiters lock").remove(job_id) {
-            for sender in senders {
-                let _ = sender.send(());
-            }
-        }
     }
 }

@@ -19,6 +19,7 @@ fn sample_job() -> JobMessage {
         metadata,
         submitted_at_ms: Some(1_700_000_000_000),
         queue_timeout_s: Some(60),
+        submitted_by: Some("alice".into()),
     }
 }
 

@@ -40,6 +40,7 @@ fn job(feature: &str, model: Option<&str>) -> JobMessage {
         metadata: ValueMap::new(),
         submitted_at_ms: None,
         queue_timeout_s: None,
+        submitted_by: None,
     }
 }
 
@@ -64,11 +65,11 @@ fn job_for_the_queue_model_runs_with_the_model_timeout() {
 fn job_timeout_overrides_model_timeout_within_limits() {
     let (config, a) = setup();
     let mut j = job("seg", None);
-    j.timeout_s = Some(5);
+    j.timeout_s = Some(12);
     assert_eq!(
         route(&j, &a, &config),
         Ok(Route::Run {
-            timeout: Duration::from_secs(5)
+            timeout: Duration::from_secs(12)
         })
     );
     for bad in [0, 1001] {
@@ -127,5 +128,56 @@ fn absurd_priority_fails() {
     assert_eq!(
         route(&j, &a, &config).unwrap_err().code,
         ErrorCode::InvalidParameter
+    );
+}
+
+#[test]
+fn a_job_timeout_below_the_model_floor_is_raised_to_it() {
+    let (config, a) = setup();
+    // Model "a": timeout_s = 30, no min_timeout_s: the default floor of 10 s.
+    let mut j = job("seg", None);
+    j.timeout_s = Some(1);
+    assert_eq!(
+        route(&j, &a, &config),
+        Ok(Route::Run {
+            timeout: Duration::from_secs(10)
+        })
+    );
+    // An explicit floor.
+    let floored = Config::parse(
+        "[[models]]\nid = \"f\"\nfeature = \"seg\"\nruntime = \"echo\"\nvram_mib = 1\ntimeout_s = 60\nmin_timeout_s = 3",
+        None,
+        &ConfigOverrides::default(),
+    )
+    .unwrap();
+    let f = floored.registry().model("f").unwrap().clone();
+    for (asked, runs) in [(1, 3), (3, 3), (4, 4)] {
+        j.timeout_s = Some(asked);
+        assert_eq!(
+            route(&j, &f, &floored),
+            Ok(Route::Run {
+                timeout: Duration::from_secs(runs)
+            }),
+            "timeout_s {asked}"
+        );
+    }
+}
+
+#[test]
+fn the_default_floor_never_exceeds_a_short_model_timeout() {
+    let short = Config::parse(
+        "[[models]]\nid = \"s\"\nfeature = \"seg\"\nruntime = \"echo\"\nvram_mib = 1\ntimeout_s = 4",
+        None,
+        &ConfigOverrides::default(),
+    )
+    .unwrap();
+    let s = short.registry().model("s").unwrap().clone();
+    let mut j = job("seg", None);
+    j.timeout_s = Some(1);
+    assert_eq!(
+        route(&j, &s, &short),
+        Ok(Route::Run {
+            timeout: Duration::from_secs(4)
+        })
     );
 }

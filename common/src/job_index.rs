@@ -1,0 +1,86 @@
+//! The job indexes: sorted sets of job ids by creation time, one per status,
+//! per feature and per submitter (`<ns>:jobs:status:<status>`,
+//! `<ns>:jobs:feature:<feature>`, `<ns>:jobs:by:<name>`), beside the
+//! all-jobs index `<ns>:jobs`.
+//!
+//! They exist so that a filtered listing reads only the jobs it returns: with
+//! one all-jobs index, `?feature=nomatch` had to read every record of the last
+//! 24 h, and eight such requests stalled every other Redis client. An index is
+//! only useful if it is never stale, so it is written in the same Lua script
+//! as the status it reflects: every script that changes a job's status
+//! prepends [`REINDEX_LUA`] and calls `gpuq_reindex` after its `HSET`.
+//!
+//! What this module does not do: read the indexes (the producer's store does)
+//! or decide transitions (each script still checks finality itself).
+
+/// Lua prelude defining `gpuq_reindex(job_key, old_status, new_status, cutoff_ms)`.
+///
+/// - `job_key` is `<ns>:job:<id>`; the namespace and id are taken from it
+///   (a namespace has no `:`, see `Config` validation).
+/// - `old_status` is what `HGET status` returned before the write (`false`
+///   for a new record); the id leaves that status's index.
+/// - the id enters the new status's index and, when the record has them, its
+///   feature's and submitter's, scored by the record's `created_ms`.
+/// - `cutoff_ms` (or `nil`): ids created before it are trimmed from every
+///   index touched, which keeps them within the finished-job lifetime.
+pub const REINDEX_LUA: &str = r#"
+local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms)
+  local ns, id = string.match(job_key, '^([^:]+):job:(.+)$')
+  if not ns then return end
+  local fields = redis.call('HMGET', job_key, 'created_ms', 'feature', 'submitted_by')
+  local score = tonumber(fields[1]) or 0
+  if old_status and old_status ~= new_status then
+    redis.call('ZREM', ns .. ':jobs:status:' .. old_status, id)
+  end
+  local keys = {ns .. ':jobs:status:' .. new_status}
+  if fields[2] then keys[#keys + 1] = ns .. ':jobs:feature:' .. fields[2] end
+  if fields[3] then keys[#keys + 1] = ns .. ':jobs:by:' .. fields[3] end
+  for _, key in ipairs(keys) do
+    redis.call('ZADD', key, score, id)
+    if cutoff_ms then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff_ms) end
+  end
+end
+"#;
+
+/// Fields a listing reads for each job: everything but the result and the
+/// metadata, whose size a client controls (fetch one job for its result).
+pub const LIST_FIELDS: [&str; 14] = [
+    crate::names::job_field::STATUS,
+    crate::names::job_field::FEATURE,
+    crate::names::job_field::MODEL,
+    crate::names::job_field::WORKER,
+    crate::names::job_field::HOST,
+    crate::names::job_field::GPU,
+    crate::names::job_field::ATTEMPTS,
+    crate::names::job_field::PROGRESS,
+    crate::names::job_field::CREATED_MS,
+    crate::names::job_field::STARTED_MS,
+    crate::names::job_field::FINISHED_MS,
+    crate::names::job_field::ERROR_CODE,
+    crate::names::job_field::ERROR_MESSAGE,
+    crate::names::job_field::SUBMITTED_BY,
+];
+
+/// Most job records one listing request reads, whatever its filters: the
+/// bound on the Redis work a single request can cause.
+pub const MAX_RECORDS_READ_PER_LIST: usize = 2_000;
+
+/// Records read per round trip while listing: small enough that one
+/// pipeline never holds Redis for long.
+pub const LIST_PAGE: usize = 100;
+
+/// Prepends the prelude to a script body.
+pub fn with_reindex(script: &str) -> String {
+    format!("{REINDEX_LUA}\n{script}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn list_fields_leave_out_the_result_and_metadata() {
+        use crate::names::job_field;
+        assert!(!super::LIST_FIELDS.contains(&job_field::RESULT));
+        assert!(!super::LIST_FIELDS.contains(&job_field::METADATA));
+        assert!(super::LIST_FIELDS.contains(&job_field::SUBMITTED_BY));
+    }
+}
