@@ -17,7 +17,8 @@ Standard library only. Subclass `Adapter`, then call `serve(MyAdapter())`:
     if __name__ == "__main__":
         serve(MyModel())
 
-The protocol (docs/adapters.md) is JSON lines on stdin/stdout. `serve` keeps the
+The protocol (docs/adapters.md) is JSON lines on stdin/stdout; every reply
+echoes the `id` of the request it answers (`serve` does it for you). `serve` keeps the
 real stdout for the protocol and points `sys.stdout` (and file descriptor 1) at
 stderr, so a stray `print()` or a chatty C library cannot corrupt it; stderr
 goes to the worker's log. Bytes travel as {"$bytes": "<base64>"} and are
@@ -79,7 +80,9 @@ def decode(value):
     return value
 
 
-def _send(message):
+def _send(message, request_id):
+    """Writes one reply line, echoing the id of the request it answers."""
+    message["id"] = request_id
     _protocol_out.write(json.dumps(message) + "\n")
     _protocol_out.flush()
 
@@ -107,31 +110,32 @@ def serve(adapter):
             continue
         message = json.loads(line)
         op = message.get("op")
+        request_id = message.get("id")
         if op == "load":
             try:
                 adapter.load(message.get("model"), message.get("settings") or {})
             except Exception as error:  # report, then let the worker decide
                 traceback.print_exc()
-                _send({"type": "error", "message": _describe(error)})
+                _send({"type": "error", "message": _describe(error)}, request_id)
                 continue
-            _send({"type": "ready"})
+            _send({"type": "ready"}, request_id)
         elif op == "run":
-            def progress(fraction):
-                _send({"type": "progress", "progress": max(0.0, min(1.0, float(fraction)))})
+            def progress(fraction, request_id=request_id):
+                _send({"type": "progress", "progress": max(0.0, min(1.0, float(fraction)))}, request_id)
 
             try:
                 outputs = adapter.run(decode(message.get("inputs") or {}), progress)
                 if not isinstance(outputs, dict):
                     raise AdapterError(f"run() must return a dict, got {type(outputs).__name__}")
-                _send({"type": "result", "outputs": encode(outputs)})
+                _send({"type": "result", "outputs": encode(outputs)}, request_id)
             except AdapterError as error:
-                _send({"type": "error", "code": error.code, "message": str(error)})
+                _send({"type": "error", "code": error.code, "message": str(error)}, request_id)
             except MemoryError as error:
-                _send({"type": "error", "code": "out_of_memory", "message": _describe(error)})
+                _send({"type": "error", "code": "out_of_memory", "message": _describe(error)}, request_id)
             except Exception as error:
                 traceback.print_exc()
                 code = "out_of_memory" if "out of memory" in str(error).lower() else "model_failed"
-                _send({"type": "error", "code": code, "message": _describe(error)})
+                _send({"type": "error", "code": code, "message": _describe(error)}, request_id)
         elif op == "unload":
             adapter.unload()
             return

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::names::Names;
 
+mod redact;
 mod sections;
 use crate::registry::{ModelConfig, Registry};
 pub use sections::{
@@ -32,10 +33,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config{}: {source}", path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    /// `message` is toml's error with every secret-looking value hidden.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
     Parse {
         path: Option<PathBuf>,
-        source: Box<toml::de::Error>,
+        message: String,
     },
     #[error("invalid config key '{key}': {message}")]
     Invalid { key: String, message: String },
@@ -165,9 +167,9 @@ impl Config {
         path: Option<&Path>,
         overrides: &ConfigOverrides,
     ) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.map(Path::to_owned),
-            source: Box::new(source),
+            message: redact::redacted_parse_error(text, &error),
         })?;
         if let Some(url) = &overrides.amqp_url {
             config.amqp_url = url.clone();
@@ -409,6 +411,17 @@ impl Config {
                         self.jobs.max_timeout_s
                     ),
                 ));
+            }
+            if let Some(min) = model.min_timeout_s_setting {
+                if min == 0 || min > model.timeout_s {
+                    return Err(invalid(
+                        key("min_timeout_s"),
+                        format!(
+                            "must be between 1 and the model's timeout_s = {}",
+                            model.timeout_s
+                        ),
+                    ));
+                }
             }
             if model.default {
                 if let Some(other) = defaults.insert(&model.feature, &model.id) {

@@ -24,6 +24,13 @@ pub struct ModelConfig {
     /// Default run-time limit of a job, seconds. Default 600.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
+    /// Floor of a job's run-time limit, seconds: a job asking for a shorter
+    /// `timeout_s` runs with this one. A timed-out in-process model restarts its
+    /// worker, so without a floor a client could cycle workers at will. Default
+    /// [`DEFAULT_MIN_TIMEOUT_S`], or `timeout_s` when that is lower; at most
+    /// `timeout_s`. Read it through [`ModelConfig::min_timeout_s`].
+    #[serde(default, rename = "min_timeout_s")]
+    pub min_timeout_s_setting: Option<u64>,
     /// The feature's default model (at most one per feature).
     #[serde(default)]
     pub default: bool,
@@ -35,6 +42,9 @@ pub struct ModelConfig {
 fn default_timeout_s() -> u64 {
     600
 }
+
+/// Default floor of a job's run-time limit, seconds (`min_timeout_s`).
+pub const DEFAULT_MIN_TIMEOUT_S: u64 = 10;
 
 /// Runtimes a model can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -72,6 +82,10 @@ pub struct SleepParams {
     /// File to which each run appends its input `tag` (a line), so tests and
     /// benchmarks can count how often each job really ran. Default none.
     pub run_log: Option<String>,
+    /// Whether the `abort_worker` input may crash the worker process (crash
+    /// injection for gpuq's own tests). Without it that input is `invalid_input`,
+    /// so no client can kill a worker. Default false; no shipped config sets it.
+    pub allow_crash_inputs: bool,
 }
 
 /// Params of the `torchscript` runtime.
@@ -138,6 +152,21 @@ fn default_load_timeout_s() -> u64 {
 }
 
 impl ModelConfig {
+    /// The floor of a job's run-time limit, seconds: `min_timeout_s`, else the
+    /// default (10 s), lowered to `timeout_s` when the model's own limit is lower.
+    pub fn min_timeout_s(&self) -> u64 {
+        self.min_timeout_s_setting
+            .unwrap_or(DEFAULT_MIN_TIMEOUT_S.min(self.timeout_s))
+    }
+
+    /// The run-time limit of a job, seconds: its own `timeout_s` (already
+    /// range-checked by the caller) or the model's, never below [`Self::min_timeout_s`].
+    pub fn effective_timeout_s(&self, requested_s: Option<u64>) -> u64 {
+        requested_s
+            .unwrap_or(self.timeout_s)
+            .max(self.min_timeout_s())
+    }
+
     /// Checks `params` against the runtime; the error names the bad param.
     pub fn runtime_params(&self) -> Result<RuntimeParams, String> {
         match self.runtime {
@@ -195,6 +224,7 @@ impl ModelConfig {
                     fail_rate: 0.0,
                     load_ms: 0,
                     run_log: None,
+                    allow_crash_inputs: false,
                 };
                 for (name, value) in &self.params {
                     match name.as_str() {
@@ -213,6 +243,11 @@ impl ModelConfig {
                         "run_log" => {
                             params.run_log = Some(value.as_str().ok_or("'run_log' must be a file path")?.to_owned());
                         }
+                        "allow_crash_inputs" => {
+                            params.allow_crash_inputs = value
+                                .as_bool()
+                                .ok_or("'allow_crash_inputs' must be true or false")?;
+                        }
                         "fail_rate" => {
                             let rate = value
                                 .as_float()
@@ -225,7 +260,7 @@ impl ModelConfig {
                         }
                         other => {
                             return Err(format!(
-                                "runtime 'sleep' has no param '{other}' (known: duration_ms, fail_rate, load_ms, run_log)"
+                                "runtime 'sleep' has no param '{other}' (known: allow_crash_inputs, duration_ms, fail_rate, load_ms, run_log)"
                             ))
                         }
                     }

@@ -484,4 +484,6 @@ feature = "sleep"
 runtime = "sleep"
 vram_mib = 4096
 timeout_s = 30
+# Tests time out hanging jobs after a second; production keeps the 10 s floor.
+min_timeout_s = 1
 "#;

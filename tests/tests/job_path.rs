@@ -81,9 +81,11 @@ async fn json_job_from_a_plain_amqp_client_completes_and_replies() {
     // Only lapin and a hand-written JSON body: what pika or amqplib would send.
     let connection = system.amqp().await;
     let channel = connection.create_channel().await.unwrap();
+    // Replies go only to queues under jobs.reply_prefix (or direct reply-to).
+    let reply_name = format!("gpuq.reply.{}", uuid::Uuid::new_v4().simple());
     let reply_queue = channel
         .queue_declare(
-            "".into(),
+            reply_name.as_str().into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,

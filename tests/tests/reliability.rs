@@ -14,7 +14,8 @@ use nix::unistd::Pid;
 const WAIT: Duration = Duration::from_secs(60);
 const WORKER: &str = "host-a-gpu0-slot0";
 
-/// One GPU, one slot, a synthetic sleep model that logs every run to `runs.log`.
+/// One GPU, one slot, a synthetic sleep model that logs every run to `runs.log`
+/// and may crash its worker on request (the poison-job test).
 fn body(system_dir_hint: &str, extra: &str) -> String {
     format!(
         r#"
@@ -38,6 +39,7 @@ timeout_s = 60
 [models.params]
 duration_ms = 10
 run_log = "{system_dir_hint}/runs.log"
+allow_crash_inputs = true
 
 [[models]]
 id = "huge"

@@ -57,6 +57,17 @@ pub struct JobsConfig {
     /// Default longest wait in the queue before a job ends `timed_out`, seconds;
     /// 0 means none. A job's `queue_timeout_s` overrides it. Default 0.
     pub queue_timeout_s: u64,
+    /// Most artifact references (`{"$artifact": id}`) in one job's inputs; a
+    /// job with more ends `invalid_input` before anything is fetched (and the
+    /// gateway answers 422). Default 16.
+    pub max_artifact_refs: usize,
+    /// A job's AMQP `reply_to` is honoured only for RabbitMQ's direct reply-to
+    /// (`amq.rabbitmq.reply-to*`) and for queue names starting with this prefix;
+    /// any other queue gets no reply (a WARN, and `reply_to_ignored` on the
+    /// job's record), so a publisher cannot make workers write into job or
+    /// other clients' queues. Empty: every queue (trusted publishers only).
+    /// Default `gpuq.reply.`.
+    pub reply_prefix: String,
 }
 
 impl Default for JobsConfig {
@@ -68,6 +79,8 @@ impl Default for JobsConfig {
             retry_backoff_s: 2,
             retry_backoff_max_s: 300,
             queue_timeout_s: 0,
+            max_artifact_refs: 16,
+            reply_prefix: "gpuq.reply.".into(),
         }
     }
 }

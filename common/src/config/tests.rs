@@ -115,6 +115,18 @@ fn impossible_values_name_their_key() {
             "models[0].timeout_s",
         ),
         (
+            "[[models]]\nid = \"a\"\nfeature = \"f\"\nruntime = \"echo\"\nvram_mib = 1\ntimeout_s = 5\nmin_timeout_s = 6",
+            "models[0].min_timeout_s",
+        ),
+        (
+            "[[models]]\nid = \"a\"\nfeature = \"f\"\nruntime = \"echo\"\nvram_mib = 1\nmin_timeout_s = 0",
+            "models[0].min_timeout_s",
+        ),
+        (
+            "[[models]]\nid = \"a\"\nfeature = \"f\"\nruntime = \"sleep\"\nvram_mib = 1\n[models.params]\nallow_crash_inputs = \"yes\"",
+            "models[0].params",
+        ),
+        (
             "[[models]]\nid = \"a\"\nfeature = \"f\"\nruntime = \"sleep\"\nvram_mib = 1\n[models.params]\nfail_rate = 2.0",
             "models[0].params",
         ),

@@ -164,6 +164,8 @@ pub(super) async fn record_and_ack(
         ts_ms: finished_at_ms,
         ..StatusEvent::new(job.job_id.clone(), outcome.status)
     };
+    // Before the outcome, so that a final record already shows an ignored reply_to.
+    let reply_to = super::reply::checked_reply_to(ctx, &job.job_id, delivery).await;
     match with_retries(ctx.redis_retry(), || {
         ctx.store.finish(&job.job_id, &outcome, &event)
     })
@@ -178,14 +180,14 @@ pub(super) async fn record_and_ack(
             return amqp::requeue(delivery).await;
         }
     }
-    if let Some(reply_to) = delivery.properties.reply_to().as_ref() {
+    if let Some(reply_to) = reply_to {
         send_reply(
             ctx,
             job,
             delivery,
             encoding,
             &outcome,
-            reply_to.as_str(),
+            &reply_to,
             finished_at_ms,
         )
         .await;

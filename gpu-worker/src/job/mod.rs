@@ -141,18 +141,15 @@ pub fn route(
         ));
     }
     let max = config.jobs.max_timeout_s;
-    let timeout_s = match job.timeout_s {
-        Some(t) if t == 0 || t > max => {
-            return Err(JobError::new(
-                ErrorCode::InvalidParameter,
-                format!("timeout_s {t} is out of range 1 to {max}"),
-            ))
-        }
-        Some(t) => t,
-        None => queue_model.timeout_s,
-    };
+    if let Some(t) = job.timeout_s.filter(|t| *t == 0 || *t > max) {
+        return Err(JobError::new(
+            ErrorCode::InvalidParameter,
+            format!("timeout_s {t} is out of range 1 to {max}"),
+        ));
+    }
+    // Never below the model's floor: a tiny timeout must not cycle the worker.
     Ok(Route::Run {
-        timeout: Duration::from_secs(timeout_s),
+        timeout: Duration::from_secs(queue_model.effective_timeout_s(job.timeout_s)),
     })
 }
 
@@ -461,5 +458,6 @@ fn progress_reporter(store: Store, job_id: String) -> Progress {
 }
 
 mod finish;
+mod reply;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,10 @@
 //!
 //! The child is untrusted: every line it writes is size-limited and parsed; a
 //! crash, a hang past the job's timeout or garbage on stdout becomes a clear job
-//! error, the child is killed, and the next job starts a fresh one. Its stderr
+//! error, the child is killed, and the next job starts a fresh one. Every
+//! request carries an `id` that each reply must echo: a reply with a missing or
+//! other id (a stray line left over from an earlier request) is a protocol
+//! error, so it can never become the next job's result. Its stderr
 //! goes to the worker's log. It inherits `CUDA_VISIBLE_DEVICES` and dies with
 //! the worker.
 
@@ -32,6 +35,8 @@ struct ChildProcess {
     child: Child,
     stdin: ChildStdin,
     lines: FramedRead<ChildStdout, LinesCodec>,
+    /// Number of the last request sent; ids are unique within the process.
+    last_request: u64,
 }
 
 pub struct AdapterModel {
@@ -48,6 +53,15 @@ enum Reply {
 }
 
 impl ChildProcess {
+    /// Sends `message` with a fresh `id`; returns the id its replies must echo.
+    async fn request(&mut self, mut message: serde_json::Value) -> std::io::Result<String> {
+        self.last_request += 1;
+        let id = format!("r{}", self.last_request);
+        message["id"] = json!(id);
+        self.send(&message).await?;
+        Ok(id)
+    }
+
     async fn send(&mut self, message: &serde_json::Value) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(message).expect("json values serialize");
         line.push(b'\n');
@@ -89,6 +103,20 @@ fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_owned(),
+    }
+}
+
+/// `Some(what is wrong)` unless `message` echoes request `expected`'s id.
+fn wrong_reply_id(message: &serde_json::Value, expected: &str) -> Option<String> {
+    match message.get("id") {
+        Some(serde_json::Value::String(id)) if id == expected => None,
+        Some(other) => Some(format!(
+            "a reply with id {} while request \"{expected}\" was running",
+            truncate(&other.to_string(), 80)
+        )),
+        None => Some(format!(
+            "a reply without an id while request \"{expected}\" was running"
+        )),
     }
 }
 
@@ -144,16 +172,19 @@ impl AdapterModel {
             .iter()
             .map(|(k, v)| (k.clone(), to_adapter_json(v)))
             .collect();
-        if let Err(error) = child
-            .send(&json!({"op": "run", "inputs": inputs_json}))
+        let id = match child
+            .request(json!({"op": "run", "inputs": inputs_json}))
             .await
         {
-            let status = child.exit_status().await;
-            slot.take();
-            return Err(crashed(format!(
-                "the adapter could not take the job ({error}); it exited: {status}"
-            )));
-        }
+            Ok(id) => id,
+            Err(error) => {
+                let status = child.exit_status().await;
+                slot.take();
+                return Err(crashed(format!(
+                    "the adapter could not take the job ({error}); it exited: {status}"
+                )));
+            }
+        };
         loop {
             let reply = match tokio::time::timeout_at(deadline, child.next_reply()).await {
                 Ok(reply) => reply,
@@ -178,6 +209,12 @@ impl AdapterModel {
                     )));
                 }
             };
+            if let Some(what) = wrong_reply_id(&message, &id) {
+                slot.take().expect("adapter child present").kill().await;
+                return Err(misbehaved(format!(
+                    "the adapter broke the protocol ({what}); it was restarted"
+                )));
+            }
             match message["type"].as_str() {
                 Some("progress") => {
                     if let Some(fraction) = message["progress"]
@@ -254,27 +291,18 @@ async fn spawn_and_load(model_id: &str, params: &AdapterParams) -> Result<ChildP
         child,
         stdin,
         lines: FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES)),
+        last_request: 0,
     };
     let settings = serde_json::to_value(&params.settings).unwrap_or_default();
     let load = json!({"op": "load", "model": model_id, "settings": settings});
     let loaded = async {
-        process
-            .send(&load)
+        let id = process
+            .request(load)
             .await
             .map_err(|e| format!("cannot send load: {e}"))?;
         loop {
-            match process.next_reply().await {
-                Reply::Message(message) => match message["type"].as_str() {
-                    Some("ready") => return Ok(()),
-                    Some("progress") => continue,
-                    Some("error") => {
-                        return Err(format!(
-                            "adapter load failed: {}",
-                            adapter_error(&message).message
-                        ))
-                    }
-                    other => return Err(format!("adapter sent {other:?} instead of 'ready'")),
-                },
+            let message = match process.next_reply().await {
+                Reply::Message(message) => message,
                 Reply::Exited(status) => {
                     return Err(format!("adapter exited while loading: {status}"))
                 }
@@ -283,6 +311,20 @@ async fn spawn_and_load(model_id: &str, params: &AdapterParams) -> Result<ChildP
                         "adapter wrote invalid output while loading ({what})"
                     ))
                 }
+            };
+            if let Some(what) = wrong_reply_id(&message, &id) {
+                return Err(format!("adapter broke the protocol while loading ({what})"));
+            }
+            match message["type"].as_str() {
+                Some("ready") => return Ok(()),
+                Some("progress") => continue,
+                Some("error") => {
+                    return Err(format!(
+                        "adapter load failed: {}",
+                        adapter_error(&message).message
+                    ))
+                }
+                other => return Err(format!("adapter sent {other:?} instead of 'ready'")),
             }
         }
     };
@@ -332,7 +374,7 @@ impl Runtime for AdapterModel {
             let Some(mut child) = self.child.lock().await.take() else {
                 return;
             };
-            let _ = child.send(&json!({"op": "unload"})).await;
+            let _ = child.request(json!({"op": "unload"})).await;
             if tokio::time::timeout(UNLOAD_GRACE, child.child.wait())
                 .await
                 .is_err()
@@ -359,5 +401,20 @@ mod tests {
             adapter_error(&json!({"type": "error", "message": "x", "code": "unroutable"})).code,
             ErrorCode::ModelFailed
         );
+    }
+
+    #[test]
+    fn a_reply_must_echo_the_request_id() {
+        assert_eq!(
+            wrong_reply_id(&json!({"type": "result", "id": "r2"}), "r2"),
+            None
+        );
+        for stray in [
+            json!({"type": "result", "id": "r1"}),
+            json!({"type": "result", "id": 2}),
+            json!({"type": "progress", "progress": 0.5}),
+        ] {
+            assert!(wrong_reply_id(&stray, "r2").is_some(), "{stray}");
+        }
     }
 }

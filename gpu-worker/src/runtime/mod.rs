@@ -86,7 +86,7 @@ impl LoadError {
 pub fn validate(model: &ModelConfig, inputs: &ValueMap) -> Result<(), JobError> {
     match model.runtime_params() {
         Ok(RuntimeParams::Echo) => Ok(()),
-        Ok(RuntimeParams::Sleep(_)) => synthetic::validate_sleep(inputs),
+        Ok(RuntimeParams::Sleep(params)) => synthetic::validate_sleep(&params, inputs),
         Ok(RuntimeParams::Torchscript(params)) => tensor::validate_inputs(&params.inputs, inputs),
         Ok(RuntimeParams::Adapter(_)) => Ok(()),
         Err(reason) => Err(JobError::new(ErrorCode::ModelLoadFailed, reason)),

@@ -5,8 +5,11 @@
 //! - `sleep` stands for a GPU-bound model: it takes `load_ms` to load, holds its
 //!   slot (and, by the pool's accounting, its declared VRAM) for `duration_ms`
 //!   per job, and can fail on purpose (`fail: true` input, or `fail_rate`), or
-//!   crash its whole worker process (`abort_worker: true`). With `run_log`, each
-//!   run appends `<tag input> <start ms>` to a file, so tests count real runs.
+//!   crash its whole worker process (`abort_worker: true`), but only where the
+//!   operator set `params.allow_crash_inputs`: crash injection is for gpuq's own
+//!   tests, and without the switch any client could kill workers at will. With
+//!   `run_log`, each run appends `<tag input> <start ms>` to a file, so tests
+//!   count real runs.
 
 use std::time::Duration;
 
@@ -80,10 +83,32 @@ fn record_run(path: &str, inputs: &ValueMap) {
     }
 }
 
+/// Whether the job asks to crash the worker; an error unless the model's
+/// `allow_crash_inputs` switch is on.
+fn crash_requested(params: &SleepParams, inputs: &ValueMap) -> Result<bool, JobError> {
+    let Some(value) = inputs.get("abort_worker") else {
+        return Ok(false);
+    };
+    if !params.allow_crash_inputs {
+        return Err(JobError::new(
+            ErrorCode::InvalidInput,
+            "input 'abort_worker' is refused: crash injection needs the model's params.allow_crash_inputs = true",
+        ));
+    }
+    match value {
+        Value::Boolean(abort) => Ok(*abort),
+        other => Err(JobError::new(
+            ErrorCode::InvalidInput,
+            format!("input 'abort_worker' must be a boolean, got {other}"),
+        )),
+    }
+}
+
 /// Input checks of the `sleep` runtime.
-pub fn validate_sleep(inputs: &ValueMap) -> Result<(), JobError> {
+pub fn validate_sleep(params: &SleepParams, inputs: &ValueMap) -> Result<(), JobError> {
     duration_ms(inputs, 0)?;
     forced_failure(inputs)?;
+    crash_requested(params, inputs)?;
     Ok(())
 }
 
@@ -105,10 +130,12 @@ impl Runtime for SleepModel {
         let params = self.params.clone();
         run_blocking(timeout, move || {
             let duration_ms = duration_ms(&inputs, params.duration_ms).map_err(RunError::Job)?;
+            // Checked again here: inputs with artifact references skip `validate`.
+            let crash = crash_requested(&params, &inputs).map_err(RunError::Job)?;
             if let Some(path) = &params.run_log {
                 record_run(path, &inputs);
             }
-            if inputs.get("abort_worker") == Some(&Value::Boolean(true)) {
+            if crash {
                 // Stands for a model that crashes its process (a segfault in native code).
                 tracing::error!("synthetic sleep model aborting the worker process on purpose");
                 std::process::abort();
@@ -148,6 +175,7 @@ mod tests {
                 fail_rate,
                 load_ms: 0,
                 run_log: None,
+                allow_crash_inputs: false,
             },
         }
     }
@@ -194,10 +222,38 @@ mod tests {
             let mut inputs = ValueMap::new();
             inputs.insert(name.into(), value);
             assert_eq!(
-                validate_sleep(&inputs).unwrap_err().code,
+                validate_sleep(&sleep_model(0.0).params, &inputs)
+                    .unwrap_err()
+                    .code,
                 ErrorCode::InvalidInput
             );
         }
+    }
+
+    #[tokio::test]
+    async fn abort_worker_is_an_input_error_without_the_operator_switch() {
+        let mut inputs = ValueMap::new();
+        inputs.insert("abort_worker".into(), Value::from(true));
+        let model = sleep_model(0.0);
+        let error = validate_sleep(&model.params, &inputs).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidInput);
+        assert!(error.message.contains("allow_crash_inputs"), "{error:?}");
+        // The run itself refuses too (inputs with artifact references skip validation).
+        let result = model.run(inputs.clone(), LONG, no_progress()).await;
+        assert!(
+            matches!(&result, Err(RunError::Job(e)) if e.code == ErrorCode::InvalidInput),
+            "{result:?}"
+        );
+        // With the switch, a wrong type is still an input error (and `false` runs normally).
+        let mut allowed = sleep_model(0.0);
+        allowed.params.allow_crash_inputs = true;
+        inputs.insert("abort_worker".into(), Value::from("yes"));
+        assert_eq!(
+            validate_sleep(&allowed.params, &inputs).unwrap_err().code,
+            ErrorCode::InvalidInput
+        );
+        inputs.insert("abort_worker".into(), Value::from(false));
+        assert!(validate_sleep(&allowed.params, &inputs).is_ok());
     }
 
     #[tokio::test]

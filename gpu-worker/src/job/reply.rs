@@ -1,0 +1,71 @@
+//! Which `reply_to` queues get a job's reply.
+//!
+//! The reply is published to the default exchange with routing key `reply_to`,
+//! so an unchecked `reply_to` would let any publisher make workers write into
+//! any queue: another model's job queue, or another client's reply queue. Only
+//! RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to*`) and queues under
+//! `jobs.reply_prefix` are answered; any other value is logged, noted on the
+//! job's record (`reply_to_ignored`) and gets no reply.
+
+use lapin::message::Delivery;
+
+use super::JobContext;
+
+/// Prefix of RabbitMQ's direct reply-to pseudo-queue (and the names it expands to).
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Whether a job's `reply_to` may receive its reply.
+pub fn reply_allowed(reply_to: &str, reply_prefix: &str) -> bool {
+    reply_to.starts_with(DIRECT_REPLY_TO) || reply_to.starts_with(reply_prefix)
+}
+
+/// The delivery's `reply_to` if it may be answered; a refused one is logged
+/// and noted on the job's record (best effort: the outcome matters more).
+pub(super) async fn checked_reply_to(
+    ctx: &JobContext,
+    job_id: &str,
+    delivery: &Delivery,
+) -> Option<String> {
+    let reply_to = delivery.properties.reply_to().as_ref()?.to_string();
+    let prefix = &ctx.config.jobs.reply_prefix;
+    if reply_allowed(&reply_to, prefix) {
+        return Some(reply_to);
+    }
+    tracing::warn!(
+        reply_to,
+        reply_prefix = %prefix,
+        "reply_to ignored: only amq.rabbitmq.reply-to and queues starting with jobs.reply_prefix get replies"
+    );
+    if let Err(error) = ctx.store.note_reply_to_ignored(job_id, &reply_to).await {
+        tracing::warn!(%error, "ignored reply_to not noted in redis");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_allowed;
+
+    #[test]
+    fn only_direct_reply_to_and_prefixed_queues_get_replies() {
+        let prefix = "gpuq.reply.";
+        for allowed in [
+            "amq.rabbitmq.reply-to",
+            "amq.rabbitmq.reply-to.g1hkABCDEF.xyz",
+            "gpuq.reply.client-7f3a",
+        ] {
+            assert!(reply_allowed(allowed, prefix), "{allowed}");
+        }
+        for refused in [
+            "some.other.queue",
+            "gpuq.model.sleep",
+            "gpuq.reply",
+            "amq.gen-abc",
+            "",
+        ] {
+            assert!(!reply_allowed(refused, prefix), "{refused:?}");
+        }
+        // An empty prefix lets every queue through (trusted publishers only).
+        assert!(reply_allowed("some.other.queue", ""));
+    }
+}
