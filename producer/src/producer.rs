@@ -427,9 +427,9 @@ impl Producer {
     }
 
     /// Records that gateway token `owner` owns artifact `id`: a `submit` token
-    /// downloads only the artifacts it owns. Expires with job records.
+    /// downloads only the artifacts it owns. Expires with the artifact (`artifacts.ttl_s`).
     pub async fn set_artifact_owner(&self, id: &str, owner: &str) -> Result<(), ProducerError> {
-        let ttl_s = self.config.jobs.finished_ttl_s;
+        let ttl_s = self.config.artifacts.ttl().as_secs();
         Ok(self.store.set_artifact_owner(id, owner, ttl_s).await?)
     }
 

@@ -11,20 +11,30 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A running `gpuq serve` and an HTTP client for it.
 pub struct Gateway {
     pub base: String,
-    _process: ProcessGuard,
+    pub process: ProcessGuard,
     pub client: reqwest::Client,
 }
 
 /// Starts `gpuq serve` for `system` on a free port and waits until it answers.
 pub async fn start_gateway(system: &TestSystem) -> Gateway {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    start_gateway_on(system, "127.0.0.1").await
+}
+
+/// A free TCP port on this machine.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
+        .port()
+}
+
+/// Like [`start_gateway`], listening on `ip` (e.g. `0.0.0.0`); called through 127.0.0.1.
+pub async fn start_gateway_on(system: &TestSystem, ip: &str) -> Gateway {
+    let port = free_port();
+    let address = format!("{ip}:{port}");
     let process = system.spawn("gpuq", &["serve", "--listen", &address]);
-    let base = format!("http://{address}");
+    let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + WAIT;
     while client.get(format!("{base}/healthz")).send().await.is_err() {
@@ -37,7 +47,7 @@ pub async fn start_gateway(system: &TestSystem) -> Gateway {
     }
     Gateway {
         base,
-        _process: process,
+        process,
         client,
     }
 }
@@ -71,10 +81,15 @@ impl Gateway {
 
     /// Polls `GET /v1/jobs/{id}` until the job is final.
     pub async fn wait_final(&self, id: &str) -> Value {
+        self.wait_final_as(id, None).await
+    }
+
+    /// [`Gateway::wait_final`] with a bearer token.
+    pub async fn wait_final_as(&self, id: &str, token: Option<&str>) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
             let (_, job, _) = self
-                .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None, None)
+                .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None, token)
                 .await;
             if ["completed", "failed", "cancelled", "timed_out"]
                 .contains(&job["status"].as_str().unwrap_or(""))

@@ -259,8 +259,10 @@ async fn every_route_answers_with_the_documented_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_only_healthz_answers_without_one() {
     use reqwest::Method;
-    let system =
-        TestSystem::new(&BODY.replace("[gateway]\n", "[gateway]\ntokens = [\"s3cret\"]\n"));
+    let system = TestSystem::new(&BODY.replace(
+        "[gateway]\n",
+        "[gateway]\ntokens = [\"s3cret-token-0123456789\"]\n",
+    ));
     let gateway = start_gateway(&system).await;
     let (status, body, _) = gateway.call(Method::GET, "/healthz", None, None).await;
     assert_eq!((status, body), (200, Value::String("ok".into())));
@@ -284,7 +286,12 @@ async fn with_tokens_only_healthz_answers_without_one() {
         .await;
     assert_eq!(status, 401);
     let (status, _, _) = gateway
-        .call(Method::GET, "/v1/models", None, Some("s3cret"))
+        .call(
+            Method::GET,
+            "/v1/models",
+            None,
+            Some("s3cret-token-0123456789"),
+        )
         .await;
     assert_eq!(status, 200);
 }

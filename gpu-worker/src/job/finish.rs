@@ -13,6 +13,34 @@ use super::JobContext;
 use crate::amqp;
 use crate::store::{Outcome, StoreError};
 
+/// Records the job's submitter (a gateway token name) as the owner of the
+/// artifacts the worker stored for its outputs, so that the submitter's
+/// `submit` token may download them; `returned` are the references the model
+/// returned as such (not stored here, so not given away). A failed write is
+/// logged, not fatal: the result stays readable by admins.
+pub(super) async fn own_outputs(
+    ctx: &JobContext,
+    job: &JobMessage,
+    returned: &[String],
+    outputs: &ValueMap,
+) {
+    let Some(owner) = job.submitted_by.as_deref() else {
+        return;
+    };
+    let stored: Vec<String> = gpuq_common::artifacts::referenced_ids(outputs)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| !returned.contains(id))
+        .collect();
+    if stored.is_empty() {
+        return;
+    }
+    let ttl_s = ctx.config.artifacts.ttl().as_secs();
+    if let Err(error) = ctx.store.set_artifact_owners(&stored, owner, ttl_s).await {
+        tracing::warn!(%error, "output artifacts stored without an owner");
+    }
+}
+
 pub(super) fn completed(outputs: ValueMap) -> Outcome {
     Outcome {
         status: JobStatus::Completed,

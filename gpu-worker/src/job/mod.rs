@@ -344,14 +344,20 @@ async fn run_model(
         ctx.pool.evict(&model.id).await;
     }
     let outcome = match result {
-        Ok(mut outputs) => match ctx
-            .artifacts
-            .offload_outputs(&mut outputs, ctx.config.artifacts.inline_max_bytes)
-            .await
-        {
-            Ok(()) => completed(outputs),
-            Err(error) => failed(JobStatus::Failed, artifact_error(error)),
-        },
+        Ok(mut outputs) => {
+            let returned = artifacts::referenced_ids(&outputs).unwrap_or_default();
+            match ctx
+                .artifacts
+                .offload_outputs(&mut outputs, ctx.config.artifacts.inline_max_bytes)
+                .await
+            {
+                Ok(()) => {
+                    finish::own_outputs(ctx, job, &returned, &outputs).await;
+                    completed(outputs)
+                }
+                Err(error) => failed(JobStatus::Failed, artifact_error(error)),
+            }
+        }
         Err(RunError::Job(error)) => failed(JobStatus::Failed, error),
         Err(RunError::Cancelled) => failed(
             JobStatus::Cancelled,

@@ -50,6 +50,22 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    pub fn artifact_not_found(artifact_id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "artifact_not_found",
+            format!("no artifact '{artifact_id}'"),
+        )
+    }
+
+    /// 413: a request body over `gateway.max_body_bytes`, or a job over
+    /// `queues.max_message_bytes` once encoded.
+    pub fn payload_too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
@@ -82,6 +98,11 @@ impl From<SubmitError> for ApiError {
             SubmitError::UnknownFeature { .. } => unprocessable("unknown_feature"),
             SubmitError::UnknownModel { .. } => unprocessable("unknown_model"),
             SubmitError::Unroutable { .. } => unprocessable("unroutable"),
+            SubmitError::Invalid(job_error)
+                if job_error.code == gpuq_common::ErrorCode::PayloadTooLarge =>
+            {
+                ApiError::payload_too_large(job_error.message.clone())
+            }
             SubmitError::Invalid(job_error) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 job_error.code.as_str(),

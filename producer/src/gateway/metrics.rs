@@ -69,16 +69,20 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-pub async fn render() -> impl IntoResponse {
+/// `GET /metrics`, for admins only.
+pub async fn render(
+    axum::Extension(identity): axum::Extension<super::auth::Identity>,
+) -> Result<impl IntoResponse, super::ApiError> {
+    super::auth::require_admin(&identity)?;
     let mut buffer = Vec::new();
     if let Err(error) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buffer) {
         tracing::warn!(%error, "metrics not encoded");
     }
-    (
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
         buffer,
-    )
+    ))
 }
