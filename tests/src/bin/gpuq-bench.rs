@@ -3,7 +3,7 @@
 //! `--mixed`, the mixed-workload placement benchmark instead (`bench::mixed`).
 
 use clap::Parser;
-use gpuq_integration_tests::bench::{self, mixed, BenchOptions};
+use gpuq_integration_tests::bench::{self, listing, mixed, BenchOptions};
 
 /// Measures gpuq on this machine; see docs/benchmarks.md.
 #[derive(Parser, Debug)]
@@ -58,11 +58,24 @@ struct Args {
     /// Mixed benchmark without the (slow) naive run.
     #[arg(long)]
     mixed_skip_naive: bool,
+    /// Runs the job-listing benchmark over this many finished jobs instead
+    /// (`bench::listing`; the figure is 50000).
+    #[arg(long)]
+    listing: Option<usize>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(jobs) = args.listing {
+        let report = listing::run(jobs).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", listing::render(&report));
+        }
+        return Ok(());
+    }
     if args.mixed {
         let report = mixed::run(&mixed::MixedOptions {
             scale: args.mixed_scale,
