@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/libtorch.sh)"
-FEATURES=(--features gpuq-worker/torch --features gpuq-worker/s3 --features gpuq-producer/s3 --features gpuq-integration-tests/torch --features gpuq-integration-tests/s3)
+FEATURES=(--features gpuq-worker/torch --features gpuq-worker/s3 --features gpuq-producer/s3 --features gpuq-dispatcher/s3 --features gpuq-integration-tests/torch --features gpuq-integration-tests/s3)
 sub="$1"
 shift
 exec cargo "$sub" --locked --workspace "${FEATURES[@]}" "$@"

@@ -189,6 +189,7 @@ impl Config {
                 .or_insert_with(|| value.clone());
         }
         config.validate()?;
+        config.artifacts.validate(&config.jobs)?;
         config.registry = Registry::new(&config.models);
         Ok(config)
     }

@@ -66,6 +66,8 @@ pub enum DispatcherError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Artifacts(#[from] gpuq_common::artifacts::ArtifactError),
 }
 
 fn worker_binary(options: &DispatcherOptions, config: &Config) -> Result<PathBuf, DispatcherError> {
@@ -252,6 +254,8 @@ pub async fn run(
     tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
     declare(&config, &host_id).await?;
     let store = Store::connect(&config.redis_url, config.names()).await?;
+    // Opened (and a local directory checked) before any worker starts.
+    let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts)?;
 
     let command = Arc::new(WorkerCommand {
         program,
@@ -286,6 +290,12 @@ pub async fn run(
         config.clone(),
         store.clone(),
         host_id.clone(),
+        shutdown.clone(),
+    ));
+
+    let janitor = tokio::spawn(crate::artifact_janitor::run(
+        artifacts,
+        config.artifacts.ttl(),
         shutdown.clone(),
     ));
 
@@ -343,6 +353,7 @@ pub async fn run(
     tracing::info!("stopping workers");
     slots.stop_all(started).await;
     let _ = watcher.await;
+    let _ = janitor.await;
     if let Some(placer) = placer {
         let _ = placer.await;
     }

@@ -241,12 +241,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             0
         }
         Command::Artifact(ArtifactCommand::Get { id, output }) => {
-            let bytes = producer.get_artifact(&id).await?;
-            match output {
-                Some(path) => std::fs::write(&path, bytes)
-                    .with_context(|| format!("writing {}", path.display()))?,
-                None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
+            use std::io::Write;
+            let mut download = producer.get_artifact(&id).await?;
+            let mut out: Box<dyn Write + Send> = match &output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("writing {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdout()),
+            };
+            // Chunk by chunk: a large artifact never sits whole in memory.
+            while let Some(chunk) =
+                futures_util::TryStreamExt::try_next(&mut download.chunks).await?
+            {
+                out.write_all(&chunk)?;
             }
+            out.flush()?;
             0
         }
         Command::System { json } => {

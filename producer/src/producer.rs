@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpuq_common::artifacts::{ArtifactError, ArtifactStore};
+use gpuq_common::artifacts::{ArtifactDownload, ArtifactError, ArtifactStore, FetchLimits};
 use gpuq_common::config::Config;
 use gpuq_common::record::JobRecord;
 use gpuq_common::topology::Topology;
@@ -335,7 +335,13 @@ impl Producer {
         let max_s = self.config.jobs.max_timeout_s;
         check_duration_s("timeout_s", request.timeout_s, max_s)?;
         check_duration_s("queue_timeout_s", request.queue_timeout_s, max_s)?;
-        let message = JobMessage {
+        // A malformed reference, or too many, would end `invalid_input` at the worker.
+        gpuq_common::artifacts::check_reference_count(
+            &request.inputs,
+            &FetchLimits::from_config(&self.config),
+        )
+        .map_err(|e| SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string())))?;
+        let mut message = JobMessage {
             schema_version: SCHEMA_VERSION,
             job_id,
             feature: request.feature,
@@ -354,6 +360,8 @@ impl Producer {
         let body = Encoding::Msgpack.encode(&message).map_err(|e| {
             SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string()))
         })?;
+        // The body carries the inputs now; holding them twice until the confirm is waste.
+        message.inputs = ValueMap::new();
         if body.len() as u64 > self.config.queues.max_message_bytes {
             return Err(SubmitError::Invalid(JobError::new(
                 ErrorCode::PayloadTooLarge,
@@ -439,8 +447,9 @@ impl Producer {
     }
 
     /// Reads an artifact (e.g. a mesh a job returned by reference).
-    pub async fn get_artifact(&self, id: &str) -> Result<Vec<u8>, ProducerError> {
-        Ok(self.artifacts.get(id).await?)
+    /// Streamed from the store: the file is never held whole in memory.
+    pub async fn get_artifact(&self, id: &str) -> Result<ArtifactDownload, ProducerError> {
+        Ok(self.artifacts.download(id).await?)
     }
 
     /// A job input from file bytes: inline when small, else stored and referenced.

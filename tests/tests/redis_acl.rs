@@ -188,15 +188,18 @@ async fn the_documented_redis_acl_runs_a_job_end_to_end_and_denies_other_keys() 
     let record = system.wait_for_status(&queued, &["cancelled"], WAIT).await;
     assert_eq!(record["status"], "cancelled");
 
-    // The worker's record was written as that user too (heartbeats).
-    assert!(system
-        .worker_field("host-a-gpu0-slot0", "pid")
-        .await
-        .is_some());
     let refusals = user.refusals();
     assert!(
         refusals.is_empty(),
         "Redis refused gpuq commands for the documented user: {refusals:?}"
+    );
+    // The worker's own writes went through as that user too (its heartbeat).
+    assert!(
+        system
+            .worker_field("host-a-gpu0-slot0", "pid")
+            .await
+            .is_some(),
+        "no worker record"
     );
 
     // Outside its namespace: NOPERM, for reads, writes and KEYS alike.

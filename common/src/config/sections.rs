@@ -124,6 +124,48 @@ pub struct ArtifactsConfig {
     /// Store options, e.g. `aws_endpoint`, `aws_region`, `aws_allow_http` for an
     /// S3-compatible store; `AWS_*` environment variables add to them.
     pub options: BTreeMap<String, String>,
+    /// Most bytes a worker fetches from the store for one job (the sum of its
+    /// referenced artifacts, read with `head` before any download); a job over
+    /// it ends `invalid_input`. The worker holds these bytes in memory while the
+    /// job runs. Default 4 GiB.
+    pub max_fetch_bytes: u64,
+    /// How long an artifact lives, seconds from its upload or its last write:
+    /// dispatchers delete older ones (local and S3). At least 1. Default
+    /// `jobs.finished_ttl_s`, so an artifact lives as long as the job records
+    /// that name it; resolved by `Config::load`.
+    pub ttl_s: Option<u64>,
+}
+
+impl ArtifactsConfig {
+    /// `ttl_s` as a duration (`jobs.finished_ttl_s`'s default when unresolved).
+    pub fn ttl(&self) -> std::time::Duration {
+        let default_s = JobsConfig::default().finished_ttl_s;
+        std::time::Duration::from_secs(self.ttl_s.unwrap_or(default_s))
+    }
+
+    /// Checks `[artifacts]`; `jobs` gives the default `ttl_s`.
+    pub(super) fn validate(&mut self, jobs: &JobsConfig) -> Result<(), super::ConfigError> {
+        let ttl_s = *self.ttl_s.get_or_insert(jobs.finished_ttl_s);
+        if ttl_s == 0 {
+            return Err(super::invalid(
+                "artifacts.ttl_s",
+                "must be at least 1 second",
+            ));
+        }
+        if self.max_fetch_bytes == 0 {
+            return Err(super::invalid(
+                "artifacts.max_fetch_bytes",
+                "must be at least 1 byte",
+            ));
+        }
+        if jobs.max_artifact_refs > 10_000 {
+            return Err(super::invalid(
+                "jobs.max_artifact_refs",
+                "must be at most 10000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ArtifactsConfig {
@@ -132,6 +174,8 @@ impl Default for ArtifactsConfig {
             url: "file:///var/tmp/gpuq-artifacts".into(),
             inline_max_bytes: 1024 * 1024,
             options: BTreeMap::new(),
+            max_fetch_bytes: 4 * 1024 * 1024 * 1024,
+            ttl_s: None,
         }
     }
 }

@@ -264,3 +264,30 @@ fn placement_policy_is_checked_and_names_the_bad_key() {
     .unwrap();
     assert_eq!(ok.placement.models["m"].pin, ["h-gpu0-slot0"]);
 }
+
+#[test]
+fn artifact_lifetime_and_fetch_limits_default_and_name_their_key() {
+    let config = load_fixture("[jobs]\nfinished_ttl_s = 600\n").unwrap();
+    assert_eq!(
+        config.artifacts.ttl_s,
+        Some(600),
+        "defaults to jobs.finished_ttl_s"
+    );
+    assert_eq!(config.jobs.max_artifact_refs, 16);
+    assert_eq!(config.artifacts.max_fetch_bytes, 4 << 30);
+    let config = load_fixture("[artifacts]\nttl_s = 2\n").unwrap();
+    assert_eq!(config.artifacts.ttl(), std::time::Duration::from_secs(2));
+    for (text, key) in [
+        ("[artifacts]\nttl_s = 0\n", "artifacts.ttl_s"),
+        (
+            "[artifacts]\nmax_fetch_bytes = 0\n",
+            "artifacts.max_fetch_bytes",
+        ),
+        (
+            "[jobs]\nmax_artifact_refs = 10001\n",
+            "jobs.max_artifact_refs",
+        ),
+    ] {
+        assert_eq!(invalid_key(load_fixture(text).unwrap_err()), key, "{text}");
+    }
+}

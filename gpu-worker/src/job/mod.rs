@@ -12,12 +12,12 @@ use std::time::Duration;
 use gpuq_common::config::Config;
 use gpuq_common::registry::ModelConfig;
 use gpuq_common::wire::{value_map_to_json_string, Encoding};
-use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, Names};
+use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, Names, ValueMap};
 use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use gpuq_common::artifacts::{self, ArtifactError, ArtifactStore};
+use gpuq_common::artifacts::{self, ArtifactError, ArtifactStore, FetchLimits};
 
 use self::finish::{
     completed, dead_letter, end_without_running, fail_without_running, failed, forward, give_up,
@@ -200,7 +200,7 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
     } else {
         JobMessage::decode(content_type.as_deref(), &delivery.data, message_id)
     };
-    let job = match decoded {
+    let mut job = match decoded {
         Ok(job) => {
             let span = tracing::Span::current();
             if message_id.is_none() {
@@ -223,7 +223,8 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
             return fail_without_running(ctx, &job, model_id, delivery, encoding, error).await
         }
     };
-    let checked = artifacts::referenced_ids(&job.inputs)
+    let limits = FetchLimits::from_config(&ctx.config);
+    let checked = artifacts::check_reference_count(&job.inputs, &limits)
         .map_err(artifact_error)
         .and_then(|_| runtime::validate_with_references(model, &job.inputs));
     if let Err(error) = checked {
@@ -265,7 +266,9 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         );
         return give_up(ctx, &job, model_id, delivery, encoding, error, attempt).await;
     }
-    let outcome = run_model(ctx, model, &job, timeout).await;
+    // The inputs move to the model: the job keeps its ids, never a second copy.
+    let inputs = std::mem::take(&mut job.inputs);
+    let outcome = run_model(ctx, model, &job, inputs, timeout).await;
     if let Some(error) = outcome
         .error
         .as_ref()
@@ -299,6 +302,7 @@ async fn run_model(
     ctx: &JobContext,
     model: &ModelConfig,
     job: &JobMessage,
+    mut inputs: ValueMap,
     timeout: Duration,
 ) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
@@ -309,8 +313,8 @@ async fn run_model(
             return failed(JobStatus::Failed, error.to_job_error());
         }
     };
-    let mut inputs = job.inputs.clone();
-    if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs).await {
+    let limits = FetchLimits::from_config(&ctx.config);
+    if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs, &limits).await {
         return failed(JobStatus::Failed, artifact_error(error));
     }
     if let Some(load) = lease.loaded_in {
@@ -431,11 +435,13 @@ pub fn queue_timeout_exceeded(
     })
 }
 
-/// A missing or malformed reference is the job's fault; a store failure is not.
+/// A missing or malformed reference, or one over the fetch limits, is the
+/// job's fault (never retried); a store failure or an unsafe store path is not.
 fn artifact_error(error: ArtifactError) -> JobError {
-    let code = match error {
-        ArtifactError::InvalidId(_) | ArtifactError::NotFound(_) => ErrorCode::InvalidInput,
-        ArtifactError::Url { .. } | ArtifactError::Store(_) => ErrorCode::ArtifactUnavailable,
+    let code = if error.is_invalid_input() {
+        ErrorCode::InvalidInput
+    } else {
+        ErrorCode::ArtifactUnavailable
     };
     JobError::new(code, error.to_string())
 }

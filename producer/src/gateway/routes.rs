@@ -248,13 +248,20 @@ pub async fn upload_artifact(
 pub async fn download_artifact(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<([(axum::http::HeaderName, &'static str); 1], Vec<u8>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
     use gpuq_common::artifacts::ArtifactError;
     match state.producer.get_artifact(&id).await {
-        Ok(bytes) => Ok((
-            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-            bytes,
-        )),
+        // Streamed chunk by chunk from the store, never whole in memory.
+        Ok(download) => Ok((
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                (header::CONTENT_LENGTH, download.size_bytes.to_string()),
+            ],
+            axum::body::Body::from_stream(download.chunks),
+        )
+            .into_response()),
         Err(crate::ProducerError::Artifacts(ArtifactError::NotFound(_))) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "artifact_not_found",
@@ -265,6 +272,15 @@ pub async fn download_artifact(
             "invalid_artifact_id",
             format!("'{id}' is not an artifact id"),
         )),
+        // A symlink planted in the store, or a store directory gone unsafe.
+        Err(crate::ProducerError::Artifacts(error @ ArtifactError::Unsafe { .. })) => {
+            tracing::error!(%error, "artifact refused");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "artifact_unavailable",
+                format!("artifact '{id}' cannot be read safely; see the gateway's log"),
+            ))
+        }
         Err(other) => Err(other.into()),
     }
 }
