@@ -195,6 +195,22 @@ mod tests {
     }
 
     #[test]
+    fn config_errors_never_print_the_secret() {
+        let text =
+            "amqp_url = \"amqp://gpuq:pa/ss@w:rd@rabbit/%2f\"\n[jobs]\nmax_attempts = \"x\"\n";
+        let error = crate::Config::parse(text, None, &crate::ConfigOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("max_attempts"), "{error}");
+        assert!(!error.contains("pa/ss@w:rd"), "{error}");
+        let text = "redis_url = \"redis://:hunter2hunter2@db/0\" trailing\n";
+        let error = crate::Config::parse(text, None, &crate::ConfigOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
     fn other_lines_stay_readable() {
         let shown = parse_error("namespace = \"demo\"\n[jobs]\nmax_attempts = three\n");
         assert!(shown.contains("max_attempts = three"), "{shown}");
