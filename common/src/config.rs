@@ -14,11 +14,13 @@ use crate::names::Names;
 
 mod redact;
 mod sections;
+mod tokens;
 use crate::registry::{ModelConfig, Registry};
 pub use sections::{
     ArtifactsConfig, DeclaredGpu, DispatcherConfig, GatewayConfig, JobsConfig, ModelPlacement,
     PlacementConfig, QueueConfig, QueueType, SlotConfig, WorkerConfig,
 };
+pub use tokens::{AccessToken, NamedToken, Role, TokenEntry, MIN_TOKEN_LEN};
 
 /// Environment variable that overrides `amqp_url`.
 pub const ENV_AMQP_URL: &str = "GPUQ_AMQP_URL";
@@ -177,10 +179,12 @@ impl Config {
         if let Some(url) = &overrides.redis_url {
             config.redis_url = url.clone();
         }
-        config
-            .gateway
-            .tokens
-            .extend(overrides.gateway_tokens.iter().cloned());
+        config.gateway.env_tokens = overrides
+            .gateway_tokens
+            .iter()
+            .cloned()
+            .map(TokenEntry::Bare)
+            .collect();
         for (key, value) in &overrides.artifact_options {
             config
                 .artifacts
@@ -190,6 +194,8 @@ impl Config {
         }
         config.validate()?;
         config.artifacts.validate(&config.jobs)?;
+        config.gateway.access =
+            tokens::resolve(&config.gateway.tokens, &config.gateway.env_tokens)?;
         config.registry = Registry::new(&config.models);
         Ok(config)
     }
@@ -245,6 +251,7 @@ impl Config {
             &self.artifacts.url,
             &["file", "s3", "memory"],
         )?;
+        self.validate_gateway_limits()?;
         self.validate_worker()?;
         self.validate_dispatcher()?;
         self.validate_models()?;
@@ -312,6 +319,29 @@ impl Config {
                     "must be at least 1 MiB",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_gateway_limits(&self) -> Result<(), ConfigError> {
+        let gateway = &self.gateway;
+        if !(1..=100_000).contains(&gateway.max_streams) {
+            return Err(invalid(
+                "gateway.max_streams",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=3600).contains(&gateway.header_timeout_s) {
+            return Err(invalid(
+                "gateway.header_timeout_s",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        if !(1..=86_400).contains(&gateway.body_timeout_s) {
+            return Err(invalid(
+                "gateway.body_timeout_s",
+                "must be between 1 and 86400 seconds",
+            ));
         }
         Ok(())
     }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::tokens::{AccessToken, TokenEntry};
+
 /// Kind of the per-model queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -90,14 +92,44 @@ impl Default for JobsConfig {
 pub struct GatewayConfig {
     /// Address `gpuq serve` listens on. Default `127.0.0.1:8080`.
     pub listen: String,
-    /// Bearer tokens accepted; empty means no auth. Env `GPUQ_GATEWAY_TOKENS`
-    /// (comma-separated) adds to them.
-    pub tokens: Vec<String>,
+    /// Bearer tokens accepted: strings (admin tokens) or `[[gateway.tokens]]`
+    /// tables with `token`, `role` (`submit` or `admin`) and a unique `name`.
+    /// Each at least 16 characters, no whitespace. Empty means no auth, which
+    /// `gpuq serve` allows only on a loopback address (or with
+    /// `allow_anonymous`). Env `GPUQ_GATEWAY_TOKENS` (comma-separated) adds
+    /// admin tokens. Default none.
+    pub tokens: Vec<TokenEntry>,
+    /// Lets `gpuq serve` listen on a non-loopback address without tokens:
+    /// everyone who reaches the port is admin. Default `false`.
+    pub allow_anonymous: bool,
     /// Ready jobs in a model's queue above which submissions are refused with
     /// 503 and Retry-After (backpressure); 0 means no limit. Default 0.
     pub max_queue_depth: u32,
     /// Largest request body, bytes. Default 16 MiB.
     pub max_body_bytes: usize,
+    /// Live event streams (`/v1/events`, `/v1/jobs/{id}/events`) one gateway
+    /// serves at once; past it, 503 `too_many_streams`. Default 1024.
+    pub max_streams: u32,
+    /// Longest a client may take to send a request's headers, seconds; the
+    /// connection is closed after it. Default 10.
+    pub header_timeout_s: u64,
+    /// Longest a client may take to send a request's body, seconds; the
+    /// request fails after it. Default 60.
+    pub body_timeout_s: u64,
+    /// Tokens from `GPUQ_GATEWAY_TOKENS` (admin), kept apart so errors name
+    /// their source; `Debug` redacts them.
+    #[serde(skip)]
+    pub env_tokens: Vec<TokenEntry>,
+    /// `tokens` and `env_tokens`, validated by `Config::load`.
+    #[serde(skip)]
+    pub(super) access: Vec<AccessToken>,
+}
+
+impl GatewayConfig {
+    /// Every accepted token with its name and role (validated at load).
+    pub fn access_tokens(&self) -> &[AccessToken] {
+        &self.access
+    }
 }
 
 impl Default for GatewayConfig {
@@ -105,8 +137,14 @@ impl Default for GatewayConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             tokens: Vec::new(),
+            allow_anonymous: false,
+            env_tokens: Vec::new(),
+            access: Vec::new(),
             max_queue_depth: 0,
             max_body_bytes: 16 * 1024 * 1024,
+            max_streams: 1024,
+            header_timeout_s: 10,
+            body_timeout_s: 60,
         }
     }
 }

@@ -420,11 +420,16 @@ pub fn queue_timeout_exceeded(
         .queue_timeout_s
         .or(Some(config.jobs.queue_timeout_s))
         .filter(|s| *s > 0)?;
-    let submitted_ms = job
-        .submitted_at_ms
-        .or_else(|| delivery.properties.timestamp().map(|s| s * 1000))?;
+    let submitted_ms = job.submitted_at_ms.or_else(|| {
+        delivery
+            .properties
+            .timestamp()
+            .map(|s| s.saturating_mul(1000))
+    })?;
     let waited_ms = now_ms.saturating_sub(submitted_ms);
-    (waited_ms > limit_s * 1000).then(|| {
+    // Client numbers: saturate, never overflow (a panic in debug, a wrong
+    // limit in release).
+    (waited_ms > limit_s.saturating_mul(1000)).then(|| {
         JobError::new(
             ErrorCode::Timeout,
             format!(

@@ -4,20 +4,21 @@
 //! Stateless: every request goes through the producer library to RabbitMQ and
 //! Redis, so several gateways can run behind a load balancer. Errors are JSON
 //! `{"error": {"code", "message"}}` with a stable code. With bearer tokens
-//! configured, nothing but `/healthz` answers without one (as a header, or as
-//! `?access_token=` for the dashboard's EventSource). `/` is a one-page live
+//! configured, nothing but `/healthz` answers without one, and a token's role
+//! decides what it sees ([`auth`]); without tokens it listens only on loopback
+//! unless `gateway.allow_anonymous` says otherwise. `/` is a one-page live
 //! dashboard (no build step) over these routes.
 
+mod auth;
 mod error;
 mod metrics;
 mod routes;
+mod server;
+mod streams;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::middleware::Next;
-use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,13 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 struct AppState {
     producer: Producer,
-    tokens: Vec<String>,
+    tokens: auth::Tokens,
+    /// Said on `/readyz` while the gateway runs anonymous off loopback.
+    warning: Option<String>,
+    /// One permit per live event stream (`gateway.max_streams`).
+    streams: Arc<tokio::sync::Semaphore>,
+    /// Cancelled at shutdown: event streams end on it.
+    shutdown: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +49,19 @@ pub enum GatewayError {
         address: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Anonymous(#[from] auth::AnonymousExposure),
 }
 
 /// The gateway's routes over a connected producer.
-fn router(producer: Producer) -> Router {
+fn router(producer: Producer, warning: Option<String>, shutdown: CancellationToken) -> Router {
     let config = producer.config().gateway.clone();
     let state = Arc::new(AppState {
         producer,
-        tokens: config.tokens.clone(),
+        tokens: auth::Tokens::new(config.access_tokens()),
+        warning,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams as usize)),
+        shutdown,
     });
     let api = Router::new()
         .route(
@@ -57,13 +69,13 @@ fn router(producer: Producer) -> Router {
             axum::routing::post(routes::submit).get(routes::list_jobs),
         )
         .route("/v1/jobs/{id}", get(routes::job).delete(routes::cancel))
-        .route("/v1/jobs/{id}/events", get(routes::events))
+        .route("/v1/jobs/{id}/events", get(streams::job_events))
         .route(
             "/v1/artifacts",
             axum::routing::post(routes::upload_artifact),
         )
         .route("/v1/artifacts/{id}", get(routes::download_artifact))
-        .route("/v1/events", get(routes::all_events))
+        .route("/v1/events", get(streams::all_events))
         .route(
             "/",
             get(|| async { axum::response::Html(include_str!("dashboard.html")) }),
@@ -84,61 +96,48 @@ fn router(producer: Producer) -> Router {
         )
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
-            authorize,
+            auth::authenticate,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(config.body_timeout_s),
+        ))
         .with_state(state)
 }
 
-/// Refuses requests without a configured bearer token (when any is configured).
-async fn authorize(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if state.tokens.is_empty() {
-        return Ok(next.run(request).await);
-    }
-    let from_header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    // Browsers cannot set headers on EventSource: the dashboard passes ?access_token=.
-    let from_query = request.uri().query().and_then(|query| {
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("access_token="))
-            .map(str::to_owned)
-    });
-    let authorized = [from_header, from_query]
-        .into_iter()
-        .flatten()
-        .any(|token| state.tokens.contains(&token));
-    if authorized {
-        Ok(next.run(request).await)
-    } else {
-        Err(ApiError::unauthorized())
-    }
-}
-
-/// Serves until `shutdown` is cancelled.
+/// Serves until `shutdown` is cancelled. Refuses, before listening, to
+/// serve anonymously off loopback (see [`auth::exposure`]).
 pub async fn serve(producer: Producer, shutdown: CancellationToken) -> Result<(), GatewayError> {
-    let address = producer.config().gateway.listen.clone();
-    let listener = tokio::net::TcpListener::bind(&address)
+    let config = producer.config().gateway.clone();
+    let address = config.listen.clone();
+    let listen_error = |source| GatewayError::Listen {
+        address: address.clone(),
+        source,
+    };
+    // Resolve once and bind exactly what was checked.
+    let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&address)
         .await
-        .map_err(|source| GatewayError::Listen {
-            address: address.clone(),
-            source,
-        })?;
-    tracing::info!(%address, auth = !producer.config().gateway.tokens.is_empty(), "gateway listening");
-    axum::serve(listener, router(producer))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .map_err(listen_error)?
+        .collect();
+    let warning = auth::exposure(&config, &address, &addresses)?;
+    if let Some(warning) = &warning {
+        tracing::warn!(%address, "{warning}");
+    }
+    let listener = tokio::net::TcpListener::bind(addresses.as_slice())
         .await
-        .map_err(|source| GatewayError::Listen { address, source })
+        .map_err(listen_error)?;
+    tracing::info!(
+        %address,
+        tokens = config.access_tokens().len(),
+        anonymous = config.access_tokens().is_empty(),
+        "gateway listening"
+    );
+    let header_timeout = Duration::from_secs(config.header_timeout_s);
+    let router = router(producer, warning, shutdown.clone());
+    server::serve_connections(listener, router, header_timeout, shutdown).await;
+    Ok(())
 }

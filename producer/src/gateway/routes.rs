@@ -1,19 +1,16 @@
 //! The gateway's handlers.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
-use futures_util::{Stream, StreamExt};
 use gpuq_common::wire::value_from_json;
-use gpuq_common::{StatusEvent, ValueMap};
+use gpuq_common::ValueMap;
 use serde::Deserialize;
 use serde_json::{json, Value as JsonValue};
 
+use super::auth::{self, Identity};
 use super::{ApiError, AppState};
 use crate::producer::{JobRequest, SubmitError};
 use crate::store::CancelOutcome;
@@ -50,10 +47,14 @@ fn to_values(map: serde_json::Map<String, JsonValue>, what: &str) -> Result<Valu
 
 pub async fn submit(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<JsonValue>), ApiError> {
     let Json(body) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::payload_too_large(e.body_text());
+        }
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
@@ -66,13 +67,11 @@ pub async fn submit(
         .map(str::to_owned);
     let job_id = body.job_id.clone().or(key);
     let producer = &state.producer;
-    // A retry with the same key returns the job the first try created.
+    // A retry with the same key returns the job the first try created (to
+    // its submitter only: another's id answers 409, never the record).
     if let Some(id) = &job_id {
         if let Some(record) = producer.status(id).await? {
-            return Ok((
-                StatusCode::OK,
-                Json(serde_json::to_value(record).unwrap_or_default()),
-            ));
+            return auth::retried_job(&identity, id, record);
         }
     }
     let limit = producer.config().gateway.max_queue_depth;
@@ -106,6 +105,8 @@ pub async fn submit(
     request.timeout_s = body.timeout_s;
     request.queue_timeout_s = body.queue_timeout_s;
     request.job_id = job_id;
+    request.submitted_by = identity.submitter().map(str::to_owned);
+    auth::check_input_artifacts(&state, &identity, &request.inputs).await?;
     match producer.submit(request).await {
         Ok(id) => Ok((
             StatusCode::CREATED,
@@ -113,10 +114,7 @@ pub async fn submit(
         )),
         // Two retries raced: the other one created it.
         Err(SubmitError::DuplicateJobId(id)) => match producer.status(&id).await? {
-            Some(record) => Ok((
-                StatusCode::OK,
-                Json(serde_json::to_value(record).unwrap_or_default()),
-            )),
+            Some(record) => auth::retried_job(&identity, &id, record),
             None => Err(ApiError::not_found(&id)),
         },
         Err(error) => Err(error.into()),
@@ -131,9 +129,10 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-/// Recent jobs, newest first.
+/// Recent jobs, newest first; a `submit` token sees only its own.
 pub async fn list_jobs(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     axum::extract::Query(query): axum::extract::Query<ListQuery>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let status = match query.status.as_deref() {
@@ -147,30 +146,32 @@ pub async fn list_jobs(
         None => None,
     };
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-    let jobs = state
-        .producer
-        .recent_jobs(limit, status, query.feature.as_deref())
-        .await?;
-    Ok(Json(json!({ "jobs": jobs })))
+    let filter = crate::producer::JobFilter {
+        status,
+        feature: query.feature,
+        submitted_by: auth::listing_scope(&identity),
+    };
+    let listing = state.producer.recent_jobs(limit, &filter).await?;
+    Ok(Json(
+        json!({ "jobs": listing.jobs, "truncated": listing.truncated }),
+    ))
 }
 
 pub async fn job(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Json<JsonValue>, ApiError> {
-    match state.producer.status(&id).await? {
-        Some(record) => Ok(Json(serde_json::to_value(record).unwrap_or_default())),
-        None => Err(ApiError::not_found(&id)),
-    }
+    let record = auth::visible_job(&identity, &id, state.producer.status(&id).await?)?;
+    Ok(Json(serde_json::to_value(record).unwrap_or_default()))
 }
 
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Json<JsonValue>, ApiError> {
-    if state.producer.status(&id).await?.is_none() {
-        return Err(ApiError::not_found(&id));
-    }
+    auth::visible_job(&identity, &id, state.producer.status(&id).await?)?;
     match state.producer.cancel(&id).await? {
         CancelOutcome::Cancelled { was } => Ok(Json(
             json!({"job_id": id, "status": "cancelled", "was": was}),
@@ -183,61 +184,37 @@ pub async fn cancel(
     }
 }
 
-/// Server-Sent Events of one job's transitions and progress; ends after its final event.
-pub async fn events(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let events = state.producer.subscribe_events().await?;
-    let Some(current) = state.producer.status(&id).await? else {
-        return Err(ApiError::not_found(&id));
-    };
-    let first = Event::default()
-        .event(current.status.map_or("unknown", |s| s.as_str()))
-        .json_data(&current)
-        .unwrap_or_default();
-    let job_id = id.clone();
-    let updates =
-        events.filter(move |event: &StatusEvent| std::future::ready(event.job_id == job_id));
-    // Yield events until (and including) the final one, then end the stream.
-    let updates = futures_util::stream::unfold(
-        (Box::pin(updates), current.is_final()),
-        |(mut updates, done)| async move {
-            if done {
-                return None;
-            }
-            let event = updates.next().await?;
-            let sse = Event::default()
-                .event(event.status.as_str())
-                .json_data(&event)
-                .unwrap_or_default();
-            Some((sse, (updates, event.status.is_final())))
-        },
-    );
-    let stream = futures_util::stream::once(async move { first })
-        .chain(updates)
-        .map(Ok);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
 /// `POST /v1/artifacts`: multipart upload of one file (the first field);
 /// returns its id, to pass as `{"$artifact": id}` in inputs.
 pub async fn upload_artifact(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     mut multipart: axum::extract::Multipart,
 ) -> Result<(StatusCode, Json<JsonValue>), ApiError> {
-    let bad = |message: String| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_upload", message)
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::payload_too_large(e.body_text());
+        }
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_upload",
+            e.body_text(),
+        )
     };
-    let field = multipart
-        .next_field()
-        .await
-        .map_err(|e| bad(e.body_text()))?
-        .ok_or_else(|| bad("the upload has no file field".into()))?;
+    let field = multipart.next_field().await.map_err(bad)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_upload",
+            "the upload has no file field",
+        )
+    })?;
     let name = field.file_name().map(str::to_owned);
-    let bytes = field.bytes().await.map_err(|e| bad(e.body_text()))?;
+    let bytes = field.bytes().await.map_err(bad)?;
     let size = bytes.len();
     let id = state.producer.put_artifact(bytes.to_vec()).await?;
+    if let Some(owner) = identity.submitter() {
+        state.producer.set_artifact_owner(&id, owner).await?;
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({"artifact_id": id, "size_bytes": size, "file_name": name})),
@@ -247,11 +224,13 @@ pub async fn upload_artifact(
 /// `GET /v1/artifacts/{id}`: the stored bytes.
 pub async fn download_artifact(
     State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::http::header;
     use axum::response::IntoResponse;
     use gpuq_common::artifacts::ArtifactError;
+    auth::check_artifact_access(&state, &identity, &id).await?;
     match state.producer.get_artifact(&id).await {
         // Streamed chunk by chunk from the store, never whole in memory.
         Ok(download) => Ok((
@@ -283,15 +262,6 @@ pub async fn download_artifact(
         }
         Err(other) => Err(other.into()),
     }
-}
-
-/// Every status event of the system, as Server-Sent Events (the dashboard's feed).
-pub async fn all_events(
-    State(state): State<Arc<AppState>>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let events = state.producer.subscribe_events().await?;
-    let stream = events.map(|event| Ok(Event::default().json_data(&event).unwrap_or_default()));
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
@@ -332,13 +302,21 @@ pub async fn features(State(state): State<Arc<AppState>>) -> Json<JsonValue> {
     Json(json!({ "namespace": state.producer.config().namespace, "features": features }))
 }
 
-pub async fn system(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
+pub async fn system(
+    State(state): State<Arc<AppState>>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<JsonValue>, ApiError> {
+    auth::require_admin(&identity)?;
     let status = state.producer.system_status().await?;
     Ok(Json(serde_json::to_value(status).unwrap_or_default()))
 }
 
-/// 200 when RabbitMQ and Redis both answer, else 503.
+/// 200 when RabbitMQ and Redis both answer, else 503; says so while the
+/// gateway runs anonymous off loopback.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
     state.producer.check_ready().await?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(match &state.warning {
+        Some(warning) => json!({"status": "ready", "warning": warning}),
+        None => json!({"status": "ready"}),
+    }))
 }
