@@ -217,8 +217,18 @@ pub async fn check_input_artifacts(
     if identity.is_admin() {
         return Ok(());
     }
-    // Malformed references are the worker's to refuse, as for any client.
-    let ids = gpuq_common::artifacts::referenced_ids(inputs).unwrap_or_default();
+    // The count first: one owner lookup per reference, so a body full of
+    // references must be refused before it costs Redis anything.
+    let limits = gpuq_common::artifacts::FetchLimits::from_config(state.producer.config());
+    let mut ids = gpuq_common::artifacts::check_reference_count(inputs, &limits).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            e.to_string(),
+        )
+    })?;
+    ids.sort_unstable();
+    ids.dedup();
     for id in ids {
         let owner = state.producer.artifact_owner(&id).await?;
         if !may_download(identity, owner.as_deref()) {
