@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod http;
+pub mod jobs;
 mod process;
 mod servers;
 

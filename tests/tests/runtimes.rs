@@ -1,12 +1,13 @@
 //! Model runtimes through the whole path: the Python example adapter, every
-//! adapter failure (crash on load, crash mid-job, hang, garbage, replies with
-//! the wrong request id), and model
-//! residency with synthetic models of declared sizes.
+//! adapter failure (crash on load, crash mid-job, hang, garbage), and model
+//! residency with synthetic models of declared sizes. Replies with the wrong
+//! request id are in `adapter_protocol.rs`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
+use gpuq_integration_tests::jobs::{result, submit};
 use gpuq_integration_tests::TestSystem;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -53,26 +54,6 @@ command = ["python3", "{script}"]
 settings = {{ crash_on_load = true }}
 "#
     ))
-}
-
-async fn submit(
-    system: &TestSystem,
-    routing_key: &str,
-    job_id: &str,
-    extra: &str,
-) -> std::collections::HashMap<String, String> {
-    let feature = routing_key.split('.').next().unwrap();
-    let body = format!(r#"{{"job_id": "{job_id}", "feature": "{feature}"{extra}}}"#);
-    system
-        .publish_raw(routing_key, body.as_bytes(), Some("application/json"), None)
-        .await;
-    system
-        .wait_for_status(job_id, &["completed", "failed", "timed_out"], WAIT)
-        .await
-}
-
-fn result(record: &std::collections::HashMap<String, String>) -> serde_json::Value {
-    serde_json::from_str(&record["result"]).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,137 +235,6 @@ async fn the_example_adapter_runs_jobs_and_survives_each_failure() {
         !alive.success(),
         "adapter pid {third_pid} outlived its worker"
     );
-}
-
-/// An adapter written against the protocol by hand, that can answer with the
-/// wrong request id on purpose: `mode` "stale" answers with the previous
-/// request's id, "missing" with none, "double" answers right and then writes a
-/// stray second result.
-const STRAY_LINE_ADAPTER: &str = r#"
-import json, os, sys
-last = "r0"
-def out(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-for line in sys.stdin:
-    request = json.loads(line)
-    op, rid = request.get("op"), request.get("id")
-    if op == "load":
-        out({"type": "ready", "id": rid})
-    elif op == "run":
-        inputs = request.get("inputs") or {}
-        mode, tag = inputs.get("mode"), inputs.get("tag")
-        outputs = {"tag": tag, "pid": os.getpid()}
-        if mode == "stale":
-            out({"type": "result", "id": last, "outputs": outputs})
-        elif mode == "missing":
-            out({"type": "result", "outputs": outputs})
-        else:
-            out({"type": "result", "id": rid, "outputs": outputs})
-            if mode == "double":
-                out({"type": "result", "id": rid, "outputs": {"tag": "stray", "pid": os.getpid()}})
-        last = rid
-    elif op == "unload":
-        break
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adapter_replies_with_a_wrong_id_fail_their_job_and_never_become_the_next_result() {
-    let scripts = tempfile::tempdir().unwrap();
-    let script = scripts.path().join("stray_adapter.py");
-    std::fs::write(&script, STRAY_LINE_ADAPTER).unwrap();
-    let system = TestSystem::new(&format!(
-        r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 16384
-
-[[models]]
-id = "stray"
-feature = "stray"
-runtime = "adapter"
-vram_mib = 512
-timeout_s = 30
-[models.params]
-command = ["python3", "{}"]
-"#,
-        script.display()
-    ));
-    let _dispatcher = system.dispatcher(&[]);
-    system
-        .wait_for_consumers(&system.names.model_queue("stray"), 1, WAIT)
-        .await;
-    let tag = |record: &std::collections::HashMap<String, String>| {
-        result(record)["tag"].as_str().map(str::to_owned)
-    };
-    let protocol_error = |record: &std::collections::HashMap<String, String>| {
-        assert_eq!(
-            (record["status"].as_str(), record["error_code"].as_str()),
-            ("failed", "model_failed"),
-            "{record:?}"
-        );
-        assert!(
-            record["error_message"].contains("broke the protocol"),
-            "{record:?}"
-        );
-    };
-
-    let record = submit(&system, "stray", "first", r#", "inputs": {"tag": "first"}"#).await;
-    assert_eq!(tag(&record).as_deref(), Some("first"), "{record:?}");
-    let first_pid = result(&record)["pid"].as_u64().unwrap();
-
-    // A reply carrying the previous request's id: a protocol error, not a result.
-    let record = submit(
-        &system,
-        "stray",
-        "stale",
-        r#", "inputs": {"tag": "stale", "mode": "stale"}"#,
-    )
-    .await;
-    protocol_error(&record);
-    let record = submit(
-        &system,
-        "stray",
-        "after-stale",
-        r#", "inputs": {"tag": "after-stale"}"#,
-    )
-    .await;
-    assert_eq!(tag(&record).as_deref(), Some("after-stale"), "{record:?}");
-    let second_pid = result(&record)["pid"].as_u64().unwrap();
-    assert_ne!(first_pid, second_pid, "the adapter was restarted");
-
-    // A reply without an id.
-    let record = submit(
-        &system,
-        "stray",
-        "missing",
-        r#", "inputs": {"tag": "missing", "mode": "missing"}"#,
-    )
-    .await;
-    protocol_error(&record);
-
-    // A stray second result after a good one: the next job reads it first and
-    // fails; it never becomes that job's result, and the job after gets its own.
-    let record = submit(
-        &system,
-        "stray",
-        "double",
-        r#", "inputs": {"tag": "double", "mode": "double"}"#,
-    )
-    .await;
-    assert_eq!(tag(&record).as_deref(), Some("double"), "{record:?}");
-    let record = submit(
-        &system,
-        "stray",
-        "victim",
-        r#", "inputs": {"tag": "victim"}"#,
-    )
-    .await;
-    protocol_error(&record);
-    let record = submit(&system, "stray", "last", r#", "inputs": {"tag": "last"}"#).await;
-    assert_eq!(tag(&record).as_deref(), Some("last"), "{record:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

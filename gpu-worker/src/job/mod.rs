@@ -90,69 +90,6 @@ impl JobContext {
     }
 }
 
-/// Where a decoded job goes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    /// Run here with this time limit.
-    Run { timeout: Duration },
-    /// The job pins another model of the same feature: publish it there.
-    Forward { routing_key: String },
-}
-
-/// Decides what to do with a job found on `queue_model`'s queue.
-pub fn route(
-    job: &JobMessage,
-    queue_model: &ModelConfig,
-    config: &Config,
-) -> Result<Route, JobError> {
-    let registry = config.registry();
-    if job.feature != queue_model.feature {
-        let code = if registry.default_model(&job.feature).is_none() {
-            ErrorCode::UnknownFeature
-        } else {
-            ErrorCode::InvalidParameter
-        };
-        return Err(JobError::new(
-            code,
-            format!(
-                "job feature '{}' does not match queue of model '{}' (feature '{}'); publish with routing key '{}'",
-                job.feature, queue_model.id, queue_model.feature, job.feature
-            ),
-        ));
-    }
-    if let Some(pinned) = job.model.as_deref().filter(|m| *m != queue_model.id) {
-        return match registry.model(pinned) {
-            Some(model) if model.feature == job.feature => Ok(Route::Forward {
-                routing_key: Names::pinned_routing_key(&job.feature, pinned),
-            }),
-            _ => Err(JobError::new(
-                ErrorCode::UnknownModel,
-                format!(
-                    "model '{pinned}' does not exist or does not serve feature '{}'",
-                    job.feature
-                ),
-            )),
-        };
-    }
-    if let Some(priority) = job.priority.filter(|p| *p > 9) {
-        return Err(JobError::new(
-            ErrorCode::InvalidParameter,
-            format!("priority {priority} is out of range 0 to 9"),
-        ));
-    }
-    let max = config.jobs.max_timeout_s;
-    if let Some(t) = job.timeout_s.filter(|t| *t == 0 || *t > max) {
-        return Err(JobError::new(
-            ErrorCode::InvalidParameter,
-            format!("timeout_s {t} is out of range 1 to {max}"),
-        ));
-    }
-    // Never below the model's floor: a tiny timeout must not cycle the worker.
-    Ok(Route::Run {
-        timeout: Duration::from_secs(queue_model.effective_timeout_s(job.timeout_s)),
-    })
-}
-
 /// Handles one delivery from `model_id`'s queue to its ack (or requeue).
 pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: Delivery) {
     let message_id = delivery
@@ -408,38 +345,6 @@ async fn run_model(
     outcome
 }
 
-/// `Some(error)` when the job waited in the queue past its `queue_timeout_s`
-/// (or `jobs.queue_timeout_s`), counted from `submitted_at_ms` or the AMQP timestamp.
-pub fn queue_timeout_exceeded(
-    job: &JobMessage,
-    delivery: &Delivery,
-    config: &Config,
-    now_ms: u64,
-) -> Option<JobError> {
-    let limit_s = job
-        .queue_timeout_s
-        .or(Some(config.jobs.queue_timeout_s))
-        .filter(|s| *s > 0)?;
-    let submitted_ms = job.submitted_at_ms.or_else(|| {
-        delivery
-            .properties
-            .timestamp()
-            .map(|s| s.saturating_mul(1000))
-    })?;
-    let waited_ms = now_ms.saturating_sub(submitted_ms);
-    // Client numbers: saturate, never overflow (a panic in debug, a wrong
-    // limit in release).
-    (waited_ms > limit_s.saturating_mul(1000)).then(|| {
-        JobError::new(
-            ErrorCode::Timeout,
-            format!(
-                "the job waited {} s in the queue, longer than its queue_timeout_s of {limit_s} s",
-                waited_ms / 1000
-            ),
-        )
-    })
-}
-
 /// A missing or malformed reference, or one over the fetch limits, is the
 /// job's fault (never retried); a store failure or an unsafe store path is not.
 fn artifact_error(error: ArtifactError) -> JobError {
@@ -476,5 +381,7 @@ fn progress_reporter(store: Store, job_id: String) -> Progress {
 
 mod finish;
 mod reply;
+mod route;
+pub use route::{queue_timeout_exceeded, route, Route};
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,171 @@
+//! Checking a job request and turning it into what is published: the
+//! registry check, every limit a client's numbers must respect, the body and
+//! the AMQP properties.
+//!
+//! All of it runs before anything is written, so a refused job leaves no
+//! record, and nothing a client sends reaches RabbitMQ in a form the broker
+//! would refuse by closing the publishing channel every submission shares.
+
+use gpuq_common::artifacts::FetchLimits;
+use gpuq_common::wire::{validate_job_id, Encoding, SCHEMA_VERSION};
+use gpuq_common::{ErrorCode, JobError, JobMessage, Names, ValueMap};
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+
+use super::{JobRequest, Producer, SubmitError};
+
+/// Largest per-message TTL RabbitMQ accepts (`expiration`, milliseconds,
+/// 2^32 - 1); a larger one would close the shared publishing channel.
+const MAX_AMQP_EXPIRATION_MS: u64 = u32::MAX as u64;
+
+/// A client's duration must be 1 s to `jobs.max_timeout_s`: it is multiplied
+/// into milliseconds and handed to RabbitMQ, which refuses absurd values by
+/// closing the channel every submission shares.
+fn check_duration_s(key: &str, value: Option<u64>, max_s: u64) -> Result<(), SubmitError> {
+    match value {
+        Some(s) if s == 0 || s > max_s => Err(SubmitError::Invalid(JobError::new(
+            ErrorCode::InvalidParameter,
+            format!("{key} must be between 1 and {max_s} seconds (jobs.max_timeout_s), got {s}"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A checked job, ready to publish.
+pub(super) struct PreparedJob {
+    pub(super) message: JobMessage,
+    pub(super) body: Vec<u8>,
+    pub(super) routing_key: String,
+    pub(super) properties: BasicProperties,
+}
+
+impl Producer {
+    /// Checks the request against the registry (when there is one).
+    fn check(&self, request: &JobRequest) -> Result<(), SubmitError> {
+        let registry = self.config.registry();
+        if registry.is_empty() {
+            return Ok(());
+        }
+        if registry.default_model(&request.feature).is_none() {
+            return Err(SubmitError::UnknownFeature {
+                feature: request.feature.clone(),
+                known: registry.features().map(str::to_owned).collect(),
+            });
+        }
+        if let Some(model) = &request.model {
+            if registry
+                .model(model)
+                .is_none_or(|m| m.feature != request.feature)
+            {
+                return Err(SubmitError::UnknownModel {
+                    model: model.clone(),
+                    feature: request.feature.clone(),
+                    known: registry
+                        .models_for(&request.feature)
+                        .map(|m| m.id.clone())
+                        .collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a request and builds its message, body and AMQP properties.
+    pub(super) fn prepare(
+        &self,
+        request: JobRequest,
+        created_ms: u64,
+    ) -> Result<PreparedJob, SubmitError> {
+        self.check(&request)?;
+        let job_id = request
+            .job_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        validate_job_id(&job_id).map_err(SubmitError::Invalid)?;
+        if request.priority.is_some_and(|p| p > 9) {
+            return Err(SubmitError::Invalid(JobError::new(
+                ErrorCode::InvalidParameter,
+                "priority must be 0 to 9",
+            )));
+        }
+        let max_s = self.config.jobs.max_timeout_s;
+        check_duration_s("timeout_s", request.timeout_s, max_s)?;
+        check_duration_s("queue_timeout_s", request.queue_timeout_s, max_s)?;
+        // A malformed reference, or too many, would end `invalid_input` at the worker.
+        gpuq_common::artifacts::check_reference_count(
+            &request.inputs,
+            &FetchLimits::from_config(&self.config),
+        )
+        .map_err(|e| SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string())))?;
+        let mut message = JobMessage {
+            schema_version: SCHEMA_VERSION,
+            job_id,
+            feature: request.feature,
+            model: request.model,
+            inputs: request.inputs,
+            priority: request.priority,
+            timeout_s: request.timeout_s,
+            metadata: request.metadata,
+            submitted_at_ms: Some(created_ms),
+            queue_timeout_s: request
+                .queue_timeout_s
+                .or(Some(self.config.jobs.queue_timeout_s))
+                .filter(|s| *s > 0),
+            submitted_by: request.submitted_by,
+        };
+        let body = Encoding::Msgpack.encode(&message).map_err(|e| {
+            SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string()))
+        })?;
+        // The body carries the inputs now; holding them twice until the confirm is waste.
+        message.inputs = ValueMap::new();
+        if body.len() as u64 > self.config.queues.max_message_bytes {
+            return Err(SubmitError::Invalid(JobError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "job body is {} bytes; the limit is {}",
+                    body.len(),
+                    self.config.queues.max_message_bytes
+                ),
+            )));
+        }
+        let routing_key = match &message.model {
+            Some(model) => Names::pinned_routing_key(&message.feature, model),
+            None => Names::feature_routing_key(&message.feature),
+        };
+        // W3C trace context: the job's trace id travels with it to the worker's logs.
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            lapin::types::AMQPValue::LongString(
+                format!("00-{trace_id}-{span_id}-01").as_str().into(),
+            ),
+        );
+        tracing::debug!(job_id = %message.job_id, %trace_id, feature = %message.feature, "job submitted");
+        let mut properties = BasicProperties::default()
+            .with_headers(headers)
+            .with_content_type(Encoding::Msgpack.content_type().into())
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(message.job_id.as_str()))
+            .with_timestamp(created_ms / 1000)
+            .with_app_id("gpuq".into());
+        if let Some(priority) = message.priority {
+            properties = properties.with_priority(priority);
+        }
+        if let Some(expiration_ms) = message
+            .queue_timeout_s
+            .and_then(|s| s.checked_mul(1000))
+            .filter(|ms| *ms <= MAX_AMQP_EXPIRATION_MS)
+        {
+            // The broker drops (dead-letters) it too, even if no worker ever looks.
+            properties = properties.with_expiration(expiration_ms.to_string().as_str().into());
+        }
+        Ok(PreparedJob {
+            message,
+            body,
+            routing_key,
+            properties,
+        })
+    }
+}

@@ -1,0 +1,34 @@
+//! Jobs published straight to RabbitMQ, as any AMQP client would, and read
+//! back from their Redis record: the two steps most end-to-end tests of the
+//! worker side repeat.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::TestSystem;
+
+/// Longest a published job may take to end in these tests.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Publishes `{"job_id", "feature"<extra>}` (JSON) with `routing_key` (the
+/// feature is its first part) and waits until the job is final.
+pub async fn submit(
+    system: &TestSystem,
+    routing_key: &str,
+    job_id: &str,
+    extra: &str,
+) -> HashMap<String, String> {
+    let feature = routing_key.split('.').next().unwrap_or(routing_key);
+    let body = format!(r#"{{"job_id": "{job_id}", "feature": "{feature}"{extra}}}"#);
+    system
+        .publish_raw(routing_key, body.as_bytes(), Some("application/json"), None)
+        .await;
+    system
+        .wait_for_status(job_id, &["completed", "failed", "timed_out"], WAIT)
+        .await
+}
+
+/// A final record's `result`, parsed (panics when it has none).
+pub fn result(record: &HashMap<String, String>) -> serde_json::Value {
+    serde_json::from_str(&record["result"]).expect("the record has a JSON result")
+}
