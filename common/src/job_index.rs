@@ -66,8 +66,10 @@ pub const LIST_FIELDS: [&str; 14] = [
 pub const MAX_RECORDS_READ_PER_LIST: usize = 2_000;
 
 /// Records read per round trip while listing: small enough that one
-/// pipeline never holds Redis for long.
-pub const LIST_PAGE: usize = 100;
+/// pipeline never holds Redis for long. With 100, eight clients listing full
+/// pages back to back pushed another client's PING p99 to 2.1-2.9 ms; with
+/// 50, 1.2 ms (`gpuq-bench --listing`, docs/benchmarks.md).
+pub const LIST_PAGE: usize = 50;
 
 /// Prepends the prelude to a script body.
 pub fn with_reindex(script: &str) -> String {
