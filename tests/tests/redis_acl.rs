@@ -138,7 +138,10 @@ async fn the_documented_redis_acl_runs_a_job_end_to_end_and_denies_other_keys() 
     let password = uuid::Uuid::new_v4().simple().to_string();
     let user = AclUser::create(&user_name, &rules_for(&namespace, &password));
     let url = url_for(&user_name, &password);
-    let config = system.extra_config("acl.toml", &format!("redis_url = \"{url}\"\n{BODY}"));
+    let config = system.extra_config(
+        "acl.toml",
+        &format!("redis_url = \"{url}\"\n{GATEWAY_TOKEN_CONFIG}{BODY}"),
+    );
 
     let _dispatcher = system.spawn_with_config("gpuq-dispatcher", &config, &[]);
     system
@@ -188,6 +191,11 @@ async fn the_documented_redis_acl_runs_a_job_end_to_end_and_denies_other_keys() 
     let record = system.wait_for_status(&queued, &["cancelled"], WAIT).await;
     assert_eq!(record["status"], "cancelled");
 
+    // The gateway as the same user, with a submit token: an upload (its
+    // owner record), a job that reads it, the submitter's listing and the
+    // job's event stream (the shared subscription).
+    gateway_runs_as_the_user(&system, &config).await;
+
     let refusals = user.refusals();
     assert!(
         refusals.is_empty(),
@@ -220,4 +228,99 @@ async fn the_documented_redis_acl_runs_a_job_end_to_end_and_denies_other_keys() 
             "{error}"
         );
     }
+}
+
+const ACL_TOKEN: &str = "acl-submit-token-000001";
+
+const GATEWAY_TOKEN_CONFIG: &str = r#"
+[[gateway.tokens]]
+token = "acl-submit-token-000001"
+role = "submit"
+name = "acl"
+"#;
+
+async fn gateway_runs_as_the_user(system: &TestSystem, config: &std::path::Path) {
+    use serde_json::{json, Value};
+    let port = gpuq_integration_tests::http::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let process = system.spawn_with_config("gpuq", config, &["serve", "--listen", &address]);
+    let base = format!("http://{address}");
+    let client = reqwest::Client::new();
+    gpuq_integration_tests::eventually("the gateway answers", WAIT, || async {
+        client.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![7u8; 4096]).file_name("part.bin"),
+    );
+    let uploaded: Value = client
+        .post(format!("{base}/v1/artifacts"))
+        .bearer_auth(ACL_TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let artifact = uploaded["artifact_id"].as_str().unwrap_or_else(|| {
+        panic!(
+            "upload failed as the ACL user: {uploaded} {}",
+            process.log()
+        )
+    });
+    let created: Value = client
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(ACL_TOKEN)
+        .json(&json!({"feature": "echo", "inputs": {"part": {"$artifact": artifact}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+    let record = system
+        .wait_for_status(&id, &["completed", "failed"], WAIT)
+        .await;
+    assert_eq!(record["status"], "completed", "{record:?}");
+    assert_eq!(record["submitted_by"], "acl");
+    let listing: Value = client
+        .get(format!("{base}/v1/jobs?feature=echo"))
+        .bearer_auth(ACL_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listing["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["job_id"] == id.as_str()),
+        "{listing}"
+    );
+    // The stream of a final job: its current state, then the end.
+    let events = tokio::time::timeout(
+        WAIT,
+        client
+            .get(format!("{base}/v1/jobs/{id}/events"))
+            .bearer_auth(ACL_TOKEN)
+            .send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    let text = tokio::time::timeout(WAIT, events.text())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(text.contains("event: completed"), "{text}");
 }
