@@ -7,11 +7,11 @@
 //! one all-jobs index, `?feature=nomatch` had to read every record of the last
 //! 24 h, and eight such requests stalled every other Redis client. An index is
 //! only useful if it is never stale, so it is written in the same Lua script
-//! as the status it reflects: every script that changes a job's status
-//! prepends [`REINDEX_LUA`] and calls `gpuq_reindex` after its `HSET`.
+//! as the status it reflects: every record script (`crate::job_record::scripts`)
+//! includes [`REINDEX_LUA`] and calls `gpuq_reindex` after its `HSET`.
 //!
 //! What this module does not do: read the indexes (the producer's store does)
-//! or decide transitions (each script still checks finality itself).
+//! or decide transitions (`crate::job_record` does).
 
 /// Lua prelude defining `gpuq_reindex(job_key, old_status, new_status, cutoff_ms)`.
 ///
@@ -70,11 +70,6 @@ pub const MAX_RECORDS_READ_PER_LIST: usize = 2_000;
 /// pages back to back pushed another client's PING p99 to 2.1-2.9 ms; with
 /// 50, 1.2 ms (`gpuq-bench --listing`, docs/benchmarks.md).
 pub const LIST_PAGE: usize = 50;
-
-/// Prepends the prelude to a script body.
-pub fn with_reindex(script: &str) -> String {
-    format!("{REINDEX_LUA}\n{script}")
-}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,8 @@
 //! - [`names`]: every queue, exchange and Redis key name.
 //! - [`topology`]: the AMQP topology as plain data.
 //! - [`record`]: the Redis job, worker and host records, parsed for readers.
+//! - [`job_record`]: the job record's one author: its state machine (pure)
+//!   and every Lua script that writes a record.
 //! - [`job_index`]: the per-status, per-feature and per-submitter job indexes,
 //!   kept by the Lua prelude every status-writing script shares.
 //! - `amqp` (feature `amqp`): declares the topology with lapin.
@@ -20,6 +22,7 @@ pub mod amqp;
 pub mod artifacts;
 pub mod config;
 pub mod job_index;
+pub mod job_record;
 pub mod metrics;
 pub mod names;
 #[cfg(feature = "process")]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use gpuq_common::job_record::{scripts, RecordScripts};
 use gpuq_common::record::{Assignment, HostRecord, ModelTimings, WorkerRecord};
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
@@ -14,6 +15,8 @@ pub struct Store {
     client: redis::Client,
     connection: ConnectionManager,
     names: Names,
+    /// The job record's scripts (`gpuq_common::job_record`).
+    scripts: RecordScripts,
 }
 
 impl Store {
@@ -27,6 +30,7 @@ impl Store {
             client,
             connection,
             names,
+            scripts: RecordScripts::new(),
         })
     }
 
@@ -74,19 +78,6 @@ impl Store {
         error: &JobError,
         ttl_s: u64,
     ) -> Result<bool, redis::RedisError> {
-        const SCRIPT: &str = r#"
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'error_code', ARGV[2], 'error_message', ARGV[3], 'finished_ms', ARGV[4])
-redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[4])
-redis.call('HSETNX', KEYS[1], 'attempts', '0')
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-gpuq_reindex(KEYS[1], status, ARGV[1], tonumber(ARGV[4]) - tonumber(ARGV[5]) * 1000)
-redis.call('PUBLISH', KEYS[2], ARGV[6])
-return 1
-"#;
         let mut connection = self.connection.clone();
         let now = now_ms();
         let event = StatusEvent {
@@ -94,18 +85,23 @@ return 1
             ts_ms: now,
             ..StatusEvent::new(job_id.to_owned(), status)
         };
-        let wrote: i64 = redis::Script::new(&gpuq_common::job_index::with_reindex(SCRIPT))
-            .key(self.names.job_key(job_id))
-            .key(self.names.events_channel())
-            .arg(status.as_str())
-            .arg(error.code.as_str())
-            .arg(&error.message)
-            .arg(now)
-            .arg(ttl_s)
-            .arg(serde_json::to_string(&event).unwrap_or_default())
+        let ending = scripts::Ending {
+            status,
+            finished_ms: now,
+            ttl_s,
+            result_json: None,
+            error: Some(error),
+            event_json: serde_json::to_string(&event).unwrap_or_default(),
+            feature: None,
+            model: None,
+        };
+        let call = scripts::finish(&self.names, job_id, ending);
+        let reply: String = self
+            .scripts
+            .invocation(&call)
             .invoke_async(&mut connection)
             .await?;
-        Ok(wrote == 1)
+        Ok(reply == "ok")
     }
 
     /// The records of these workers (missing ones are left out).

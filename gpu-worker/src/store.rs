@@ -4,16 +4,17 @@
 //! Each job costs two round trips: a claim script and an outcome script. Both
 //! are Lua so that the check ("is this job already final?") and the write are
 //! one atomic step, and both publish the status event in the same step, so a
-//! subscriber never sees an event before the hash says the same.
+//! subscriber never sees an event before the hash says the same. The scripts
+//! and their arguments are `gpuq_common::job_record`'s; this module sends them.
 
 use std::time::Duration;
 
-use gpuq_common::job_index::with_reindex;
+use gpuq_common::job_record::{scripts, RecordScripts};
 use gpuq_common::record::{Assignment, WorkerRecord};
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent, ValueMap};
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 
 /// Redis could not be reached or refused a command; the caller retries or requeues.
 #[derive(Debug, thiserror::Error)]
@@ -51,67 +52,6 @@ pub struct Outcome {
     pub error: Option<JobError>,
 }
 
-const CLAIM_SCRIPT: &str = r#"
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
-  return status
-end
-local now = ARGV[1]
-redis.call('HSET', KEYS[1], 'status', 'processing', 'feature', ARGV[2], 'model', ARGV[3],
-  'worker', ARGV[4], 'host', ARGV[5], 'gpu', ARGV[6], 'started_ms', now, 'progress', '0')
-if redis.call('HSETNX', KEYS[1], 'created_ms', now) == 1 then
-  redis.call('ZADD', KEYS[3], now, ARGV[7])
-end
-if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'metadata', ARGV[8]) end
-gpuq_reindex(KEYS[1], status, 'processing', nil)
-redis.call('PERSIST', KEYS[1])
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('PUBLISH', KEYS[2], cjson.encode({job_id = ARGV[7], status = 'processing',
-  ts_ms = tonumber(now), feature = ARGV[2], model = ARGV[3], worker = ARGV[4], attempt = attempt}))
-return attempt
-"#;
-
-const FINISH_SCRIPT: &str = r#"
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
-  return status
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_ms', ARGV[2])
-if ARGV[1] == 'completed' then
-  redis.call('HSET', KEYS[1], 'progress', '1', 'result', ARGV[4])
-  redis.call('HDEL', KEYS[1], 'error_code', 'error_message')
-else
-  redis.call('HSET', KEYS[1], 'error_code', ARGV[5], 'error_message', ARGV[6])
-end
-redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'attempts', '0')
-if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'feature', ARGV[8]) end
-if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'model', ARGV[9]) end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-gpuq_reindex(KEYS[1], status, ARGV[1], tonumber(ARGV[2]) - tonumber(ARGV[3]) * 1000)
-redis.call('PUBLISH', KEYS[2], ARGV[7])
-return 'ok'
-"#;
-
-const RETRY_SCRIPT: &str = r#"
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'progress', '0', 'error_code', ARGV[1],
-  'error_message', ARGV[2], 'retry_at_ms', ARGV[3])
-gpuq_reindex(KEYS[1], status, 'queued', nil)
-redis.call('PUBLISH', KEYS[2], ARGV[4])
-return 1
-"#;
-
-const PROGRESS_SCRIPT: &str = r#"
-if redis.call('HGET', KEYS[1], 'status') ~= 'processing' then return 0 end
-redis.call('HSET', KEYS[1], 'progress', ARGV[1])
-redis.call('PUBLISH', KEYS[2], ARGV[2])
-return 1
-"#;
-
 /// Upper bound of the recent dead letters kept in `<namespace>:dead`.
 const DEAD_LETTERS_KEPT: isize = 1000;
 
@@ -121,10 +61,8 @@ pub struct Store {
     connection: ConnectionManager,
     names: Names,
     finished_ttl_s: u64,
-    claim_script: Script,
-    finish_script: Script,
-    progress_script: Script,
-    retry_script: Script,
+    /// The job record's scripts (`gpuq_common::job_record`).
+    scripts: RecordScripts,
 }
 
 impl Store {
@@ -144,29 +82,25 @@ impl Store {
             connection,
             names,
             finished_ttl_s,
-            claim_script: Script::new(&with_reindex(CLAIM_SCRIPT)),
-            finish_script: Script::new(&with_reindex(FINISH_SCRIPT)),
-            progress_script: Script::new(PROGRESS_SCRIPT),
-            retry_script: Script::new(&with_reindex(RETRY_SCRIPT)),
+            scripts: RecordScripts::new(),
         })
     }
 
     /// Atomically marks a job `processing` unless it is already final.
     pub async fn claim(&self, ctx: &ClaimContext<'_>) -> Result<Claim, StoreError> {
         let mut connection = self.connection.clone();
+        let by = scripts::Claimant {
+            feature: ctx.feature,
+            model: ctx.model,
+            worker: ctx.worker,
+            host: ctx.host,
+            gpu: ctx.gpu,
+            metadata_json: ctx.metadata_json.as_deref(),
+        };
+        let call = scripts::claim(&self.names, ctx.job_id, now_ms(), &by);
         let reply: redis::Value = self
-            .claim_script
-            .key(self.names.job_key(ctx.job_id))
-            .key(self.names.events_channel())
-            .key(self.names.jobs_index())
-            .arg(now_ms())
-            .arg(ctx.feature)
-            .arg(ctx.model)
-            .arg(ctx.worker)
-            .arg(ctx.host)
-            .arg(ctx.gpu)
-            .arg(ctx.job_id)
-            .arg(ctx.metadata_json.as_deref().unwrap_or(""))
+            .scripts
+            .invocation(&call)
             .invoke_async(&mut connection)
             .await?;
         Ok(match reply {
@@ -191,30 +125,20 @@ impl Store {
     ) -> Result<bool, StoreError> {
         debug_assert!(outcome.status.is_final());
         let mut connection = self.connection.clone();
-        let event_json = serde_json::to_string(event).unwrap_or_default();
-        let (code, message) = outcome
-            .error
-            .as_ref()
-            .map(|e| (e.code.as_str(), e.message.as_str()))
-            .unwrap_or_default();
+        let ending = scripts::Ending {
+            status: outcome.status,
+            finished_ms: event.ts_ms,
+            ttl_s: self.finished_ttl_s,
+            result_json: outcome.result.as_ref().map(value_map_to_json_string),
+            error: outcome.error.as_ref(),
+            event_json: serde_json::to_string(event).unwrap_or_default(),
+            feature: event.feature.as_deref(),
+            model: event.model.as_deref(),
+        };
+        let call = scripts::finish(&self.names, job_id, ending);
         let reply: String = self
-            .finish_script
-            .key(self.names.job_key(job_id))
-            .key(self.names.events_channel())
-            .arg(outcome.status.as_str())
-            .arg(event.ts_ms)
-            .arg(self.finished_ttl_s)
-            .arg(
-                outcome
-                    .result
-                    .as_ref()
-                    .map_or_else(|| "{}".to_owned(), value_map_to_json_string),
-            )
-            .arg(code)
-            .arg(message)
-            .arg(event_json)
-            .arg(event.feature.as_deref().unwrap_or(""))
-            .arg(event.model.as_deref().unwrap_or(""))
+            .scripts
+            .invocation(&call)
             .invoke_async(&mut connection)
             .await?;
         Ok(reply == "ok")
@@ -227,12 +151,11 @@ impl Store {
             progress: Some(progress),
             ..StatusEvent::new(job_id.to_owned(), JobStatus::Processing)
         };
+        let event_json = serde_json::to_string(&event).unwrap_or_default();
+        let call = scripts::progress(&self.names, job_id, progress, event_json);
         let _: i64 = self
-            .progress_script
-            .key(self.names.job_key(job_id))
-            .key(self.names.events_channel())
-            .arg(progress)
-            .arg(serde_json::to_string(&event).unwrap_or_default())
+            .scripts
+            .invocation(&call)
             .invoke_async(&mut connection)
             .await?;
         Ok(())
@@ -246,19 +169,16 @@ impl Store {
         backoff: Duration,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let (code, message) = event
-            .error
-            .as_ref()
-            .map(|e| (e.code.as_str(), e.message.as_str()))
-            .unwrap_or_default();
+        let call = scripts::retry(
+            &self.names,
+            job_id,
+            event.error.as_ref(),
+            event.ts_ms.saturating_add(backoff.as_millis() as u64),
+            serde_json::to_string(event).unwrap_or_default(),
+        );
         let _: i64 = self
-            .retry_script
-            .key(self.names.job_key(job_id))
-            .key(self.names.events_channel())
-            .arg(code)
-            .arg(message)
-            .arg(event.ts_ms + backoff.as_millis() as u64)
-            .arg(serde_json::to_string(event).unwrap_or_default())
+            .scripts
+            .invocation(&call)
             .invoke_async(&mut connection)
             .await?;
         Ok(())

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpuq_common::job_index::with_reindex;
+use gpuq_common::job_record::scripts::{self, Script};
+use gpuq_common::job_record::RecordScripts;
 use gpuq_common::names::job_field;
 use gpuq_common::record::{HostRecord, JobRecord, WorkerRecord};
 use gpuq_common::{JobError, JobStatus, Names, StatusEvent};
@@ -17,44 +18,6 @@ mod listing;
 use events::EventHub;
 pub use events::{EventReceiver, HubEvent};
 pub use listing::{JobFilter, JobListing};
-
-/// Writes a new job's record unless the id exists (a job id is used once),
-/// and enters it in the job indexes.
-const QUEUED_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4])
-gpuq_reindex(KEYS[1], false, 'queued', ARGV[4])
-redis.call('PUBLISH', KEYS[2], ARGV[1])
-return 1
-"#;
-
-const CANCEL_SCRIPT: &str = r#"
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'completed' or status == 'failed' or status == 'cancelled' or status == 'timed_out' then
-  return status
-end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'error_code', 'cancelled', 'error_message', ARGV[1], 'finished_ms', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'attempts', '0')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-gpuq_reindex(KEYS[1], status, 'cancelled', tonumber(ARGV[2]) - tonumber(ARGV[3]) * 1000)
-redis.call('PUBLISH', KEYS[2], ARGV[4])
-redis.call('PUBLISH', KEYS[3], ARGV[5])
-if status then return 'was_' .. status end
-return 'was_unknown'
-"#;
-
-/// Records why a job never reached a queue.
-const FAILED_SCRIPT: &str = r#"
-local status = redis.call('HGET', KEYS[1], 'status')
-redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_ms', ARGV[1], 'error_code', ARGV[2], 'error_message', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-gpuq_reindex(KEYS[1], status, 'failed', tonumber(ARGV[1]) - tonumber(ARGV[4]) * 1000)
-redis.call('PUBLISH', KEYS[2], ARGV[5])
-return 1
-"#;
 
 /// What a cancel request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,9 +33,8 @@ pub struct Store {
     client: redis::Client,
     connection: ConnectionManager,
     names: Names,
-    queued_script: redis::Script,
-    cancel_script: redis::Script,
-    failed_script: redis::Script,
+    /// The job record's scripts (`gpuq_common::job_record`).
+    scripts: RecordScripts,
     /// How long ids stay in the recent-jobs index (the finished-job TTL).
     index_ttl_ms: u64,
     events: Arc<tokio::sync::OnceCell<Arc<EventHub>>>,
@@ -100,8 +62,10 @@ impl Store {
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));
         let mut connection = client.get_connection_manager_with_config(config).await?;
-        let queued_script = redis::Script::new(&with_reindex(QUEUED_SCRIPT));
-        queued_script
+        let scripts = RecordScripts::new();
+        // Loaded up front: `write_queued` pipelines it by hash.
+        scripts
+            .script(Script::Queued)
             .prepare_invoke()
             .load_async(&mut connection)
             .await?;
@@ -109,9 +73,7 @@ impl Store {
             client,
             connection,
             names,
-            queued_script,
-            cancel_script: redis::Script::new(&with_reindex(CANCEL_SCRIPT)),
-            failed_script: redis::Script::new(&with_reindex(FAILED_SCRIPT)),
+            scripts,
             index_ttl_ms,
             events: Arc::new(tokio::sync::OnceCell::new()),
         })
@@ -147,19 +109,15 @@ impl Store {
                 ts_ms: job.created_ms,
                 ..StatusEvent::new(job.job_id.to_owned(), JobStatus::Queued)
             };
-            pipe.cmd("EVALSHA")
-                .arg(self.queued_script.get_hash())
-                .arg(3)
-                .arg(self.names.job_key(job.job_id))
-                .arg(self.names.events_channel())
-                .arg(self.names.jobs_index())
-                .arg(serde_json::to_string(&event).unwrap_or_default())
-                .arg(job.created_ms)
-                .arg(job.job_id)
-                .arg(job.created_ms.saturating_sub(self.index_ttl_ms));
-            for (field, value) in fields {
-                pipe.arg(field).arg(value);
-            }
+            let call = scripts::queued(
+                &self.names,
+                job.job_id,
+                job.created_ms,
+                job.created_ms.saturating_sub(self.index_ttl_ms),
+                &fields,
+                serde_json::to_string(&event).unwrap_or_default(),
+            );
+            pipe.add_command(self.scripts.evalsha(&call));
         }
         let mut connection = self.connection.clone();
         let written: Vec<i64> = match pipe.query_async(&mut connection).await {
@@ -167,7 +125,8 @@ impl Store {
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 // Redis restarted and forgot the script: load it and go again.
-                self.queued_script
+                self.scripts
+                    .script(Script::Queued)
                     .prepare_invoke()
                     .load_async(&mut connection)
                     .await?;
@@ -192,17 +151,23 @@ impl Store {
             ts_ms: now_ms,
             ..StatusEvent::new(job_id.to_owned(), JobStatus::Failed)
         };
-        self.failed_script
-            .key(self.names.job_key(job_id))
-            .key(self.names.events_channel())
-            .arg(now_ms)
-            .arg(error.code.as_str())
-            .arg(&error.message)
-            .arg(ttl_s)
-            .arg(serde_json::to_string(&event).unwrap_or_default())
-            .invoke_async::<i64>(&mut connection)
-            .await
-            .map(|_| ())
+        let ending = scripts::Ending {
+            status: JobStatus::Failed,
+            finished_ms: now_ms,
+            ttl_s,
+            result_json: None,
+            error: Some(error),
+            event_json: serde_json::to_string(&event).unwrap_or_default(),
+            feature: None,
+            model: None,
+        };
+        let call = scripts::finish(&self.names, job_id, ending);
+        let _: String = self
+            .scripts
+            .invocation(&call)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
     }
 
     /// Cancels a job that has not ended: marks it `cancelled` (so no worker runs
@@ -228,16 +193,17 @@ impl Store {
                 "cancelled by request",
             )),
         };
+        let call = scripts::cancel(
+            &self.names,
+            job_id,
+            "cancelled by request",
+            now_ms,
+            ttl_s,
+            serde_json::to_string(&event).unwrap_or_default(),
+        );
         let reply: String = self
-            .cancel_script
-            .key(self.names.job_key(job_id))
-            .key(self.names.events_channel())
-            .key(self.names.cancel_channel())
-            .arg("cancelled by request")
-            .arg(now_ms)
-            .arg(ttl_s)
-            .arg(serde_json::to_string(&event).unwrap_or_default())
-            .arg(job_id)
+            .scripts
+            .invocation(&call)
             .invoke_async(&mut connection)
             .await?;
         Ok(match reply.strip_prefix("was_") {

@@ -1,0 +1,64 @@
+//! The record scripts as `redis::Script`s, for the processes' Redis modules
+//! (feature `redis`): loaded once per connection owner, run by `EVALSHA`
+//! (redis-rs loads a script again when Redis answers `NOSCRIPT`).
+//!
+//! It lives here, not in each process, so that turning a [`ScriptCall`] into
+//! an invocation is written once; each process's store still owns its
+//! connection and every command it sends.
+
+use super::scripts::{Script, ScriptCall};
+
+/// One `redis::Script` per record script.
+#[derive(Clone)]
+pub struct RecordScripts {
+    loaded: Vec<(Script, redis::Script)>,
+}
+
+impl Default for RecordScripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecordScripts {
+    pub fn new() -> RecordScripts {
+        RecordScripts {
+            loaded: Script::ALL
+                .into_iter()
+                .map(|script| (script, redis::Script::new(&script.source())))
+                .collect(),
+        }
+    }
+
+    /// The loaded script of this kind.
+    pub fn script(&self, script: Script) -> &redis::Script {
+        self.loaded
+            .iter()
+            .find(|(kind, _)| *kind == script)
+            .map(|(_, loaded)| loaded)
+            .expect("RecordScripts::new loads every Script::ALL")
+    }
+
+    /// The invocation of `call`, ready for `invoke_async`.
+    pub fn invocation(&self, call: &ScriptCall) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.script(call.script).prepare_invoke();
+        for key in &call.keys {
+            invocation.key(key);
+        }
+        for arg in &call.args {
+            invocation.arg(arg);
+        }
+        invocation
+    }
+
+    /// `EVALSHA` of `call` as a pipeline command (for many calls in one round
+    /// trip; the script must have been loaded, see `redis::Script::load_async`).
+    pub fn evalsha(&self, call: &ScriptCall) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script(call.script).get_hash())
+            .arg(call.keys.len())
+            .arg(&call.keys)
+            .arg(&call.args);
+        cmd
+    }
+}
