@@ -61,6 +61,30 @@ pub enum RuntimeKind {
     Adapter,
 }
 
+/// Why a model's `params` were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    /// A param is unknown or its value impossible; the message names the
+    /// param and what it must be.
+    #[error("{0}")]
+    Invalid(String),
+    /// The params do not have the runtime's shape (a missing or mistyped key).
+    #[error("{}", .0.message())]
+    Shape(#[from] toml::de::Error),
+}
+
+impl From<&str> for ParamsError {
+    fn from(message: &str) -> Self {
+        ParamsError::Invalid(message.to_owned())
+    }
+}
+
+impl From<String> for ParamsError {
+    fn from(message: String) -> Self {
+        ParamsError::Invalid(message)
+    }
+}
+
 /// Typed, validated `params` of a model.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuntimeParams {
@@ -168,11 +192,11 @@ impl ModelConfig {
     }
 
     /// Checks `params` against the runtime; the error names the bad param.
-    pub fn runtime_params(&self) -> Result<RuntimeParams, String> {
+    pub fn runtime_params(&self) -> Result<RuntimeParams, ParamsError> {
         match self.runtime {
             RuntimeKind::Echo => {
                 if let Some(name) = self.params.keys().next() {
-                    return Err(format!("runtime 'echo' takes no params, got '{name}'"));
+                    return Err(format!("runtime 'echo' takes no params, got '{name}'").into());
                 }
                 Ok(RuntimeParams::Echo)
             }
@@ -194,13 +218,13 @@ impl ModelConfig {
                         spec.name,
                         spec.dtype,
                         TENSOR_DTYPES.join(", ")
-                    ));
+                    )
+                    .into());
                 }
                 if !["auto", "cpu", "cuda"].contains(&params.device.as_str()) {
-                    return Err(format!(
-                        "'device' is '{}'; use auto, cpu or cuda",
-                        params.device
-                    ));
+                    return Err(
+                        format!("'device' is '{}'; use auto, cpu or cuda", params.device).into(),
+                    );
                 }
                 Ok(RuntimeParams::Torchscript(params))
             }
@@ -261,7 +285,7 @@ impl ModelConfig {
                         other => {
                             return Err(format!(
                                 "runtime 'sleep' has no param '{other}' (known: allow_crash_inputs, duration_ms, fail_rate, load_ms, run_log)"
-                            ))
+                            ).into())
                         }
                     }
                 }
@@ -272,10 +296,8 @@ impl ModelConfig {
 }
 
 impl ModelConfig {
-    fn typed_params<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        toml::Value::Table(self.params.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| e.message().to_owned())
+    fn typed_params<T: serde::de::DeserializeOwned>(&self) -> Result<T, ParamsError> {
+        Ok(toml::Value::Table(self.params.clone()).try_into()?)
     }
 }
 

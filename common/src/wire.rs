@@ -425,7 +425,9 @@ impl JobReply {
 
 mod json;
 use json::decode_bytes_markers;
-pub use json::{value_from_json, value_map_to_json_string, value_to_json, BYTES_KEY};
+pub use json::{
+    value_from_json, value_map_to_json_string, value_to_json, JsonValueError, BYTES_KEY,
+};
 
 #[cfg(test)]
 mod tests;

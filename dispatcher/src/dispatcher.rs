@@ -144,7 +144,8 @@ impl Gpus {
         let readings = reader
             .as_ref()
             .map_err(Clone::clone)
-            .and_then(NvmlReader::read);
+            .and_then(NvmlReader::read)
+            .map_err(|error| error.to_string());
         let (list, source, nvml_error) = choose_gpus(
             readings,
             &config.dispatcher.gpus,

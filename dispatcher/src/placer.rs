@@ -116,13 +116,28 @@ pub async fn run(config: Config, host_id: String, store: Store, shutdown: Cancel
     }
 }
 
+/// Why a placement round could not finish; the next round tries again.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("rabbitmq: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("queue of model {model}: {source}")]
+    Queue {
+        model: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("redis: {0}")]
+    Store(#[from] redis::RedisError),
+}
+
 async fn round(
     config: &Config,
     host_id: &str,
     store: &Store,
     broker: &mut Option<(Connection, Channel)>,
     history: &mut History,
-) -> Result<(), String> {
+) -> Result<(), RoundError> {
     let names = config.names();
     if broker.is_none() {
         let connection = gpuq_common::amqp::connect_with_frame_max(
@@ -130,12 +145,8 @@ async fn round(
             &format!("gpuq-placer {host_id}"),
             gpuq_common::amqp::CONTROL_FRAME_MAX,
         )
-        .await
-        .map_err(|e| format!("rabbitmq: {e}"))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| format!("rabbitmq: {e}"))?;
+        .await?;
+        let channel = connection.create_channel().await?;
         *broker = Some((connection, channel));
     }
     let (_, channel) = broker.as_ref().expect("connected above");
@@ -144,8 +155,7 @@ async fn round(
     let ttl_ms = config.worker.heartbeat_ttl_ms;
     let workers: Vec<WorkerRecord> = store
         .all_worker_records()
-        .await
-        .map_err(|e| format!("redis: {e}"))?
+        .await?
         .into_iter()
         .filter(|w| now.saturating_sub(w.heartbeat_ms) < ttl_ms)
         .collect();
@@ -164,8 +174,8 @@ async fn round(
             Duration::from_millis(config.placement.assignment_ttl_ms()),
             &timings,
         )
-        .await
-        .map_err(|e| format!("redis: {e}"))
+        .await?;
+    Ok(())
 }
 
 fn policy(config: &Config) -> Policy {
@@ -181,7 +191,7 @@ async fn queue_depths(
     channel: &Channel,
     names: &Names,
     models: &[ModelConfig],
-) -> Result<BTreeMap<String, u64>, String> {
+) -> Result<BTreeMap<String, u64>, RoundError> {
     let mut depths = BTreeMap::new();
     for model in models {
         let queue = channel
@@ -194,7 +204,10 @@ async fn queue_depths(
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("queue of model {}: {e}", model.id))?;
+            .map_err(|source| RoundError::Queue {
+                model: model.id.clone(),
+                source,
+            })?;
         depths.insert(model.id.clone(), u64::from(queue.message_count()));
     }
     Ok(depths)

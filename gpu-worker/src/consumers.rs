@@ -16,6 +16,19 @@ use tokio_stream::StreamMap;
 
 use crate::amqp::{self, Broker, BrokerError};
 
+/// A consumer ended without being cancelled by us: the session is lost.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerLost {
+    #[error("consumer of {model}: {source}")]
+    Failed {
+        model: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker cancelled the consumer of {model}")]
+    CancelledByBroker { model: String },
+}
+
 /// A job delivered to this worker, not started yet.
 pub struct Held {
     pub model: String,
@@ -120,7 +133,7 @@ impl Consumers {
 
     /// Waits for the next delivery and holds it. `Err` when a consumer failed
     /// or ended without being cancelled: the session is lost. Cancel-safe.
-    pub async fn receive(&mut self) -> Result<(), String> {
+    pub async fn receive(&mut self) -> Result<(), ConsumerLost> {
         if self.streams.is_empty() {
             return std::future::pending().await;
         }
@@ -142,9 +155,9 @@ impl Consumers {
                 }
                 Ok(())
             }
-            Some(Err(error)) => Err(format!("consumer of {model}: {error}")),
+            Some(Err(source)) => Err(ConsumerLost::Failed { model, source }),
             None if self.cancelling.remove(&tag) => Ok(()),
-            None => Err(format!("the broker cancelled the consumer of {model}")),
+            None => Err(ConsumerLost::CancelledByBroker { model }),
         }
     }
 }

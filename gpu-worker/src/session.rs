@@ -135,7 +135,7 @@ pub async fn consume(
             }
             received = consumers.receive() => {
                 if let Err(error) = received {
-                    return SessionEnd::Lost(error);
+                    return SessionEnd::Lost(error.to_string());
                 }
                 publish_queues(&consumers);
             }

@@ -261,7 +261,7 @@ impl Config {
             }
             model
                 .runtime_params()
-                .map_err(|message| invalid(key("params"), message))?;
+                .map_err(|error| invalid(key("params"), error.to_string()))?;
         }
         Ok(())
     }

@@ -30,23 +30,32 @@ pub fn value_to_json(value: &Value) -> serde_json::Value {
     }
 }
 
+/// Why JSON could not become a value.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonValueError {
+    #[error("'$bytes' must be a base64 string")]
+    BytesNotAString,
+    #[error("'$bytes' is not valid base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// Reads JSON into a value, decoding `{"$bytes": "<base64>"}` into bytes.
-pub fn value_from_json(json: &serde_json::Value) -> Result<Value, String> {
+pub fn value_from_json(json: &serde_json::Value) -> Result<Value, JsonValueError> {
     use base64::Engine;
     Ok(match json {
         serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(BYTES_KEY) => {
             let encoded = map[BYTES_KEY]
                 .as_str()
-                .ok_or("'$bytes' must be a base64 string")?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| format!("'$bytes' is not valid base64: {e}"))?;
+                .ok_or(JsonValueError::BytesNotAString)?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(encoded)?;
             Value::Binary(bytes)
         }
         serde_json::Value::Object(map) => Value::Map(
             map.iter()
                 .map(|(k, v)| Ok((Value::from(k.as_str()), value_from_json(v)?)))
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, JsonValueError>>()?,
         ),
         serde_json::Value::Array(items) => Value::Array(
             items
@@ -54,7 +63,7 @@ pub fn value_from_json(json: &serde_json::Value) -> Result<Value, String> {
                 .map(value_from_json)
                 .collect::<Result<_, _>>()?,
         ),
-        other => serde_json::from_value(other.clone()).map_err(|e| e.to_string())?,
+        other => serde_json::from_value(other.clone())?,
     })
 }
 
@@ -68,10 +77,10 @@ pub fn value_map_to_json_string(map: &ValueMap) -> String {
 }
 
 /// Replaces `{"$bytes": …}` maps, as JSON publishers send bytes, with bytes.
-pub(super) fn decode_bytes_markers(value: &mut Value) -> Result<(), String> {
+pub(super) fn decode_bytes_markers(value: &mut Value) -> Result<(), JsonValueError> {
     let is_marker = matches!(value, Value::Map(entries) if entries.len() == 1 && entries[0].0.as_str() == Some(BYTES_KEY));
     if is_marker {
-        *value = value_from_json(&serde_json::to_value(&*value).map_err(|e| e.to_string())?)?;
+        *value = value_from_json(&serde_json::to_value(&*value)?)?;
         return Ok(());
     }
     match value {

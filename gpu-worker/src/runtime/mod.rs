@@ -89,7 +89,10 @@ pub fn validate(model: &ModelConfig, inputs: &ValueMap) -> Result<(), JobError> 
         Ok(RuntimeParams::Sleep(params)) => synthetic::validate_sleep(&params, inputs),
         Ok(RuntimeParams::Torchscript(params)) => tensor::validate_inputs(&params.inputs, inputs),
         Ok(RuntimeParams::Adapter(_)) => Ok(()),
-        Err(reason) => Err(JobError::new(ErrorCode::ModelLoadFailed, reason)),
+        Err(reason) => Err(JobError::new(
+            ErrorCode::ModelLoadFailed,
+            reason.to_string(),
+        )),
     }
 }
 
@@ -114,7 +117,7 @@ pub fn validate_with_references(model: &ModelConfig, inputs: &ValueMap) -> Resul
 pub async fn load(model: &ModelConfig) -> Result<Arc<dyn Runtime>, LoadError> {
     let params = model
         .runtime_params()
-        .map_err(|reason| LoadError::new(&model.id, reason))?;
+        .map_err(|reason| LoadError::new(&model.id, reason.to_string()))?;
     Ok(match params {
         RuntimeParams::Echo => Arc::new(synthetic::EchoModel),
         RuntimeParams::Sleep(params) => Arc::new(synthetic::SleepModel::load(params).await),

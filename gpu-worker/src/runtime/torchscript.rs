@@ -41,11 +41,16 @@ fn is_out_of_memory(message: &str) -> bool {
     message.contains("out of memory") || message.contains("CUDA_ERROR_OUT_OF_MEMORY")
 }
 
-fn choose_device(setting: &str) -> Result<Device, String> {
+/// `device = "cuda"` where this worker sees no CUDA device.
+#[derive(Debug, thiserror::Error)]
+#[error("device = \"cuda\" but CUDA is not available to this worker")]
+struct CudaUnavailable;
+
+fn choose_device(setting: &str) -> Result<Device, CudaUnavailable> {
     match setting {
         "cpu" => Ok(Device::Cpu),
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => Err("device = \"cuda\" but CUDA is not available to this worker".into()),
+        "cuda" => Err(CudaUnavailable),
         _ => Ok(Device::cuda_if_available()),
     }
 }
@@ -57,8 +62,8 @@ impl TorchscriptModel {
     ) -> Result<TorchscriptModel, LoadError> {
         let id = model.id.clone();
         tokio::task::spawn_blocking(move || {
-            let device =
-                choose_device(&params.device).map_err(|reason| LoadError::new(&id, reason))?;
+            let device = choose_device(&params.device)
+                .map_err(|reason| LoadError::new(&id, reason.to_string()))?;
             let mut module = CModule::load_on_device(&params.path, device).map_err(|e| {
                 let message = e.to_string();
                 LoadError {
@@ -92,14 +97,13 @@ fn to_tensor(wire: &WireTensor, device: Device) -> Result<Tensor, JobError> {
         .map_err(|e| JobError::new(ErrorCode::InvalidInput, format!("cannot build tensor: {e}")))
 }
 
-fn output_to_value(tensor: &Tensor) -> Result<Value, String> {
-    let tensor = tensor.f_to(Device::Cpu).map_err(|e| e.to_string())?;
+fn output_to_value(tensor: &Tensor) -> Result<Value, tch::TchError> {
+    let tensor = tensor.f_to(Device::Cpu)?;
     let shape = tensor.size();
-    let flat = tensor.f_flatten(0, -1).map_err(|e| e.to_string())?;
+    let flat = tensor.f_flatten(0, -1)?;
     let (dtype, data) = match tensor.kind() {
         Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 | Kind::Bool => {
-            let values: Vec<i64> =
-                Vec::try_from(&flat).map_err(|e: tch::TchError| e.to_string())?;
+            let values: Vec<i64> = Vec::try_from(&flat)?;
             let dtype = if tensor.kind() == Kind::Bool {
                 "bool"
             } else {
@@ -108,13 +112,11 @@ fn output_to_value(tensor: &Tensor) -> Result<Value, String> {
             (dtype, values.into_iter().map(Value::from).collect())
         }
         Kind::Double => {
-            let values: Vec<f64> =
-                Vec::try_from(&flat).map_err(|e: tch::TchError| e.to_string())?;
+            let values: Vec<f64> = Vec::try_from(&flat)?;
             ("float64", values.into_iter().map(Value::from).collect())
         }
         _ => {
-            let values: Vec<f32> =
-                Vec::try_from(&flat).map_err(|e: tch::TchError| e.to_string())?;
+            let values: Vec<f32> = Vec::try_from(&flat)?;
             (
                 "float32",
                 values
