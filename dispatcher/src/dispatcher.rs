@@ -273,6 +273,9 @@ pub async fn run(
     };
     let mut slots = Slots::new(command, policy, shutdown.clone());
     slots.apply(&current_plan);
+    // The metrics endpoint, dead-letter watcher, artifact janitor and placement
+    // loop: each ends on `shutdown`, and `run` waits for all of them.
+    let background = tokio_util::task::TaskTracker::new();
     let metrics_view: crate::metrics::SharedView = Default::default();
     if !config.dispatcher.metrics_listen.is_empty() {
         let serving = crate::metrics::serve(
@@ -281,33 +284,33 @@ pub async fn run(
             store.clone(),
             shutdown.clone(),
         );
-        tokio::spawn(async move {
+        background.spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(%error, "metrics endpoint failed");
             }
         });
     }
-    let watcher = tokio::spawn(crate::dead_letters::watch(
+    background.spawn(crate::dead_letters::watch(
         config.clone(),
         store.clone(),
         host_id.clone(),
         shutdown.clone(),
     ));
 
-    let janitor = tokio::spawn(crate::artifact_janitor::run(
+    background.spawn(crate::artifact_janitor::run(
         artifacts,
         config.artifacts.ttl(),
         shutdown.clone(),
     ));
 
-    let placer = config.placement.enabled.then(|| {
-        tokio::spawn(crate::placer::run(
+    if config.placement.enabled {
+        background.spawn(crate::placer::run(
             config.clone(),
             host_id.clone(),
             store.clone(),
             shutdown.clone(),
-        ))
-    });
+        ));
+    }
 
     let started = Instant::now();
     let started_ms = now_ms();
@@ -353,11 +356,9 @@ pub async fn run(
     }
     tracing::info!("stopping workers");
     slots.stop_all(started).await;
-    let _ = watcher.await;
-    let _ = janitor.await;
-    if let Some(placer) = placer {
-        let _ = placer.await;
-    }
+    // Every background task ends on the shutdown token.
+    background.close();
+    background.wait().await;
     if let Err(error) = store.remove_host(&host_id).await {
         tracing::warn!(%error, "host record not removed; it will expire");
     }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use tokio_util::task::TaskTracker;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use lapin::message::Delivery;
@@ -52,10 +53,18 @@ pub struct Consumers {
     cancelling: BTreeSet<String>,
     next_tag: u64,
     pub held: VecDeque<Held>,
+    /// Where requeues of deliveries to cancelled consumers run: the session's
+    /// job tracker, which shutdown waits for.
+    requeues: TaskTracker,
 }
 
 impl Consumers {
-    pub fn new(broker: Arc<Broker>, worker_id: &str, delivery_limit: u32) -> Consumers {
+    pub fn new(
+        broker: Arc<Broker>,
+        worker_id: &str,
+        delivery_limit: u32,
+        requeues: TaskTracker,
+    ) -> Consumers {
         Consumers {
             broker,
             worker_id: worker_id.to_owned(),
@@ -65,6 +74,7 @@ impl Consumers {
             cancelling: BTreeSet::new(),
             next_tag: 0,
             held: VecDeque::new(),
+            requeues,
         }
     }
 
@@ -145,7 +155,8 @@ impl Consumers {
                 if self.cancelling.contains(&tag) && !self.should_keep(&delivery) {
                     // In a task of its own: this future may be dropped by the
                     // caller's select, and the job must not be left unacked.
-                    tokio::spawn(async move { amqp::requeue(&delivery).await });
+                    self.requeues
+                        .spawn(async move { amqp::requeue(&delivery).await });
                 } else {
                     self.held.push_back(Held {
                         model,

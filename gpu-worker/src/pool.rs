@@ -12,6 +12,7 @@
 
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use futures_util::future::BoxFuture;
 use gpuq_common::record::ResidentModel;
@@ -59,6 +60,9 @@ pub struct ModelPool {
     idle: Notify,
     /// Copy of the residents for readers that must not wait on a load.
     snapshot: StdMutex<(Vec<ResidentModel>, PoolStats)>,
+    /// Lease releases (a `Drop` cannot await the pool lock); `unload_all`
+    /// waits for them.
+    releases: TaskTracker,
 }
 
 /// A model in use by one job; returns it to the pool when dropped.
@@ -75,7 +79,8 @@ impl Drop for Lease {
         let pool = Arc::clone(&self.pool);
         let model_id = std::mem::take(&mut self.model_id);
         // Release without blocking the dropping task on the pool lock.
-        tokio::spawn(async move {
+        let releases = self.pool.releases.clone();
+        releases.spawn(async move {
             let mut residents = pool.residents.lock().await;
             if let Some(resident) = residents.iter_mut().find(|r| r.model_id == model_id) {
                 resident.in_use = resident.in_use.saturating_sub(1);
@@ -103,6 +108,7 @@ impl ModelPool {
             residents: Mutex::new(Vec::new()),
             idle: Notify::new(),
             snapshot: StdMutex::new((Vec::new(), PoolStats::default())),
+            releases: TaskTracker::new(),
         })
     }
 
@@ -259,6 +265,8 @@ impl ModelPool {
 
     /// Unloads everything (worker shutdown).
     pub async fn unload_all(&self) {
+        self.releases.close();
+        self.releases.wait().await;
         let mut residents = self.residents.lock().await;
         for resident in residents.drain(..) {
             resident.runtime.unload().await;

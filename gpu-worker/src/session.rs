@@ -56,6 +56,7 @@ pub async fn consume(
         Arc::clone(&context.broker),
         &context.worker_id,
         config.queues.delivery_limit,
+        session.tracker.clone(),
     );
     let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
     if let Err(error) = consumers.apply(&queues.models).await {

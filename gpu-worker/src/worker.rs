@@ -130,7 +130,9 @@ pub async fn run(
         crate::gpu::free_memory_probe(options.cuda_visible_devices.as_deref()),
     );
     let stopping = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat_loop(
+    // The heartbeat outlives `serve` (the record says `stopping` while jobs drain).
+    let background = TaskTracker::new();
+    background.spawn(heartbeat_loop(
         store.clone(),
         Arc::clone(&config),
         options.clone(),
@@ -150,7 +152,8 @@ pub async fn run(
     )
     .await;
     stopping.cancel();
-    let _ = heartbeat.await;
+    background.close();
+    background.wait().await;
     if let Err(error) = store.remove_worker(&options.worker_id).await {
         tracing::warn!(%error, "worker record not removed; it will expire");
     }
@@ -177,16 +180,19 @@ async fn serve(
     shutdown: CancellationToken,
 ) -> Result<ExitReason, WorkerError> {
     let (assignment_sender, mut assignment) = watch::channel(None);
+    // The assignment watcher and the cancel listener live as long as this
+    // function: a child token stops them whichever way it ends.
     let watching = shutdown.child_token();
-    let watcher = config.placement.enabled.then(|| {
-        tokio::spawn(crate::placement::watch_assignment(
+    let background = TaskTracker::new();
+    if config.placement.enabled {
+        background.spawn(crate::placement::watch_assignment(
             store.clone(),
             options.worker_id.clone(),
             Duration::from_millis(config.worker.heartbeat_interval_ms),
             assignment_sender,
             watching.clone(),
-        ))
-    });
+        ));
+    }
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
     let models: HashMap<String, ModelConfig> =
         served.into_iter().map(|m| (m.id.clone(), m)).collect();
@@ -194,10 +200,10 @@ async fn serve(
     let topology = Topology::for_config(config);
     let restart = CancellationToken::new();
     let cancels = Arc::new(CancelRegistry::default());
-    let cancel_listener = tokio::spawn(listen_for_cancels(
+    background.spawn(listen_for_cancels(
         store.clone(),
         Arc::clone(&cancels),
-        shutdown.clone(),
+        watching.clone(),
     ));
     let permits = Arc::new(Semaphore::new(config.worker.concurrency as usize));
     let tracker = TaskTracker::new();
@@ -258,11 +264,9 @@ async fn serve(
     };
     tracker.close();
     wait_for_in_flight(&tracker, config).await;
-    cancel_listener.abort_handle().abort();
     watching.cancel();
-    if let Some(watcher) = watcher {
-        let _ = watcher.await;
-    }
+    background.close();
+    background.wait().await;
     pool.unload_all().await;
     Ok(outcome)
 }

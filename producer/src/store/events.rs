@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use gpuq_common::StatusEvent;
 use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Events kept for slow readers; one that falls further behind gets a gap.
 /// About 300 bytes each, shared by every reader.
@@ -63,6 +64,15 @@ pub(super) struct EventHub {
     waiters: Mutex<Waiters>,
     events: broadcast::Sender<Arc<StatusEvent>>,
     gaps: broadcast::Sender<()>,
+    /// Cancelled when the hub is dropped: the subscription task ends at once
+    /// instead of at the next message.
+    stop: CancellationToken,
+}
+
+impl Drop for EventHub {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl EventHub {
@@ -78,8 +88,16 @@ impl EventHub {
             waiters: Mutex::new(HashMap::new()),
             events: broadcast::channel(STREAM_BUFFER_EVENTS).0,
             gaps: broadcast::channel(1).0,
+            stop: CancellationToken::new(),
         });
-        tokio::spawn(run(Arc::downgrade(&hub), client, channel, pubsub));
+        // Not joined by anyone: its life is the hub's (it ends on `stop`).
+        tokio::spawn(run(
+            Arc::downgrade(&hub),
+            hub.stop.clone(),
+            client,
+            channel,
+            pubsub,
+        ));
         Ok(hub)
     }
 
@@ -154,6 +172,7 @@ async fn subscribe(
 /// drops; ends when the hub is gone.
 async fn run(
     hub: Weak<EventHub>,
+    stop: CancellationToken,
     client: redis::Client,
     channel: String,
     first: redis::aio::PubSub,
@@ -164,7 +183,10 @@ async fn run(
         if let Some(subscription) = pubsub.take() {
             backoff = Duration::from_millis(200);
             let mut messages = subscription.into_on_message();
-            while let Some(message) = messages.next().await {
+            while let Some(message) = tokio::select! {
+                _ = stop.cancelled() => return,
+                message = messages.next() => message,
+            } {
                 let Some(hub) = hub.upgrade() else { return };
                 if let Ok(event) =
                     serde_json::from_slice::<StatusEvent>(message.get_payload_bytes())
@@ -176,9 +198,9 @@ async fn run(
             tracing::warn!("redis events subscription lost; resubscribing");
             hub.lost();
         }
-        tokio::time::sleep(backoff).await;
-        if hub.strong_count() == 0 {
-            return;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
         }
         match subscribe(&client, &channel).await {
             Ok(subscription) => pubsub = Some(subscription),
