@@ -1,6 +1,6 @@
 //! The dispatcher's life: discover GPUs, plan slots, declare the AMQP topology,
 //! supervise one worker per slot, keep the host record fresh, take part in
-//! placement (see `placer`), reload on SIGHUP, stop cleanly.
+//! placement (see `placement_loop`), reload on SIGHUP, stop cleanly.
 //!
 //! Shutdown stops every worker with SIGTERM (each finishes or returns its
 //! in-flight jobs within `worker.shutdown_grace_s`), then removes the host
@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gpu::{choose_gpus, DiscoveryError, GpuInfo, GpuSource, VisibleDevices};
 use crate::nvml::NvmlReader;
-use crate::plan::{plan, OverCommitted, Plan};
 use crate::slots::Slots;
 use crate::store::Store;
 use crate::supervisor::{RestartPolicy, WorkerCommand};
+use crate::vram_plan::{plan, OverCommitted, Plan};
 
 /// Settings from the command line and environment, gathered by `main`.
 #[derive(Debug, Clone)]
@@ -304,7 +304,7 @@ pub async fn run(
     ));
 
     if config.placement.enabled {
-        background.spawn(crate::placer::run(
+        background.spawn(crate::placement_loop::run(
             config.clone(),
             host_id.clone(),
             store.clone(),

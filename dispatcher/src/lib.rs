@@ -3,9 +3,12 @@
 //! - `dispatcher`: the daemon's life: discover, plan, declare topology, supervise,
 //!   heartbeat the host record, shut down.
 //! - `gpu`: GPU discovery as gpuq types (pure); `nvml`: owns nvml-wrapper.
-//! - `plan`: VRAM planning (pure).
-//! - `placement`: which model each worker serves, from the backlog (pure);
-//!   `placer`: the loop that gathers the snapshot and publishes assignments.
+//! - `vram_plan`: the VRAM plan: each GPU's slots and the models that fit each (pure).
+//! - `placement_decision`: which model each worker serves, from the backlog
+//!   (pure), with `placement_decision::inputs`, the snapshot built from the
+//!   records and the assignments built from a decision (pure);
+//!   `placement_loop`: the loop that reads queues and records, holds the lease
+//!   and publishes assignments (I/O only).
 //! - `slots`: the running slots, kept in line with the plan (start, reload, stop).
 //! - `supervisor`: one worker process per slot, restarts, crash-loop limit.
 //! - `artifact_janitor`: deletes artifacts older than `artifacts.ttl_s`.
@@ -19,14 +22,14 @@ mod dispatcher;
 mod gpu;
 mod metrics;
 mod nvml;
-mod placement;
-mod placer;
-mod plan;
+mod placement_decision;
+mod placement_loop;
 mod slots;
 mod store;
 mod supervisor;
+mod vram_plan;
 
 pub use dispatcher::{plan_report, run, DispatcherError, DispatcherOptions};
 pub use gpu::{GpuInfo, GpuSource};
-pub use placement::{decide, Decision, ModelState, Policy, Snapshot, WorkerState};
-pub use plan::{plan, OverCommitted, Plan, SlotPlan};
+pub use placement_decision::{decide, Decision, ModelState, Policy, Snapshot, WorkerState};
+pub use vram_plan::{plan, OverCommitted, Plan, SlotPlan};

@@ -17,10 +17,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::plan::{Plan, SlotPlan};
 use crate::supervisor::{
     supervise_slot, RestartPolicy, SharedSlotStatus, SlotCell, SlotStatus, WorkerCommand,
 };
+use crate::vram_plan::{Plan, SlotPlan};
 
 struct Slot {
     plan: SlotPlan,

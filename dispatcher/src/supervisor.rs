@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::plan::SlotPlan;
+use crate::vram_plan::SlotPlan;
 
 /// Exit code with which a worker asks to be restarted at once (stuck model).
 const EXIT_RESTART_REQUESTED: i32 = 75;

@@ -1,184 +1,50 @@
-//! The placement loop. Every dispatcher runs it; only the holder of the
-//! placement lease in Redis decides, for every worker of every host, so two
-//! hosts never fight over a worker. If the holder dies its lease expires and
-//! another dispatcher takes over within a few intervals; meanwhile workers
-//! keep their last assignment until it expires, then consume everything.
-//!
-//! Rounds run every `placement.interval_ms`, and at once when a worker
-//! announces it ran out of jobs. Each round: read the queue depths (passive declares: ready messages and
-//! consumers), every live worker record (models it may serve, loaded models,
-//! jobs running and held), measured model timings; estimate arrivals; run
-//! [`decide`]; write each worker's assignment with an expiry, and announce
-//! the ones that changed on the assignments channel.
+//! From the records of one placement round to the decision's input, and from
+//! the decision to the assignments to publish: the arithmetic between the
+//! placement loop's I/O (`crate::placement_loop`) and the decision itself
+//! ([`super::decide`]). Pure, so it is unit-tested below; the loop only
+//! reads queues and records and writes what these functions return.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
-use futures_util::StreamExt;
 use gpuq_common::config::Config;
 use gpuq_common::record::{Assignment, ModelTimings, WorkerRecord};
 use gpuq_common::registry::{ModelConfig, RuntimeParams};
-use gpuq_common::{now_ms, Names};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
-use tokio_util::sync::CancellationToken;
 
-use crate::placement::{decide, Decision, ModelState, Policy, Snapshot, WorkerState};
-use crate::store::Store;
+use super::{Decision, ModelState, Policy, Snapshot, WorkerState};
 
 /// Load time assumed for a model nobody has loaded yet, milliseconds.
 const DEFAULT_LOAD_MS: u64 = 10_000;
 /// Run time assumed for a model that has not run yet, milliseconds.
 const DEFAULT_RUN_MS: u64 = 1_000;
-/// Shortest gap between two rounds triggered by idle workers.
-const EARLIEST_REPEAT: Duration = Duration::from_millis(100);
 
 /// A worker's last published queues, and its main model with since when.
 type Published = (Vec<String>, Option<(String, u64)>);
 
-/// What the placer remembers between rounds.
+/// What the placement loop remembers between rounds.
 #[derive(Default)]
-struct History {
+pub struct History {
     /// Per model: jobs in the system and jobs finished at the last round, and when.
     previous: BTreeMap<String, (u64, u64, u64)>,
     arrivals_per_s: BTreeMap<String, f64>,
     unserved_since_ms: BTreeMap<String, u64>,
     /// Last published assignment of each worker.
     published: BTreeMap<String, Published>,
-    stored_timings: HashMap<String, ModelTimings>,
+    /// Timings published at earlier rounds (kept when no worker reports any).
+    pub stored_timings: HashMap<String, ModelTimings>,
 }
 
-/// Runs placement rounds until `shutdown`; gives the lease up on the way out.
-pub async fn run(config: Config, host_id: String, store: Store, shutdown: CancellationToken) {
-    let placement = &config.placement;
-    let interval = Duration::from_millis(placement.interval_ms);
-    let lease_ttl = interval * 3;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut broker: Option<(Connection, Channel)> = None;
-    let mut history = History::default();
-    let mut leading = false;
-    let mut idle = None;
-    let mut last_round = tokio::time::Instant::now();
-    loop {
-        if idle.is_none() {
-            idle = store.idle_workers().await.ok().map(Box::pin);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-            announced = async { idle.as_mut()?.next().await }, if idle.is_some() => {
-                match announced {
-                    // A worker ran dry: decide now (at most every 100 ms), if leading.
-                    Some(_) if leading && last_round.elapsed() >= EARLIEST_REPEAT => {}
-                    Some(_) => continue,
-                    None => {
-                        idle = None;
-                        continue;
-                    }
-                }
-            }
-        }
-        last_round = tokio::time::Instant::now();
-        let held = match store.hold_placement_lease(&host_id, lease_ttl).await {
-            Ok(held) => held,
-            Err(error) => {
-                tracing::warn!(%error, "cannot reach redis for the placement lease");
-                false
-            }
-        };
-        if held != leading {
-            leading = held;
-            if held {
-                tracing::info!("this dispatcher now places models for every host");
-                history = History {
-                    stored_timings: store.model_timings().await.unwrap_or_default(),
-                    ..History::default()
-                };
-            }
-        }
-        if !held {
-            continue;
-        }
-        if let Err(error) = round(&config, &host_id, &store, &mut broker, &mut history).await {
-            tracing::warn!(%error, "placement round skipped");
-            broker = None;
-        }
-    }
-    if let Some((connection, _)) = broker {
-        let _ = connection.close(200, "dispatcher stopping".into()).await;
-    }
-    if leading {
-        if let Err(error) = store.release_placement_lease(&host_id).await {
-            tracing::warn!(%error, "placement lease not released; it will expire");
+impl History {
+    /// A fresh history for a loop that just took the lease, with the
+    /// timings the previous lease holder published.
+    pub fn resumed(stored_timings: HashMap<String, ModelTimings>) -> History {
+        History {
+            stored_timings,
+            ..History::default()
         }
     }
 }
 
-/// Why a placement round could not finish; the next round tries again.
-#[derive(Debug, thiserror::Error)]
-enum RoundError {
-    #[error("rabbitmq: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("queue of model {model}: {source}")]
-    Queue {
-        model: String,
-        #[source]
-        source: lapin::Error,
-    },
-    #[error("redis: {0}")]
-    Store(#[from] redis::RedisError),
-}
-
-async fn round(
-    config: &Config,
-    host_id: &str,
-    store: &Store,
-    broker: &mut Option<(Connection, Channel)>,
-    history: &mut History,
-) -> Result<(), RoundError> {
-    let names = config.names();
-    if broker.is_none() {
-        let connection = gpuq_common::amqp::connect_with_frame_max(
-            &config.amqp_url,
-            &format!("gpuq-placer {host_id}"),
-            gpuq_common::amqp::CONTROL_FRAME_MAX,
-        )
-        .await?;
-        let channel = connection.create_channel().await?;
-        *broker = Some((connection, channel));
-    }
-    let (_, channel) = broker.as_ref().expect("connected above");
-    let ready = queue_depths(channel, &names, config.registry().models()).await?;
-    let now = now_ms();
-    let ttl_ms = config.worker.heartbeat_ttl_ms;
-    let workers: Vec<WorkerRecord> = store
-        .all_worker_records()
-        .await?
-        .into_iter()
-        .filter(|w| now.saturating_sub(w.heartbeat_ms) < ttl_ms)
-        .collect();
-    let timings = measured_timings(&workers);
-    let snapshot = snapshot(config, now, &ready, &workers, &timings, history);
-    let decision = decide(&snapshot, &policy(config));
-    for model in &decision.unservable {
-        tracing::warn!(model = %model, "model has jobs but no live worker can serve it");
-    }
-    let (assignments, changed) = assignments(&decision, host_id, now, history);
-    history.stored_timings.extend(timings.clone());
-    store
-        .publish_placement(
-            &assignments,
-            &changed,
-            Duration::from_millis(config.placement.assignment_ttl_ms()),
-            &timings,
-        )
-        .await?;
-    Ok(())
-}
-
-fn policy(config: &Config) -> Policy {
+pub fn policy(config: &Config) -> Policy {
     Policy {
         min_residency_ms: config.placement.min_residency_ms,
         max_queue_wait_ms: config.placement.max_queue_wait_ms,
@@ -186,35 +52,8 @@ fn policy(config: &Config) -> Policy {
     }
 }
 
-/// Ready messages in each model's queue.
-async fn queue_depths(
-    channel: &Channel,
-    names: &Names,
-    models: &[ModelConfig],
-) -> Result<BTreeMap<String, u64>, RoundError> {
-    let mut depths = BTreeMap::new();
-    for model in models {
-        let queue = channel
-            .queue_declare(
-                names.model_queue(&model.id).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| RoundError::Queue {
-                model: model.id.clone(),
-                source,
-            })?;
-        depths.insert(model.id.clone(), u64::from(queue.message_count()));
-    }
-    Ok(depths)
-}
-
 /// Mean load and run times per model, from every worker's metrics.
-fn measured_timings(workers: &[WorkerRecord]) -> HashMap<String, ModelTimings> {
+pub fn measured_timings(workers: &[WorkerRecord]) -> HashMap<String, ModelTimings> {
     let mut sums: BTreeMap<&str, (f64, u64, f64, u64)> = BTreeMap::new();
     for worker in workers {
         for (model, metrics) in &worker.metrics.models {
@@ -253,7 +92,10 @@ fn estimated_timings(model: &ModelConfig) -> ModelTimings {
     }
 }
 
-fn snapshot(
+/// The decision's input: every model's backlog, timings and policy, every
+/// live worker's state, from the records of one round. Updates `history`
+/// (arrival rates, unserved-since times) as a round passes.
+pub fn snapshot(
     config: &Config,
     now: u64,
     ready: &BTreeMap<String, u64>,
@@ -261,6 +103,23 @@ fn snapshot(
     timings: &HashMap<String, ModelTimings>,
     history: &mut History,
 ) -> Snapshot {
+    Snapshot {
+        now_ms: now,
+        models: model_states(config, now, ready, workers, timings, history),
+        workers: worker_states(config, workers, history),
+    }
+}
+
+/// Each model's backlog (ready in its queue plus held by workers), jobs
+/// running, arrival rate (smoothed over rounds), timings and policy.
+fn model_states(
+    config: &Config,
+    now: u64,
+    ready: &BTreeMap<String, u64>,
+    workers: &[WorkerRecord],
+    timings: &HashMap<String, ModelTimings>,
+    history: &mut History,
+) -> Vec<ModelState> {
     let mut models = Vec::new();
     for model in config.registry().models() {
         let id = &model.id;
@@ -314,7 +173,13 @@ fn snapshot(
             max_replicas: policy.max_replicas,
         });
     }
-    let workers = workers
+    models
+}
+
+/// Each live worker as the decision sees it: what it may serve, holds,
+/// runs, is pinned to, and was last given.
+fn worker_states(config: &Config, workers: &[WorkerRecord], history: &History) -> Vec<WorkerState> {
+    workers
         .iter()
         .map(|w| WorkerState {
             id: w.worker_id.clone(),
@@ -350,16 +215,11 @@ fn snapshot(
                 .map(|(models, _)| models.clone())
                 .unwrap_or_default(),
         })
-        .collect();
-    Snapshot {
-        now_ms: now,
-        models,
-        workers,
-    }
+        .collect()
 }
 
 /// Each worker's assignment, and the workers whose assignment changed.
-fn assignments(
+pub fn assignments(
     decision: &Decision,
     host_id: &str,
     now: u64,
@@ -399,3 +259,6 @@ fn assignments(
         .retain(|worker, _| decision.assignments.contains_key(worker));
     (all, changed)
 }
+
+#[cfg(test)]
+mod tests;

@@ -491,5 +491,6 @@ pub fn decide(snapshot: &Snapshot, policy: &Policy) -> Decision {
 }
 
 mod consumption;
+pub mod inputs;
 #[cfg(test)]
 mod tests;

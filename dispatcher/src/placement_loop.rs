@@ -1,0 +1,185 @@
+//! The placement loop. Every dispatcher runs it; only the holder of the
+//! placement lease in Redis decides, for every worker of every host, so two
+//! hosts never fight over a worker. If the holder dies its lease expires and
+//! another dispatcher takes over within a few intervals; meanwhile workers
+//! keep their last assignment until it expires, then consume everything.
+//!
+//! Rounds run every `placement.interval_ms`, and at once when a worker
+//! announces it ran out of jobs. Each round: read the queue depths (passive declares: ready messages and
+//! consumers), every live worker record (models it may serve, loaded models,
+//! jobs running and held), measured model timings; estimate arrivals; run
+//! [`decide`]; write each worker's assignment with an expiry, and announce
+//! the ones that changed on the assignments channel.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gpuq_common::config::Config;
+use gpuq_common::record::WorkerRecord;
+use gpuq_common::registry::ModelConfig;
+use gpuq_common::{now_ms, Names};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio_util::sync::CancellationToken;
+
+use crate::placement_decision::decide;
+use crate::placement_decision::inputs::{assignments, measured_timings, policy, snapshot, History};
+use crate::store::Store;
+
+/// Shortest gap between two rounds triggered by idle workers.
+const EARLIEST_REPEAT: Duration = Duration::from_millis(100);
+
+/// Runs placement rounds until `shutdown`; gives the lease up on the way out.
+pub async fn run(config: Config, host_id: String, store: Store, shutdown: CancellationToken) {
+    let placement = &config.placement;
+    let interval = Duration::from_millis(placement.interval_ms);
+    let lease_ttl = interval * 3;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut broker: Option<(Connection, Channel)> = None;
+    let mut history = History::default();
+    let mut leading = false;
+    let mut idle = None;
+    let mut last_round = tokio::time::Instant::now();
+    loop {
+        if idle.is_none() {
+            idle = store.idle_workers().await.ok().map(Box::pin);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+            announced = async { idle.as_mut()?.next().await }, if idle.is_some() => {
+                match announced {
+                    // A worker ran dry: decide now (at most every 100 ms), if leading.
+                    Some(_) if leading && last_round.elapsed() >= EARLIEST_REPEAT => {}
+                    Some(_) => continue,
+                    None => {
+                        idle = None;
+                        continue;
+                    }
+                }
+            }
+        }
+        last_round = tokio::time::Instant::now();
+        let held = match store.hold_placement_lease(&host_id, lease_ttl).await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, "cannot reach redis for the placement lease");
+                false
+            }
+        };
+        if held != leading {
+            leading = held;
+            if held {
+                tracing::info!("this dispatcher now places models for every host");
+                history = History::resumed(store.model_timings().await.unwrap_or_default());
+            }
+        }
+        if !held {
+            continue;
+        }
+        if let Err(error) = round(&config, &host_id, &store, &mut broker, &mut history).await {
+            tracing::warn!(%error, "placement round skipped");
+            broker = None;
+        }
+    }
+    if let Some((connection, _)) = broker {
+        let _ = connection.close(200, "dispatcher stopping".into()).await;
+    }
+    if leading {
+        if let Err(error) = store.release_placement_lease(&host_id).await {
+            tracing::warn!(%error, "placement lease not released; it will expire");
+        }
+    }
+}
+
+/// Why a placement round could not finish; the next round tries again.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("rabbitmq: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("queue of model {model}: {source}")]
+    Queue {
+        model: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("redis: {0}")]
+    Store(#[from] redis::RedisError),
+}
+
+async fn round(
+    config: &Config,
+    host_id: &str,
+    store: &Store,
+    broker: &mut Option<(Connection, Channel)>,
+    history: &mut History,
+) -> Result<(), RoundError> {
+    let names = config.names();
+    if broker.is_none() {
+        let connection = gpuq_common::amqp::connect_with_frame_max(
+            &config.amqp_url,
+            &format!("gpuq-placer {host_id}"),
+            gpuq_common::amqp::CONTROL_FRAME_MAX,
+        )
+        .await?;
+        let channel = connection.create_channel().await?;
+        *broker = Some((connection, channel));
+    }
+    let (_, channel) = broker.as_ref().expect("connected above");
+    let ready = queue_depths(channel, &names, config.registry().models()).await?;
+    let now = now_ms();
+    let ttl_ms = config.worker.heartbeat_ttl_ms;
+    let workers: Vec<WorkerRecord> = store
+        .all_worker_records()
+        .await?
+        .into_iter()
+        .filter(|w| now.saturating_sub(w.heartbeat_ms) < ttl_ms)
+        .collect();
+    let timings = measured_timings(&workers);
+    let snapshot = snapshot(config, now, &ready, &workers, &timings, history);
+    let decision = decide(&snapshot, &policy(config));
+    for model in &decision.unservable {
+        tracing::warn!(model = %model, "model has jobs but no live worker can serve it");
+    }
+    let (assignments, changed) = assignments(&decision, host_id, now, history);
+    history.stored_timings.extend(timings.clone());
+    store
+        .publish_placement(
+            &assignments,
+            &changed,
+            Duration::from_millis(config.placement.assignment_ttl_ms()),
+            &timings,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Ready messages in each model's queue.
+async fn queue_depths(
+    channel: &Channel,
+    names: &Names,
+    models: &[ModelConfig],
+) -> Result<BTreeMap<String, u64>, RoundError> {
+    let mut depths = BTreeMap::new();
+    for model in models {
+        let queue = channel
+            .queue_declare(
+                names.model_queue(&model.id).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| RoundError::Queue {
+                model: model.id.clone(),
+                source,
+            })?;
+        depths.insert(model.id.clone(), u64::from(queue.message_count()));
+    }
+    Ok(depths)
+}
