@@ -3,6 +3,7 @@
 //! - [`wire`]: job, reply and status-event messages, msgpack and JSON encodings.
 //! - [`config`]: the `gpuq.toml` file, parsed, validated and frozen.
 //! - [`registry`]: the model registry and routing rules.
+//! - [`placement_lease`]: the placement lease's compare-and-set scripts.
 //! - [`names`]: every queue, exchange and Redis key name.
 //! - [`topology`]: the AMQP topology as plain data.
 //! - [`record`]: the Redis job, worker and host records, parsed for readers.
@@ -12,6 +13,7 @@
 //!   kept by the Lua prelude every status-writing script shares.
 //! - `amqp` (feature `amqp`): declares the topology with lapin.
 //! - `artifacts` (feature `artifacts`): the artifact store (object_store).
+//! - `heartbeat` (feature `redis`): the heartbeat pipeline of worker and host records.
 //! - `process` (feature `process`): logging, signal shutdown, host id for binaries.
 //!
 //! It owns no IO beyond reading the config file and, with `amqp`, declaring topology.
@@ -21,10 +23,13 @@ pub mod amqp;
 #[cfg(feature = "artifacts")]
 pub mod artifacts;
 pub mod config;
+#[cfg(feature = "redis")]
+pub mod heartbeat;
 pub mod job_index;
 pub mod job_record;
 pub mod metrics;
 pub mod names;
+pub mod placement_lease;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod record;

@@ -12,6 +12,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// What every daemon's launcher does first: start logging, then load the
+/// config file with the environment's overrides (returned too: the
+/// dispatcher hands them to its workers).
+pub fn start(
+    format: LogFormat,
+    config_path: &std::path::Path,
+) -> Result<(crate::Config, crate::ConfigOverrides), crate::ConfigError> {
+    init_tracing(format);
+    let overrides = crate::ConfigOverrides::from_environment(std::env::vars());
+    let config = crate::Config::load(config_path, &overrides)?;
+    Ok((config, overrides))
+}
+
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gpuq_common::job_record::{scripts, RecordScripts};
+use gpuq_common::placement_lease;
 use gpuq_common::record::{Assignment, HostRecord, ModelTimings, WorkerRecord};
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
@@ -42,15 +43,16 @@ impl Store {
     ) -> Result<(), redis::RedisError> {
         let mut connection = self.connection.clone();
         let key = self.names.host_key(&record.host_id);
-        redis::pipe()
-            .hset_multiple(&key, &record.to_fields())
-            .ignore()
-            .pexpire(&key, ttl.as_millis() as i64)
-            .ignore()
-            .sadd(self.names.hosts_set(), &record.host_id)
-            .ignore()
-            .query_async::<()>(&mut connection)
-            .await
+        let fields = record.to_fields();
+        gpuq_common::heartbeat::pipeline(
+            &key,
+            &fields,
+            ttl,
+            &self.names.hosts_set(),
+            &record.host_id,
+        )
+        .query_async::<()>(&mut connection)
+        .await
     }
 
     /// Each worker's last heartbeat time and pid, `None` when it has no record.
@@ -85,23 +87,10 @@ impl Store {
             ts_ms: now,
             ..StatusEvent::new(job_id.to_owned(), status)
         };
-        let ending = scripts::Ending {
-            status,
-            finished_ms: now,
-            ttl_s,
-            result_json: None,
-            error: Some(error),
-            event_json: serde_json::to_string(&event).unwrap_or_default(),
-            feature: None,
-            model: None,
-        };
+        let event_json = serde_json::to_string(&event).unwrap_or_default();
+        let ending = scripts::Ending::without_result(status, now, ttl_s, error, event_json);
         let call = scripts::finish(&self.names, job_id, ending);
-        let reply: String = self
-            .scripts
-            .invocation(&call)
-            .invoke_async(&mut connection)
-            .await?;
-        Ok(reply == "ok")
+        self.scripts.finish(&mut connection, &call).await
     }
 
     /// The records of these workers (missing ones are left out).
@@ -128,16 +117,8 @@ impl Store {
         host_id: &str,
         ttl: Duration,
     ) -> Result<bool, redis::RedisError> {
-        const SCRIPT: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"#;
         let mut connection = self.connection.clone();
-        let held: i64 = redis::Script::new(SCRIPT)
+        let held: i64 = redis::Script::new(placement_lease::HOLD)
             .key(self.names.placement_lease())
             .arg(host_id)
             .arg(ttl.as_millis() as u64)
@@ -160,14 +141,8 @@ return 0
 
     /// Gives the placement lease up, if `host_id` holds it.
     pub async fn release_placement_lease(&self, host_id: &str) -> Result<(), redis::RedisError> {
-        const SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-end
-return 0
-"#;
         let mut connection = self.connection.clone();
-        redis::Script::new(SCRIPT)
+        redis::Script::new(placement_lease::RELEASE)
             .key(self.names.placement_lease())
             .arg(host_id)
             .invoke_async::<i64>(&mut connection)

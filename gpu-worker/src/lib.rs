@@ -26,7 +26,8 @@ mod store;
 mod worker;
 
 pub use job::{route, Route};
-pub use worker::{run, select_models, ExitReason, WorkerError, WorkerOptions};
+pub use session::ExitReason;
+pub use worker::{run, select_models, WorkerError, WorkerOptions};
 
 /// Exit code that asks the supervisor for a restart (a model thread is stuck).
 pub const EXIT_RESTART_REQUESTED: i32 = 75;

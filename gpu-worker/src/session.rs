@@ -15,7 +15,15 @@ use tokio_util::task::TaskTracker;
 use crate::consumers::Consumers;
 use crate::job::{handle_delivery, JobContext};
 use crate::placement::{choose, desired_queues, Affinity, Choice};
-use crate::worker::ExitReason;
+
+/// Why a worker stops of its own accord (the session sees both causes first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The shutdown token was cancelled.
+    Shutdown,
+    /// A model thread is stuck past its job's timeout; restart the process.
+    RestartRequested,
+}
 
 /// Why one broker session ended.
 pub enum SessionEnd {

@@ -30,19 +30,6 @@ pub enum Claim {
     AlreadyFinal(JobStatus),
 }
 
-/// Who is claiming, written into the job record.
-#[derive(Debug, Clone)]
-pub struct ClaimContext<'a> {
-    pub job_id: &'a str,
-    pub feature: &'a str,
-    pub model: &'a str,
-    pub worker: &'a str,
-    pub host: &'a str,
-    pub gpu: &'a str,
-    /// Client metadata as JSON, stored only when the record has none yet.
-    pub metadata_json: Option<String>,
-}
-
 /// The final state of a job, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -87,17 +74,13 @@ impl Store {
     }
 
     /// Atomically marks a job `processing` unless it is already final.
-    pub async fn claim(&self, ctx: &ClaimContext<'_>) -> Result<Claim, StoreError> {
+    pub async fn claim(
+        &self,
+        job_id: &str,
+        by: &scripts::Claimant<'_>,
+    ) -> Result<Claim, StoreError> {
         let mut connection = self.connection.clone();
-        let by = scripts::Claimant {
-            feature: ctx.feature,
-            model: ctx.model,
-            worker: ctx.worker,
-            host: ctx.host,
-            gpu: ctx.gpu,
-            metadata_json: ctx.metadata_json.as_deref(),
-        };
-        let call = scripts::claim(&self.names, ctx.job_id, now_ms(), &by);
+        let call = scripts::claim(&self.names, job_id, now_ms(), by);
         let reply: redis::Value = self
             .scripts
             .invocation(&call)
@@ -136,12 +119,7 @@ impl Store {
             model: event.model.as_deref(),
         };
         let call = scripts::finish(&self.names, job_id, ending);
-        let reply: String = self
-            .scripts
-            .invocation(&call)
-            .invoke_async(&mut connection)
-            .await?;
-        Ok(reply == "ok")
+        Ok(self.scripts.finish(&mut connection, &call).await?)
     }
 
     /// Sets a running job's progress (0 to 1) and publishes it as an event.
@@ -188,21 +166,24 @@ impl Store {
     pub async fn cancel_requests(
         &self,
     ) -> Result<impl futures_util::Stream<Item = String> + use<>, StoreError> {
-        use futures_util::StreamExt;
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.names.cancel_channel()).await?;
-        Ok(pubsub
-            .into_on_message()
-            .filter_map(|message| async move { message.get_payload::<String>().ok() }))
+        self.subscribe_ids(self.names.cancel_channel()).await
     }
 
     /// Worker ids published on the assignments channel, as they come.
     pub async fn assignment_changes(
         &self,
     ) -> Result<impl futures_util::Stream<Item = String> + use<>, StoreError> {
+        self.subscribe_ids(self.names.assignments_channel()).await
+    }
+
+    /// The string payloads of one channel, from a subscription of its own.
+    async fn subscribe_ids(
+        &self,
+        channel: String,
+    ) -> Result<impl futures_util::Stream<Item = String> + use<>, StoreError> {
         use futures_util::StreamExt;
         let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.names.assignments_channel()).await?;
+        pubsub.subscribe(channel).await?;
         Ok(pubsub
             .into_on_message()
             .filter_map(|message| async move { message.get_payload::<String>().ok() }))
@@ -288,13 +269,9 @@ impl Store {
     pub async fn heartbeat(&self, record: &WorkerRecord, ttl: Duration) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let key = self.names.worker_key(&record.worker_id);
-        redis::pipe()
-            .hset_multiple(&key, &record.to_fields())
-            .ignore()
-            .pexpire(&key, ttl.as_millis() as i64)
-            .ignore()
-            .sadd(self.names.workers_set(), &record.worker_id)
-            .ignore()
+        let fields = record.to_fields();
+        let live = self.names.workers_set();
+        gpuq_common::heartbeat::pipeline(&key, &fields, ttl, &live, &record.worker_id)
             .query_async::<()>(&mut connection)
             .await?;
         Ok(())

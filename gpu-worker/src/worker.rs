@@ -23,7 +23,7 @@ use crate::amqp::Broker;
 use crate::job::{CancelRegistry, JobContext};
 use crate::pool::{Loader, ModelPool};
 use crate::runtime;
-use crate::session::{consume, Session, SessionEnd};
+use crate::session::{consume, ExitReason, Session, SessionEnd};
 use crate::stats::WorkerStats;
 use crate::store::{Store, StoreError};
 
@@ -40,15 +40,6 @@ pub struct WorkerOptions {
     pub models: Option<Vec<String>>,
     /// The `CUDA_VISIBLE_DEVICES` this worker runs with (for the free-memory check).
     pub cuda_visible_devices: Option<String>,
-}
-
-/// Why `run` returned normally.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The shutdown token was cancelled.
-    Shutdown,
-    /// A model thread is stuck past its job's timeout; restart the process.
-    RestartRequested,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -151,23 +151,12 @@ impl Store {
             ts_ms: now_ms,
             ..StatusEvent::new(job_id.to_owned(), JobStatus::Failed)
         };
-        let ending = scripts::Ending {
-            status: JobStatus::Failed,
-            finished_ms: now_ms,
-            ttl_s,
-            result_json: None,
-            error: Some(error),
-            event_json: serde_json::to_string(&event).unwrap_or_default(),
-            feature: None,
-            model: None,
-        };
+        let event_json = serde_json::to_string(&event).unwrap_or_default();
+        let ending =
+            scripts::Ending::without_result(JobStatus::Failed, now_ms, ttl_s, error, event_json);
         let call = scripts::finish(&self.names, job_id, ending);
-        let _: String = self
-            .scripts
-            .invocation(&call)
-            .invoke_async(&mut connection)
-            .await?;
-        Ok(())
+        // `false` (the job had already ended) is no error here.
+        self.scripts.finish(&mut connection, &call).await.map(drop)
     }
 
     /// Cancels a job that has not ended: marks it `cancelled` (so no worker runs

@@ -51,6 +51,17 @@ impl RecordScripts {
         invocation
     }
 
+    /// Runs a [`Script::Finish`] call; `true` when it wrote, `false` when the
+    /// job had already ended (its status is kept).
+    pub async fn finish<C>(&self, connection: &mut C, call: &ScriptCall) -> redis::RedisResult<bool>
+    where
+        C: redis::aio::ConnectionLike + Send,
+    {
+        debug_assert_eq!(call.script, Script::Finish);
+        let reply: String = self.invocation(call).invoke_async(connection).await?;
+        Ok(reply == "ok")
+    }
+
     /// `EVALSHA` of `call` as a pipeline command (for many calls in one round
     /// trip; the script must have been loaded, see `redis::Script::load_async`).
     pub fn evalsha(&self, call: &ScriptCall) -> redis::Cmd {

@@ -252,6 +252,29 @@ pub struct Ending<'a> {
     pub model: Option<&'a str>,
 }
 
+impl<'a> Ending<'a> {
+    /// A job that ends without running (or without a result): a final
+    /// status and why, nothing else to record.
+    pub fn without_result(
+        status: JobStatus,
+        finished_ms: u64,
+        ttl_s: u64,
+        error: &'a JobError,
+        event_json: String,
+    ) -> Ending<'a> {
+        Ending {
+            status,
+            finished_ms,
+            ttl_s,
+            result_json: None,
+            error: Some(error),
+            event_json,
+            feature: None,
+            model: None,
+        }
+    }
+}
+
 pub fn finish(names: &Names, job_id: &str, ending: Ending<'_>) -> ScriptCall {
     debug_assert!(ending.status.is_final());
     let (code, message) = ending

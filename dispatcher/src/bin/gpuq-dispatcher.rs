@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use gpuq_common::process::{init_tracing, shutdown_on_signals, LogFormat};
-use gpuq_common::{Config, ConfigOverrides};
+use gpuq_common::process::{shutdown_on_signals, LogFormat};
 use gpuq_dispatcher::DispatcherOptions;
 
 /// Discovers this host's GPUs, plans worker slots and supervises gpuq-worker processes.
@@ -35,9 +34,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(args.log_format);
-    let overrides = ConfigOverrides::from_environment(std::env::vars());
-    let config = Config::load(&args.config, &overrides).context("loading config")?;
+    let (config, overrides) =
+        gpuq_common::process::start(args.log_format, &args.config).context("loading config")?;
     let options = DispatcherOptions {
         config_path: args.config.clone(),
         overrides,

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use gpuq_common::process::{init_tracing, shutdown_on_signals, LogFormat};
-use gpuq_common::{Config, ConfigOverrides};
+use gpuq_common::process::{shutdown_on_signals, LogFormat};
 use gpuq_worker::{ExitReason, WorkerOptions, EXIT_RESTART_REQUESTED};
 
 /// Runs gpuq jobs for the models that fit this worker's VRAM budget.
@@ -38,9 +37,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(args.log_format);
-    let overrides = ConfigOverrides::from_environment(std::env::vars());
-    let config = Config::load(&args.config, &overrides).context("loading config")?;
+    let (config, _) =
+        gpuq_common::process::start(args.log_format, &args.config).context("loading config")?;
     let host_id = args
         .host_id
         .unwrap_or_else(gpuq_common::process::default_host_id);

@@ -27,7 +27,8 @@ use crate::amqp::{self, Broker};
 use crate::pool::ModelPool;
 use crate::runtime::{self, Progress, RunError};
 use crate::stats::WorkerStats;
-use crate::store::{Claim, ClaimContext, Outcome, Store};
+use crate::store::{Claim, Outcome, Store};
+use gpuq_common::job_record::scripts::Claimant;
 
 /// Everything a delivery handler needs, shared by all in-flight jobs.
 pub struct JobContext {
@@ -171,16 +172,20 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         let outcome = failed(JobStatus::TimedOut, error);
         return end_without_running(ctx, &job, model_id, delivery, encoding, outcome).await;
     }
-    let claim_ctx = ClaimContext {
-        job_id: &job.job_id,
+    let metadata_json = (!job.metadata.is_empty()).then(|| value_map_to_json_string(&job.metadata));
+    let claimant = Claimant {
         feature: &job.feature,
         model: model_id,
         worker: &ctx.worker_id,
         host: &ctx.host_id,
         gpu: &ctx.gpu,
-        metadata_json: (!job.metadata.is_empty()).then(|| value_map_to_json_string(&job.metadata)),
+        metadata_json: metadata_json.as_deref(),
     };
-    let attempt = match with_retries(ctx.redis_retry(), || ctx.store.claim(&claim_ctx)).await {
+    let attempt = match with_retries(ctx.redis_retry(), || {
+        ctx.store.claim(&job.job_id, &claimant)
+    })
+    .await
+    {
         Ok(Claim::Run { attempt }) => attempt,
         Ok(Claim::AlreadyFinal(status)) => {
             tracing::info!(%status, "job already final; acking the redelivery without running it");
