@@ -242,60 +242,63 @@ impl ModelConfig {
                 }
                 Ok(RuntimeParams::Adapter(params))
             }
-            RuntimeKind::Sleep => {
-                let mut params = SleepParams {
-                    duration_ms: 20,
-                    fail_rate: 0.0,
-                    load_ms: 0,
-                    run_log: None,
-                    allow_crash_inputs: false,
-                };
-                for (name, value) in &self.params {
-                    match name.as_str() {
-                        "duration_ms" => {
-                            params.duration_ms = value
-                                .as_integer()
-                                .and_then(|v| u64::try_from(v).ok())
-                                .ok_or("'duration_ms' must be a non-negative integer")?;
-                        }
-                        "load_ms" => {
-                            params.load_ms = value
-                                .as_integer()
-                                .and_then(|v| u64::try_from(v).ok())
-                                .ok_or("'load_ms' must be a non-negative integer")?;
-                        }
-                        "run_log" => {
-                            params.run_log = Some(value.as_str().ok_or("'run_log' must be a file path")?.to_owned());
-                        }
-                        "allow_crash_inputs" => {
-                            params.allow_crash_inputs = value
-                                .as_bool()
-                                .ok_or("'allow_crash_inputs' must be true or false")?;
-                        }
-                        "fail_rate" => {
-                            let rate = value
-                                .as_float()
-                                .or_else(|| value.as_integer().map(|v| v as f64))
-                                .ok_or("'fail_rate' must be a number")?;
-                            if !(0.0..=1.0).contains(&rate) {
-                                return Err("'fail_rate' must be between 0 and 1".into());
-                            }
-                            params.fail_rate = rate;
-                        }
-                        other => {
-                            return Err(format!(
-                                "runtime 'sleep' has no param '{other}' (known: allow_crash_inputs, duration_ms, fail_rate, load_ms, run_log)"
-                            ).into())
-                        }
-                    }
-                }
-                Ok(RuntimeParams::Sleep(params))
-            }
+            RuntimeKind::Sleep => self.sleep_params().map(RuntimeParams::Sleep),
         }
     }
 }
 
 impl ModelConfig {
+    /// The synthetic `sleep` runtime's params, checked one by one.
+    fn sleep_params(&self) -> Result<SleepParams, ParamsError> {
+        let mut params = SleepParams {
+            duration_ms: 20,
+            fail_rate: 0.0,
+            load_ms: 0,
+            run_log: None,
+            allow_crash_inputs: false,
+        };
+        for (name, value) in &self.params {
+            match name.as_str() {
+                "duration_ms" => {
+                    params.duration_ms = value
+                        .as_integer()
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or("'duration_ms' must be a non-negative integer")?;
+                }
+                "load_ms" => {
+                    params.load_ms = value
+                        .as_integer()
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or("'load_ms' must be a non-negative integer")?;
+                }
+                "run_log" => {
+                    params.run_log = Some(value.as_str().ok_or("'run_log' must be a file path")?.to_owned());
+                }
+                "allow_crash_inputs" => {
+                    params.allow_crash_inputs = value
+                        .as_bool()
+                        .ok_or("'allow_crash_inputs' must be true or false")?;
+                }
+                "fail_rate" => {
+                    let rate = value
+                        .as_float()
+                        .or_else(|| value.as_integer().map(|v| v as f64))
+                        .ok_or("'fail_rate' must be a number")?;
+                    if !(0.0..=1.0).contains(&rate) {
+                        return Err("'fail_rate' must be between 0 and 1".into());
+                    }
+                    params.fail_rate = rate;
+                }
+                other => {
+                    return Err(format!(
+                        "runtime 'sleep' has no param '{other}' (known: allow_crash_inputs, duration_ms, fail_rate, load_ms, run_log)"
+                    ).into())
+                }
+            }
+        }
+        Ok(params)
+    }
+
     fn typed_params<T: serde::de::DeserializeOwned>(&self) -> Result<T, ParamsError> {
         Ok(toml::Value::Table(self.params.clone()).try_into()?)
     }

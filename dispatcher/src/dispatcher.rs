@@ -231,6 +231,7 @@ pub fn plan_report(
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled.
+// Longer than 80 lines: the daemon's whole life in order: start, heartbeat loop, stop.
 pub async fn run(
     config: Config,
     options: DispatcherOptions,
@@ -264,53 +265,17 @@ pub async fn run(
         host_id: host_id.clone(),
         log_format: options.log_format,
     });
-    let policy = RestartPolicy {
-        initial_backoff: Duration::from_millis(config.dispatcher.restart_backoff_initial_ms),
-        max_backoff: Duration::from_millis(config.dispatcher.restart_backoff_max_ms),
-        crash_loop_limit: config.dispatcher.crash_loop_limit,
-        stable_after: Duration::from_secs(30),
-        stop_grace: Duration::from_secs(config.worker.shutdown_grace_s + 5),
-    };
-    let mut slots = Slots::new(command, policy, shutdown.clone());
+    let mut slots = Slots::new(command, restart_policy(&config), shutdown.clone());
     slots.apply(&current_plan);
-    // The metrics endpoint, dead-letter watcher, artifact janitor and placement
-    // loop: each ends on `shutdown`, and `run` waits for all of them.
-    let background = tokio_util::task::TaskTracker::new();
     let metrics_view: crate::metrics::SharedView = Default::default();
-    if !config.dispatcher.metrics_listen.is_empty() {
-        let serving = crate::metrics::serve(
-            config.dispatcher.metrics_listen.clone(),
-            Arc::clone(&metrics_view),
-            store.clone(),
-            shutdown.clone(),
-        );
-        background.spawn(async move {
-            if let Err(error) = serving.await {
-                tracing::error!(%error, "metrics endpoint failed");
-            }
-        });
-    }
-    background.spawn(crate::dead_letters::watch(
-        config.clone(),
-        store.clone(),
-        host_id.clone(),
-        shutdown.clone(),
-    ));
-
-    background.spawn(crate::artifact_janitor::run(
+    let background = crate::background::start(
+        &config,
+        &host_id,
+        &store,
         artifacts,
-        config.artifacts.ttl(),
-        shutdown.clone(),
-    ));
-
-    if config.placement.enabled {
-        background.spawn(crate::placement_loop::run(
-            config.clone(),
-            host_id.clone(),
-            store.clone(),
-            shutdown.clone(),
-        ));
-    }
+        &metrics_view,
+        &shutdown,
+    );
 
     let started = Instant::now();
     let started_ms = now_ms();
@@ -336,18 +301,7 @@ pub async fn run(
         }
         gpus.refresh(&slots.worker_pids());
         watchdog.check(&store, &slots, ttl).await;
-        let record = HostRecord {
-            host_id: host_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            gpu_source: gpus.source.as_str().to_owned(),
-            nvml_error: gpus.nvml_error.clone(),
-            gpus: gpus.list.iter().map(GpuInfo::to_record).collect(),
-            slots: slots.records(),
-            unplaced_models: current_plan.unplaced.clone(),
-            started_ms,
-            heartbeat_ms: now_ms(),
-        };
+        let record = host_record(&host_id, &gpus, &slots, &current_plan, started_ms);
         *metrics_view.lock().expect("metrics view lock") =
             (record.gpus.clone(), record.slots.clone());
         if let Err(error) = store.heartbeat(&record, ttl).await {
@@ -364,6 +318,38 @@ pub async fn run(
     }
     tracing::info!("dispatcher stopped");
     Ok(())
+}
+
+fn restart_policy(config: &Config) -> RestartPolicy {
+    RestartPolicy {
+        initial_backoff: Duration::from_millis(config.dispatcher.restart_backoff_initial_ms),
+        max_backoff: Duration::from_millis(config.dispatcher.restart_backoff_max_ms),
+        crash_loop_limit: config.dispatcher.crash_loop_limit,
+        stable_after: Duration::from_secs(30),
+        stop_grace: Duration::from_secs(config.worker.shutdown_grace_s + 5),
+    }
+}
+
+/// This host's record as of now.
+fn host_record(
+    host_id: &str,
+    gpus: &Gpus,
+    slots: &Slots,
+    plan: &Plan,
+    started_ms: u64,
+) -> HostRecord {
+    HostRecord {
+        host_id: host_id.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        gpu_source: gpus.source.as_str().to_owned(),
+        nvml_error: gpus.nvml_error.clone(),
+        gpus: gpus.list.iter().map(GpuInfo::to_record).collect(),
+        slots: slots.records(),
+        unplaced_models: plan.unplaced.clone(),
+        started_ms,
+        heartbeat_ms: now_ms(),
+    }
 }
 
 /// Re-reads the config and re-plans; on any error keeps the running plan.

@@ -11,12 +11,15 @@
 //!   and publishes assignments (I/O only).
 //! - `slots`: the running slots, kept in line with the plan (start, reload, stop).
 //! - `supervisor`: one worker process per slot, restarts, crash-loop limit.
+//! - `background`: starts the metrics endpoint, dead-letter watcher, janitor
+//!   and placement loop as tracked tasks.
 //! - `artifact_janitor`: deletes artifacts older than `artifacts.ttl_s`.
 //! - `dead_letters`: records the fate of jobs the broker dead-letters (expired, delivery limit).
 //! - `metrics`: owns prometheus (the host's `/metrics`).
 //! - `store`: owns redis (the host record, dead-lettered jobs).
 
 mod artifact_janitor;
+mod background;
 mod dead_letters;
 mod dispatcher;
 mod gpu;

@@ -87,6 +87,7 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
 }
 
 /// The metric families of a snapshot (families without samples are left out).
+// Longer than 80 lines: one block per metric family, kept together so the whole set reads in one place.
 pub fn families(snapshot: &HostSnapshot) -> Vec<MetricFamily> {
     let (mut jobs, mut waits, mut runs, mut loads, mut load_seconds) =
         (vec![], vec![], vec![], vec![], vec![]);

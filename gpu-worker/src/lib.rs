@@ -11,11 +11,13 @@
 //! - `pool`: model residency within the VRAM budget (load on use, LRU eviction).
 //! - `amqp`: owns lapin (consume and publish channels). `store`: owns redis.
 //! - `gpu`: owns nvml-wrapper (free memory before a load).
-//! - `stats`: live counters for the heartbeat.
+//! - `stats`: live counters for the heartbeat; `heartbeat`: the worker's
+//!   Redis record, written on a tick and on every change.
 
 mod amqp;
 mod consumers;
 mod gpu;
+mod heartbeat;
 mod job;
 mod placement;
 mod pool;

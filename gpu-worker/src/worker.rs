@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_common::config::Config;
-use gpuq_common::record::WorkerRecord;
+use gpuq_common::redact_url;
 use gpuq_common::registry::{ModelConfig, Registry};
 use gpuq_common::topology::Topology;
-use gpuq_common::{now_ms, redact_url};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -123,7 +122,7 @@ pub async fn run(
     let stopping = CancellationToken::new();
     // The heartbeat outlives `serve` (the record says `stopping` while jobs drain).
     let background = TaskTracker::new();
-    background.spawn(heartbeat_loop(
+    background.spawn(crate::heartbeat::run(
         store.clone(),
         Arc::clone(&config),
         options.clone(),
@@ -161,6 +160,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// running when it drops finish and record their outcome; their acks are lost
 /// with the channel, so the broker redelivers them and the claim in Redis acks
 /// them without running them again.
+// Longer than 80 lines: the reconnect loop and the drain after it, in the order they happen.
 async fn serve(
     config: &Arc<Config>,
     options: &WorkerOptions,
@@ -198,25 +198,12 @@ async fn serve(
     ));
     let permits = Arc::new(Semaphore::new(config.worker.concurrency as usize));
     let tracker = TaskTracker::new();
-    let mut backoff = RECONNECT_INITIAL;
     let outcome = loop {
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => break ExitReason::Shutdown,
-            connected = Broker::connect(&config.amqp_url, &options.worker_id, config.names(), &topology) => connected,
+        let Some(broker) =
+            connect_with_backoff(config, &options.worker_id, &topology, &shutdown).await
+        else {
+            break ExitReason::Shutdown;
         };
-        let broker = match connected {
-            Ok(broker) => Arc::new(broker),
-            Err(error) => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot connect to rabbitmq");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break ExitReason::Shutdown,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(RECONNECT_MAX);
-                continue;
-            }
-        };
-        backoff = RECONNECT_INITIAL;
         let context = Arc::new(JobContext {
             config: Arc::clone(config),
             names: config.names(),
@@ -262,6 +249,34 @@ async fn serve(
     Ok(outcome)
 }
 
+/// Connects to RabbitMQ, retrying with back-off; `None` once `shutdown` is
+/// cancelled.
+async fn connect_with_backoff(
+    config: &Config,
+    worker_id: &str,
+    topology: &Topology,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Broker>> {
+    let mut backoff = RECONNECT_INITIAL;
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            connected = Broker::connect(&config.amqp_url, worker_id, config.names(), topology) => connected,
+        };
+        match connected {
+            Ok(broker) => return Some(Arc::new(broker)),
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot connect to rabbitmq");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
 /// Relays cancel requests to the jobs running here, resubscribing if Redis drops.
 async fn listen_for_cancels(
     store: Store,
@@ -303,88 +318,6 @@ async fn wait_for_in_flight(tracker: &TaskTracker, config: &Config) {
             grace_s = grace.as_secs(),
             "in-flight jobs outlived the grace period; they go back to their queues"
         );
-    }
-}
-
-/// How long a worker must stay without jobs before it tells placement.
-const DRY_CONFIRM: Duration = Duration::from_millis(50);
-
-/// Shortest gap between two heartbeat writes triggered by state changes.
-const HEARTBEAT_MIN_GAP: Duration = Duration::from_millis(100);
-
-async fn heartbeat_loop(
-    store: Store,
-    config: Arc<Config>,
-    options: WorkerOptions,
-    models: Vec<String>,
-    stats: Arc<WorkerStats>,
-    pool: Arc<ModelPool>,
-    stopping: CancellationToken,
-) {
-    let started_ms = now_ms();
-    let interval = Duration::from_millis(config.worker.heartbeat_interval_ms);
-    let ttl = Duration::from_millis(config.worker.heartbeat_ttl_ms);
-    let mut ticker = tokio::time::interval(interval);
-    let mut announced_dry = false;
-    loop {
-        tokio::select! {
-            _ = stopping.cancelled() => return,
-            _ = ticker.tick() => {}
-            _ = stats.changed.notified() => {}
-        }
-        let current_jobs = stats.running_jobs();
-        let (residents, pool_stats) = pool.snapshot();
-        let (consuming, waiting) = stats.queues();
-        let record = WorkerRecord {
-            worker_id: options.worker_id.clone(),
-            host: options.host_id.clone(),
-            gpu: options.gpu.clone(),
-            pid: std::process::id(),
-            state: match (stats.is_ready(), current_jobs.is_empty()) {
-                (false, _) => "starting",
-                (true, true) => "idle",
-                (true, false) => "busy",
-            }
-            .to_owned(),
-            vram_budget_mib: options.vram_budget_mib.unwrap_or(0),
-            models: models.clone(),
-            consuming,
-            waiting,
-            current_jobs,
-            jobs_done: stats.jobs_done(),
-            jobs_failed: stats.jobs_failed(),
-            resident_models: residents,
-            model_loads: pool_stats.loads,
-            model_unloads: pool_stats.unloads,
-            peak_resident_mib: pool_stats.peak_resident_mib,
-            metrics: stats.metrics(),
-            started_ms,
-            heartbeat_ms: now_ms(),
-        };
-        if let Err(error) = store.heartbeat(&record, ttl).await {
-            tracing::warn!(%error, "heartbeat not written");
-        }
-        let dry = record.state == "idle" && record.waiting.is_empty();
-        if config.placement.enabled && dry && !announced_dry {
-            // Tell placement this worker ran out of jobs, unless the next one
-            // was only a broker round trip away.
-            tokio::select! {
-                _ = stopping.cancelled() => return,
-                _ = tokio::time::sleep(DRY_CONFIRM) => {}
-            }
-            if stats.running_jobs().is_empty() && stats.queues().1.is_empty() {
-                if let Err(error) = store.announce_idle(&options.worker_id).await {
-                    tracing::debug!(%error, "idle announcement not sent");
-                }
-            }
-        }
-        announced_dry = dry;
-        // State changes are published at once, but at most this often, so a busy
-        // worker does not turn its heartbeat into per-job writes.
-        tokio::select! {
-            _ = stopping.cancelled() => return,
-            _ = tokio::time::sleep(HEARTBEAT_MIN_GAP) => {}
-        }
     }
 }
 

@@ -25,6 +25,9 @@ pub struct QueueDepth {
     pub consumers: u32,
 }
 
+/// A publish sent, its confirm still to come.
+pub type StartedPublish = Result<PublisherConfirm, lapin::Error>;
+
 pub struct Publisher {
     connection: Connection,
     channel: Channel,
@@ -51,6 +54,7 @@ impl Publisher {
 
     /// Publishes with `mandatory`; the returned confirm resolves when the broker
     /// has taken (or returned) the message, so many publishes can be in flight.
+    /// Publishes without waiting for the broker's confirm (see [`Publisher::outcome`]).
     pub async fn start_publish(
         &self,
         exchange: &str,

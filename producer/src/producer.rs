@@ -16,7 +16,7 @@ use gpuq_common::topology::Topology;
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, ErrorCode, JobError, Names, ValueMap};
 
-use crate::amqp::{PublishOutcome, Publisher, QueueDepth};
+use crate::amqp::{PublishOutcome, Publisher, QueueDepth, StartedPublish};
 use crate::store::{CancelOutcome, QueuedJob, Store};
 pub use crate::store::{EventReceiver, HubEvent, JobFilter, JobListing};
 use crate::system::{QueueStatus, SystemStatus};
@@ -96,6 +96,10 @@ pub enum ProducerError {
     #[error(transparent)]
     Artifacts(#[from] ArtifactError),
 }
+
+/// A job whose publish was sent: its index among the requests, id, routing
+/// key and the confirm to await.
+type PendingPublish = (usize, String, String, StartedPublish);
 
 pub struct Producer {
     config: Config,
@@ -231,6 +235,18 @@ impl Producer {
                 .await;
             pending.push((index, job.message.job_id, job.routing_key, publish));
         }
+        self.settle(&exchange, pending, &mut results).await;
+        results
+    }
+
+    /// Awaits each publish's confirm: a nack or an unroutable job is recorded
+    /// `failed`; a job that never reached the broker is forgotten.
+    async fn settle(
+        &self,
+        exchange: &str,
+        pending: Vec<PendingPublish>,
+        results: &mut [Result<String, SubmitError>],
+    ) {
         for (index, job_id, routing_key, publish) in pending {
             let outcome = match publish {
                 Ok(confirm) => Publisher::outcome(confirm).await,
@@ -240,7 +256,7 @@ impl Producer {
                 Ok(PublishOutcome::Queued) => continue,
                 Ok(PublishOutcome::Unroutable) => {
                     let error = SubmitError::Unroutable {
-                        exchange: exchange.clone(),
+                        exchange: exchange.to_owned(),
                         routing_key,
                     };
                     self.record_failure(&job_id, ErrorCode::Unroutable, &error)
@@ -260,7 +276,6 @@ impl Producer {
             };
             results[index] = Err(error);
         }
-        results
     }
 
     async fn record_failure(&self, job_id: &str, code: ErrorCode, error: &SubmitError) {

@@ -42,15 +42,29 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
+/// An optional number, or `-`.
+fn opt(value: Option<u32>) -> String {
+    value.map_or("-".to_owned(), |v| v.to_string())
+}
+
 fn age(ms: u64) -> String {
     let seconds = now_ms().saturating_sub(ms) as f64 / 1000.0;
     format!("{seconds:.1}s ago")
 }
 
 impl SystemStatus {
-    /// Hosts and GPUs, workers, then queues, as text tables.
+    /// Hosts and GPUs, slots, workers, then queues, as text tables.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_hosts(&mut out);
+        self.render_slots(&mut out);
+        self.render_workers(&mut out);
+        self.render_queues(&mut out);
+        out
+    }
+
+    /// Each host's GPUs, and what the host could not place.
+    fn render_hosts(&self, out: &mut String) {
         let mut hosts = table(&[
             "host",
             "gpu",
@@ -63,7 +77,6 @@ impl SystemStatus {
             "source",
             "heartbeat",
         ]);
-        let opt = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
         for host in &self.hosts {
             for gpu in &host.gpus {
                 hosts.add_row(vec![
@@ -92,6 +105,10 @@ impl SystemStatus {
                 out.push_str(&format!("  ! {}: {reason}\n", host.host_id));
             }
         }
+    }
+
+    /// Each host's worker slots, and those that failed.
+    fn render_slots(&self, out: &mut String) {
         let mut slots = table(&[
             "host",
             "slot (worker)",
@@ -129,6 +146,10 @@ impl SystemStatus {
                 ));
             }
         }
+    }
+
+    /// Each live worker: what it serves, consumes, holds and runs.
+    fn render_workers(&self, out: &mut String) {
         let mut workers = table(&[
             "worker",
             "host",
@@ -173,6 +194,10 @@ impl SystemStatus {
             ]);
         }
         out.push_str(&format!("\nWORKERS ({})\n{workers}\n", self.workers.len()));
+    }
+
+    /// Each model's queue, the models nobody serves, and the dead letters.
+    fn render_queues(&self, out: &mut String) {
         let mut queues = table(&[
             "model",
             "feature",
@@ -181,15 +206,14 @@ impl SystemStatus {
             "ready",
             "consumers",
         ]);
-        let show = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
         for q in &self.queues {
             queues.add_row(vec![
                 q.model.clone(),
                 q.feature.clone(),
                 q.vram_mib.to_string(),
                 q.queue.clone(),
-                show(q.messages),
-                show(q.consumers),
+                opt(q.messages),
+                opt(q.consumers),
             ]);
         }
         out.push_str(&format!("\nQUEUES ({})\n{queues}\n", self.queues.len()));
@@ -201,8 +225,7 @@ impl SystemStatus {
         }
         out.push_str(&format!(
             "\ndead-letter queue: {} message(s)\n",
-            show(self.dead_letters)
+            opt(self.dead_letters)
         ));
-        out
     }
 }

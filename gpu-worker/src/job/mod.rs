@@ -121,36 +121,10 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: D
 }
 
 async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_id: Option<&str>) {
-    let content_type = delivery
-        .properties
-        .content_type()
-        .as_ref()
-        .map(|ct| ct.to_string());
-    let max_bytes = ctx.config.queues.max_message_bytes;
-    let decoded = if delivery.data.len() as u64 > max_bytes {
-        Err(JobError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "job body is {} bytes; the limit (queues.max_message_bytes) is {max_bytes}",
-                delivery.data.len()
-            ),
-        ))
-    } else {
-        JobMessage::decode(content_type.as_deref(), &delivery.data, message_id)
-    };
-    let mut job = match decoded {
-        Ok(job) => {
-            let span = tracing::Span::current();
-            if message_id.is_none() {
-                span.record("job_id", job.job_id.as_str());
-            }
-            span.record("feature", job.feature.as_str());
-            job
-        }
+    let (mut job, encoding) = match decode(ctx, delivery, message_id) {
+        Ok(decoded) => decoded,
         Err(error) => return dead_letter(ctx, model_id, delivery, message_id, error).await,
     };
-    let encoding =
-        Encoding::detect(content_type.as_deref(), &delivery.data).unwrap_or(Encoding::Msgpack);
     let model = &ctx.models[model_id];
     let timeout = match route(&job, model, &ctx.config) {
         Ok(Route::Run { timeout }) => timeout,
@@ -172,6 +146,70 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         let outcome = failed(JobStatus::TimedOut, error);
         return end_without_running(ctx, &job, model_id, delivery, encoding, outcome).await;
     }
+    let Some(attempt) = claim(ctx, &job, model_id, delivery).await else {
+        return;
+    };
+    tracing::debug!(attempt, "job claimed");
+    let max_attempts = ctx.config.jobs.max_attempts;
+    if attempt > max_attempts {
+        let error = JobError::new(
+            ErrorCode::TooManyAttempts,
+            format!(
+                "the job was started {} time(s) without finishing (jobs.max_attempts = {max_attempts}); its worker died each time",
+                attempt - 1
+            ),
+        );
+        return give_up(ctx, &job, model_id, delivery, encoding, error, attempt).await;
+    }
+    // The inputs move to the model: the job keeps its ids, never a second copy.
+    let inputs = std::mem::take(&mut job.inputs);
+    let outcome = run_model(ctx, model, &job, inputs, timeout).await;
+    conclude(ctx, &job, model_id, delivery, encoding, outcome, attempt).await;
+}
+
+/// The delivery's job and how it was encoded; the error says why the body
+/// is no job (it is dead-lettered).
+fn decode(
+    ctx: &JobContext,
+    delivery: &Delivery,
+    message_id: Option<&str>,
+) -> Result<(JobMessage, Encoding), JobError> {
+    let content_type = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .map(|ct| ct.to_string());
+    let max_bytes = ctx.config.queues.max_message_bytes;
+    let decoded = if delivery.data.len() as u64 > max_bytes {
+        Err(JobError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "job body is {} bytes; the limit (queues.max_message_bytes) is {max_bytes}",
+                delivery.data.len()
+            ),
+        ))
+    } else {
+        JobMessage::decode(content_type.as_deref(), &delivery.data, message_id)
+    };
+    let job = decoded?;
+    let span = tracing::Span::current();
+    if message_id.is_none() {
+        span.record("job_id", job.job_id.as_str());
+    }
+    span.record("feature", job.feature.as_str());
+    let encoding =
+        Encoding::detect(content_type.as_deref(), &delivery.data).unwrap_or(Encoding::Msgpack);
+    Ok((job, encoding))
+}
+
+/// Claims the job in Redis; its attempt number, or `None` when the delivery
+/// was already settled (acked: the job had ended; requeued: Redis is down).
+async fn claim(
+    ctx: &JobContext,
+    job: &JobMessage,
+    model_id: &str,
+    delivery: &Delivery,
+) -> Option<u32> {
     let metadata_json = (!job.metadata.is_empty()).then(|| value_map_to_json_string(&job.metadata));
     let claimant = Claimant {
         feature: &job.feature,
@@ -189,35 +227,37 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
         Ok(Claim::Run { attempt }) => attempt,
         Ok(Claim::AlreadyFinal(status)) => {
             tracing::info!(%status, "job already final; acking the redelivery without running it");
-            return amqp::ack(delivery).await;
+            amqp::ack(delivery).await;
+            return None;
         }
         Err(error) => {
             tracing::error!(%error, "cannot claim the job in redis; requeueing it");
-            return amqp::requeue(delivery).await;
+            amqp::requeue(delivery).await;
+            return None;
         }
     };
-    tracing::debug!(attempt, "job claimed");
+    Some(attempt)
+}
+
+/// After the run: a retryable failure goes back to its queue (or, out of
+/// attempts, is given up); anything else is recorded, then acked.
+async fn conclude(
+    ctx: &JobContext,
+    job: &JobMessage,
+    model_id: &str,
+    delivery: &Delivery,
+    encoding: Encoding,
+    outcome: Outcome,
+    attempt: u32,
+) {
     let max_attempts = ctx.config.jobs.max_attempts;
-    if attempt > max_attempts {
-        let error = JobError::new(
-            ErrorCode::TooManyAttempts,
-            format!(
-                "the job was started {} time(s) without finishing (jobs.max_attempts = {max_attempts}); its worker died each time",
-                attempt - 1
-            ),
-        );
-        return give_up(ctx, &job, model_id, delivery, encoding, error, attempt).await;
-    }
-    // The inputs move to the model: the job keeps its ids, never a second copy.
-    let inputs = std::mem::take(&mut job.inputs);
-    let outcome = run_model(ctx, model, &job, inputs, timeout).await;
     if let Some(error) = outcome
         .error
         .as_ref()
         .filter(|e| outcome.status == JobStatus::Failed && e.code.is_retryable())
     {
         if attempt < max_attempts {
-            return retry_later(ctx, &job, model_id, delivery, error, attempt).await;
+            return retry_later(ctx, job, model_id, delivery, error, attempt).await;
         }
         let error = JobError::new(
             ErrorCode::TooManyAttempts,
@@ -226,11 +266,11 @@ async fn process(ctx: &JobContext, model_id: &str, delivery: &Delivery, message_
                 error.code, error.message
             ),
         );
-        return give_up(ctx, &job, model_id, delivery, encoding, error, attempt).await;
+        return give_up(ctx, job, model_id, delivery, encoding, error, attempt).await;
     }
     record_and_ack(
         ctx,
-        &job,
+        job,
         model_id,
         delivery,
         encoding,
@@ -289,7 +329,27 @@ async fn run_model(
     if aborted {
         ctx.pool.evict(&model.id).await;
     }
-    let outcome = match result {
+    let outcome = outcome_of(ctx, model, job, result, timeout).await;
+    ctx.stats.record_job(
+        &model.id,
+        outcome.status.as_str(),
+        queue_wait_s,
+        Some(run_s),
+    );
+    outcome
+}
+
+/// The outcome of a run: outputs offloaded to the artifact store and owned
+/// by the submitter, or the failure as recorded; a broken model is evicted,
+/// a stuck thread restarts the worker.
+async fn outcome_of(
+    ctx: &JobContext,
+    model: &ModelConfig,
+    job: &JobMessage,
+    result: Result<ValueMap, RunError>,
+    timeout: Duration,
+) -> Outcome {
+    match result {
         Ok(mut outputs) => {
             let returned = artifacts::referenced_ids(&outputs).unwrap_or_default();
             match ctx
@@ -340,14 +400,7 @@ async fn run_model(
                 ),
             )
         }
-    };
-    ctx.stats.record_job(
-        &model.id,
-        outcome.status.as_str(),
-        queue_wait_s,
-        Some(run_s),
-    );
-    outcome
+    }
 }
 
 /// A missing or malformed reference, or one over the fetch limits, is the

@@ -148,6 +148,8 @@ impl AdapterModel {
         })
     }
 
+    // Longer than 80 lines: one read loop over the adapter's reply lines, an arm per message type of the protocol.
+
     async fn run_job(
         &self,
         inputs: ValueMap,

@@ -132,35 +132,7 @@ impl Producer {
             Some(model) => Names::pinned_routing_key(&message.feature, model),
             None => Names::feature_routing_key(&message.feature),
         };
-        // W3C trace context: the job's trace id travels with it to the worker's logs.
-        let trace_id = uuid::Uuid::new_v4().simple().to_string();
-        let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
-        let mut headers = lapin::types::FieldTable::default();
-        headers.insert(
-            "traceparent".into(),
-            lapin::types::AMQPValue::LongString(
-                format!("00-{trace_id}-{span_id}-01").as_str().into(),
-            ),
-        );
-        tracing::debug!(job_id = %message.job_id, %trace_id, feature = %message.feature, "job submitted");
-        let mut properties = BasicProperties::default()
-            .with_headers(headers)
-            .with_content_type(Encoding::Msgpack.content_type().into())
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(message.job_id.as_str()))
-            .with_timestamp(created_ms / 1000)
-            .with_app_id("gpuq".into());
-        if let Some(priority) = message.priority {
-            properties = properties.with_priority(priority);
-        }
-        if let Some(expiration_ms) = message
-            .queue_timeout_s
-            .and_then(|s| s.checked_mul(1000))
-            .filter(|ms| *ms <= MAX_AMQP_EXPIRATION_MS)
-        {
-            // The broker drops (dead-letters) it too, even if no worker ever looks.
-            properties = properties.with_expiration(expiration_ms.to_string().as_str().into());
-        }
+        let properties = amqp_properties(&message, created_ms);
         Ok(PreparedJob {
             message,
             body,
@@ -168,4 +140,37 @@ impl Producer {
             properties,
         })
     }
+}
+
+/// The AMQP properties of a job: persistent, its id, a W3C `traceparent`
+/// (the job's trace id travels with it to the worker's logs), its priority
+/// and, with a queue timeout, a per-message TTL RabbitMQ accepts.
+fn amqp_properties(message: &JobMessage, created_ms: u64) -> BasicProperties {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        lapin::types::AMQPValue::LongString(format!("00-{trace_id}-{span_id}-01").as_str().into()),
+    );
+    tracing::debug!(job_id = %message.job_id, %trace_id, feature = %message.feature, "job submitted");
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_content_type(Encoding::Msgpack.content_type().into())
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(message.job_id.as_str()))
+        .with_timestamp(created_ms / 1000)
+        .with_app_id("gpuq".into());
+    if let Some(priority) = message.priority {
+        properties = properties.with_priority(priority);
+    }
+    if let Some(expiration_ms) = message
+        .queue_timeout_s
+        .and_then(|s| s.checked_mul(1000))
+        .filter(|ms| *ms <= MAX_AMQP_EXPIRATION_MS)
+    {
+        // The broker drops (dead-letters) it too, even if no worker ever looks.
+        properties = properties.with_expiration(expiration_ms.to_string().as_str().into());
+    }
+    properties
 }
