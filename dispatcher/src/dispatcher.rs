@@ -302,8 +302,7 @@ pub async fn run(
         gpus.refresh(&slots.worker_pids());
         watchdog.check(&store, &slots, ttl).await;
         let record = host_record(&host_id, &gpus, &slots, &current_plan, started_ms);
-        *metrics_view.lock().expect("metrics view lock") =
-            (record.gpus.clone(), record.slots.clone());
+        *metrics_view.lock() = (record.gpus.clone(), record.slots.clone());
         if let Err(error) = store.heartbeat(&record, ttl).await {
             tracing::warn!(%error, "host heartbeat not written");
         }

@@ -220,7 +220,7 @@ pub fn render(snapshot: &HostSnapshot) -> String {
 }
 
 /// The latest host view the heartbeat loop saw, shared with the HTTP server.
-pub type SharedView = std::sync::Arc<std::sync::Mutex<(Vec<GpuRecord>, Vec<SlotRecord>)>>;
+pub type SharedView = std::sync::Arc<parking_lot::Mutex<(Vec<GpuRecord>, Vec<SlotRecord>)>>;
 
 /// Serves `/metrics` on `address` until `shutdown`.
 pub async fn serve(
@@ -236,7 +236,7 @@ pub async fn serve(
         axum::routing::get(move || {
             let (view, store) = (view.clone(), store.clone());
             async move {
-                let (gpus, slots) = view.lock().expect("metrics view lock").clone();
+                let (gpus, slots) = view.lock().clone();
                 let ids: Vec<String> = slots.iter().map(|s| s.worker_id.clone()).collect();
                 let workers = store.worker_records(&ids).await.unwrap_or_default();
                 let text = render(&HostSnapshot {

@@ -8,7 +8,9 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use gpuq_common::process::LogFormat;
@@ -74,11 +76,11 @@ impl SlotCell {
     }
 
     pub fn snapshot(&self) -> SlotStatus {
-        self.status.lock().expect("slot status lock").clone()
+        self.status.lock().clone()
     }
 
     fn update(&self, change: impl FnOnce(&mut SlotStatus)) {
-        change(&mut self.status.lock().expect("slot status lock"));
+        change(&mut self.status.lock());
         self.changed.notify_one();
     }
 }

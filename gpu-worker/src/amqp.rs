@@ -31,7 +31,7 @@ pub struct Broker {
     consume_channel: Channel,
     publish_channel: Channel,
     names: Names,
-    consumer_tags: std::sync::Mutex<Vec<String>>,
+    consumer_tags: parking_lot::Mutex<Vec<String>>,
 }
 
 impl Broker {
@@ -54,7 +54,7 @@ impl Broker {
             consume_channel,
             publish_channel,
             names,
-            consumer_tags: std::sync::Mutex::new(Vec::new()),
+            consumer_tags: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -83,19 +83,13 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        self.consumer_tags
-            .lock()
-            .expect("tags lock")
-            .push(tag.to_owned());
+        self.consumer_tags.lock().push(tag.to_owned());
         Ok(consumer.boxed())
     }
 
     /// Stops one consumer: the broker sends it nothing more.
     pub async fn cancel_consumer(&self, tag: &str) -> Result<(), BrokerError> {
-        self.consumer_tags
-            .lock()
-            .expect("tags lock")
-            .retain(|t| t != tag);
+        self.consumer_tags.lock().retain(|t| t != tag);
         self.consume_channel
             .basic_cancel(tag.into(), BasicCancelOptions::default())
             .await?;
@@ -104,7 +98,7 @@ impl Broker {
 
     /// Stops every consumer: the broker sends no more deliveries.
     pub async fn cancel_consumers(&self) {
-        let tags = std::mem::take(&mut *self.consumer_tags.lock().expect("tags lock"));
+        let tags = std::mem::take(&mut *self.consumer_tags.lock());
         for tag in tags {
             if let Err(error) = self
                 .consume_channel

@@ -10,7 +10,9 @@
 //! The pool lock is held while a model loads, so two jobs never load the same
 //! model twice and the accounting is never optimistic.
 
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex as SyncMutex;
 use std::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -59,7 +61,7 @@ pub struct ModelPool {
     residents: Mutex<Vec<Resident>>,
     idle: Notify,
     /// Copy of the residents for readers that must not wait on a load.
-    snapshot: StdMutex<(Vec<ResidentModel>, PoolStats)>,
+    snapshot: SyncMutex<(Vec<ResidentModel>, PoolStats)>,
     /// Lease releases (a `Drop` cannot await the pool lock); `unload_all`
     /// waits for them.
     releases: TaskTracker,
@@ -107,18 +109,18 @@ impl ModelPool {
             free_memory,
             residents: Mutex::new(Vec::new()),
             idle: Notify::new(),
-            snapshot: StdMutex::new((Vec::new(), PoolStats::default())),
+            snapshot: SyncMutex::new((Vec::new(), PoolStats::default())),
             releases: TaskTracker::new(),
         })
     }
 
     /// Resident models and counters, without waiting for a load in progress.
     pub fn snapshot(&self) -> (Vec<ResidentModel>, PoolStats) {
-        self.snapshot.lock().expect("pool snapshot lock").clone()
+        self.snapshot.lock().clone()
     }
 
     fn publish(&self, residents: &[Resident], change: impl FnOnce(&mut PoolStats)) {
-        let mut snapshot = self.snapshot.lock().expect("pool snapshot lock");
+        let mut snapshot = self.snapshot.lock();
         change(&mut snapshot.1);
         let resident_mib: u64 = residents.iter().map(|r| r.vram_mib).sum();
         snapshot.1.peak_resident_mib = snapshot.1.peak_resident_mib.max(resident_mib);

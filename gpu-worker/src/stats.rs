@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 #[derive(Default)]
 pub struct WorkerStats {
@@ -25,20 +27,13 @@ pub struct RunningJob {
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
-        self.stats
-            .running
-            .lock()
-            .expect("stats lock")
-            .remove(&self.job_id);
+        self.stats.running.lock().remove(&self.job_id);
     }
 }
 
 impl WorkerStats {
     pub fn job_started(self: &Arc<Self>, job_id: &str) -> RunningJob {
-        self.running
-            .lock()
-            .expect("stats lock")
-            .insert(job_id.to_owned());
+        self.running.lock().insert(job_id.to_owned());
         RunningJob {
             stats: Arc::clone(self),
             job_id: job_id.to_owned(),
@@ -62,7 +57,7 @@ impl WorkerStats {
 
     /// Records which queues are consumed and how many jobs wait here unstarted.
     pub fn set_queues(&self, consuming: Vec<String>, waiting: BTreeMap<String, u64>) {
-        let mut queues = self.queues.lock().expect("stats lock");
+        let mut queues = self.queues.lock();
         if queues.0 != consuming || queues.1 != waiting {
             *queues = (consuming, waiting);
             self.changed.notify_one();
@@ -70,7 +65,7 @@ impl WorkerStats {
     }
 
     pub fn queues(&self) -> (Vec<String>, BTreeMap<String, u64>) {
-        self.queues.lock().expect("stats lock").clone()
+        self.queues.lock().clone()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -85,7 +80,7 @@ impl WorkerStats {
         queue_wait_s: Option<f64>,
         run_s: Option<f64>,
     ) {
-        let mut metrics = self.metrics.lock().expect("stats lock");
+        let mut metrics = self.metrics.lock();
         let model = metrics.models.entry(model.to_owned()).or_default();
         *model.jobs.entry(status.to_owned()).or_default() += 1;
         if let Some(wait) = queue_wait_s {
@@ -98,14 +93,14 @@ impl WorkerStats {
 
     /// Counts a model load and its duration.
     pub fn record_load(&self, model: &str, seconds: f64) {
-        let mut metrics = self.metrics.lock().expect("stats lock");
+        let mut metrics = self.metrics.lock();
         let model = metrics.models.entry(model.to_owned()).or_default();
         model.loads += 1;
         model.load_seconds_sum += seconds;
     }
 
     pub fn metrics(&self) -> gpuq_common::metrics::WorkerMetrics {
-        self.metrics.lock().expect("stats lock").clone()
+        self.metrics.lock().clone()
     }
 
     pub fn jobs_done(&self) -> u64 {
@@ -117,11 +112,6 @@ impl WorkerStats {
     }
 
     pub fn running_jobs(&self) -> Vec<String> {
-        self.running
-            .lock()
-            .expect("stats lock")
-            .iter()
-            .cloned()
-            .collect()
+        self.running.lock().iter().cloned().collect()
     }
 }

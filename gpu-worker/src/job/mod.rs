@@ -55,26 +55,23 @@ pub struct JobContext {
 /// Cancel tokens of running jobs, by job id; fed by the cancel channel.
 #[derive(Default)]
 pub struct CancelRegistry {
-    running: std::sync::Mutex<HashMap<String, CancellationToken>>,
+    running: parking_lot::Mutex<HashMap<String, CancellationToken>>,
 }
 
 impl CancelRegistry {
     fn register(&self, job_id: &str) -> CancellationToken {
         let token = CancellationToken::new();
-        self.running
-            .lock()
-            .expect("cancel lock")
-            .insert(job_id.to_owned(), token.clone());
+        self.running.lock().insert(job_id.to_owned(), token.clone());
         token
     }
 
     fn forget(&self, job_id: &str) {
-        self.running.lock().expect("cancel lock").remove(job_id);
+        self.running.lock().remove(job_id);
     }
 
     /// Cancels the job if it runs here; returns whether it did.
     pub fn cancel(&self, job_id: &str) -> bool {
-        match self.running.lock().expect("cancel lock").get(job_id) {
+        match self.running.lock().get(job_id) {
             Some(token) => {
                 token.cancel();
                 true

@@ -9,7 +9,7 @@ use crate::runtime::{Progress, RunError};
 /// A fake runtime that records its unload in a shared log.
 struct Fake {
     id: String,
-    log: Arc<StdMutex<Vec<String>>>,
+    log: Arc<SyncMutex<Vec<String>>>,
 }
 
 impl Runtime for Fake {
@@ -22,7 +22,7 @@ impl Runtime for Fake {
         async move { Ok(inputs) }.boxed()
     }
     fn unload(&self) -> BoxFuture<'_, ()> {
-        self.log.lock().unwrap().push(format!("unload {}", self.id));
+        self.log.lock().push(format!("unload {}", self.id));
         async {}.boxed()
     }
 }
@@ -61,13 +61,13 @@ vram_mib = 20000
         .clone()
 }
 
-fn pool(budget: u64, max: usize) -> (Arc<ModelPool>, Arc<StdMutex<Vec<String>>>) {
-    let log = Arc::new(StdMutex::new(Vec::new()));
+fn pool(budget: u64, max: usize) -> (Arc<ModelPool>, Arc<SyncMutex<Vec<String>>>) {
+    let log = Arc::new(SyncMutex::new(Vec::new()));
     let loader_log = Arc::clone(&log);
     let loader: Loader = Arc::new(move |model: ModelConfig| {
         let log = Arc::clone(&loader_log);
         async move {
-            log.lock().unwrap().push(format!("load {}", model.id));
+            log.lock().push(format!("load {}", model.id));
             Ok(Arc::new(Fake { id: model.id, log }) as Arc<dyn Runtime>)
         }
         .boxed()
@@ -97,7 +97,7 @@ async fn loads_on_first_use_and_reuses_resident_models() {
     let (pool, log) = pool(10_000, 2);
     use_once(&pool, "a").await;
     use_once(&pool, "a").await;
-    assert_eq!(*log.lock().unwrap(), ["load a"]);
+    assert_eq!(*log.lock(), ["load a"]);
     let (residents, stats) = pool.snapshot();
     assert_eq!(residents[0].jobs, 2);
     assert_eq!(stats.loads, 1);
@@ -110,10 +110,7 @@ async fn least_recently_used_idle_model_is_evicted_at_the_model_limit() {
     use_once(&pool, "b").await;
     use_once(&pool, "a").await; // a is now more recent than b
     use_once(&pool, "c").await;
-    assert_eq!(
-        *log.lock().unwrap(),
-        ["load a", "load b", "unload b", "load c"]
-    );
+    assert_eq!(*log.lock(), ["load a", "load b", "unload b", "load c"]);
     assert_eq!(resident(&pool), ["a", "c"]);
 }
 
@@ -124,7 +121,7 @@ async fn the_budget_is_never_exceeded_by_declared_sizes() {
     use_once(&pool, "b").await; // 8000 of 10000
     use_once(&pool, "big").await; // 7000: both a and b must go
     assert_eq!(
-        *log.lock().unwrap(),
+        *log.lock(),
         ["load a", "load b", "unload a", "unload b", "load big"]
     );
     assert_eq!(pool.snapshot().1.peak_resident_mib, 8000);
@@ -149,7 +146,7 @@ async fn a_model_in_use_is_not_evicted_and_the_load_waits_for_it() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     // b (idle) went; a is in use, so big (7000) still cannot fit next to it.
     assert!(!waiting.is_finished());
-    assert_eq!(*log.lock().unwrap(), ["load a", "load b", "unload b"]);
+    assert_eq!(*log.lock(), ["load a", "load b", "unload b"]);
     drop(held);
     tokio::time::timeout(Duration::from_secs(2), waiting)
         .await
@@ -157,7 +154,7 @@ async fn a_model_in_use_is_not_evicted_and_the_load_waits_for_it() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        *log.lock().unwrap(),
+        *log.lock(),
         ["load a", "load b", "unload b", "unload a", "load big"]
     );
 }

@@ -12,11 +12,12 @@
 //! with back-off.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_common::StatusEvent;
+use parking_lot::Mutex;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -150,12 +151,8 @@ impl EventHub {
         let _ = self.gaps.send(());
     }
 
-    /// The map is only ever held for a push or a remove, which cannot panic
-    /// half-way; a poisoned lock still holds a consistent map.
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        self.waiters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock_waiters(&self) -> parking_lot::MutexGuard<'_, Waiters> {
+        self.waiters.lock()
     }
 }
 
