@@ -9,7 +9,6 @@ use gpuq_common::amqp::{connect, declare_topology};
 use gpuq_common::names::dead_letter_header;
 use gpuq_common::topology::Topology;
 use gpuq_common::{JobError, Names};
-use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -17,6 +16,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
+
+mod delivery;
+pub use delivery::Delivery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -73,7 +75,7 @@ impl Broker {
         &self,
         model_id: &str,
         tag: &str,
-    ) -> Result<BoxStream<'static, Result<Delivery, lapin::Error>>, BrokerError> {
+    ) -> Result<BoxStream<'static, Result<Delivery, BrokerError>>, BrokerError> {
         let consumer = self
             .consume_channel
             .basic_consume(
@@ -84,7 +86,9 @@ impl Broker {
             )
             .await?;
         self.consumer_tags.lock().push(tag.to_owned());
-        Ok(consumer.boxed())
+        Ok(consumer
+            .map(|delivery| delivery.map(Delivery).map_err(BrokerError::from))
+            .boxed())
     }
 
     /// Stops one consumer: the broker sends it nothing more.
@@ -119,7 +123,7 @@ impl Broker {
         error: &JobError,
         worker_id: &str,
     ) -> Result<(), BrokerError> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let mut headers = delivery.0.properties.headers().clone().unwrap_or_default();
         let mut put = |key: &str, value: &str| {
             headers.insert(key.into(), AMQPValue::LongString(value.into()));
         };
@@ -127,9 +131,9 @@ impl Broker {
         put(dead_letter_header::ERROR_MESSAGE, &error.message);
         put(dead_letter_header::SOURCE_QUEUE, source_queue);
         put(dead_letter_header::WORKER, worker_id);
-        let properties = delivery.properties.clone().with_headers(headers);
+        let properties = delivery.0.properties.clone().with_headers(headers);
         let exchange = self.names.dead_letter_exchange();
-        self.publish_confirmed(&exchange, source_queue, &delivery.data, properties, false)
+        self.publish_confirmed(&exchange, source_queue, &delivery.0.data, properties, false)
             .await
             .map(|_| ())
     }
@@ -145,8 +149,8 @@ impl Broker {
         self.publish_confirmed(
             &exchange,
             routing_key,
-            &delivery.data,
-            delivery.properties.clone(),
+            &delivery.0.data,
+            delivery.0.properties.clone(),
             true,
         )
         .await
@@ -161,11 +165,12 @@ impl Broker {
         delay: std::time::Duration,
     ) -> Result<(), BrokerError> {
         let properties = delivery
+            .0
             .properties
             .clone()
             .with_delivery_mode(2)
             .with_expiration(delay.as_millis().to_string().as_str().into());
-        self.publish_confirmed("", retry_queue, &delivery.data, properties, true)
+        self.publish_confirmed("", retry_queue, &delivery.0.data, properties, true)
             .await
             .map(|_| ())
     }
@@ -228,7 +233,7 @@ impl Broker {
 /// Acknowledges a delivery; a failure means the channel is gone and the broker
 /// will redeliver, so it is logged, not fatal.
 pub async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+    if let Err(error) = delivery.0.ack(BasicAckOptions::default()).await {
         tracing::warn!(%error, "ack failed; the broker will redeliver the job");
     }
 }
@@ -239,7 +244,7 @@ pub async fn requeue(delivery: &Delivery) {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    if let Err(error) = delivery.nack(options).await {
+    if let Err(error) = delivery.0.nack(options).await {
         tracing::warn!(%error, "requeue failed; the broker will redeliver the job");
     }
 }
@@ -250,7 +255,7 @@ pub async fn reject_to_dead_letter(delivery: &Delivery) {
         requeue: false,
         ..BasicNackOptions::default()
     };
-    if let Err(error) = delivery.nack(options).await {
+    if let Err(error) = delivery.0.nack(options).await {
         tracing::warn!(%error, "reject failed; the broker will redeliver the job");
     }
 }

@@ -11,11 +11,10 @@ use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
-use lapin::message::Delivery;
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
-use crate::amqp::{self, Broker, BrokerError};
+use crate::amqp::{self, Broker, BrokerError, Delivery};
 
 /// A consumer ended without being cancelled by us: the session is lost.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +23,7 @@ pub enum ConsumerLost {
     Failed {
         model: String,
         #[source]
-        source: lapin::Error,
+        source: BrokerError,
     },
     #[error("the broker cancelled the consumer of {model}")]
     CancelledByBroker { model: String },
@@ -38,7 +37,7 @@ pub struct Held {
 }
 
 /// A delivery, or `None` when the consumer has ended.
-type Event = (String, Option<Result<Delivery, lapin::Error>>);
+type Event = (String, Option<Result<Delivery, BrokerError>>);
 
 pub struct Consumers {
     broker: Arc<Broker>,
@@ -133,11 +132,7 @@ impl Consumers {
 
     /// A job about to reach the delivery limit runs here instead of going back.
     fn should_keep(&self, delivery: &Delivery) -> bool {
-        let count = gpuq_common::amqp::header_u64(
-            delivery.properties.headers().as_ref(),
-            "x-delivery-count",
-        )
-        .unwrap_or(0);
+        let count = delivery.header_u64("x-delivery-count").unwrap_or(0);
         count + 1 >= u64::from(self.keep_from_delivery)
     }
 

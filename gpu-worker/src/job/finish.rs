@@ -5,9 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::amqp::Delivery;
 use gpuq_common::wire::{Encoding, JobReply, SCHEMA_VERSION};
 use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, StatusEvent, ValueMap};
-use lapin::message::Delivery;
 
 use super::JobContext;
 use crate::amqp;
@@ -246,11 +246,7 @@ pub(super) async fn send_reply(
         error: outcome.error.clone(),
         finished_at_ms,
     };
-    let correlation_id = delivery
-        .properties
-        .correlation_id()
-        .as_ref()
-        .map(|c| c.to_string());
+    let correlation_id = delivery.correlation_id();
     let sent = match reply.encode(encoding) {
         Ok(body) => ctx
             .broker

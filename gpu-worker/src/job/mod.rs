@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::amqp::Delivery;
 use gpuq_common::config::Config;
 use gpuq_common::registry::ModelConfig;
 use gpuq_common::wire::{value_map_to_json_string, Encoding};
 use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, Names, ValueMap};
-use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -90,11 +90,7 @@ impl JobContext {
 
 /// Handles one delivery from `model_id`'s queue to its ack (or requeue).
 pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: Delivery) {
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.to_string());
+    let message_id = delivery.message_id();
     let span = tracing::info_span!(
         "job",
         job_id = tracing::field::Empty,
@@ -103,9 +99,9 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: D
         trace_id = tracing::field::Empty
     );
     // W3C trace context from the publisher (`traceparent`), when it sent one.
-    let headers = delivery.properties.headers().as_ref();
-    if let Some(trace_id) =
-        gpuq_common::amqp::header_str(headers, "traceparent").and_then(|t| t.split('-').nth(1))
+    if let Some(trace_id) = delivery
+        .header_str("traceparent")
+        .and_then(|t| t.split('-').nth(1))
     {
         span.record("trace_id", trace_id);
     }
@@ -171,22 +167,18 @@ fn decode(
     delivery: &Delivery,
     message_id: Option<&str>,
 ) -> Result<(JobMessage, Encoding), JobError> {
-    let content_type = delivery
-        .properties
-        .content_type()
-        .as_ref()
-        .map(|ct| ct.to_string());
+    let content_type = delivery.content_type();
     let max_bytes = ctx.config.queues.max_message_bytes;
-    let decoded = if delivery.data.len() as u64 > max_bytes {
+    let decoded = if delivery.body().len() as u64 > max_bytes {
         Err(JobError::new(
             ErrorCode::PayloadTooLarge,
             format!(
                 "job body is {} bytes; the limit (queues.max_message_bytes) is {max_bytes}",
-                delivery.data.len()
+                delivery.body().len()
             ),
         ))
     } else {
-        JobMessage::decode(content_type.as_deref(), &delivery.data, message_id)
+        JobMessage::decode(content_type.as_deref(), delivery.body(), message_id)
     };
     let job = decoded?;
     let span = tracing::Span::current();
@@ -195,7 +187,7 @@ fn decode(
     }
     span.record("feature", job.feature.as_str());
     let encoding =
-        Encoding::detect(content_type.as_deref(), &delivery.data).unwrap_or(Encoding::Msgpack);
+        Encoding::detect(content_type.as_deref(), delivery.body()).unwrap_or(Encoding::Msgpack);
     Ok((job, encoding))
 }
 

@@ -7,7 +7,7 @@
 //! `jobs.reply_prefix` are answered; any other value is logged, noted on the
 //! job's record (`reply_to_ignored`) and gets no reply.
 
-use lapin::message::Delivery;
+use crate::amqp::Delivery;
 
 use super::JobContext;
 
@@ -26,7 +26,7 @@ pub(super) async fn checked_reply_to(
     job_id: &str,
     delivery: &Delivery,
 ) -> Option<String> {
-    let reply_to = delivery.properties.reply_to().as_ref()?.to_string();
+    let reply_to = delivery.reply_to()?;
     let prefix = &ctx.config.jobs.reply_prefix;
     if reply_allowed(&reply_to, prefix) {
         return Some(reply_to);

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use crate::amqp::Delivery;
 use gpuq_common::config::Config;
 use gpuq_common::registry::ModelConfig;
 use gpuq_common::{ErrorCode, JobError, JobMessage, Names};
-use lapin::message::Delivery;
 
 /// Where a decoded job goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,12 +85,9 @@ pub fn queue_timeout_exceeded(
         .queue_timeout_s
         .or(Some(config.jobs.queue_timeout_s))
         .filter(|s| *s > 0)?;
-    let submitted_ms = job.submitted_at_ms.or_else(|| {
-        delivery
-            .properties
-            .timestamp()
-            .map(|s| s.saturating_mul(1000))
-    })?;
+    let submitted_ms = job
+        .submitted_at_ms
+        .or_else(|| delivery.timestamp_s().map(|s| s.saturating_mul(1000)))?;
     let waited_ms = now_ms.saturating_sub(submitted_ms);
     // Client numbers: saturate, never overflow (a panic in debug, a wrong
     // limit in release).
