@@ -11,11 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuq_common::amqp::{connect_with_frame_max, declare_topology, CONTROL_FRAME_MAX};
 use gpuq_common::config::Config;
 use gpuq_common::process::LogFormat;
 use gpuq_common::record::HostRecord;
-use gpuq_common::topology::Topology;
 use gpuq_common::{now_ms, redact_url, ConfigOverrides};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -57,8 +55,8 @@ pub enum DispatcherError {
     UnknownModel(String),
     #[error("no slot on this host can serve any model:\n{0}")]
     NothingToServe(String),
-    #[error("rabbitmq: {0}")]
-    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Broker(#[from] crate::amqp::BrokerError),
     #[error("redis: {0}")]
     Store(#[from] redis::RedisError),
     #[error("config path {path}: {source}")]
@@ -113,20 +111,6 @@ fn make_plan(
         return Err(DispatcherError::NothingToServe(plan.describe()));
     }
     Ok(plan)
-}
-
-async fn declare(config: &Config, host_id: &str) -> Result<(), DispatcherError> {
-    let connection = connect_with_frame_max(
-        &config.amqp_url,
-        &format!("gpuq-dispatcher {host_id}"),
-        CONTROL_FRAME_MAX,
-    )
-    .await?;
-    let channel = connection.create_channel().await?;
-    declare_topology(&channel, &Topology::for_config(config)).await?;
-    let _ = channel.close(200, "topology declared".into()).await;
-    let _ = connection.close(200, "topology declared".into()).await;
-    Ok(())
 }
 
 /// What the host knows about its GPUs.
@@ -254,7 +238,7 @@ pub async fn run(
     tracing::info!(host = %host_id, gpus = gpus.list.len(), "plan:\n{}", current_plan.describe());
 
     tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
-    declare(&config, &host_id).await?;
+    crate::amqp::declare(&config, &host_id).await?;
     let store = Store::connect(&config.redis_url, config.names()).await?;
     // Opened (and a local directory checked) before any worker starts.
     let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts)?;
@@ -359,7 +343,9 @@ async fn reload(options: &DispatcherOptions, host_id: &str, gpus: &[GpuInfo]) ->
         let config =
             Config::load(&options.config_path, &options.overrides).map_err(|e| e.to_string())?;
         let plan = make_plan(host_id, gpus, &config, options).map_err(|e| e.to_string())?;
-        declare(&config, host_id).await.map_err(|e| e.to_string())?;
+        crate::amqp::declare(&config, host_id)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(plan)
     }
     .await;

@@ -15,9 +15,11 @@
 //!   and placement loop as tracked tasks.
 //! - `artifact_janitor`: deletes artifacts older than `artifacts.ttl_s`.
 //! - `dead_letters`: records the fate of jobs the broker dead-letters (expired, delivery limit).
+//! - `amqp`: owns lapin (topology, ready counts, dead-letter events).
 //! - `metrics`: owns prometheus (the host's `/metrics`).
 //! - `store`: owns redis (the host record, dead-lettered jobs).
 
+mod amqp;
 mod artifact_janitor;
 mod background;
 mod dead_letters;

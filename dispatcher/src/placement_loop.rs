@@ -11,19 +11,15 @@
 //! [`decide`]; write each worker's assignment with an expiry, and announce
 //! the ones that changed on the assignments channel.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_common::config::Config;
+use gpuq_common::now_ms;
 use gpuq_common::record::WorkerRecord;
-use gpuq_common::registry::ModelConfig;
-use gpuq_common::{now_ms, Names};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 
+use crate::amqp::{BrokerError, QueueReader};
 use crate::placement_decision::decide;
 use crate::placement_decision::inputs::{assignments, measured_timings, policy, snapshot, History};
 use crate::store::Store;
@@ -38,7 +34,7 @@ pub async fn run(config: Config, host_id: String, store: Store, shutdown: Cancel
     let lease_ttl = interval * 3;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut broker: Option<(Connection, Channel)> = None;
+    let mut broker: Option<QueueReader> = None;
     let mut history = History::default();
     let mut leading = false;
     let mut idle = None;
@@ -85,8 +81,8 @@ pub async fn run(config: Config, host_id: String, store: Store, shutdown: Cancel
             broker = None;
         }
     }
-    if let Some((connection, _)) = broker {
-        let _ = connection.close(200, "dispatcher stopping".into()).await;
+    if let Some(reader) = broker {
+        reader.close().await;
     }
     if leading {
         if let Err(error) = store.release_placement_lease(&host_id).await {
@@ -98,14 +94,8 @@ pub async fn run(config: Config, host_id: String, store: Store, shutdown: Cancel
 /// Why a placement round could not finish; the next round tries again.
 #[derive(Debug, thiserror::Error)]
 enum RoundError {
-    #[error("rabbitmq: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("queue of model {model}: {source}")]
-    Queue {
-        model: String,
-        #[source]
-        source: lapin::Error,
-    },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error("redis: {0}")]
     Store(#[from] redis::RedisError),
 }
@@ -114,22 +104,16 @@ async fn round(
     config: &Config,
     host_id: &str,
     store: &Store,
-    broker: &mut Option<(Connection, Channel)>,
+    broker: &mut Option<QueueReader>,
     history: &mut History,
 ) -> Result<(), RoundError> {
     let names = config.names();
-    if broker.is_none() {
-        let connection = gpuq_common::amqp::connect_with_frame_max(
-            &config.amqp_url,
-            &format!("gpuq-placer {host_id}"),
-            gpuq_common::amqp::CONTROL_FRAME_MAX,
-        )
-        .await?;
-        let channel = connection.create_channel().await?;
-        *broker = Some((connection, channel));
-    }
-    let (_, channel) = broker.as_ref().expect("connected above");
-    let ready = queue_depths(channel, &names, config.registry().models()).await?;
+    let reader = match broker {
+        Some(reader) => reader,
+        None => broker.insert(QueueReader::connect(config, host_id).await?),
+    };
+    let models = config.registry().models().iter().map(|m| m.id.as_str());
+    let ready = reader.ready_counts(&names, models).await?;
     let now = now_ms();
     let ttl_ms = config.worker.heartbeat_ttl_ms;
     let workers: Vec<WorkerRecord> = store
@@ -155,31 +139,4 @@ async fn round(
         )
         .await?;
     Ok(())
-}
-
-/// Ready messages in each model's queue.
-async fn queue_depths(
-    channel: &Channel,
-    names: &Names,
-    models: &[ModelConfig],
-) -> Result<BTreeMap<String, u64>, RoundError> {
-    let mut depths = BTreeMap::new();
-    for model in models {
-        let queue = channel
-            .queue_declare(
-                names.model_queue(&model.id).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| RoundError::Queue {
-                model: model.id.clone(),
-                source,
-            })?;
-        depths.insert(model.id.clone(), u64::from(queue.message_count()));
-    }
-    Ok(depths)
 }

@@ -61,7 +61,7 @@ fn the_functions_on_the_paths_are_defined_where_the_doc_says() {
         ("gpu-worker/src/pool.rs", "fn acquire"),
         ("common/src/artifacts.rs", "fn resolve_inputs"),
         ("dispatcher/src/placement_loop.rs", "fn round"),
-        ("dispatcher/src/placement_loop.rs", "fn queue_depths"),
+        ("dispatcher/src/amqp.rs", "fn ready_counts"),
         ("dispatcher/src/placement_decision/inputs.rs", "fn snapshot"),
         (
             "dispatcher/src/placement_decision/inputs.rs",
