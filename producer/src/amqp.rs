@@ -3,8 +3,10 @@
 
 use gpuq_common::amqp::{connect, declare_topology};
 use gpuq_common::topology::Topology;
+use gpuq_common::wire::Encoding;
+use gpuq_common::JobMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 
 /// What the broker did with a published job.
@@ -25,8 +27,16 @@ pub struct QueueDepth {
     pub consumers: u32,
 }
 
-/// A publish sent, its confirm still to come.
-pub type StartedPublish = Result<PublisherConfirm, lapin::Error>;
+/// RabbitMQ could not be reached, or refused or dropped something.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BrokerError(#[from] lapin::Error);
+
+/// A publish sent, its confirm still to come (or why it was not sent).
+pub struct StartedPublish(Result<PublisherConfirm, lapin::Error>);
+
+/// A job's AMQP properties (see [`job_properties`]).
+pub struct JobProperties(BasicProperties);
 
 pub struct Publisher {
     connection: Connection,
@@ -34,10 +44,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub async fn connect(
-        url: &str,
-        topology: Option<&Topology>,
-    ) -> Result<Publisher, lapin::Error> {
+    pub async fn connect(url: &str, topology: Option<&Topology>) -> Result<Publisher, BrokerError> {
         let connection = connect(url, &format!("gpuq-producer pid{}", std::process::id())).await?;
         let channel = connection.create_channel().await?;
         channel
@@ -60,26 +67,28 @@ impl Publisher {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<PublisherConfirm, lapin::Error> {
+        properties: JobProperties,
+    ) -> StartedPublish {
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        self.channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await
+        StartedPublish(
+            self.channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    body,
+                    properties.0,
+                )
+                .await,
+        )
     }
 
     /// What the broker did with a published message.
-    pub async fn outcome(confirm: PublisherConfirm) -> Result<PublishOutcome, lapin::Error> {
-        Ok(match confirm.await? {
+    pub async fn outcome(started: StartedPublish) -> Result<PublishOutcome, BrokerError> {
+        Ok(match started.0?.await? {
             Confirmation::Ack(Some(_returned)) => PublishOutcome::Unroutable,
             Confirmation::Ack(None) | Confirmation::NotRequested => PublishOutcome::Queued,
             Confirmation::Nack(_) => PublishOutcome::Refused,
@@ -87,7 +96,7 @@ impl Publisher {
     }
 
     /// Messages and consumers of a queue; `None` if it does not exist.
-    pub async fn queue_depth(&self, queue: &str) -> Result<Option<QueueDepth>, lapin::Error> {
+    pub async fn queue_depth(&self, queue: &str) -> Result<Option<QueueDepth>, BrokerError> {
         // A passive declare of a missing queue closes its channel: use a throwaway one.
         let channel = self.connection.create_channel().await?;
         let declared = channel
@@ -117,4 +126,41 @@ impl Publisher {
     pub async fn close(&self) {
         let _ = self.connection.close(200, "producer closing".into()).await;
     }
+}
+
+/// Largest per-message TTL RabbitMQ accepts (`expiration`, milliseconds,
+/// 2^32 - 1); a larger one would close the shared publishing channel.
+const MAX_AMQP_EXPIRATION_MS: u64 = u32::MAX as u64;
+
+/// The AMQP properties of a job: persistent, its id, a W3C `traceparent`
+/// (the job's trace id travels with it to the worker's logs), its priority
+/// and, with a queue timeout, a per-message TTL RabbitMQ accepts.
+pub fn job_properties(message: &JobMessage, created_ms: u64) -> JobProperties {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(format!("00-{trace_id}-{span_id}-01").as_str().into()),
+    );
+    tracing::debug!(job_id = %message.job_id, %trace_id, feature = %message.feature, "job submitted");
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_content_type(Encoding::Msgpack.content_type().into())
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(message.job_id.as_str()))
+        .with_timestamp(created_ms / 1000)
+        .with_app_id("gpuq".into());
+    if let Some(priority) = message.priority {
+        properties = properties.with_priority(priority);
+    }
+    if let Some(expiration_ms) = message
+        .queue_timeout_s
+        .and_then(|s| s.checked_mul(1000))
+        .filter(|ms| *ms <= MAX_AMQP_EXPIRATION_MS)
+    {
+        // The broker drops (dead-letters) it too, even if no worker ever looks.
+        properties = properties.with_expiration(expiration_ms.to_string().as_str().into());
+    }
+    JobProperties(properties)
 }

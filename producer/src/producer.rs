@@ -16,8 +16,8 @@ use gpuq_common::topology::Topology;
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, ErrorCode, JobError, Names, ValueMap};
 
-use crate::amqp::{PublishOutcome, Publisher, QueueDepth, StartedPublish};
-use crate::store::{CancelOutcome, QueuedJob, Store};
+use crate::amqp::{BrokerError, PublishOutcome, Publisher, QueueDepth, StartedPublish};
+use crate::store::{CancelOutcome, QueuedJob, Store, StoreError};
 pub use crate::store::{EventReceiver, HubEvent, JobFilter, JobListing};
 use crate::system::{QueueStatus, SystemStatus};
 
@@ -82,17 +82,17 @@ pub enum SubmitError {
     #[error("invalid job: {0}")]
     Invalid(JobError),
     #[error("rabbitmq: {0}")]
-    Broker(#[from] lapin::Error),
+    Broker(#[from] BrokerError),
     #[error("redis: {0}")]
-    Store(#[from] redis::RedisError),
+    Store(#[from] StoreError),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
     #[error("rabbitmq: {0}")]
-    Broker(#[from] lapin::Error),
+    Broker(#[from] BrokerError),
     #[error("redis: {0}")]
-    Store(#[from] redis::RedisError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Artifacts(#[from] ArtifactError),
 }
@@ -136,7 +136,7 @@ impl Producer {
     }
 
     /// The broker connection, reconnecting first if the broker dropped it.
-    async fn publisher(&self) -> Result<Arc<Publisher>, lapin::Error> {
+    async fn publisher(&self) -> Result<Arc<Publisher>, BrokerError> {
         let mut current = self.publisher.lock().await;
         if !current.is_connected() {
             tracing::warn!("rabbitmq connection lost; reconnecting");
@@ -248,10 +248,7 @@ impl Producer {
         results: &mut [Result<String, SubmitError>],
     ) {
         for (index, job_id, routing_key, publish) in pending {
-            let outcome = match publish {
-                Ok(confirm) => Publisher::outcome(confirm).await,
-                Err(error) => Err(error),
-            };
+            let outcome = Publisher::outcome(publish).await;
             let error = match outcome {
                 Ok(PublishOutcome::Queued) => continue,
                 Ok(PublishOutcome::Unroutable) => {

@@ -19,6 +19,11 @@ use events::EventHub;
 pub use events::{EventReceiver, HubEvent};
 pub use listing::{JobFilter, JobListing};
 
+/// Redis could not be reached or refused a command.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(#[from] redis::RedisError);
+
 /// What a cancel request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -52,11 +57,7 @@ pub struct QueuedJob<'a> {
 }
 
 impl Store {
-    pub async fn connect(
-        url: &str,
-        names: Names,
-        index_ttl_ms: u64,
-    ) -> Result<Store, redis::RedisError> {
+    pub async fn connect(url: &str, names: Names, index_ttl_ms: u64) -> Result<Store, StoreError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -81,10 +82,7 @@ impl Store {
 
     /// Writes the `queued` records of many jobs and publishes their events, in
     /// one pipelined round trip; `false` for a job id that already exists.
-    pub async fn write_queued(
-        &self,
-        jobs: &[QueuedJob<'_>],
-    ) -> Result<Vec<bool>, redis::RedisError> {
+    pub async fn write_queued(&self, jobs: &[QueuedJob<'_>]) -> Result<Vec<bool>, StoreError> {
         let mut pipe = redis::pipe();
         for job in jobs {
             let mut fields = vec![
@@ -144,7 +142,7 @@ impl Store {
         error: &JobError,
         ttl_s: u64,
         now_ms: u64,
-    ) -> Result<(), redis::RedisError> {
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let event = StatusEvent {
             error: Some(error.clone()),
@@ -156,7 +154,8 @@ impl Store {
             scripts::Ending::without_result(JobStatus::Failed, now_ms, ttl_s, error, event_json);
         let call = scripts::finish(&self.names, job_id, ending);
         // `false` (the job had already ended) is no error here.
-        self.scripts.finish(&mut connection, &call).await.map(drop)
+        self.scripts.finish(&mut connection, &call).await?;
+        Ok(())
     }
 
     /// Cancels a job that has not ended: marks it `cancelled` (so no worker runs
@@ -166,7 +165,7 @@ impl Store {
         job_id: &str,
         ttl_s: u64,
         now_ms: u64,
-    ) -> Result<CancelOutcome, redis::RedisError> {
+    ) -> Result<CancelOutcome, StoreError> {
         let mut connection = self.connection.clone();
         let event = StatusEvent {
             job_id: job_id.to_owned(),
@@ -204,12 +203,12 @@ impl Store {
     }
 
     /// Forgets a job that never reached the broker.
-    pub async fn delete_job(&self, job_id: &str) -> Result<(), redis::RedisError> {
+    pub async fn delete_job(&self, job_id: &str) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        connection.del(self.names.job_key(job_id)).await
+        Ok(connection.del(self.names.job_key(job_id)).await?)
     }
 
-    pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, redis::RedisError> {
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         let mut connection = self.connection.clone();
         let hash: HashMap<String, String> = connection.hgetall(self.names.job_key(job_id)).await?;
         Ok(JobRecord::from_hash(job_id, &hash))
@@ -220,7 +219,7 @@ impl Store {
         &self,
         job_id: &str,
         timeout: Duration,
-    ) -> Result<Option<JobRecord>, redis::RedisError> {
+    ) -> Result<Option<JobRecord>, StoreError> {
         let hub = self.hub().await?;
         // Register before reading, so a transition between the two is not missed.
         let finished = hub.register(job_id);
@@ -235,25 +234,26 @@ impl Store {
     }
 
     /// The process's one subscription to the events channel, started on first use.
-    async fn hub(&self) -> Result<&Arc<EventHub>, redis::RedisError> {
-        self.events
+    async fn hub(&self) -> Result<&Arc<EventHub>, StoreError> {
+        Ok(self
+            .events
             .get_or_try_init(|| EventHub::start(self.client.clone(), self.names.events_channel()))
-            .await
+            .await?)
     }
 
     /// Every status event from now on, through the shared subscription: a
     /// bounded receiver that reports a gap (lag, or a lost subscription)
     /// instead of buffering for a slow reader.
-    pub async fn subscribe_events(&self) -> Result<EventReceiver, redis::RedisError> {
+    pub async fn subscribe_events(&self) -> Result<EventReceiver, StoreError> {
         Ok(self.hub().await?.receiver())
     }
 
-    pub async fn ping(&self) -> Result<(), redis::RedisError> {
+    pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         redis::cmd("PING")
             .query_async::<String>(&mut connection)
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(())
     }
 
     /// Records who owns an artifact (`<ns>:artifact:<id>` field `owner`),
@@ -263,7 +263,7 @@ impl Store {
         artifact_id: &str,
         owner: &str,
         ttl_s: u64,
-    ) -> Result<(), redis::RedisError> {
+    ) -> Result<(), StoreError> {
         let key = self.names.artifact_key(artifact_id);
         redis::pipe()
             .atomic()
@@ -271,23 +271,22 @@ impl Store {
             .ignore()
             .expire(&key, i64::try_from(ttl_s).unwrap_or(i64::MAX))
             .ignore()
-            .query_async(&mut self.connection.clone())
-            .await
+            .query_async::<()>(&mut self.connection.clone())
+            .await?;
+        Ok(())
     }
 
     /// The artifact's recorded owner, if any.
-    pub async fn artifact_owner(
-        &self,
-        artifact_id: &str,
-    ) -> Result<Option<String>, redis::RedisError> {
-        self.connection
+    pub async fn artifact_owner(&self, artifact_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .connection
             .clone()
             .hget(self.names.artifact_key(artifact_id), "owner")
-            .await
+            .await?)
     }
 
     /// Live worker records; ids whose record expired are dropped from the index.
-    pub async fn workers(&self) -> Result<Vec<WorkerRecord>, redis::RedisError> {
+    pub async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
         let hashes = self
             .live_members(&self.names.workers_set(), |id| self.names.worker_key(id))
             .await?;
@@ -295,7 +294,7 @@ impl Store {
     }
 
     /// Live host records; ids whose record expired are dropped from the index.
-    pub async fn hosts(&self) -> Result<Vec<HostRecord>, redis::RedisError> {
+    pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let hashes = self
             .live_members(&self.names.hosts_set(), |id| self.names.host_key(id))
             .await?;
@@ -306,7 +305,7 @@ impl Store {
         &self,
         set: &str,
         key_of: impl Fn(&str) -> String,
-    ) -> Result<Vec<HashMap<String, String>>, redis::RedisError> {
+    ) -> Result<Vec<HashMap<String, String>>, StoreError> {
         let mut connection = self.connection.clone();
         let mut ids: Vec<String> = connection.smembers(set).await?;
         ids.sort();

@@ -9,14 +9,8 @@
 use gpuq_common::artifacts::FetchLimits;
 use gpuq_common::wire::{validate_job_id, Encoding, SCHEMA_VERSION};
 use gpuq_common::{ErrorCode, JobError, JobMessage, Names, ValueMap};
-use lapin::types::ShortString;
-use lapin::BasicProperties;
 
 use super::{JobRequest, Producer, SubmitError};
-
-/// Largest per-message TTL RabbitMQ accepts (`expiration`, milliseconds,
-/// 2^32 - 1); a larger one would close the shared publishing channel.
-const MAX_AMQP_EXPIRATION_MS: u64 = u32::MAX as u64;
 
 /// A client's duration must be 1 s to `jobs.max_timeout_s`: it is multiplied
 /// into milliseconds and handed to RabbitMQ, which refuses absurd values by
@@ -36,7 +30,7 @@ pub(super) struct PreparedJob {
     pub(super) message: JobMessage,
     pub(super) body: Vec<u8>,
     pub(super) routing_key: String,
-    pub(super) properties: BasicProperties,
+    pub(super) properties: crate::amqp::JobProperties,
 }
 
 impl Producer {
@@ -132,7 +126,7 @@ impl Producer {
             Some(model) => Names::pinned_routing_key(&message.feature, model),
             None => Names::feature_routing_key(&message.feature),
         };
-        let properties = amqp_properties(&message, created_ms);
+        let properties = crate::amqp::job_properties(&message, created_ms);
         Ok(PreparedJob {
             message,
             body,
@@ -140,37 +134,4 @@ impl Producer {
             properties,
         })
     }
-}
-
-/// The AMQP properties of a job: persistent, its id, a W3C `traceparent`
-/// (the job's trace id travels with it to the worker's logs), its priority
-/// and, with a queue timeout, a per-message TTL RabbitMQ accepts.
-fn amqp_properties(message: &JobMessage, created_ms: u64) -> BasicProperties {
-    let trace_id = uuid::Uuid::new_v4().simple().to_string();
-    let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let mut headers = lapin::types::FieldTable::default();
-    headers.insert(
-        "traceparent".into(),
-        lapin::types::AMQPValue::LongString(format!("00-{trace_id}-{span_id}-01").as_str().into()),
-    );
-    tracing::debug!(job_id = %message.job_id, %trace_id, feature = %message.feature, "job submitted");
-    let mut properties = BasicProperties::default()
-        .with_headers(headers)
-        .with_content_type(Encoding::Msgpack.content_type().into())
-        .with_delivery_mode(2)
-        .with_message_id(ShortString::from(message.job_id.as_str()))
-        .with_timestamp(created_ms / 1000)
-        .with_app_id("gpuq".into());
-    if let Some(priority) = message.priority {
-        properties = properties.with_priority(priority);
-    }
-    if let Some(expiration_ms) = message
-        .queue_timeout_s
-        .and_then(|s| s.checked_mul(1000))
-        .filter(|ms| *ms <= MAX_AMQP_EXPIRATION_MS)
-    {
-        // The broker drops (dead-letters) it too, even if no worker ever looks.
-        properties = properties.with_expiration(expiration_ms.to_string().as_str().into());
-    }
-    properties
 }

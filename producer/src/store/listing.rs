@@ -15,7 +15,7 @@ use gpuq_common::JobStatus;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
-use super::Store;
+use super::{Store, StoreError};
 
 /// Which jobs a listing returns; every term given must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl Store {
         &self,
         filter: &JobFilter,
         limit: usize,
-    ) -> Result<JobListing, redis::RedisError> {
+    ) -> Result<JobListing, StoreError> {
         let mut connection = self.connection.clone();
         let index = self.smallest_index(filter, &mut connection).await?;
         let mut listing = JobListing::default();
@@ -115,7 +115,7 @@ impl Store {
         &self,
         filter: &JobFilter,
         connection: &mut ConnectionManager,
-    ) -> Result<String, redis::RedisError> {
+    ) -> Result<String, StoreError> {
         let candidates: Vec<String> = [
             filter.status.map(|s| self.names.jobs_by_status(s.as_str())),
             filter
