@@ -58,7 +58,7 @@ pub enum DispatcherError {
     #[error(transparent)]
     Broker(#[from] crate::amqp::BrokerError),
     #[error("redis: {0}")]
-    Store(#[from] redis::RedisError),
+    Store(#[from] crate::store::StoreError),
     #[error("config path {path}: {source}")]
     ConfigPath {
         path: PathBuf,

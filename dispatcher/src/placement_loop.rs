@@ -97,7 +97,7 @@ enum RoundError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("redis: {0}")]
-    Store(#[from] redis::RedisError),
+    Store(#[from] crate::store::StoreError),
 }
 
 async fn round(

@@ -11,6 +11,11 @@ use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
+/// Redis could not be reached or refused a command.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(#[from] redis::RedisError);
+
 #[derive(Clone)]
 pub struct Store {
     client: redis::Client,
@@ -21,7 +26,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(url: &str, names: Names) -> Result<Store, redis::RedisError> {
+    pub async fn connect(url: &str, names: Names) -> Result<Store, StoreError> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -36,11 +41,7 @@ impl Store {
     }
 
     /// Writes the host record and renews its expiry.
-    pub async fn heartbeat(
-        &self,
-        record: &HostRecord,
-        ttl: Duration,
-    ) -> Result<(), redis::RedisError> {
+    pub async fn heartbeat(&self, record: &HostRecord, ttl: Duration) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let key = self.names.host_key(&record.host_id);
         let fields = record.to_fields();
@@ -52,14 +53,15 @@ impl Store {
             &record.host_id,
         )
         .query_async::<()>(&mut connection)
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Each worker's last heartbeat time and pid, `None` when it has no record.
     pub async fn worker_heartbeats(
         &self,
         worker_ids: &[String],
-    ) -> Result<Vec<Option<(u64, u32)>>, redis::RedisError> {
+    ) -> Result<Vec<Option<(u64, u32)>>, StoreError> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         for id in worker_ids {
@@ -79,7 +81,7 @@ impl Store {
         status: JobStatus,
         error: &JobError,
         ttl_s: u64,
-    ) -> Result<bool, redis::RedisError> {
+    ) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
         let now = now_ms();
         let event = StatusEvent {
@@ -90,14 +92,14 @@ impl Store {
         let event_json = serde_json::to_string(&event).unwrap_or_default();
         let ending = scripts::Ending::without_result(status, now, ttl_s, error, event_json);
         let call = scripts::finish(&self.names, job_id, ending);
-        self.scripts.finish(&mut connection, &call).await
+        Ok(self.scripts.finish(&mut connection, &call).await?)
     }
 
     /// The records of these workers (missing ones are left out).
     pub async fn worker_records(
         &self,
         worker_ids: &[String],
-    ) -> Result<Vec<WorkerRecord>, redis::RedisError> {
+    ) -> Result<Vec<WorkerRecord>, StoreError> {
         if worker_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -116,7 +118,7 @@ impl Store {
         &self,
         host_id: &str,
         ttl: Duration,
-    ) -> Result<bool, redis::RedisError> {
+    ) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
         let held: i64 = redis::Script::new(placement_lease::HOLD)
             .key(self.names.placement_lease())
@@ -130,7 +132,7 @@ impl Store {
     /// Ids of workers announcing they ran out of jobs, as they come.
     pub async fn idle_workers(
         &self,
-    ) -> Result<impl futures_util::Stream<Item = String> + use<>, redis::RedisError> {
+    ) -> Result<impl futures_util::Stream<Item = String> + use<>, StoreError> {
         use futures_util::StreamExt;
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.subscribe(self.names.idle_channel()).await?;
@@ -140,25 +142,25 @@ impl Store {
     }
 
     /// Gives the placement lease up, if `host_id` holds it.
-    pub async fn release_placement_lease(&self, host_id: &str) -> Result<(), redis::RedisError> {
+    pub async fn release_placement_lease(&self, host_id: &str) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         redis::Script::new(placement_lease::RELEASE)
             .key(self.names.placement_lease())
             .arg(host_id)
             .invoke_async::<i64>(&mut connection)
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(())
     }
 
     /// Every live worker's record, whichever host runs it.
-    pub async fn all_worker_records(&self) -> Result<Vec<WorkerRecord>, redis::RedisError> {
+    pub async fn all_worker_records(&self) -> Result<Vec<WorkerRecord>, StoreError> {
         let mut connection = self.connection.clone();
         let ids: Vec<String> = connection.smembers(self.names.workers_set()).await?;
         self.worker_records(&ids).await
     }
 
     /// Model timings stored by earlier placements.
-    pub async fn model_timings(&self) -> Result<HashMap<String, ModelTimings>, redis::RedisError> {
+    pub async fn model_timings(&self) -> Result<HashMap<String, ModelTimings>, StoreError> {
         let mut connection = self.connection.clone();
         let stored: HashMap<String, String> =
             connection.hgetall(self.names.model_timings()).await?;
@@ -176,7 +178,7 @@ impl Store {
         changed: &[String],
         ttl: Duration,
         timings: &HashMap<String, ModelTimings>,
-    ) -> Result<(), redis::RedisError> {
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         for (worker_id, assignment) in assignments {
@@ -199,12 +201,14 @@ impl Store {
             pipe.publish(self.names.assignments_channel(), worker_id)
                 .ignore();
         }
-        pipe.query_async::<()>(&mut connection).await
+        pipe.query_async::<()>(&mut connection).await?;
+        Ok(())
     }
 
-    pub async fn remove_host(&self, host_id: &str) -> Result<(), redis::RedisError> {
+    pub async fn remove_host(&self, host_id: &str) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let _: () = connection.del(self.names.host_key(host_id)).await?;
-        connection.srem(self.names.hosts_set(), host_id).await
+        let _: () = connection.srem(self.names.hosts_set(), host_id).await?;
+        Ok(())
     }
 }
