@@ -31,9 +31,23 @@ pub fn free_port() -> u16 {
 
 /// Like [`start_gateway`], listening on `ip` (e.g. `0.0.0.0`); called through 127.0.0.1.
 pub async fn start_gateway_on(system: &TestSystem, ip: &str) -> Gateway {
+    start(system, ip, None).await
+}
+
+/// Like [`start_gateway`], with another config file of the system (e.g. one
+/// that logs in to Redis as another user).
+pub async fn start_gateway_with_config(system: &TestSystem, config: &std::path::Path) -> Gateway {
+    start(system, "127.0.0.1", Some(config)).await
+}
+
+async fn start(system: &TestSystem, ip: &str, config: Option<&std::path::Path>) -> Gateway {
     let port = free_port();
     let address = format!("{ip}:{port}");
-    let process = system.spawn("gpuq", &["serve", "--listen", &address]);
+    let args = ["serve", "--listen", &address];
+    let process = match config {
+        Some(config) => system.spawn_with_config("gpuq", config, &args),
+        None => system.spawn("gpuq", &args),
+    };
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + WAIT;

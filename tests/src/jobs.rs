@@ -11,18 +11,24 @@ use crate::TestSystem;
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Publishes `{"job_id", "feature"<extra>}` (JSON) with `routing_key` (the
-/// feature is its first part) and waits until the job is final.
+/// feature is its first part), confirmed; `extra` is more fields, e.g.
+/// `, "inputs": {"tag": "a"}`.
+pub async fn publish(system: &TestSystem, routing_key: &str, job_id: &str, extra: &str) {
+    let feature = routing_key.split('.').next().unwrap_or(routing_key);
+    let body = format!(r#"{{"job_id": "{job_id}", "feature": "{feature}"{extra}}}"#);
+    system
+        .publish_raw(routing_key, body.as_bytes(), Some("application/json"), None)
+        .await;
+}
+
+/// [`publish`], then waits until the job is final; its record.
 pub async fn submit(
     system: &TestSystem,
     routing_key: &str,
     job_id: &str,
     extra: &str,
 ) -> HashMap<String, String> {
-    let feature = routing_key.split('.').next().unwrap_or(routing_key);
-    let body = format!(r#"{{"job_id": "{job_id}", "feature": "{feature}"{extra}}}"#);
-    system
-        .publish_raw(routing_key, body.as_bytes(), Some("application/json"), None)
-        .await;
+    publish(system, routing_key, job_id, extra).await;
     system
         .wait_for_status(job_id, &["completed", "failed", "timed_out"], WAIT)
         .await

@@ -8,6 +8,7 @@
 //! also when the test failed. Every wait has a deadline.
 
 pub mod bench;
+pub mod fixtures;
 pub mod http;
 pub mod jobs;
 mod process;

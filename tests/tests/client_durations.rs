@@ -6,29 +6,20 @@
 
 use std::time::Duration;
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::start_gateway;
-use gpuq_integration_tests::TestSystem;
 use reqwest::Method;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-const BODY: &str = r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-"#;
+fn scenario() -> ConfigBuilder {
+    ConfigBuilder::one_host().echo("echo")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_durations_are_refused_and_never_hurt_concurrent_submits() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
     let bad_bodies = [
         json!({"feature": "echo", "queue_timeout_s": 10_000_000_000u64}),
@@ -68,7 +59,7 @@ async fn absurd_durations_are_refused_and_never_hurt_concurrent_submits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflowing_numbers_published_to_amqp_do_not_stop_the_worker() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)

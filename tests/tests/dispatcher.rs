@@ -31,12 +31,8 @@ fn host(host_id: &str, gpus: &[(u32, u64)], extra: &str) -> String {
 }
 
 async fn submit_sleep(system: &TestSystem, job_id: &str, duration_ms: u64) {
-    let body = format!(
-        r#"{{"job_id": "{job_id}", "feature": "sleep", "inputs": {{"duration_ms": {duration_ms}}}}}"#
-    );
-    system
-        .publish_raw("sleep", body.as_bytes(), Some("application/json"), None)
-        .await;
+    let fields = format!(r#", "inputs": {{"duration_ms": {duration_ms}}}"#);
+    gpuq_integration_tests::jobs::publish(system, "sleep", job_id, &fields).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,22 +7,18 @@
 use std::time::Duration;
 
 use gpuq_common::{ErrorCode, JobError, JobStatus, StatusEvent};
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::{start_gateway, Gateway};
 use gpuq_integration_tests::{eventually, TestSystem};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BODY: &str = r#"
-[gateway]
-max_streams = 4096
-header_timeout_s = 1
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-"#;
+fn scenario() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .section("[gateway]\nmax_streams = 4096\nheader_timeout_s = 1")
+        .echo("echo")
+}
 
 /// A client that asks for `path` as an event stream and then never reads,
 /// with the smallest receive buffer the kernel allows.
@@ -80,7 +76,7 @@ async fn subscribers(system: &TestSystem) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_streams_cost_bounded_memory_and_one_subscription() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
     // Warm up: the shared subscription exists once the first stream opened.
     let warm = idle_stream(&gateway, "/v1/events").await;
@@ -120,7 +116,7 @@ async fn two_thousand_idle_streams_cost_bounded_memory_and_one_subscription() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_falls_behind_gets_lagged_and_the_stream_ends() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
     let mut client = idle_stream(&gateway, "/v1/events").await;
     eventually(
@@ -153,7 +149,11 @@ async fn a_reader_that_falls_behind_gets_lagged_and_the_stream_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_max_streams_are_refused_and_unknown_jobs_are_404() {
-    let system = TestSystem::new(&BODY.replace("max_streams = 4096", "max_streams = 2"));
+    let system = TestSystem::new(
+        &scenario()
+            .build()
+            .replace("max_streams = 4096", "max_streams = 2"),
+    );
     let gateway = start_gateway(&system).await;
     let first = idle_stream(&gateway, "/v1/events").await;
     let _second = idle_stream(&gateway, "/v1/events").await;
@@ -183,7 +183,7 @@ async fn streams_past_max_streams_are_refused_and_unknown_jobs_are_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
     let address = gateway.base.trim_start_matches("http://").to_owned();
     let mut stream = TcpStream::connect(&address).await.unwrap();

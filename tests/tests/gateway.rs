@@ -5,41 +5,25 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::start_gateway;
 use gpuq_integration_tests::TestSystem;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-const BODY: &str = r#"
-[gateway]
-max_queue_depth = 1
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 256
-[[models]]
-id = "huge"
-feature = "huge"
-runtime = "echo"
-vram_mib = 999999
-"#;
+fn scenario() -> ConfigBuilder {
+    ConfigBuilder::one_host()
+        .section("[gateway]\nmax_queue_depth = 1")
+        .echo("echo")
+        .model("sleep", "sleep", 256)
+        .model("huge", "echo", 999_999)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_with_the_documented_codes() {
     use reqwest::Method;
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -259,7 +243,7 @@ async fn every_route_answers_with_the_documented_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_only_healthz_answers_without_one() {
     use reqwest::Method;
-    let system = TestSystem::new(&BODY.replace(
+    let system = TestSystem::new(&scenario().build().replace(
         "[gateway]\n",
         "[gateway]\ntokens = [\"s3cret-token-0123456789\"]\n",
     ));
@@ -298,7 +282,7 @@ async fn with_tokens_only_healthz_answers_without_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_deliver_a_jobs_transitions_until_it_ends() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
@@ -347,7 +331,7 @@ async fn server_sent_events_deliver_a_jobs_transitions_until_it_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_megabyte_artifact_uploads_feeds_a_job_and_downloads_intact() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)

@@ -3,23 +3,17 @@
 //! (a request body over `gateway.max_body_bytes`, a job over
 //! `queues.max_message_bytes` once encoded), each as docs/gateway.md says.
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::start_gateway;
-use gpuq_integration_tests::TestSystem;
 use reqwest::Method;
 use serde_json::{json, Value};
 
 /// Bodies over 64 KiB are refused by the gateway; jobs over 8 KiB by the producer.
-const BODY: &str = r#"
-[gateway]
-max_body_bytes = 65536
-[queues]
-max_message_bytes = 8192
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-"#;
+fn scenario() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .section("[gateway]\nmax_body_bytes = 65536\n[queues]\nmax_message_bytes = 8192")
+        .echo("echo")
+}
 
 fn code(body: &Value) -> Option<&str> {
     body["error"]["code"].as_str()
@@ -27,7 +21,7 @@ fn code(body: &Value) -> Option<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_model_and_invalid_input_answer_422() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
     let (status, error, _) = gateway
         .call(
@@ -66,7 +60,7 @@ async fn unknown_model_and_invalid_input_answer_422() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_and_jobs_answer_413_payload_too_large() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
 
     // A JSON body over gateway.max_body_bytes. The gateway answers without

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use gpuq_common::job_index::MAX_RECORDS_READ_PER_LIST;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::start_gateway;
 use gpuq_integration_tests::{PrivateRedis, TestSystem};
 use gpuq_producer::{JobRequest, Producer};
@@ -17,28 +18,12 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-const BODY: &str = r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-[[models]]
-id = "other"
-feature = "other"
-runtime = "echo"
-vram_mib = 256
-[[models]]
-id = "rare"
-feature = "rare"
-runtime = "echo"
-vram_mib = 256
-"#;
+fn scenario() -> ConfigBuilder {
+    ConfigBuilder::one_host()
+        .echo("echo")
+        .echo("other")
+        .echo("rare")
+}
 
 /// Calls of the commands that read job records, since the last reset.
 async fn record_reads(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
@@ -87,7 +72,7 @@ async fn queue_jobs(producer: &Producer, feature: &str, count: usize) -> Vec<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_listings_read_only_their_index_and_never_past_the_cap() {
     let private = PrivateRedis::start();
-    let system = TestSystem::with_redis(BODY, &private.url());
+    let system = TestSystem::with_redis(&scenario().build(), &private.url());
     let producer = Producer::connect(system.config.clone()).await.unwrap();
     // A busy day: 2,500 cancelled `other` jobs (through the real cancel
     // script), 2,500 queued `echo` jobs, and 5 jobs of a rare feature.
@@ -158,7 +143,7 @@ async fn filtered_listings_read_only_their_index_and_never_past_the_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexes_follow_every_transition_and_listings_leave_out_results() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let producer = Producer::connect(system.config.clone()).await.unwrap();
     let _dispatcher = system.dispatcher(&[]);
     system

@@ -241,15 +241,8 @@ name = "acl"
 
 async fn gateway_runs_as_the_user(system: &TestSystem, config: &std::path::Path) {
     use serde_json::{json, Value};
-    let port = gpuq_integration_tests::http::free_port();
-    let address = format!("127.0.0.1:{port}");
-    let process = system.spawn_with_config("gpuq", config, &["serve", "--listen", &address]);
-    let base = format!("http://{address}");
-    let client = reqwest::Client::new();
-    gpuq_integration_tests::eventually("the gateway answers", WAIT, || async {
-        client.get(format!("{base}/healthz")).send().await.is_ok()
-    })
-    .await;
+    let gateway = gpuq_integration_tests::http::start_gateway_with_config(system, config).await;
+    let (base, client) = (&gateway.base, &gateway.client);
     let form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(vec![7u8; 4096]).file_name("part.bin"),
@@ -267,7 +260,7 @@ async fn gateway_runs_as_the_user(system: &TestSystem, config: &std::path::Path)
     let artifact = uploaded["artifact_id"].as_str().unwrap_or_else(|| {
         panic!(
             "upload failed as the ACL user: {uploaded} {}",
-            process.log()
+            gateway.process.log()
         )
     });
     let created: Value = client

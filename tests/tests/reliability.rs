@@ -69,12 +69,10 @@ fn runs(dir: &tempfile::TempDir) -> HashMap<String, Vec<u64>> {
     runs
 }
 
+/// Publishes a `sleep` job with these inputs (JSON) and more fields.
 async fn submit(system: &TestSystem, job_id: &str, inputs: &str, extra: &str) {
-    let body =
-        format!(r#"{{"job_id": "{job_id}", "feature": "sleep", "inputs": {inputs}{extra}}}"#);
-    system
-        .publish_raw("sleep", body.as_bytes(), Some("application/json"), None)
-        .await;
+    let fields = format!(r#", "inputs": {inputs}{extra}"#);
+    gpuq_integration_tests::jobs::publish(system, "sleep", job_id, &fields).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
