@@ -1,4 +1,5 @@
 use super::*;
+use gpuq_common::metrics::WorkerMetrics;
 use gpuq_common::{Config, ConfigOverrides};
 
 #[test]
