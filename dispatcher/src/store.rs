@@ -21,7 +21,7 @@ pub struct Store {
     client: redis::Client,
     connection: ConnectionManager,
     names: Names,
-    /// The job record's scripts (`gpuq_common::job_record`).
+    /// The record script a dispatcher runs: finish (dead letters).
     scripts: RecordScripts,
 }
 

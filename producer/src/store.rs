@@ -38,7 +38,7 @@ pub struct Store {
     client: redis::Client,
     connection: ConnectionManager,
     names: Names,
-    /// The job record's scripts (`gpuq_common::job_record`).
+    /// The record scripts a producer runs: queued, cancel, finish (unroutable).
     scripts: RecordScripts,
     /// How long ids stay in the recent-jobs index (the finished-job TTL).
     index_ttl_ms: u64,
