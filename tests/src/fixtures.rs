@@ -10,7 +10,10 @@ use crate::TestSystem;
 pub struct ConfigBuilder {
     sections: Vec<String>,
     host_id: Option<String>,
-    gpus_mib: Vec<u64>,
+    /// More `[dispatcher]` keys, e.g. `workers_per_gpu = 2`.
+    dispatcher_keys: Vec<String>,
+    /// Declared GPUs: memory and display name.
+    gpus: Vec<(u64, Option<String>)>,
     models: Vec<String>,
 }
 
@@ -37,9 +40,21 @@ impl ConfigBuilder {
         self
     }
 
+    /// One more `[dispatcher]` key (`workers_per_gpu = 2`).
+    pub fn dispatcher(mut self, key_value: &str) -> ConfigBuilder {
+        self.dispatcher_keys.push(key_value.trim().to_owned());
+        self
+    }
+
     /// One more declared GPU (indices in order), with this much memory.
     pub fn gpu(mut self, memory_mib: u64) -> ConfigBuilder {
-        self.gpus_mib.push(memory_mib);
+        self.gpus.push((memory_mib, None));
+        self
+    }
+
+    /// Like [`ConfigBuilder::gpu`], with the name it shows.
+    pub fn gpu_named(mut self, memory_mib: u64, name: &str) -> ConfigBuilder {
+        self.gpus.push((memory_mib, Some(name.to_owned())));
         self
     }
 
@@ -50,15 +65,21 @@ impl ConfigBuilder {
 
     /// A model with more keys after its four (`timeout_s = 30`, or a
     /// `[models.params]` table).
-    pub fn model_with(
+    pub fn model_with(self, id: &str, runtime: &str, vram_mib: u64, extra: &str) -> ConfigBuilder {
+        self.model_of_feature(id, id, runtime, vram_mib, extra)
+    }
+
+    /// A model serving another feature than its id.
+    pub fn model_of_feature(
         mut self,
         id: &str,
+        feature: &str,
         runtime: &str,
         vram_mib: u64,
         extra: &str,
     ) -> ConfigBuilder {
         let mut block = format!(
-            "[[models]]\nid = \"{id}\"\nfeature = \"{id}\"\nruntime = \"{runtime}\"\nvram_mib = {vram_mib}\n"
+            "[[models]]\nid = \"{id}\"\nfeature = \"{feature}\"\nruntime = \"{runtime}\"\nvram_mib = {vram_mib}\n"
         );
         if !extra.trim().is_empty() {
             block.push_str(extra.trim());
@@ -79,15 +100,22 @@ impl ConfigBuilder {
             out.push_str(section);
             out.push('\n');
         }
-        if self.host_id.is_some() || !self.gpus_mib.is_empty() {
+        if self.host_id.is_some() || !self.gpus.is_empty() || !self.dispatcher_keys.is_empty() {
             out.push_str("[dispatcher]\n");
             if let Some(host_id) = &self.host_id {
                 out.push_str(&format!("host_id = \"{host_id}\"\n"));
             }
-            for (index, memory_mib) in self.gpus_mib.iter().enumerate() {
+            for key_value in &self.dispatcher_keys {
+                out.push_str(key_value);
+                out.push('\n');
+            }
+            for (index, (memory_mib, name)) in self.gpus.iter().enumerate() {
                 out.push_str(&format!(
                     "[[dispatcher.gpus]]\nindex = {index}\nmemory_mib = {memory_mib}\n"
                 ));
+                if let Some(name) = name {
+                    out.push_str(&format!("name = \"{name}\"\n"));
+                }
             }
         }
         for model in &self.models {

@@ -9,7 +9,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use gpuq_integration_tests::{eventually, TestSystem};
+use gpuq_integration_tests::eventually;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -38,23 +39,10 @@ impl Drop for BrokerStopped {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_queued_and_running_through_a_broker_restart_all_complete() {
-    let system = TestSystem::new(
-        r#"
-[dispatcher]
-host_id = "host-a"
-workers_per_gpu = 2
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 1024
-[models.params]
-duration_ms = 300
-"#,
-    );
+    let system = ConfigBuilder::one_host()
+        .dispatcher("workers_per_gpu = 2")
+        .model_with("sleep", "sleep", 1024, "[models.params]\nduration_ms = 300")
+        .system();
     let _dispatcher = system.dispatcher(&[]);
     let queue = system.names.model_queue("sleep");
     system.wait_for_consumers(&queue, 2, WAIT).await;

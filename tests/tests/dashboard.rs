@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gpuq_integration_tests::TestSystem;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -58,28 +58,14 @@ async fn webdriver(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_hosts_and_a_job_turning_completed_live() {
-    let system = TestSystem::new(
-        r#"
-[dispatcher]
-host_id = "gpu-host-1"
-workers_per_gpu = 2
-metrics_listen = ""
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 24576
-name = "declared-24g"
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 4096
-"#,
-    );
+    // The screenshot's scenario: one 24 GiB GPU split in two workers.
+    let system = ConfigBuilder::new()
+        .host("gpu-host-1")
+        .dispatcher("workers_per_gpu = 2")
+        .gpu_named(24576, "declared-24g")
+        .echo("echo")
+        .model("sleep", "sleep", 4096)
+        .system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 2, WAIT)

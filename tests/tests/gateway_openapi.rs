@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::start_gateway;
-use gpuq_integration_tests::TestSystem;
 
-const BODY: &str =
-    "[[models]]\nid = \"echo\"\nfeature = \"echo\"\nruntime = \"echo\"\nvram_mib = 256\n";
+fn scenario() -> ConfigBuilder {
+    ConfigBuilder::new().echo("echo")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_lists_exactly_the_routes_that_answer() {
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
     let (status, doc, _) = gateway
         .call(reqwest::Method::GET, "/openapi.json", None, None)

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::{first_line, TestSystem, ONE_GPU_ECHO_SLEEP};
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
@@ -154,28 +155,13 @@ async fn json_job_from_a_plain_amqp_client_completes_and_replies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_whose_budget_is_too_small_never_consumes_that_model() {
-    let system = TestSystem::new(
-        r#"
-[dispatcher]
-host_id = "small-host"
-vram_reserve_mib = 192
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-
-[[models]]
-id = "huge"
-feature = "text_to_textured_mesh"
-runtime = "sleep"
-vram_mib = 19456
-"#,
-    );
+    let system = ConfigBuilder::new()
+        .host("small-host")
+        .dispatcher("vram_reserve_mib = 192")
+        .gpu(8192)
+        .echo("echo")
+        .model_of_feature("huge", "text_to_textured_mesh", "sleep", 19456, "")
+        .system();
     let _dispatcher = system.dispatcher(&[]);
     let huge_queue = system.names.model_queue("huge");
     system

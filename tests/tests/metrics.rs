@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gpuq_integration_tests::TestSystem;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -20,26 +20,11 @@ async fn metrics_count_the_jobs_each_model_ran() {
         .local_addr()
         .unwrap()
         .port();
-    let system = TestSystem::new(&format!(
-        r#"
-[dispatcher]
-host_id = "host-a"
-metrics_listen = "127.0.0.1:{port}"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 256
-"#
-    ));
+    let system = ConfigBuilder::one_host()
+        .dispatcher(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .echo("echo")
+        .model("sleep", "sleep", 256)
+        .system();
     let dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::{TestSystem, ONE_GPU_ECHO_SLEEP};
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
@@ -73,23 +74,11 @@ async fn abort_worker_without_the_operator_switch_is_invalid_input_and_the_worke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_timeout_below_the_models_min_timeout_runs_with_the_floor() {
-    let system = TestSystem::new(
-        r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 16384
-
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 1024
-timeout_s = 60
-min_timeout_s = 3
-"#,
-    );
+    let system = ConfigBuilder::new()
+        .host("host-a")
+        .gpu(16384)
+        .model_with("sleep", "sleep", 1024, "timeout_s = 60\nmin_timeout_s = 3")
+        .system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
