@@ -10,8 +10,8 @@ use gpuq_common::names::dead_letter_header;
 use gpuq_common::topology::Topology;
 use gpuq_common::{JobError, Names};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
@@ -227,35 +227,5 @@ impl Broker {
         if let Err(error) = self.connection.close(200, "worker stopping".into()).await {
             tracing::debug!(%error, "closing rabbitmq connection");
         }
-    }
-}
-
-/// Acknowledges a delivery; a failure means the channel is gone and the broker
-/// will redeliver, so it is logged, not fatal.
-pub async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.0.ack(BasicAckOptions::default()).await {
-        tracing::warn!(%error, "ack failed; the broker will redeliver the job");
-    }
-}
-
-/// Returns a delivery to its queue for another try.
-pub async fn requeue(delivery: &Delivery) {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    if let Err(error) = delivery.0.nack(options).await {
-        tracing::warn!(%error, "requeue failed; the broker will redeliver the job");
-    }
-}
-
-/// Rejects a delivery without requeue: the queue's dead-letter exchange takes it.
-pub async fn reject_to_dead_letter(delivery: &Delivery) {
-    let options = BasicNackOptions {
-        requeue: false,
-        ..BasicNackOptions::default()
-    };
-    if let Err(error) = delivery.0.nack(options).await {
-        tracing::warn!(%error, "reject failed; the broker will redeliver the job");
     }
 }

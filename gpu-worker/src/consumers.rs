@@ -14,7 +14,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
-use crate::amqp::{self, Broker, BrokerError, Delivery};
+use crate::amqp::{Broker, BrokerError, Delivery};
 
 /// A consumer ended without being cancelled by us: the session is lost.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,7 @@ impl Consumers {
                 .partition(|h| h.model == model && !self.should_keep(&h.delivery));
             self.held = kept.into();
             for held in returned {
-                amqp::requeue(&held.delivery).await;
+                held.delivery.requeue().await;
             }
         }
         for model in desired {
@@ -150,8 +150,7 @@ impl Consumers {
                 if self.cancelling.contains(&tag) && !self.should_keep(&delivery) {
                     // In a task of its own: this future may be dropped by the
                     // caller's select, and the job must not be left unacked.
-                    self.requeues
-                        .spawn(async move { amqp::requeue(&delivery).await });
+                    self.requeues.spawn(async move { delivery.requeue().await });
                 } else {
                     self.held.push_back(Held {
                         model,

@@ -1,7 +1,10 @@
 //! A job as the broker delivered it, wrapped so that nothing outside the
 //! worker's broker module names lapin: the job path reads the body and the
 //! few properties it needs, and settles the delivery (ack, requeue,
-//! dead-letter, republish) only through `crate::amqp`.
+//! dead-letter, republish) only through `crate::amqp`. Settling takes the
+//! delivery by value, so a job cannot be acked twice or acked after a requeue.
+
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 
 /// One delivery from a model's queue.
 pub struct Delivery(pub(super) lapin::message::Delivery);
@@ -55,5 +58,33 @@ impl Delivery {
     /// A numeric header, e.g. the quorum queue's `x-delivery-count`.
     pub fn header_u64(&self, name: &str) -> Option<u64> {
         gpuq_common::amqp::header_u64(self.0.properties.headers().as_ref(), name)
+    }
+
+    /// Acknowledges the delivery; a failure means the channel is gone and the
+    /// broker will redeliver, so it is logged, not fatal.
+    pub async fn ack(self) {
+        if let Err(error) = self.0.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "ack failed; the broker will redeliver the job");
+        }
+    }
+
+    /// Returns the delivery to its queue for another try.
+    pub async fn requeue(self) {
+        self.nack(true).await;
+    }
+
+    /// Rejects the delivery without requeue: the queue's dead-letter exchange takes it.
+    pub async fn reject_to_dead_letter(self) {
+        self.nack(false).await;
+    }
+
+    async fn nack(self, requeue: bool) {
+        let options = BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        };
+        if let Err(error) = self.0.nack(options).await {
+            tracing::warn!(%error, requeue, "nack failed; the broker will redeliver the job");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Which `reply_to` queues get a job's reply.
+//! Which `reply_to` queues get a job's reply, and the reply itself.
 //!
 //! The reply is published to the default exchange with routing key `reply_to`,
 //! so an unchecked `reply_to` would let any publisher make workers write into
@@ -7,9 +7,10 @@
 //! `jobs.reply_prefix` are answered; any other value is logged, noted on the
 //! job's record (`reply_to_ignored`) and gets no reply.
 
-use crate::amqp::Delivery;
+use gpuq_common::wire::{JobReply, SCHEMA_VERSION};
 
-use super::JobContext;
+use super::InFlight;
+use crate::store::Outcome;
 
 /// Prefix of RabbitMQ's direct reply-to pseudo-queue (and the names it expands to).
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -19,27 +20,63 @@ pub fn reply_allowed(reply_to: &str, reply_prefix: &str) -> bool {
     reply_to.starts_with(DIRECT_REPLY_TO) || reply_to.starts_with(reply_prefix)
 }
 
-/// The delivery's `reply_to` if it may be answered; a refused one is logged
-/// and noted on the job's record (best effort: the outcome matters more).
-pub(super) async fn checked_reply_to(
-    ctx: &JobContext,
-    job_id: &str,
-    delivery: &Delivery,
-) -> Option<String> {
-    let reply_to = delivery.reply_to()?;
-    let prefix = &ctx.config.jobs.reply_prefix;
-    if reply_allowed(&reply_to, prefix) {
-        return Some(reply_to);
+impl InFlight<'_> {
+    /// The delivery's `reply_to` if it may be answered; a refused one is
+    /// logged and noted on the job's record (best effort: the outcome matters
+    /// more).
+    pub(super) async fn checked_reply_to(&self) -> Option<String> {
+        let reply_to = self.delivery.reply_to()?;
+        let prefix = &self.ctx.config.jobs.reply_prefix;
+        if reply_allowed(&reply_to, prefix) {
+            return Some(reply_to);
+        }
+        tracing::warn!(
+            reply_to,
+            reply_prefix = %prefix,
+            "reply_to ignored: only amq.rabbitmq.reply-to and queues starting with jobs.reply_prefix get replies"
+        );
+        let noted = self
+            .ctx
+            .store
+            .note_reply_to_ignored(&self.job.job_id, &reply_to)
+            .await;
+        if let Err(error) = noted {
+            tracing::warn!(%error, "ignored reply_to not noted in redis");
+        }
+        None
     }
-    tracing::warn!(
-        reply_to,
-        reply_prefix = %prefix,
-        "reply_to ignored: only amq.rabbitmq.reply-to and queues starting with jobs.reply_prefix get replies"
-    );
-    if let Err(error) = ctx.store.note_reply_to_ignored(job_id, &reply_to).await {
-        tracing::warn!(%error, "ignored reply_to not noted in redis");
+
+    /// Sends the recorded outcome to `reply_to`, in the job's own encoding.
+    /// A lost reply is logged: the outcome is in Redis, so it only costs the
+    /// client a lookup.
+    pub(super) async fn reply(&self, outcome: &Outcome, reply_to: &str, finished_at_ms: u64) {
+        let reply = JobReply {
+            schema_version: SCHEMA_VERSION,
+            job_id: self.job.job_id.clone(),
+            status: outcome.status,
+            result: outcome.result.clone(),
+            error: outcome.error.clone(),
+            finished_at_ms,
+        };
+        let correlation_id = self.delivery.correlation_id();
+        let sent = match reply.encode(self.encoding) {
+            Ok(body) => self
+                .ctx
+                .broker
+                .reply(
+                    reply_to,
+                    correlation_id.as_deref(),
+                    self.encoding.content_type(),
+                    &body,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, reply_to, "reply not delivered");
+        }
     }
-    None
 }
 
 #[cfg(test)]

@@ -1,14 +1,22 @@
 //! The pure decisions about a decoded job, before anything runs: whether it
 //! runs here (and with what time limit) or is forwarded to the model it pins,
 //! and whether it waited in the queue too long. No IO, so they are unit-tested
-//! in `job/tests.rs`.
+//! in `job/tests.rs`. [`InFlight::check`] is the job path's step that asks
+//! them all.
 
 use std::time::Duration;
 
 use crate::amqp::Delivery;
+use gpuq_common::artifacts::{self, FetchLimits};
 use gpuq_common::config::Config;
 use gpuq_common::registry::ModelConfig;
-use gpuq_common::{ErrorCode, JobError, JobMessage, Names};
+use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, Names};
+
+use super::record::failed;
+use super::run::artifact_error;
+use super::InFlight;
+use crate::runtime;
+use crate::store::Outcome;
 
 /// Where a decoded job goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,6 +25,41 @@ pub enum Route {
     Run { timeout: Duration },
     /// The job pins another model of the same feature: publish it there.
     Forward { routing_key: String },
+}
+
+/// What the checks decided about an in-flight job.
+pub(super) enum Checked {
+    /// Claim and run it with this time limit.
+    Run { timeout: Duration },
+    /// Publish it to the model it pins.
+    Forward { routing_key: String },
+    /// Record this outcome without running it (bad input, waited too long).
+    Refused(Outcome),
+}
+
+impl InFlight<'_> {
+    /// The step after decode: where the job runs, whether its inputs and
+    /// artifact references are acceptable, and whether it waited too long.
+    pub(super) fn check(&self) -> Checked {
+        let config = &self.ctx.config;
+        let timeout = match route(&self.job, self.model, config) {
+            Ok(Route::Run { timeout }) => timeout,
+            Ok(Route::Forward { routing_key }) => return Checked::Forward { routing_key },
+            Err(error) => return Checked::Refused(failed(JobStatus::Failed, error)),
+        };
+        let limits = FetchLimits::from_config(config);
+        let inputs = &self.job.inputs;
+        let valid = artifacts::check_reference_count(inputs, &limits)
+            .map_err(artifact_error)
+            .and_then(|_| runtime::validate_with_references(self.model, inputs));
+        if let Err(error) = valid {
+            return Checked::Refused(failed(JobStatus::Failed, error));
+        }
+        if let Some(error) = queue_timeout_exceeded(&self.job, &self.delivery, config, now_ms()) {
+            return Checked::Refused(failed(JobStatus::TimedOut, error));
+        }
+        Checked::Run { timeout }
+    }
 }
 
 /// Decides what to do with a job found on `queue_model`'s queue.

@@ -1,5 +1,5 @@
 use super::*;
-use gpuq_common::{ConfigOverrides, ValueMap};
+use gpuq_common::{ConfigOverrides, ErrorCode, ValueMap};
 
 const CONFIG: &str = r#"
 [jobs]

@@ -1,0 +1,153 @@
+//! The attempt count and its limits: the claim that starts an attempt, the
+//! retry after a retryable failure (with back-off), and giving up once
+//! `jobs.max_attempts` is spent.
+
+use std::time::Duration;
+
+use gpuq_common::job_record::scripts::Claimant;
+use gpuq_common::wire::value_map_to_json_string;
+use gpuq_common::{ErrorCode, JobError, JobStatus, StatusEvent};
+
+use super::record::{failed, with_retries};
+use super::InFlight;
+use crate::store::{Claim, Outcome};
+
+/// Back-off before attempt `attempt + 1`: `retry_backoff_s`, doubling, capped.
+pub fn retry_backoff(jobs: &gpuq_common::config::JobsConfig, attempt: u32) -> Duration {
+    let factor = 2u64.saturating_pow(attempt.saturating_sub(1));
+    Duration::from_secs(
+        jobs.retry_backoff_s
+            .saturating_mul(factor)
+            .min(jobs.retry_backoff_max_s),
+    )
+}
+
+impl InFlight<'_> {
+    /// Claims the job in Redis: the job and its attempt number, or `None`
+    /// when the delivery was settled instead (acked: the job had ended;
+    /// requeued: Redis is down).
+    pub(super) async fn claim(self) -> Option<(Self, u32)> {
+        let ctx = self.ctx;
+        let job = &self.job;
+        let metadata_json =
+            (!job.metadata.is_empty()).then(|| value_map_to_json_string(&job.metadata));
+        let claimant = Claimant {
+            feature: &job.feature,
+            model: &self.model.id,
+            worker: &ctx.worker_id,
+            host: &ctx.host_id,
+            gpu: &ctx.gpu,
+            metadata_json: metadata_json.as_deref(),
+        };
+        let claimed = with_retries(self.redis_retry(), || {
+            ctx.store.claim(&job.job_id, &claimant)
+        })
+        .await;
+        match claimed {
+            Ok(Claim::Run { attempt }) => {
+                tracing::debug!(attempt, "job claimed");
+                Some((self, attempt))
+            }
+            Ok(Claim::AlreadyFinal(status)) => {
+                tracing::info!(%status, "job already final; acking the redelivery without running it");
+                self.settle_ack().await;
+                None
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot claim the job in redis; requeueing it");
+                self.settle_requeue().await;
+                None
+            }
+        }
+    }
+
+    /// The error that ends a job whose worker died on each of its attempts.
+    pub(super) fn out_of_attempts(&self, attempt: u32) -> Option<JobError> {
+        let max_attempts = self.ctx.config.jobs.max_attempts;
+        (attempt > max_attempts).then(|| {
+            JobError::new(
+                ErrorCode::TooManyAttempts,
+                format!(
+                    "the job was started {} time(s) without finishing (jobs.max_attempts = {max_attempts}); its worker died each time",
+                    attempt - 1
+                ),
+            )
+        })
+    }
+
+    /// After the run: a retryable failure goes back to its queue (or, out of
+    /// attempts, is given up); anything else is recorded, then acked.
+    pub(super) async fn conclude(self, outcome: Outcome, attempt: u32) {
+        let max_attempts = self.ctx.config.jobs.max_attempts;
+        let retryable = outcome
+            .error
+            .as_ref()
+            .filter(|e| outcome.status == JobStatus::Failed && e.code.is_retryable());
+        let Some(error) = retryable else {
+            return self.record(outcome, Some(attempt)).await;
+        };
+        if attempt < max_attempts {
+            let error = error.clone();
+            return self.retry_later(&error, attempt).await;
+        }
+        let error = JobError::new(
+            ErrorCode::TooManyAttempts,
+            format!(
+                "failed {attempt} time(s) (jobs.max_attempts = {max_attempts}); last error: {}: {}",
+                error.code, error.message
+            ),
+        );
+        self.give_up(error, attempt).await;
+    }
+
+    /// A retryable failure with attempts left: mark the job queued again with
+    /// the error, park a copy in the model's retry queue for the back-off (the
+    /// broker moves it back when it expires), then ack this delivery.
+    async fn retry_later(self, error: &JobError, attempt: u32) {
+        let ctx = self.ctx;
+        let backoff = retry_backoff(&ctx.config.jobs, attempt);
+        tracing::warn!(attempt, backoff_s = backoff.as_secs(), code = %error.code, message = %error.message, "retryable failure; retrying after a back-off");
+        let event = StatusEvent {
+            feature: Some(self.job.feature.clone()),
+            model: Some(self.model.id.clone()),
+            worker: Some(ctx.worker_id.clone()),
+            attempt: Some(attempt),
+            error: Some(error.clone()),
+            ..StatusEvent::new(self.job.job_id.clone(), JobStatus::Queued)
+        };
+        let job_id = &self.job.job_id;
+        let marked = with_retries(self.redis_retry(), || {
+            ctx.store.mark_retrying(job_id, &event, backoff)
+        })
+        .await;
+        if let Err(store_error) = marked {
+            tracing::error!(error = %store_error, "cannot record the retry in redis; requeueing the job");
+            return self.settle_requeue().await;
+        }
+        let retry_queue = ctx.names.retry_queue(&self.model.id);
+        match ctx.broker.park(&retry_queue, &self.delivery, backoff).await {
+            Ok(()) => self.settle_ack().await,
+            Err(broker_error) => {
+                tracing::error!(error = %broker_error, "cannot park the job for its retry; requeueing it now");
+                self.settle_requeue().await;
+            }
+        }
+    }
+
+    /// The job used up its attempts: copy it to the dead-letter queue with
+    /// the reason, record it failed, then ack.
+    pub(super) async fn give_up(self, error: JobError, attempt: u32) {
+        let ctx = self.ctx;
+        tracing::error!(attempt, code = %error.code, message = %error.message, "giving up on the job");
+        let source_queue = ctx.names.model_queue(&self.model.id);
+        if let Err(broker_error) = ctx
+            .broker
+            .dead_letter(&self.delivery, &source_queue, &error, &ctx.worker_id)
+            .await
+        {
+            tracing::warn!(error = %broker_error, "dead-letter copy not published");
+        }
+        self.record(failed(JobStatus::Failed, error), Some(attempt))
+            .await;
+    }
+}

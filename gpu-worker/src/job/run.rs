@@ -1,0 +1,206 @@
+//! The run step: the model lease from the pool, the artifact references
+//! resolved, the model run under its timeout and the job's cancel signal, and
+//! the result turned into an outcome (outputs offloaded to the artifact store
+//! and owned by the submitter). A broken model is evicted; a thread that
+//! cannot be stopped restarts the worker once the outcome is recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpuq_common::artifacts::{self, ArtifactError, FetchLimits};
+use gpuq_common::registry::ModelConfig;
+use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, ValueMap};
+
+use super::record::{completed, failed};
+use super::{InFlight, JobContext};
+use crate::runtime::{Progress, RunError};
+use crate::store::{Outcome, Store};
+
+impl InFlight<'_> {
+    /// Runs the claimed job; its inputs move to the model (the job keeps its
+    /// ids, never a second copy of the inputs).
+    pub(super) async fn run(&mut self, timeout: Duration) -> Outcome {
+        let inputs = std::mem::take(&mut self.job.inputs);
+        run_model(self.ctx, self.model, &self.job, inputs, timeout).await
+    }
+}
+
+async fn run_model(
+    ctx: &JobContext,
+    model: &ModelConfig,
+    job: &JobMessage,
+    mut inputs: ValueMap,
+    timeout: Duration,
+) -> Outcome {
+    let _running = ctx.stats.job_started(&job.job_id);
+    let lease = match ctx.pool.acquire(model).await {
+        Ok(lease) => lease,
+        Err(error) => {
+            tracing::error!(%error, "model load failed");
+            return failed(JobStatus::Failed, error.to_job_error());
+        }
+    };
+    let limits = FetchLimits::from_config(&ctx.config);
+    if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs, &limits).await {
+        return failed(JobStatus::Failed, artifact_error(error));
+    }
+    if let Some(load) = lease.loaded_in {
+        ctx.stats.record_load(&model.id, load.as_secs_f64());
+    }
+    let queue_wait_s = job
+        .submitted_at_ms
+        .map(|at| now_ms().saturating_sub(at) as f64 / 1000.0);
+    let run_started = std::time::Instant::now();
+    let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
+    let cancel = ctx.cancels.register(&job.job_id);
+    let result = tokio::select! {
+        result = lease.runtime.run(inputs, timeout, progress) => result,
+        _ = cancel.cancelled() => Err(RunError::Cancelled),
+    };
+    ctx.cancels.forget(&job.job_id);
+    if result == Err(RunError::Cancelled) {
+        if lease.runtime.can_abort() {
+            tracing::info!("job cancelled; stopping the model process");
+            lease.runtime.abort().await;
+        } else {
+            // Its thread cannot be stopped: restart the worker once this is recorded.
+            tracing::info!("job cancelled; the worker restarts to stop it");
+            ctx.restart.cancel();
+        }
+    }
+    let run_s = run_started.elapsed().as_secs_f64();
+    let aborted = result == Err(RunError::Cancelled) && lease.runtime.can_abort();
+    drop(lease);
+    if aborted {
+        ctx.pool.evict(&model.id).await;
+    }
+    let outcome = outcome_of(ctx, model, job, result, timeout).await;
+    ctx.stats.record_job(
+        &model.id,
+        outcome.status.as_str(),
+        queue_wait_s,
+        Some(run_s),
+    );
+    outcome
+}
+
+/// The outcome of a run: outputs offloaded to the artifact store and owned
+/// by the submitter, or the failure as recorded; a broken model is evicted,
+/// a stuck thread restarts the worker.
+async fn outcome_of(
+    ctx: &JobContext,
+    model: &ModelConfig,
+    job: &JobMessage,
+    result: Result<ValueMap, RunError>,
+    timeout: Duration,
+) -> Outcome {
+    match result {
+        Ok(mut outputs) => {
+            let returned = artifacts::referenced_ids(&outputs).unwrap_or_default();
+            match ctx
+                .artifacts
+                .offload_outputs(&mut outputs, ctx.config.artifacts.inline_max_bytes)
+                .await
+            {
+                Ok(()) => {
+                    own_outputs(ctx, job, &returned, &outputs).await;
+                    completed(outputs)
+                }
+                Err(error) => failed(JobStatus::Failed, artifact_error(error)),
+            }
+        }
+        Err(RunError::Job(error)) => failed(JobStatus::Failed, error),
+        Err(RunError::Cancelled) => failed(
+            JobStatus::Cancelled,
+            JobError::new(ErrorCode::Cancelled, "cancelled while running"),
+        ),
+        Err(RunError::ModelBroken(error)) => {
+            tracing::warn!(code = %error.code, "model broken; unloading it");
+            ctx.pool.evict(&model.id).await;
+            failed(JobStatus::Failed, error)
+        }
+        Err(RunError::TimedOut { stuck }) => {
+            if stuck {
+                // The model thread cannot be interrupted; the process restarts once
+                // the outcome is recorded, so its slot (and VRAM) comes back clean.
+                tracing::error!(
+                    timeout_s = timeout.as_secs(),
+                    "job timed out on a stuck thread; the worker will restart"
+                );
+                ctx.restart.cancel();
+            } else {
+                tracing::warn!(
+                    timeout_s = timeout.as_secs(),
+                    "job timed out; the model process was killed"
+                );
+            }
+            failed(
+                JobStatus::TimedOut,
+                JobError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the job ran longer than its timeout of {} s",
+                        timeout.as_secs()
+                    ),
+                ),
+            )
+        }
+    }
+}
+
+/// A missing or malformed reference, or one over the fetch limits, is the
+/// job's fault (never retried); a store failure or an unsafe store path is not.
+pub(super) fn artifact_error(error: ArtifactError) -> JobError {
+    let code = if error.is_invalid_input() {
+        ErrorCode::InvalidInput
+    } else {
+        ErrorCode::ArtifactUnavailable
+    };
+    JobError::new(code, error.to_string())
+}
+
+/// Shortest gap between two progress writes of one job.
+const PROGRESS_MIN_GAP_MS: u64 = 250;
+
+/// Writes a job's progress to Redis, at most every 250 ms; callable from any thread.
+fn progress_reporter(store: Store, job_id: String) -> Progress {
+    let handle = tokio::runtime::Handle::current();
+    let last_write_ms = std::sync::atomic::AtomicU64::new(0);
+    Arc::new(move |fraction: f64| {
+        let now = now_ms();
+        let last = last_write_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) < PROGRESS_MIN_GAP_MS && fraction < 1.0 {
+            return;
+        }
+        last_write_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        let (store, job_id) = (store.clone(), job_id.clone());
+        handle.spawn(async move {
+            if let Err(error) = store.set_progress(&job_id, fraction.clamp(0.0, 1.0)).await {
+                tracing::debug!(%error, "progress not written");
+            }
+        });
+    })
+}
+
+/// Records the job's submitter (a gateway token name) as the owner of the
+/// artifacts the worker stored for its outputs, so that the submitter's
+/// `submit` token may download them; `returned` are the references the model
+/// returned as such (not stored here, so not given away). A failed write is
+/// logged, not fatal: the result stays readable by admins.
+async fn own_outputs(ctx: &JobContext, job: &JobMessage, returned: &[String], outputs: &ValueMap) {
+    let Some(owner) = job.submitted_by.as_deref() else {
+        return;
+    };
+    let stored: Vec<String> = gpuq_common::artifacts::referenced_ids(outputs)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| !returned.contains(id))
+        .collect();
+    if stored.is_empty() {
+        return;
+    }
+    let ttl_s = ctx.config.artifacts.ttl().as_secs();
+    if let Err(error) = ctx.store.set_artifact_owners(&stored, owner, ttl_s).await {
+        tracing::warn!(%error, "output artifacts stored without an owner");
+    }
+}
