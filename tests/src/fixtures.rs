@@ -2,6 +2,8 @@
 //! section, so a test says its scenario ("one host with an 8 GiB GPU serving
 //! echo and a huge model") instead of repeating TOML blocks.
 
+use std::path::Path;
+
 use crate::TestSystem;
 
 /// A `gpuq.toml` body for a [`TestSystem`] (which adds the namespace, the
@@ -14,7 +16,16 @@ pub struct ConfigBuilder {
     dispatcher_keys: Vec<String>,
     /// Declared GPUs: memory and display name.
     gpus: Vec<(u64, Option<String>)>,
-    models: Vec<String>,
+    models: Vec<ModelBlock>,
+}
+
+/// One `[[models]]` entry: its keys, then its `[models.params]` table.
+#[derive(Debug, Clone)]
+struct ModelBlock {
+    /// `id`, `feature`, `runtime`, `vram_mib` and any more keys, one a line.
+    keys: Vec<String>,
+    /// The lines of its `[models.params]` table (none: no table).
+    params: Vec<String>,
 }
 
 impl ConfigBuilder {
@@ -78,20 +89,75 @@ impl ConfigBuilder {
         vram_mib: u64,
         extra: &str,
     ) -> ConfigBuilder {
-        let mut block = format!(
-            "[[models]]\nid = \"{id}\"\nfeature = \"{feature}\"\nruntime = \"{runtime}\"\nvram_mib = {vram_mib}\n"
-        );
-        if !extra.trim().is_empty() {
-            block.push_str(extra.trim());
-            block.push('\n');
-        }
-        self.models.push(block);
-        self
+        self.models.push(ModelBlock {
+            keys: vec![
+                format!("id = \"{id}\""),
+                format!("feature = \"{feature}\""),
+                format!("runtime = \"{runtime}\""),
+                format!("vram_mib = {vram_mib}"),
+            ],
+            params: Vec::new(),
+        });
+        let (keys, params) = extra.split_once("[models.params]").unwrap_or((extra, ""));
+        self.model_keys(keys).params(params)
     }
 
     /// The synthetic `echo` model (256 MiB) under `id`.
     pub fn echo(self, id: &str) -> ConfigBuilder {
         self.model(id, "echo", 256)
+    }
+
+    /// The synthetic `sleep` model under `id` (its feature too): each job
+    /// sleeps `duration_ms` unless its inputs say otherwise.
+    pub fn sleep_model(self, id: &str, vram_mib: u64, duration_ms: u64) -> ConfigBuilder {
+        self.model(id, "sleep", vram_mib)
+            .params(&format!("duration_ms = {duration_ms}"))
+    }
+
+    /// A model of the `adapter` runtime: `python3 script_path` speaking the
+    /// adapter protocol, given `settings_toml` (the inside of an inline
+    /// table, `load_seconds = 0.1`; empty: no `settings`) when it loads.
+    pub fn adapter(
+        self,
+        id: &str,
+        feature: &str,
+        vram_mib: u64,
+        script_path: &Path,
+        settings_toml: &str,
+    ) -> ConfigBuilder {
+        let builder = self
+            .model_of_feature(id, feature, "adapter", vram_mib, "")
+            .params(&format!(
+                "command = [\"python3\", \"{}\"]",
+                script_path.display()
+            ));
+        if settings_toml.trim().is_empty() {
+            return builder;
+        }
+        builder.params(&format!("settings = {{ {} }}", settings_toml.trim()))
+    }
+
+    /// More keys of the model added last (`timeout_s = 30`), one a line.
+    pub fn model_keys(mut self, toml: &str) -> ConfigBuilder {
+        let model = self.models.last_mut().expect("add a model before its keys");
+        model.keys.extend(toml_lines(toml));
+        self
+    }
+
+    /// More `[models.params]` keys of the model added last (`load_ms = 400`).
+    pub fn params(mut self, toml: &str) -> ConfigBuilder {
+        let model = self
+            .models
+            .last_mut()
+            .expect("add a model before its params");
+        model.params.extend(toml_lines(toml));
+        self
+    }
+
+    /// The model added last (a `sleep` model) appends `<tag input> <start ms>`
+    /// to the file at `path` on each run, so a test can count runs.
+    pub fn run_log(self, path: &Path) -> ConfigBuilder {
+        self.params(&format!("run_log = \"{}\"", path.display()))
     }
 
     pub fn build(&self) -> String {
@@ -119,7 +185,18 @@ impl ConfigBuilder {
             }
         }
         for model in &self.models {
-            out.push_str(model);
+            out.push_str("[[models]]\n");
+            for line in &model.keys {
+                out.push_str(line);
+                out.push('\n');
+            }
+            if !model.params.is_empty() {
+                out.push_str("[models.params]\n");
+            }
+            for line in &model.params {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
         out
     }
@@ -130,8 +207,18 @@ impl ConfigBuilder {
     }
 }
 
+/// The non-empty lines of a TOML snippet, trimmed.
+fn toml_lines(toml: &str) -> impl Iterator<Item = String> + '_ {
+    toml.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::ConfigBuilder;
 
     #[test]
@@ -152,5 +239,38 @@ mod tests {
         assert_eq!(config.dispatcher.gpus[0].memory_mib, 8192);
         assert_eq!(config.models.len(), 2);
         assert_eq!(config.models[1].timeout_s, 60);
+    }
+
+    #[test]
+    fn keys_and_params_go_to_the_model_added_last_in_one_params_table() {
+        let text = ConfigBuilder::new()
+            .adapter(
+                "toy",
+                "text_to_mesh",
+                512,
+                Path::new("/srv/adapter.py"),
+                "load_seconds = 0.1",
+            )
+            .model_keys("timeout_s = 30\nmin_timeout_s = 1")
+            .sleep_model("sleep", 1024, 10)
+            .run_log(Path::new("/tmp/runs.log"))
+            .params("allow_crash_inputs = true")
+            .build();
+        assert_eq!(text.matches("[models.params]").count(), 2, "{text}");
+        let config = gpuq_common::Config::parse(&text, None, &Default::default()).unwrap();
+        let (toy, sleep) = (&config.models[0], &config.models[1]);
+        assert_eq!((toy.feature.as_str(), toy.timeout_s), ("text_to_mesh", 30));
+        assert_eq!(toy.min_timeout_s_setting, Some(1));
+        let command: Vec<_> = toy.params["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|word| word.as_str().unwrap())
+            .collect();
+        assert_eq!(command, ["python3", "/srv/adapter.py"]);
+        assert_eq!(toy.params["settings"]["load_seconds"].as_float(), Some(0.1));
+        assert_eq!(sleep.params["duration_ms"].as_integer(), Some(10));
+        assert_eq!(sleep.params["run_log"].as_str(), Some("/tmp/runs.log"));
+        assert_eq!(sleep.params["allow_crash_inputs"].as_bool(), Some(true));
     }
 }

@@ -2,8 +2,8 @@
 //! request's id is a protocol error that fails that job and restarts the
 //! adapter, so a stray line can never become the next job's result.
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::jobs::{result, submit, WAIT};
-use gpuq_integration_tests::TestSystem;
 
 /// An adapter written against the protocol by hand, that can answer with the
 /// wrong request id on purpose: `mode` "stale" answers with the previous
@@ -42,25 +42,12 @@ async fn adapter_replies_with_a_wrong_id_fail_their_job_and_never_become_the_nex
     let scripts = tempfile::tempdir().unwrap();
     let script = scripts.path().join("stray_adapter.py");
     std::fs::write(&script, STRAY_LINE_ADAPTER).unwrap();
-    let system = TestSystem::new(&format!(
-        r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 16384
-
-[[models]]
-id = "stray"
-feature = "stray"
-runtime = "adapter"
-vram_mib = 512
-timeout_s = 30
-[models.params]
-command = ["python3", "{}"]
-"#,
-        script.display()
-    ));
+    let system = ConfigBuilder::new()
+        .host("host-a")
+        .gpu(16384)
+        .adapter("stray", "stray", 512, &script, "")
+        .model_keys("timeout_s = 30")
+        .system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("stray"), 1, WAIT)

@@ -6,26 +6,21 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::start_gateway;
 use gpuq_integration_tests::{eventually, TestSystem};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-const ECHO: &str = r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 16384
-
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-timeout_s = 30
-"#;
+/// One host with a 16 GiB GPU serving `echo` (a 30 s timeout).
+fn echo_host() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .host("host-a")
+        .gpu(16384)
+        .echo("echo")
+        .model_keys("timeout_s = 30")
+}
 
 /// An inputs object naming `ids` as artifact references.
 fn references(ids: &[String]) -> serde_json::Value {
@@ -64,7 +59,7 @@ fn put(system: &TestSystem, bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seventeen_artifact_references_are_invalid_input_from_amqp_and_the_gateway() {
-    let system = TestSystem::new(ECHO);
+    let system = echo_host().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -107,9 +102,10 @@ async fn seventeen_artifact_references_are_invalid_input_from_amqp_and_the_gatew
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifacts_over_max_fetch_bytes_are_invalid_input_before_download() {
-    let system = TestSystem::new(&format!(
-        "{ECHO}\n[jobs]\nmax_attempts = 1\n[artifacts]\nmax_fetch_bytes = 1000\ninline_max_bytes = 4096\n"
-    ));
+    let system = echo_host()
+        .section("[jobs]\nmax_attempts = 1")
+        .section("[artifacts]\nmax_fetch_bytes = 1000\ninline_max_bytes = 4096")
+        .system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -137,7 +133,7 @@ async fn artifacts_over_max_fetch_bytes_are_invalid_input_before_download() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifacts_expire_from_a_local_store_written_0700_and_0600() {
-    let system = TestSystem::new(&format!("{ECHO}\n[artifacts]\nttl_s = 1\n"));
+    let system = echo_host().section("[artifacts]\nttl_s = 1").system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -164,7 +160,7 @@ async fn artifacts_expire_from_an_s3_store() {
         "inline_max_bytes = 1024\n",
         "inline_max_bytes = 1024\nttl_s = 1\n",
     );
-    let system = TestSystem::new(&format!("{artifacts}{ECHO}"));
+    let system = echo_host().section(&artifacts).system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -181,7 +177,7 @@ async fn artifacts_expire_from_an_s3_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_planted_in_the_store_is_artifact_unavailable_never_followed() {
-    let system = TestSystem::new(&format!("{ECHO}\n[jobs]\nmax_attempts = 1\n"));
+    let system = echo_host().section("[jobs]\nmax_attempts = 1").system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -227,7 +223,7 @@ async fn a_symlink_planted_in_the_store_is_artifact_unavailable_never_followed()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_world_writable_store_directory_stops_gpuq_with_a_clear_error() {
-    let system = TestSystem::new(ECHO);
+    let system = echo_host().system();
     let store = system.dir().join("artifacts");
     std::fs::create_dir_all(&store).unwrap();
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -248,16 +244,10 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_16_mib_job_does_not_multiply_the_workers_memory() {
-    let system = TestSystem::new(
-        r#"
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 256
-timeout_s = 60
-"#,
-    );
+    // No dispatcher: the test starts one worker itself and watches its memory.
+    let system = ConfigBuilder::new()
+        .model_with("sleep", "sleep", 256, "timeout_s = 60")
+        .system();
     let worker = system.spawn("gpuq-worker", &["--worker-id", "w-mem", "--host-id", "mem"]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)

@@ -4,17 +4,17 @@
 
 use std::time::Duration;
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::jobs::submit;
-use gpuq_integration_tests::TestSystem;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_files_travel_through_the_artifact_store_and_ids_cannot_escape_it() {
-    let system = TestSystem::new(
-        "[artifacts]\ninline_max_bytes = 1024\n[dispatcher]\nhost_id = \"host-a\"\n[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 8192\n\
-         [[models]]\nid = \"echo\"\nfeature = \"echo\"\nruntime = \"echo\"\nvram_mib = 256\n",
-    );
+    let system = ConfigBuilder::one_host()
+        .section("[artifacts]\ninline_max_bytes = 1024")
+        .echo("echo")
+        .system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -100,11 +100,10 @@ async fn large_files_travel_through_the_artifact_store_and_ids_cannot_escape_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifacts_travel_through_an_s3_compatible_store() {
     let moto = gpuq_integration_tests::MotoS3::start("gpuq-artifacts");
-    let system = TestSystem::new(&format!(
-        "{}[dispatcher]\nhost_id = \"host-a\"\n[[dispatcher.gpus]]\nindex = 0\nmemory_mib = 8192\n\
-         [[models]]\nid = \"echo\"\nfeature = \"echo\"\nruntime = \"echo\"\nvram_mib = 256\n",
-        moto.artifacts_config("gpuq-artifacts")
-    ));
+    let system = ConfigBuilder::one_host()
+        .section(&moto.artifacts_config("gpuq-artifacts"))
+        .echo("echo")
+        .system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)

@@ -4,9 +4,10 @@
 //! counted by the synthetic model's run log). Bounded: well under 3 minutes.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gpuq_integration_tests::TestSystem;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use nix::sys::signal::{kill, Signal};
@@ -18,29 +19,27 @@ const JOBS: usize = 300;
 const CHAOS: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(120);
 
-fn host(host_id: &str, gpus: u32, run_log: &str) -> String {
-    let mut text = format!(
-        "[jobs]\nretry_backoff_s = 1\n[dispatcher]\nhost_id = \"{host_id}\"\nworkers_per_gpu = 2\ncrash_loop_limit = 1000\n\
-         restart_backoff_initial_ms = 100\nrestart_backoff_max_ms = 400\n"
-    );
-    for index in 0..gpus {
-        text.push_str(&format!(
-            "[[dispatcher.gpus]]\nindex = {index}\nmemory_mib = 8192\n"
-        ));
-    }
-    text.push_str(&format!(
-        "[[models]]\nid = \"sleep\"\nfeature = \"sleep\"\nruntime = \"sleep\"\nvram_mib = 1024\n\
-         [models.params]\nduration_ms = 60\nrun_log = \"{run_log}\"\n"
-    ));
-    text
+/// A host with two workers on one 8 GiB GPU that restart fast and never give
+/// up, serving a 60 ms `sleep` model that logs every run to `run_log`.
+fn host(host_id: &str, run_log: &Path) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .section("[jobs]\nretry_backoff_s = 1")
+        .host(host_id)
+        .dispatcher("workers_per_gpu = 2")
+        .dispatcher("crash_loop_limit = 1000")
+        .dispatcher("restart_backoff_initial_ms = 100")
+        .dispatcher("restart_backoff_max_ms = 400")
+        .gpu(8192)
+        .sleep_model("sleep", 1024, 60)
+        .run_log(run_log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_job_ends_final_and_none_runs_after_completing_under_chaos() {
     let runs_dir = tempfile::tempdir().unwrap();
     let run_log = runs_dir.path().join("runs.log");
-    let system = TestSystem::new(&host("host-a", 1, run_log.to_str().unwrap()));
-    let host_b = system.extra_config("host-b.toml", &host("host-b", 1, run_log.to_str().unwrap()));
+    let system = host("host-a", &run_log).system();
+    let host_b = system.extra_config("host-b.toml", &host("host-b", &run_log).build());
     let _a = system.dispatcher(&[]);
     let mut b = system.spawn_with_config("gpuq-dispatcher", &host_b, &[]);
     let queue = system.names.model_queue("sleep");

@@ -4,30 +4,29 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::{eventually, TestSystem, ONE_GPU_ECHO_SLEEP};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-const SLEEP_MODEL: &str = r#"
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 4096
-timeout_s = 60
-"#;
+/// The `sleep` model (4 GiB, a 60 s timeout) every scenario here serves.
+fn sleep_model() -> ConfigBuilder {
+    ConfigBuilder::new().model_with("sleep", "sleep", 4096, "timeout_s = 60")
+}
 
-fn host(host_id: &str, gpus: &[(u32, u64)], extra: &str) -> String {
-    let mut text = format!("[dispatcher]\nhost_id = \"{host_id}\"\n{extra}\n");
-    for (index, memory) in gpus {
-        text.push_str(&format!(
-            "[[dispatcher.gpus]]\nindex = {index}\nmemory_mib = {memory}\n"
-        ));
+/// A host with GPUs of these sizes (MiB, indices in order) and these
+/// `[dispatcher]` keys, serving [`sleep_model`].
+fn host(host_id: &str, gpus_mib: &[u64], dispatcher_keys: &[&str]) -> ConfigBuilder {
+    let mut host = sleep_model().host(host_id);
+    for key_value in dispatcher_keys {
+        host = host.dispatcher(key_value);
     }
-    text.push_str(SLEEP_MODEL);
-    text
+    for memory_mib in gpus_mib {
+        host = host.gpu(*memory_mib);
+    }
+    host
 }
 
 async fn submit_sleep(system: &TestSystem, job_id: &str, duration_ms: u64) {
@@ -37,8 +36,8 @@ async fn submit_sleep(system: &TestSystem, job_id: &str, duration_ms: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dispatchers_share_one_stream_of_jobs_and_both_show_in_system() {
-    let system = TestSystem::new(&host("host-a", &[(0, 8192)], ""));
-    let second = system.extra_config("host-b.toml", &host("host-b", &[(0, 8192), (1, 8192)], ""));
+    let system = host("host-a", &[8192], &[]).system();
+    let second = system.extra_config("host-b.toml", &host("host-b", &[8192, 8192], &[]).build());
     let _a = system.dispatcher(&[]);
     let _b = system.spawn_with_config("gpuq-dispatcher", &second, &[]);
     system
@@ -119,11 +118,17 @@ async fn a_worker_killed_with_sigkill_is_restarted_and_serves_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_crashing_on_start_marks_its_slot_failed_while_others_serve() {
-    let system = TestSystem::new(&host(
+    let system = host(
         "host-a",
-        &[(0, 16384)],
-        "workers_per_gpu = 2\ncrash_loop_limit = 3\nrestart_backoff_initial_ms = 50\nrestart_backoff_max_ms = 200",
-    ));
+        &[16384],
+        &[
+            "workers_per_gpu = 2",
+            "crash_loop_limit = 3",
+            "restart_backoff_initial_ms = 50",
+            "restart_backoff_max_ms = 200",
+        ],
+    )
+    .system();
     // Fault injection: the worker of slot 1 exits at once; slot 0 runs the real worker.
     let wrapper = system.dir().join("crashing-worker.sh");
     std::fs::write(
@@ -168,7 +173,7 @@ async fn a_worker_crashing_on_start_marks_its_slot_failed_while_others_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_job_finish() {
-    let system = TestSystem::new(&host("host-a", &[(0, 8192)], ""));
+    let system = host("host-a", &[8192], &[]).system();
     let mut dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
@@ -191,11 +196,13 @@ async fn sigterm_lets_an_in_flight_job_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_past_the_grace_period_requeues_the_job_and_another_host_finishes_it() {
-    let body = format!(
-        "[worker]\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 1\n{}",
-        host("host-a", &[(0, 8192)], "")
-    );
-    let system = TestSystem::new(&body);
+    // A one-second grace period: the 4 s job cannot finish within it.
+    let scenario = |host_id: &str| {
+        host(host_id, &[8192], &[]).section(
+            "[worker]\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 1",
+        )
+    };
+    let system = scenario("host-a").system();
     let mut dispatcher = system.dispatcher(&[]);
     let queue = system.names.model_queue("sleep");
     system.wait_for_consumers(&queue, 1, WAIT).await;
@@ -210,7 +217,7 @@ async fn sigterm_past_the_grace_period_requeues_the_job_and_another_host_finishe
     assert_eq!(system.job_hash("long-job").await["status"], "processing");
     assert_eq!(system.queue_depth(&queue).await, Some((1, 0)));
 
-    let second = system.extra_config("host-b.toml", &body.replace("host-a", "host-b"));
+    let second = system.extra_config("host-b.toml", &scenario("host-b").build());
     let _b = system.spawn_with_config("gpuq-dispatcher", &second, &[]);
     let record = system
         .wait_for_status("long-job", &["completed", "failed"], WAIT)
@@ -222,7 +229,7 @@ async fn sigterm_past_the_grace_period_requeues_the_job_and_another_host_finishe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_replans_without_dropping_the_in_flight_job() {
-    let system = TestSystem::new(&host("host-a", &[(0, 16384)], "workers_per_gpu = 1"));
+    let system = host("host-a", &[16384], &["workers_per_gpu = 1"]).system();
     let dispatcher = system.dispatcher(&[]);
     let queue = system.names.model_queue("sleep");
     system.wait_for_consumers(&queue, 1, WAIT).await;
@@ -231,7 +238,7 @@ async fn sighup_replans_without_dropping_the_in_flight_job() {
         .wait_for_status("across-reload", &["processing"], WAIT)
         .await;
 
-    system.rewrite_config(&host("host-a", &[(0, 16384)], "workers_per_gpu = 2"));
+    system.rewrite_config(&host("host-a", &[16384], &["workers_per_gpu = 2"]).build());
     dispatcher.signal(Signal::SIGHUP);
     eventually("two slots after reload", WAIT, || async {
         system.host_slots("host-a").await.len() == 2
@@ -286,7 +293,7 @@ async fn a_worker_that_stops_heart_beating_is_killed_and_restarted() {
 
 #[test]
 fn without_nvml_or_declared_gpus_the_dispatcher_exits_with_a_clear_error() {
-    let system = TestSystem::new(SLEEP_MODEL);
+    let system = sleep_model().system();
     // CUDA_VISIBLE_DEVICES="" hides NVML's GPUs too, so this holds on GPU machines as well.
     let output = std::process::Command::new(gpuq_integration_tests::binary("gpuq-dispatcher"))
         .arg("--config")
@@ -307,11 +314,7 @@ fn without_nvml_or_declared_gpus_the_dispatcher_exits_with_a_clear_error() {
 
 #[test]
 fn print_plan_shows_the_gpus_the_plan_and_each_workers_device() {
-    let system = TestSystem::new(&host(
-        "host-a",
-        &[(0, 24576), (1, 8192)],
-        "workers_per_gpu = 2",
-    ));
+    let system = host("host-a", &[24576, 8192], &["workers_per_gpu = 2"]).system();
     let output = std::process::Command::new(gpuq_integration_tests::binary("gpuq-dispatcher"))
         .arg("--config")
         .arg(&system.config_path)

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::{free_port, start_gateway, start_gateway_on, Gateway};
-use gpuq_integration_tests::TestSystem;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -17,38 +17,26 @@ const BOB: &str = "bob-submit-token-000002";
 /// An admin token with the characters that need percent-encoding in a query.
 const OPS: &str = "ops+admin/token=0003==";
 
-const MODELS: &str = r#"
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-"#;
+/// No dispatcher and no tokens: the gateway alone, `echo` its only feature.
+fn echo_only() -> ConfigBuilder {
+    ConfigBuilder::new().echo("echo")
+}
 
-fn body() -> String {
-    format!(
-        r#"
-[[gateway.tokens]]
-token = "{ALICE}"
-role = "submit"
-name = "alice"
-[[gateway.tokens]]
-token = "{BOB}"
-role = "submit"
-name = "bob"
-[[gateway.tokens]]
-token = "{OPS}"
-role = "admin"
-name = "ops"
-[artifacts]
-inline_max_bytes = 1024
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-{MODELS}"#
-    )
+/// Alice and Bob submit, ops administers; one host serves `echo`, and
+/// outputs over 1 KiB become artifacts.
+fn scenario() -> ConfigBuilder {
+    let tokens = [
+        (ALICE, "submit", "alice"),
+        (BOB, "submit", "bob"),
+        (OPS, "admin", "ops"),
+    ]
+    .map(|(token, role, name)| {
+        format!("[[gateway.tokens]]\ntoken = \"{token}\"\nrole = \"{role}\"\nname = \"{name}\"")
+    });
+    ConfigBuilder::one_host()
+        .section(&tokens.join("\n"))
+        .section("[artifacts]\ninline_max_bytes = 1024")
+        .echo("echo")
 }
 
 fn code(body: &Value) -> Option<&str> {
@@ -83,7 +71,7 @@ async fn listed_ids(gateway: &Gateway, token: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_token_sees_only_its_own_jobs_and_another_s_answer_404() {
-    let system = TestSystem::new(&body());
+    let system = scenario().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -174,7 +162,7 @@ async fn a_submit_token_sees_only_its_own_jobs_and_another_s_answer_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_only_routes_answer_403_to_a_submit_token() {
-    let system = TestSystem::new(&body());
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
     for path in ["/v1/system", "/v1/events", "/metrics"] {
         let response = gateway
@@ -211,7 +199,7 @@ async fn admin_only_routes_answer_403_to_a_submit_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifacts_are_downloadable_only_by_their_owner_and_job_outputs_by_the_submitter() {
-    let system = TestSystem::new(&body());
+    let system = scenario().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -283,7 +271,7 @@ async fn artifacts_are_downloadable_only_by_their_owner_and_job_outputs_by_the_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_token_in_the_query_is_percent_decoded() {
-    let system = TestSystem::new(&body());
+    let system = scenario().system();
     let gateway = start_gateway(&system).await;
     let encoded: String = url_encode(OPS);
     assert!(
@@ -333,7 +321,7 @@ fn url_encode(text: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_a_public_address_without_tokens() {
-    let system = TestSystem::new(MODELS);
+    let system = echo_only().system();
     let address = format!("0.0.0.0:{}", free_port());
     let mut process = system.spawn("gpuq", &["serve", "--listen", &address]);
     let code = process.wait_exit(WAIT).unwrap();
@@ -345,7 +333,9 @@ async fn serve_refuses_a_public_address_without_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_anonymous_serves_a_public_address_with_a_warning() {
-    let system = TestSystem::new(&format!("[gateway]\nallow_anonymous = true\n{MODELS}"));
+    let system = echo_only()
+        .section("[gateway]\nallow_anonymous = true")
+        .system();
     let gateway = start_gateway_on(&system, "0.0.0.0").await;
     let (status, ready, _) = gateway.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, 200, "{ready}");
@@ -366,7 +356,7 @@ async fn allow_anonymous_serves_a_public_address_with_a_warning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_token_stops_serve_naming_the_key_without_printing_the_token() {
     let short = "short-token-15c";
-    let system = TestSystem::new(MODELS);
+    let system = echo_only().system();
     // Written by hand: the harness refuses to write an invalid config.
     let bad = system.dir().join("bad-token.toml");
     std::fs::write(

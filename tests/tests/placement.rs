@@ -3,35 +3,32 @@
 //! one model to another without restarting, and no job is lost or run twice.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use gpuq_common::record::Assignment;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::{eventually, TestSystem};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Two synthetic models of 10 GiB: a 16 GiB worker holds one at a time.
-fn host(host_id: &str, run_log: &str) -> String {
-    let mut config = format!(
-        r#"
-[dispatcher]
-host_id = "{host_id}"
-vram_reserve_mib = 0
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 16384
-[placement]
-interval_ms = 200
-min_residency_ms = 1000
-max_queue_wait_ms = 10000
-"#
-    );
+/// Two synthetic models of 10 GiB (`a` and `b`, 400 ms to load, 150 ms a
+/// job, every run logged to `run_log`): a 16 GiB worker holds one at a time.
+fn host(host_id: &str, run_log: &Path) -> ConfigBuilder {
+    let mut host = ConfigBuilder::new()
+        .section(
+            "[placement]\ninterval_ms = 200\nmin_residency_ms = 1000\nmax_queue_wait_ms = 10000",
+        )
+        .host(host_id)
+        .dispatcher("vram_reserve_mib = 0")
+        .gpu(16384);
     for model in ["a", "b"] {
-        config.push_str(&format!(
-            "[[models]]\nid = \"{model}\"\nfeature = \"{model}\"\nruntime = \"sleep\"\nvram_mib = 10240\n[models.params]\nduration_ms = 150\nload_ms = 400\nrun_log = \"{run_log}\"\n"
-        ));
+        host = host
+            .sleep_model(model, 10240, 150)
+            .params("load_ms = 400")
+            .run_log(run_log);
     }
-    config
+    host
 }
 
 const WORKERS: [&str; 2] = ["host-a-gpu0-slot0", "host-b-gpu0-slot0"];
@@ -104,9 +101,8 @@ async fn all_completed(system: &TestSystem, ids: &[String]) -> HashSet<String> {
 async fn workers_on_two_hosts_follow_the_backlog_without_losing_or_repeating_a_job() {
     let dir = tempfile::tempdir().unwrap();
     let run_log = dir.path().join("runs.log");
-    let run_log = run_log.to_str().unwrap();
-    let system = TestSystem::new(&host("host-a", run_log));
-    let second = system.extra_config("host-b.toml", &host("host-b", run_log));
+    let system = host("host-a", &run_log).system();
+    let second = system.extra_config("host-b.toml", &host("host-b", &run_log).build());
     let host_a = system.dispatcher(&[]);
     let host_b = system.spawn_with_config("gpuq-dispatcher", &second, &[]);
     eventually("both workers assigned by one dispatcher", WAIT, || async {
@@ -218,7 +214,7 @@ async fn consumers(system: &TestSystem, model: &str) -> (u32, u32) {
 async fn a_worker_follows_its_assignment_and_gives_back_the_jobs_it_held() {
     let dir = tempfile::tempdir().unwrap();
     let run_log = dir.path().join("runs.log");
-    let system = TestSystem::new(&host("solo", run_log.to_str().unwrap()));
+    let system = host("solo", &run_log).system();
     let first = system.spawn("gpuq-worker", &["--worker-id", "w1", "--host-id", "solo"]);
     // No assignment yet: it consumes every model it can serve.
     system

@@ -5,30 +5,20 @@
 
 use std::time::Duration;
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::{first_line, redis_url, TestSystem};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-const BODY: &str = r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 16384
-
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-
-# Fits no GPU: its jobs stay queued until cancelled.
-[[models]]
-id = "huge"
-feature = "huge"
-runtime = "sleep"
-vram_mib = 999999
-"#;
+/// One host serving `echo`, and a `huge` model that fits no GPU: its jobs
+/// stay queued until cancelled.
+fn scenario() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .host("host-a")
+        .gpu(16384)
+        .echo("echo")
+        .model("huge", "sleep", 999999)
+}
 
 /// The `ACL SETUSER` words of the documented example (namespace `gpuq`).
 fn documented_acl_rules() -> Vec<String> {
@@ -132,7 +122,7 @@ fn url_for(user: &str, password: &str) -> String {
 async fn the_documented_redis_acl_runs_a_job_end_to_end_and_denies_other_keys() {
     // The system's own client (checks, clean-up) stays the admin; the gpuq
     // processes get a config that logs in as the restricted user.
-    let system = TestSystem::new(BODY);
+    let system = scenario().system();
     let namespace = system.names.namespace().to_owned();
     let user_name = format!("gpuq-acl-{namespace}");
     let password = uuid::Uuid::new_v4().simple().to_string();
@@ -140,7 +130,10 @@ async fn the_documented_redis_acl_runs_a_job_end_to_end_and_denies_other_keys() 
     let url = url_for(&user_name, &password);
     let config = system.extra_config(
         "acl.toml",
-        &format!("redis_url = \"{url}\"\n{GATEWAY_TOKEN_CONFIG}{BODY}"),
+        &scenario()
+            .section(&format!("redis_url = \"{url}\""))
+            .section(GATEWAY_TOKEN_CONFIG)
+            .build(),
     );
 
     let _dispatcher = system.spawn_with_config("gpuq-dispatcher", &config, &[]);

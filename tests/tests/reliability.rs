@@ -5,8 +5,10 @@
 //! broker there cannot disturb other tests.)
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::{eventually, PrivateRedis, TestSystem};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -14,45 +16,26 @@ use nix::unistd::Pid;
 const WAIT: Duration = Duration::from_secs(60);
 const WORKER: &str = "host-a-gpu0-slot0";
 
-/// One GPU, one slot, a synthetic sleep model that logs every run to `runs.log`
-/// and may crash its worker on request (the poison-job test).
-fn body(system_dir_hint: &str, extra: &str) -> String {
-    format!(
-        r#"
-[jobs]
-retry_backoff_s = 1
-{extra}
-[dispatcher]
-host_id = "host-a"
-restart_backoff_initial_ms = 100
-restart_backoff_max_ms = 500
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 1024
-timeout_s = 60
-[models.params]
-duration_ms = 10
-run_log = "{system_dir_hint}/runs.log"
-allow_crash_inputs = true
-
-[[models]]
-id = "huge"
-feature = "huge"
-runtime = "sleep"
-vram_mib = 999999
-"#
-    )
+/// One GPU, one slot, a synthetic sleep model that logs every run to
+/// `runs.log` in `runs_dir` and may crash its worker on request (the
+/// poison-job test), and a `huge` model that fits no GPU.
+fn scenario(runs_dir: &Path) -> ConfigBuilder {
+    ConfigBuilder::new()
+        .section("[jobs]\nretry_backoff_s = 1")
+        .host("host-a")
+        .dispatcher("restart_backoff_initial_ms = 100")
+        .dispatcher("restart_backoff_max_ms = 500")
+        .gpu(8192)
+        .sleep_model("sleep", 1024, 10)
+        .model_keys("timeout_s = 60")
+        .run_log(&runs_dir.join("runs.log"))
+        .params("allow_crash_inputs = true")
+        .model("huge", "sleep", 999999)
 }
 
-fn system(extra: &str) -> (TestSystem, tempfile::TempDir) {
+fn system() -> (TestSystem, tempfile::TempDir) {
     let runs = tempfile::tempdir().unwrap();
-    let system = TestSystem::new(&body(runs.path().to_str().unwrap(), extra));
+    let system = scenario(runs.path()).system();
     (system, runs)
 }
 
@@ -77,7 +60,7 @@ async fn submit(system: &TestSystem, job_id: &str, inputs: &str, extra: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_completed_job_is_acked_without_running_again() {
-    let (system, dir) = system("");
+    let (system, dir) = system();
     let _dispatcher = system.dispatcher(&[]);
     let queue = system.names.model_queue("sleep");
     system.wait_for_consumers(&queue, 1, WAIT).await;
@@ -99,7 +82,7 @@ async fn a_redelivered_completed_job_is_acked_without_running_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_nothing_and_the_job_completes() {
-    let (system, dir) = system("");
+    let (system, dir) = system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
@@ -134,7 +117,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_job_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_kills_its_worker_every_time_ends_failed_with_a_dead_letter_copy() {
-    let (system, dir) = system("");
+    let (system, dir) = system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
@@ -179,7 +162,7 @@ async fn a_job_that_kills_its_worker_every_time_ends_failed_with_a_dead_letter_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_past_their_queue_timeout_end_timed_out_without_running() {
-    let (system, dir) = system("");
+    let (system, dir) = system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
@@ -239,7 +222,7 @@ async fn queued_jobs_past_their_queue_timeout_end_timed_out_without_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_jobs_never_run_and_running_ones_are_stopped() {
-    let (system, dir) = system("");
+    let (system, dir) = system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
@@ -317,7 +300,7 @@ async fn cancelled_jobs_never_run_and_running_ones_are_stopped() {
 async fn a_redis_outage_delays_the_outcome_but_loses_nothing() {
     let mut redis = PrivateRedis::start();
     let runs_dir = tempfile::tempdir().unwrap();
-    let system = TestSystem::with_redis(&body(runs_dir.path().to_str().unwrap(), ""), &redis.url());
+    let system = TestSystem::with_redis(&scenario(runs_dir.path()).build(), &redis.url());
     let dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)

@@ -3,57 +3,48 @@
 //! residency with synthetic models of declared sizes. Replies with the wrong
 //! request id are in `adapter_protocol.rs`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::jobs::{result, submit};
 use gpuq_integration_tests::TestSystem;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn example_adapter() -> String {
+fn example_adapter() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../adapters/python/example_adapter.py")
         .canonicalize()
         .unwrap()
-        .display()
-        .to_string()
 }
 
+/// The example adapter twice: `toy_text_to_mesh` (loads in 0.1 s; job
+/// timeouts of 30 s, 1 s at least) and `toy_broken_on_load`, which crashes
+/// as it loads.
 fn adapter_system() -> TestSystem {
     let script = example_adapter();
-    TestSystem::new(&format!(
-        r#"
-[jobs]
-retry_backoff_s = 1
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 16384
-
-[[models]]
-id = "toy_text_to_mesh"
-feature = "text_to_mesh"
-runtime = "adapter"
-vram_mib = 512
-timeout_s = 30
-min_timeout_s = 1
-[models.params]
-command = ["python3", "{script}"]
-settings = {{ load_seconds = 0.1 }}
-
-[[models]]
-id = "toy_broken_on_load"
-feature = "broken_mesh"
-runtime = "adapter"
-vram_mib = 512
-[models.params]
-command = ["python3", "{script}"]
-settings = {{ crash_on_load = true }}
-"#
-    ))
+    ConfigBuilder::new()
+        .section("[jobs]\nretry_backoff_s = 1")
+        .host("host-a")
+        .gpu(16384)
+        .adapter(
+            "toy_text_to_mesh",
+            "text_to_mesh",
+            512,
+            &script,
+            "load_seconds = 0.1",
+        )
+        .model_keys("timeout_s = 30\nmin_timeout_s = 1")
+        .adapter(
+            "toy_broken_on_load",
+            "broken_mesh",
+            512,
+            &script,
+            "crash_on_load = true",
+        )
+        .system()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,16 +231,15 @@ async fn the_example_adapter_runs_jobs_and_survives_each_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn residency_evicts_the_least_recently_used_model_within_the_budget() {
     // One slot with 10000 MiB, at most 2 models, three 4000 MiB synthetic models.
-    let mut body = String::from(
-        "[dispatcher]\nhost_id = \"host-a\"\nvram_reserve_mib = 512\nmax_models_per_worker = 2\n\
-         [[dispatcher.gpus]]\nindex = 0\nmemory_mib = 10512\n",
-    );
+    let mut scenario = ConfigBuilder::new()
+        .host("host-a")
+        .dispatcher("vram_reserve_mib = 512")
+        .dispatcher("max_models_per_worker = 2")
+        .gpu(10512);
     for id in ["sleep_a", "sleep_b", "sleep_c"] {
-        body.push_str(&format!(
-            "[[models]]\nid = \"{id}\"\nfeature = \"{id}\"\nruntime = \"sleep\"\nvram_mib = 4000\n[models.params]\nduration_ms = 5\nload_ms = 200\n"
-        ));
+        scenario = scenario.sleep_model(id, 4000, 5).params("load_ms = 200");
     }
-    let system = TestSystem::new(&body);
+    let system = scenario.system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep_c"), 1, WAIT)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use gpuq_common::wire::Encoding;
 use gpuq_common::{JobMessage, Value, ValueMap};
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::TestSystem;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -16,26 +17,12 @@ fn system() -> TestSystem {
         .join("fixtures/affine.pt")
         .canonicalize()
         .unwrap();
-    TestSystem::new(&format!(
-        r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 8192
-
-[[models]]
-id = "affine"
-feature = "affine"
-runtime = "torchscript"
-vram_mib = 256
-[models.params]
-path = "{}"
-inputs = [{{ name = "x", dtype = "float32", shape = [-1, 3] }}]
-outputs = ["y"]
-"#,
-        fixture.display()
-    ))
+    ConfigBuilder::one_host()
+        .model("affine", "torchscript", 256)
+        .params(&format!("path = \"{}\"", fixture.display()))
+        .params(r#"inputs = [{ name = "x", dtype = "float32", shape = [-1, 3] }]"#)
+        .params(r#"outputs = ["y"]"#)
+        .system()
 }
 
 fn floats(value: &serde_json::Value) -> Vec<f64> {
