@@ -2,6 +2,10 @@
 //! written, its expiry renewed and its id added to the set of live ones, in
 //! one pipeline, so a reader never finds a record that will not expire.
 //! Written once here because the worker and the dispatcher both beat.
+//!
+//! Also the script that removes a record on a clean exit only if the exiting
+//! process wrote it ([`REMOVE_IF_WRITER`]): a process sharing an id by
+//! mistake must not delete the live one's record.
 
 use std::time::Duration;
 
@@ -22,3 +26,17 @@ pub fn pipeline(
         .ignore();
     pipe
 }
+
+/// KEYS[1] the record, KEYS[2] the set of live ids; ARGV[1] the exiting
+/// process's pid, ARGV[2] its id. Deletes the record and the id when the
+/// record's `pid` is that process's (or the record is gone already); `1` when
+/// it did, `0` when another process's record was left alone.
+pub const REMOVE_IF_WRITER: &str = r#"
+local pid = redis.call('HGET', KEYS[1], 'pid')
+if pid == false or pid == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"#;

@@ -4,6 +4,8 @@
 //! - [`config`]: the `gpuq.toml` file, parsed, validated and frozen.
 //! - [`registry`]: the model registry and routing rules.
 //! - [`placement_lease`]: the placement lease's compare-and-set scripts.
+//! - [`host_lease`]: the host lease (one dispatcher per host id): its holder
+//!   and compare-and-set scripts.
 //! - [`names`]: every queue, exchange and Redis key name.
 //! - [`topology`]: the AMQP topology as plain data.
 //! - [`record`]: the Redis job, worker and host records, parsed for readers.
@@ -25,6 +27,7 @@ pub mod artifacts;
 pub mod config;
 #[cfg(feature = "redis")]
 pub mod heartbeat;
+pub mod host_lease;
 pub mod job_index;
 pub mod job_record;
 pub mod metrics;

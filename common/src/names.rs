@@ -121,6 +121,13 @@ impl Names {
         format!("{}:host:{host_id}", self.namespace)
     }
 
+    /// String: JSON [`crate::host_lease::HostLeaseHolder`] of the one
+    /// dispatcher running under `host_id`; it expires unless that dispatcher
+    /// renews it.
+    pub fn host_lease(&self, host_id: &str) -> String {
+        format!("{}:host:{host_id}:lease", self.namespace)
+    }
+
     /// Set of host ids that have announced themselves (entries may have expired).
     pub fn hosts_set(&self) -> String {
         format!("{}:hosts", self.namespace)
@@ -220,5 +227,6 @@ mod tests {
         assert_eq!(names.jobs_by_submitter("alice"), "gpuq:jobs:by:alice");
         assert_eq!(names.assignment_key("w"), "gpuq:assignment:w");
         assert_eq!(names.placement_lease(), "gpuq:placement:lease");
+        assert_eq!(names.host_lease("host-a"), "gpuq:host:host-a:lease");
     }
 }

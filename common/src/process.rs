@@ -1,5 +1,5 @@
 //! Process plumbing shared by the three binaries: logging set-up, signal-driven
-//! shutdown and the default host id. Feature `process`.
+//! shutdown, the hostname and the default host id. Feature `process`.
 
 use tokio_util::sync::CancellationToken;
 
@@ -66,12 +66,17 @@ async fn wait_for_signal() {
     }
 }
 
-/// The machine's hostname, lowercased and reduced to id characters.
-pub fn default_host_id() -> String {
-    let raw = hostname::get()
+/// The machine's hostname as the system reports it (`host` if unreadable).
+pub fn hostname() -> String {
+    hostname::get()
         .ok()
         .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "host".into());
+        .unwrap_or_else(|| "host".into())
+}
+
+/// The machine's hostname, lowercased and reduced to id characters.
+pub fn default_host_id() -> String {
+    let raw = hostname();
     let id: String = raw
         .to_ascii_lowercase()
         .chars()

@@ -2,11 +2,15 @@
 //! supervise one worker per slot, keep the host record fresh, take part in
 //! placement (see `placement_loop`), reload on SIGHUP, stop cleanly.
 //!
+//! Before any worker starts it takes the host lease (`host_lease`): a second
+//! dispatcher under the same host id refuses to start.
+//!
 //! Shutdown stops every worker with SIGTERM (each finishes or returns its
 //! in-flight jobs within `worker.shutdown_grace_s`), then removes the host
-//! record. A worker whose heartbeat goes stale is killed and restarted.
+//! record and releases the host lease. A worker whose heartbeat goes stale is
+//! killed and restarted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::gpu::{choose_gpus, DiscoveryError, GpuInfo, GpuSource, VisibleDevices};
+use crate::host_lease::{lease_ttl, HostLease, HostLeaseError};
 use crate::nvml::NvmlReader;
 use crate::slots::Slots;
 use crate::store::Store;
@@ -59,6 +64,8 @@ pub enum DispatcherError {
     Broker(#[from] crate::amqp::BrokerError),
     #[error("redis: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    HostLease(#[from] HostLeaseError),
     #[error("config path {path}: {source}")]
     ConfigPath {
         path: PathBuf,
@@ -242,6 +249,13 @@ pub async fn run(
     let store = Store::connect(&config.redis_url, config.names()).await?;
     // Opened (and a local directory checked) before any worker starts.
     let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts)?;
+    // Held from here until the workers are stopped; nothing below fails before then.
+    let interval = Duration::from_millis(config.worker.heartbeat_interval_ms);
+    let Some(lease) = HostLease::acquire(&store, &host_id, lease_ttl(interval), &shutdown).await?
+    else {
+        return Ok(());
+    };
+    let lease = lease.keep(interval, shutdown.clone());
 
     let command = Arc::new(WorkerCommand {
         program,
@@ -263,7 +277,6 @@ pub async fn run(
 
     let started = Instant::now();
     let started_ms = now_ms();
-    let interval = Duration::from_millis(config.worker.heartbeat_interval_ms);
     let ttl = Duration::from_millis(config.worker.heartbeat_ttl_ms);
     let mut ticker = tokio::time::interval(interval);
     let mut hangup = signal(SignalKind::hangup()).expect("installing SIGHUP handler");
@@ -296,9 +309,12 @@ pub async fn run(
     // Every background task ends on the shutdown token.
     background.close();
     background.wait().await;
+    // Lost to another dispatcher: the host record is its now.
+    let lease = lease.stop().await?;
     if let Err(error) = store.remove_host(&host_id).await {
         tracing::warn!(%error, "host record not removed; it will expire");
     }
+    lease.release().await;
     tracing::info!("dispatcher stopped");
     Ok(())
 }
@@ -359,10 +375,12 @@ async fn reload(options: &DispatcherOptions, host_id: &str, gpus: &[GpuInfo]) ->
 }
 
 /// What the watchdog last saw of each worker: its heartbeat value (or none)
-/// and when, by the dispatcher's clock, that value was first seen.
+/// and when, by the dispatcher's clock, that value was first seen; and which
+/// other processes it found writing a worker's record (each told once).
 #[derive(Default)]
 struct Watchdog {
     seen: HashMap<(String, u32), (Option<u64>, Instant)>,
+    foreign_writers: HashSet<(String, u32)>,
 }
 
 impl Watchdog {
@@ -373,6 +391,8 @@ impl Watchdog {
     async fn check(&mut self, store: &Store, slots: &Slots, ttl: Duration) {
         let workers = slots.settled_workers(ttl * 2);
         self.seen.retain(|key, _| workers.contains(key));
+        self.foreign_writers
+            .retain(|(id, _)| workers.iter().any(|(worker, _)| worker == id));
         if workers.is_empty() {
             return;
         }
@@ -386,6 +406,17 @@ impl Watchdog {
         };
         let now = Instant::now();
         for (key, heartbeat) in workers.into_iter().zip(heartbeats) {
+            if let Some((_, writer)) = heartbeat.filter(|(_, pid)| *pid != key.1) {
+                if self.foreign_writers.insert((key.0.clone(), writer)) {
+                    tracing::error!(
+                        worker = %key.0,
+                        pid = key.1,
+                        writer,
+                        "this worker's record is written by another process (pid {writer}): \
+                         something else runs under this worker id; its beats do not count as ours"
+                    );
+                }
+            }
             let beat = heartbeat.filter(|(_, pid)| *pid == key.1).map(|(at, _)| at);
             let entry = self.seen.entry(key.clone()).or_insert((beat, now));
             if entry.0 != beat {

@@ -9,6 +9,7 @@
 //!   records and the assignments built from a decision (pure);
 //!   `placement_loop`: the loop that reads queues and records, holds the lease
 //!   and publishes assignments (I/O only).
+//! - `host_lease`: holding this host id exclusively (take, renew, release).
 //! - `slots`: the running slots, kept in line with the plan (start, reload, stop).
 //! - `supervisor`: one worker process per slot, restarts, crash-loop limit.
 //! - `background`: starts the metrics endpoint, dead-letter watcher, janitor
@@ -25,6 +26,7 @@ mod background;
 mod dead_letters;
 mod dispatcher;
 mod gpu;
+mod host_lease;
 mod metrics;
 mod nvml;
 mod placement_decision;

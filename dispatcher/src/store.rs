@@ -1,5 +1,6 @@
 //! Owns the dispatcher's Redis connection: the host record and its heartbeat,
-//! the placement lease, assignments and model timings.
+//! the host lease (`store/host_lease.rs`), the placement lease, assignments
+//! and model timings.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use gpuq_common::record::{Assignment, HostRecord, ModelTimings, WorkerRecord};
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
+
+mod host_lease;
 
 /// Redis could not be reached or refused a command.
 #[derive(Debug, thiserror::Error)]

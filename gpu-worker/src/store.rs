@@ -277,11 +277,23 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the worker's record on a clean exit.
+    /// Removes the worker's record on a clean exit, unless another process
+    /// (its `pid`) wrote it last: never another worker's record by mistake.
     pub async fn remove_worker(&self, worker_id: &str) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let _: () = connection.del(self.names.worker_key(worker_id)).await?;
-        let _: () = connection.srem(self.names.workers_set(), worker_id).await?;
+        let removed: i64 = redis::Script::new(gpuq_common::heartbeat::REMOVE_IF_WRITER)
+            .key(self.names.worker_key(worker_id))
+            .key(self.names.workers_set())
+            .arg(std::process::id())
+            .arg(worker_id)
+            .invoke_async(&mut connection)
+            .await?;
+        if removed == 0 {
+            tracing::warn!(
+                worker = worker_id,
+                "worker record left in place: another process with this worker id wrote it"
+            );
+        }
         Ok(())
     }
 }

@@ -180,3 +180,34 @@ fn a_listed_model_that_does_not_fit_its_slot_and_unknown_gpus_are_reported() {
         p.unplaced
     );
 }
+
+/// Worker ids are unique across the fleet when host ids are (the host lease
+/// makes them so): no host id, however it ends, yields another host's worker
+/// id, since the GPU and slot numbers after the last `-gpu` and `-slot` are
+/// digits only.
+#[test]
+fn distinct_host_ids_never_share_a_worker_id() {
+    let c = config("workers_per_gpu = 2");
+    let gpus: Vec<GpuInfo> = (0..11).map(|i| gpu(i, 24576, 0)).collect();
+    let hosts = [
+        "a",
+        "a-gpu0",
+        "a-gpu1",
+        "a-gpu1-slot0",
+        "a-gpu10",
+        "a-gpu1-slot",
+        "a-",
+        "a-gpu",
+        "a-slot0",
+    ];
+    let mut seen = std::collections::HashMap::new();
+    for host in hosts {
+        let p = plan(host, &gpus, &c.dispatcher, c.registry(), None).unwrap();
+        for slot in p.slots {
+            if let Some(other) = seen.insert(slot.worker_id.clone(), host) {
+                panic!("hosts {other} and {host} both run {}", slot.worker_id);
+            }
+        }
+    }
+    assert_eq!(seen.len(), hosts.len() * 11 * 2);
+}
