@@ -12,10 +12,12 @@ use serde::Deserialize;
 use crate::names::Names;
 
 mod redact;
+mod redis_target;
 mod sections;
 mod tokens;
 mod validate;
 use crate::registry::{ModelConfig, Registry};
+pub use redis_target::{RedisConfig, RedisTarget, SentinelTarget};
 pub use sections::{
     ArtifactsConfig, DeclaredGpu, DispatcherConfig, GatewayConfig, JobsConfig, ModelPlacement,
     PlacementConfig, QueueConfig, QueueType, SlotConfig, WorkerConfig,
@@ -107,9 +109,13 @@ pub struct Config {
     /// RabbitMQ URL (`amqp://` or `amqps://`). Env `GPUQ_AMQP_URL` overrides.
     #[serde(default = "default_amqp_url")]
     pub amqp_url: String,
-    /// Redis URL (`redis://` or `rediss://`). Env `GPUQ_REDIS_URL` overrides.
+    /// Redis URL (`redis://`, `rediss://`, or `redis+sentinel://` for a
+    /// Sentinel-managed primary). Env `GPUQ_REDIS_URL` overrides.
     #[serde(default = "default_redis_url")]
     pub redis_url: String,
+    /// `[redis]`: Sentinel as a table, and write durability (`WAIT`).
+    #[serde(default)]
+    pub redis: RedisConfig,
     #[serde(default)]
     pub queues: QueueConfig,
     #[serde(default)]
@@ -193,6 +199,10 @@ impl Config {
                 .or_insert_with(|| value.clone());
         }
         config.validate()?;
+        let redis_url = config.redis_url.clone();
+        config
+            .redis
+            .resolve(&redis_url, overrides.redis_url.is_some())?;
         config.artifacts.validate(&config.jobs)?;
         config.gateway.access =
             tokens::resolve(&config.gateway.tokens, &config.gateway.env_tokens)?;

@@ -13,7 +13,14 @@ impl Config {
         check_url(
             "redis_url",
             &self.redis_url,
-            &["redis", "rediss", "redis+unix", "unix"],
+            &[
+                "redis",
+                "rediss",
+                "redis+unix",
+                "unix",
+                "redis+sentinel",
+                "rediss+sentinel",
+            ],
         )?;
         if self.queues.delivery_limit == 0 {
             return Err(invalid("queues.delivery_limit", "must be at least 1"));
