@@ -16,6 +16,8 @@
 //! - `amqp` (feature `amqp`): declares the topology with lapin.
 //! - `artifacts` (feature `artifacts`): the artifact store (object_store).
 //! - `heartbeat` (feature `redis`): the heartbeat pipeline of worker and host records.
+//! - `redis_link` (feature `redis`): the connection to the Redis primary, followed
+//!   through a Sentinel failover; every process's store sends through it.
 //! - `process` (feature `process`): logging, signal shutdown, host id for binaries.
 //!
 //! It owns no IO beyond reading the config file and, with `amqp`, declaring topology.
@@ -36,6 +38,8 @@ pub mod placement_lease;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod record;
+#[cfg(feature = "redis")]
+pub mod redis_link;
 pub mod registry;
 pub mod topology;
 pub mod wire;

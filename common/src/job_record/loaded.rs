@@ -62,6 +62,46 @@ impl RecordScripts {
         Ok(reply == "ok")
     }
 
+    /// Runs a [`Script::Finish`] call, then `WAIT replicas timeout_ms`, in
+    /// one pipeline; returns whether the script wrote and how many replicas
+    /// acknowledged. One pipeline goes down one server connection, and
+    /// `WAIT` counts the replicas holding every write made on *that*
+    /// connection, this outcome included: two separate calls could straddle
+    /// a reconnect, and a `WAIT` on a fresh connection that wrote nothing
+    /// would vouch for nothing. `WAIT` holds that connection (shared by the
+    /// process) until the replicas answer or the timeout passes.
+    pub async fn finish_replicated<C>(
+        &self,
+        connection: &mut C,
+        call: &ScriptCall,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> redis::RedisResult<(bool, u32)>
+    where
+        C: redis::aio::ConnectionLike + Send,
+    {
+        debug_assert_eq!(call.script, Script::Finish);
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.evalsha(call))
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout_ms);
+        let (reply, acked): (String, i64) = match pipe.query_async(connection).await {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // A restarted Redis, or a replica just promoted, has no scripts yet.
+                self.script(Script::Finish)
+                    .prepare_invoke()
+                    .load_async(connection)
+                    .await?;
+                pipe.query_async(connection).await?
+            }
+            other => other?,
+        };
+        Ok((reply == "ok", u32::try_from(acked).unwrap_or(0)))
+    }
+
     /// `EVALSHA` of `call` as a pipeline command (for many calls in one round
     /// trip; the script must have been loaded, see `redis::Script::load_async`).
     pub fn evalsha(&self, call: &ScriptCall) -> redis::Cmd {
