@@ -244,9 +244,9 @@ pub async fn run(
     let mut current_plan = make_plan(&host_id, &gpus.list, &config, &options)?;
     tracing::info!(host = %host_id, gpus = gpus.list.len(), "plan:\n{}", current_plan.describe());
 
-    tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
+    tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %config.redis.target(), "connecting");
     crate::amqp::declare(&config, &host_id).await?;
-    let store = Store::connect(&config.redis_url, config.names()).await?;
+    let store = Store::connect(config.redis.target(), config.names()).await?;
     // Opened (and a local directory checked) before any worker starts.
     let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts)?;
     // Held from here until the workers are stopped; nothing below fails before then.

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use gpuq_common::config::RedisTarget;
 use gpuq_common::job_record::{scripts, RecordScripts};
 use gpuq_common::placement_lease;
 use gpuq_common::record::{Assignment, HostRecord, ModelTimings, WorkerRecord};
+use gpuq_common::redis_link::RedisLink;
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 mod host_lease;
@@ -21,22 +22,20 @@ pub struct StoreError(#[from] redis::RedisError);
 
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    connection: ConnectionManager,
+    /// The primary, followed through failovers (`gpuq_common::redis_link`).
+    connection: RedisLink,
     names: Names,
     /// The record script a dispatcher runs: finish (dead letters).
     scripts: RecordScripts,
 }
 
 impl Store {
-    pub async fn connect(url: &str, names: Names) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
+    pub async fn connect(target: &RedisTarget, names: Names) -> Result<Store, StoreError> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));
-        let connection = client.get_connection_manager_with_config(config).await?;
+        let connection = RedisLink::connect(target, config).await?;
         Ok(Store {
-            client,
             connection,
             names,
             scripts: RecordScripts::new(),
@@ -132,16 +131,17 @@ impl Store {
         Ok(held == 1)
     }
 
-    /// Ids of workers announcing they ran out of jobs, as they come.
+    /// Ids of workers announcing they ran out of jobs, as they come; the
+    /// stream ends when the primary goes or moves (subscribe again then).
     pub async fn idle_workers(
         &self,
     ) -> Result<impl futures_util::Stream<Item = String> + use<>, StoreError> {
         use futures_util::StreamExt;
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.names.idle_channel()).await?;
-        Ok(pubsub
-            .into_on_message()
-            .filter_map(|message| async move { message.get_payload::<String>().ok() }))
+        let messages = self
+            .connection
+            .subscribe(&self.names.idle_channel())
+            .await?;
+        Ok(messages.filter_map(|message| async move { message.get_payload::<String>().ok() }))
     }
 
     /// Gives the placement lease up, if `host_id` holds it.

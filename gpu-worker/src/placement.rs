@@ -100,6 +100,10 @@ pub async fn watch_assignment(
                 },
             }
             read(store.clone(), worker_id.clone(), sender.clone()).await;
+            if changes.is_none() {
+                // Polling only: try to subscribe again (on the primary of now) each poll.
+                break;
+            }
         }
     }
 }

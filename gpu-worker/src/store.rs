@@ -9,17 +9,32 @@
 
 use std::time::Duration;
 
+use gpuq_common::config::RedisConfig;
 use gpuq_common::job_record::{scripts, RecordScripts};
 use gpuq_common::record::{Assignment, WorkerRecord};
+use gpuq_common::redis_link::RedisLink;
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent, ValueMap};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
-/// Redis could not be reached or refused a command; the caller retries or requeues.
+/// Why a write is not (yet) safe; the caller retries, then requeues.
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct StoreError(#[from] redis::RedisError);
+pub enum StoreError {
+    /// Redis could not be reached or refused a command.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The outcome reached the primary (`wrote`: this call wrote it) but
+    /// fewer than `redis.min_replicas_acked` replicas confirmed it within
+    /// `redis.wait_timeout_ms`: a failover now could lose it, so the job is
+    /// not acked. Retried like an outage.
+    #[error("redis: outcome confirmed by {acked} of {wanted} replicas within {timeout_ms} ms")]
+    ReplicasShort {
+        wrote: bool,
+        acked: u32,
+        wanted: u32,
+        timeout_ms: u64,
+    },
+}
 
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,31 +59,34 @@ const DEAD_LETTERS_KEPT: isize = 1000;
 
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    connection: ConnectionManager,
+    /// The primary, followed through failovers (`gpuq_common::redis_link`).
+    connection: RedisLink,
     names: Names,
     finished_ttl_s: u64,
+    /// Replicas that must confirm an outcome (`WAIT`) before it counts.
+    min_replicas_acked: u32,
+    wait_timeout_ms: u64,
     /// The job record's scripts (`gpuq_common::job_record`).
     scripts: RecordScripts,
 }
 
 impl Store {
     pub async fn connect(
-        url: &str,
+        redis: &RedisConfig,
         names: Names,
         finished_ttl_s: u64,
     ) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2);
-        let connection = client.get_connection_manager_with_config(config).await?;
+        let connection = RedisLink::connect(redis.target(), config).await?;
         Ok(Store {
-            client,
             connection,
             names,
             finished_ttl_s,
+            min_replicas_acked: redis.min_replicas_acked(),
+            wait_timeout_ms: redis.wait_timeout_ms,
             scripts: RecordScripts::new(),
         })
     }
@@ -98,7 +116,9 @@ impl Store {
         })
     }
 
-    /// Stores a final outcome, sets the record's TTL and publishes the event.
+    /// Stores a final outcome, sets the record's TTL and publishes the event;
+    /// with `redis.min_replicas_acked`, then `WAIT`s for that many replicas
+    /// ([`StoreError::ReplicasShort`] when fewer confirm: never a success).
     /// Returns `false` when the job had already ended (the outcome is dropped).
     pub async fn finish(
         &self,
@@ -119,7 +139,29 @@ impl Store {
             model: event.model.as_deref(),
         };
         let call = scripts::finish(&self.names, job_id, ending);
-        Ok(self.scripts.finish(&mut connection, &call).await?)
+        if self.min_replicas_acked == 0 {
+            return Ok(self.scripts.finish(&mut connection, &call).await?);
+        }
+        // The script and WAIT in one pipeline, on one server connection:
+        // see `RecordScripts::finish_replicated`.
+        let (wrote, acked) = self
+            .scripts
+            .finish_replicated(
+                &mut connection,
+                &call,
+                self.min_replicas_acked,
+                self.wait_timeout_ms,
+            )
+            .await?;
+        if acked < self.min_replicas_acked {
+            return Err(StoreError::ReplicasShort {
+                wrote,
+                acked,
+                wanted: self.min_replicas_acked,
+                timeout_ms: self.wait_timeout_ms,
+            });
+        }
+        Ok(wrote)
     }
 
     /// Sets a running job's progress (0 to 1) and publishes it as an event.
@@ -176,17 +218,16 @@ impl Store {
         self.subscribe_ids(self.names.assignments_channel()).await
     }
 
-    /// The string payloads of one channel, from a subscription of its own.
+    /// The string payloads of one channel, from a subscription of its own
+    /// on the current primary; the stream ends when the primary goes or
+    /// moves (subscribe again then).
     async fn subscribe_ids(
         &self,
         channel: String,
     ) -> Result<impl futures_util::Stream<Item = String> + use<>, StoreError> {
         use futures_util::StreamExt;
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok(pubsub
-            .into_on_message()
-            .filter_map(|message| async move { message.get_payload::<String>().ok() }))
+        let messages = self.connection.subscribe(&channel).await?;
+        Ok(messages.filter_map(|message| async move { message.get_payload::<String>().ok() }))
     }
 
     /// Tells the placing dispatcher this worker ran out of jobs.

@@ -106,9 +106,8 @@ pub async fn run(
         tracing::info!("not consuming: {reason}");
     }
     let names = config.names();
-    tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %redact_url(&config.redis_url), "connecting");
-    let store =
-        Store::connect(&config.redis_url, names.clone(), config.jobs.finished_ttl_s).await?;
+    tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %config.redis.target(), "connecting");
+    let store = Store::connect(&config.redis, names.clone(), config.jobs.finished_ttl_s).await?;
     // Heartbeat from here on, so the dispatcher sees a live worker while models load.
     let stats = Arc::new(WorkerStats::default());
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();

@@ -120,7 +120,7 @@ impl Producer {
             Publisher::connect(&config.amqp_url, topology.as_ref()).await?,
         ));
         let store = Store::connect(
-            &config.redis_url,
+            config.redis.target(),
             names.clone(),
             config.jobs.finished_ttl_s * 1000,
         )

@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gpuq_common::config::RedisTarget;
 use gpuq_common::job_record::scripts::{self, Script};
 use gpuq_common::job_record::RecordScripts;
 use gpuq_common::names::job_field;
 use gpuq_common::record::{HostRecord, JobRecord, WorkerRecord};
+use gpuq_common::redis_link::RedisLink;
 use gpuq_common::{JobError, JobStatus, Names, StatusEvent};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 mod events;
@@ -35,8 +36,8 @@ pub enum CancelOutcome {
 
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    connection: ConnectionManager,
+    /// The primary, followed through failovers (`gpuq_common::redis_link`).
+    connection: RedisLink,
     names: Names,
     /// The record scripts a producer runs: queued, cancel, finish (unroutable).
     scripts: RecordScripts,
@@ -57,12 +58,15 @@ pub struct QueuedJob<'a> {
 }
 
 impl Store {
-    pub async fn connect(url: &str, names: Names, index_ttl_ms: u64) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
+    pub async fn connect(
+        target: &RedisTarget,
+        names: Names,
+        index_ttl_ms: u64,
+    ) -> Result<Store, StoreError> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)));
-        let mut connection = client.get_connection_manager_with_config(config).await?;
+        let mut connection = RedisLink::connect(target, config).await?;
         let scripts = RecordScripts::new();
         // Loaded up front: `write_queued` pipelines it by hash.
         scripts
@@ -71,7 +75,6 @@ impl Store {
             .load_async(&mut connection)
             .await?;
         Ok(Store {
-            client,
             connection,
             names,
             scripts,
@@ -237,7 +240,9 @@ impl Store {
     async fn hub(&self) -> Result<&Arc<EventHub>, StoreError> {
         Ok(self
             .events
-            .get_or_try_init(|| EventHub::start(self.client.clone(), self.names.events_channel()))
+            .get_or_try_init(|| {
+                EventHub::start(self.connection.clone(), self.names.events_channel())
+            })
             .await?)
     }
 
@@ -248,12 +253,10 @@ impl Store {
         Ok(self.hub().await?.receiver())
     }
 
+    /// Whether the primary answers now (with Sentinel: the primary the
+    /// sentinels name, found again after a failover).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await?;
-        Ok(())
+        Ok(self.connection.ping().await?)
     }
 
     /// Records who owns an artifact (`<ns>:artifact:<id>` field `owner`),

@@ -4,6 +4,7 @@
 //! job instead: it runs again rather than being lost.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gpuq_common::{now_ms, ErrorCode, JobError, JobStatus, StatusEvent, ValueMap};
@@ -53,8 +54,15 @@ impl InFlight<'_> {
         };
         // Before the outcome, so that a final record already shows an ignored reply_to.
         let reply_to = self.checked_reply_to().await;
-        let stored = with_retries(self.redis_retry(), || {
-            ctx.store.finish(job_id, &outcome, &event)
+        // A try whose write landed but too few replicas confirmed it is
+        // retried; the retry then finds the record final (its own write).
+        let wrote_before = AtomicBool::new(false);
+        let stored = with_retries(self.redis_retry(), || async {
+            let stored = ctx.store.finish(job_id, &outcome, &event).await;
+            if let Err(StoreError::ReplicasShort { wrote: true, .. }) = &stored {
+                wrote_before.store(true, Ordering::Relaxed);
+            }
+            stored.map(|wrote| wrote || wrote_before.load(Ordering::Relaxed))
         })
         .await;
         match stored {

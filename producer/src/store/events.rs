@@ -9,13 +9,16 @@
 //! told so ([`HubEvent::Gap`]) and is expected to re-read the record, never
 //! buffered for. When the subscription drops (Redis restarted), every waiter
 //! is woken to re-read, every stream gets a gap, and the hub subscribes again
-//! with back-off.
+//! with back-off. With Sentinel, the subscription also ends when the link
+//! follows the primary elsewhere, and each new one is made on the primary
+//! the sentinels name then (`gpuq_common::redis_link`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use gpuq_common::redis_link::{Messages, RedisLink};
 use gpuq_common::StatusEvent;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, oneshot};
@@ -81,10 +84,10 @@ impl EventHub {
     /// that Redis is down), then keeps the subscription alive in a task that
     /// ends when the hub is dropped.
     pub(super) async fn start(
-        client: redis::Client,
+        link: RedisLink,
         channel: String,
     ) -> Result<Arc<EventHub>, redis::RedisError> {
-        let pubsub = subscribe(&client, &channel).await?;
+        let pubsub = link.subscribe(&channel).await?;
         let hub = Arc::new(EventHub {
             waiters: Mutex::new(HashMap::new()),
             events: broadcast::channel(STREAM_BUFFER_EVENTS).0,
@@ -95,7 +98,7 @@ impl EventHub {
         tokio::spawn(run(
             Arc::downgrade(&hub),
             hub.stop.clone(),
-            client,
+            link,
             channel,
             pubsub,
         ));
@@ -156,30 +159,21 @@ impl EventHub {
     }
 }
 
-async fn subscribe(
-    client: &redis::Client,
-    channel: &str,
-) -> Result<redis::aio::PubSub, redis::RedisError> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub)
-}
-
 /// Reads the subscription into the hub; re-subscribes with back-off when it
 /// drops; ends when the hub is gone.
 async fn run(
     hub: Weak<EventHub>,
     stop: CancellationToken,
-    client: redis::Client,
+    link: RedisLink,
     channel: String,
-    first: redis::aio::PubSub,
+    first: Messages,
 ) {
     let mut pubsub = Some(first);
     let mut backoff = Duration::from_millis(200);
     loop {
         if let Some(subscription) = pubsub.take() {
             backoff = Duration::from_millis(200);
-            let mut messages = subscription.into_on_message();
+            let mut messages = subscription;
             while let Some(message) = tokio::select! {
                 _ = stop.cancelled() => return,
                 message = messages.next() => message,
@@ -199,7 +193,7 @@ async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        match subscribe(&client, &channel).await {
+        match link.subscribe(&channel).await {
             Ok(subscription) => pubsub = Some(subscription),
             Err(error) => {
                 tracing::warn!(%error, "redis events subscription failed; retrying");

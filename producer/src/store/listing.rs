@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 use gpuq_common::job_index::{LIST_FIELDS, LIST_PAGE, MAX_RECORDS_READ_PER_LIST};
 use gpuq_common::record::JobRecord;
+use gpuq_common::redis_link::RedisLink;
 use gpuq_common::JobStatus;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use super::{Store, StoreError};
@@ -114,7 +114,7 @@ impl Store {
     async fn smallest_index(
         &self,
         filter: &JobFilter,
-        connection: &mut ConnectionManager,
+        connection: &mut RedisLink,
     ) -> Result<String, StoreError> {
         let candidates: Vec<String> = [
             filter.status.map(|s| self.names.jobs_by_status(s.as_str())),
