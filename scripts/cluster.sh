@@ -11,7 +11,8 @@
 #
 # Usage: scripts/cluster.sh up | down | status
 #                           stop-node N | start-node N | forget-node N
-#                           kill-redis-primary | quorum-leader QUEUE | ctl N ARGS...
+#                           kill-redis-primary | start-redis PORT
+#                           quorum-leader QUEUE | ctl N ARGS...
 # State (configs, data, logs, pids, env) lives in ${GPUQ_CLUSTER_DIR:-/tmp/gpuq-cluster};
 # after `up`, $DIR/env holds GPUQ_CLUSTER_AMQP=... and GPUQ_CLUSTER_REDIS=... lines
 # (`set -a; . $DIR/env; set +a` exports them). Exit 3: RabbitMQ or Redis is not installed.
@@ -400,6 +401,29 @@ cmd_kill_redis_primary() {
   log "killed redis primary on 127.0.0.1:$port (pid $pid)" >&2
 }
 
+# Starts a Redis of ours that is down (the primary `kill-redis-primary`
+# killed) with its config and data: it comes back as a primary of its own,
+# and the sentinels make it a replica of the current primary (Sentinel waits
+# about 8 s before it reconfigures an old primary).
+cmd_start_redis() { # PORT
+  local port=${1:-} rd deadline=$((SECONDS + BOOT_TIMEOUT_S))
+  [[ $port == "$REDIS_PRIMARY" || $port == "$REDIS_REPLICA" ]] ||
+    die "expected port $REDIS_PRIMARY or $REDIS_REPLICA, got '$port'"
+  rd="$DIR/redis-$port"
+  [[ -f $rd/redis.conf ]] || die "no $rd/redis.conf; is the cluster up?"
+  ! ours "$(recorded_pid "redis-$port")" || die "redis on $port is already running"
+  (
+    cd "$rd"
+    exec setsid redis-server "$rd/redis.conf" >>"$rd/redis.log" 2>&1 </dev/null 9>&-
+  ) &
+  echo $! >"$(pid_file "redis-$port")"
+  until reachable "$port"; do
+    ((SECONDS < deadline)) || die "redis on $port did not start in ${BOOT_TIMEOUT_S} s; see $rd/redis.log"
+    sleep 0.2
+  done
+  log "redis on 127.0.0.1:$port started again"
+}
+
 cmd_quorum_leader() { # QUEUE
   local queue=${1:-} n out
   [[ -n $queue ]] || die "usage: $0 quorum-leader QUEUE"
@@ -416,7 +440,7 @@ cmd_quorum_leader() { # QUEUE
 }
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -441,6 +465,7 @@ main() {
     start-node) cmd_start_node "$@" ;;
     forget-node) cmd_forget_node "$@" ;;
     kill-redis-primary) cmd_kill_redis_primary ;;
+    start-redis) cmd_start_redis "$@" ;;
     quorum-leader) cmd_quorum_leader "$@" ;;
     ctl) check_node_arg "${1:-}" && ctl "$@" ;;
     *) usage ;;

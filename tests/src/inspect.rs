@@ -10,6 +10,16 @@ use lapin::types::FieldTable;
 
 use crate::{amqp_url, TestSystem};
 
+/// A connection to the primary of `target` now (after a failover, the new one).
+pub(crate) async fn redis_connection(
+    target: &gpuq_common::config::RedisTarget,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    gpuq_common::redis_link::primary_client(target)
+        .await?
+        .get_multiplexed_async_connection()
+        .await
+}
+
 impl TestSystem {
     /// A field of a host record, parsed as JSON when it is JSON.
     pub async fn host_record(&self, host_id: &str) -> HashMap<String, String> {
@@ -30,9 +40,10 @@ impl TestSystem {
             .unwrap_or_default()
     }
 
+    /// A connection to the system's Redis primary (with Sentinel, the one
+    /// the sentinels name now).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        self.redis
-            .get_multiplexed_async_connection()
+        redis_connection(self.config.redis.target())
             .await
             .expect("redis connection")
     }

@@ -62,7 +62,6 @@ pub struct TestSystem {
     pub config: Config,
     pub config_path: PathBuf,
     dir: tempfile::TempDir,
-    redis: redis::Client,
 }
 
 impl TestSystem {
@@ -80,7 +79,6 @@ impl TestSystem {
         let config = write_config(&config_path, &namespace, &body);
         TestSystem {
             names: config.names(),
-            redis: redis::Client::open(redis).expect("redis url"),
             config,
             config_path,
             dir,
@@ -174,7 +172,7 @@ impl TestSystem {
     fn cleanup(&self) {
         let names = self.names.clone();
         let topology = Topology::for_config(&self.config);
-        let redis = self.redis.clone();
+        let redis = self.config.redis.target().clone();
         // Drop may run inside a runtime: do the async clean-up on a thread of its own.
         let cleaner = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -205,7 +203,7 @@ impl TestSystem {
                     }
                     let _ = connection.close(200, "cleanup".into()).await;
                 }
-                if let Ok(mut connection) = redis.get_multiplexed_async_connection().await {
+                if let Ok(mut connection) = inspect::redis_connection(&redis).await {
                     let keys: Vec<String> = redis::cmd("KEYS")
                         .arg(names.redis_pattern())
                         .query_async(&mut connection)
