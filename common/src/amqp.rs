@@ -1,12 +1,16 @@
 //! Applies the [`Topology`](crate::topology::Topology) with lapin, and opens
-//! named connections. Shared by every process so that all of them declare
+//! named connections (to one node, or failing over across a cluster's nodes
+//! with [`BrokerNodes`]). Shared by every process so that all of them declare
 //! exactly the same exchanges, queues and arguments.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind as LapinExchangeKind};
 
-use crate::topology::{ArgValue, ExchangeKind, QueueSpec, Topology};
+use crate::topology::{ArgValue, ExchangeKind, QueueSpec, Topology, REPLICAS_ARGUMENT};
+
+pub mod nodes;
+pub use nodes::{BrokerNodes, NoNodeError, NodeIndex};
 
 /// Opens a connection that shows up as `connection_name` in RabbitMQ's management UI.
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, lapin::Error> {
@@ -30,7 +34,7 @@ pub async fn connect_with_frame_max(
     connect(&with_frame_max(url, frame_max), connection_name).await
 }
 
-fn with_frame_max(url: &str, frame_max: u32) -> String {
+pub(crate) fn with_frame_max(url: &str, frame_max: u32) -> String {
     if url.contains("frame_max=") {
         return url.to_owned();
     }
@@ -38,8 +42,13 @@ fn with_frame_max(url: &str, frame_max: u32) -> String {
     format!("{url}{separator}frame_max={frame_max}")
 }
 
-/// Declares exchanges, queues and bindings; safe to call again with the same topology.
-pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+/// Declares exchanges, queues and bindings on a channel of its own; safe to
+/// call again with the same topology, on any node of the cluster.
+pub async fn declare_topology(
+    connection: &Connection,
+    topology: &Topology,
+) -> Result<(), lapin::Error> {
+    let mut channel = connection.create_channel().await?;
     for exchange in &topology.exchanges {
         let kind = match exchange.kind {
             ExchangeKind::Direct => LapinExchangeKind::Direct,
@@ -58,18 +67,62 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<
             .await?;
     }
     for queue in &topology.queues {
-        declare_queue(channel, queue).await?;
+        match declare_queue(&channel, queue, &queue.arguments).await {
+            Err(error) if is_replicas_mismatch(&error) => {
+                // The queue exists with another initial group size (e.g. it
+                // was created before `queues.replicas`); the size only applies
+                // at creation, so declare it as it is. The refusal closed the
+                // channel: continue on a new one.
+                tracing::warn!(queue = %queue.name, "queue exists with another x-quorum-initial-group-size; keeping its replicas (grow them with `rabbitmq-queues grow`)");
+                channel = connection.create_channel().await?;
+                let arguments: Vec<(String, ArgValue)> = queue
+                    .arguments
+                    .iter()
+                    .filter(|(key, _)| key != REPLICAS_ARGUMENT)
+                    .cloned()
+                    .collect();
+                declare_queue(&channel, queue, &arguments).await?;
+            }
+            Err(error) if is_home_node_down(&error) => {
+                // A classic queue (a model's retry queue) lives on one node;
+                // while that node is down the queue exists but cannot be
+                // declared. It keeps its messages for when the node returns:
+                // go on without it rather than refuse to serve the others.
+                tracing::warn!(queue = %queue.name, %error, "queue's node is down; continuing without declaring it");
+                channel = connection.create_channel().await?;
+            }
+            declared => declared?,
+        }
     }
+    let _ = channel.close(200, "topology declared".into()).await;
     tracing::debug!(queues = topology.queues.len(), "amqp topology declared");
     Ok(())
 }
 
-async fn declare_queue(channel: &Channel, queue: &QueueSpec) -> Result<(), lapin::Error> {
+/// The broker refused a declare because the existing queue's home node (a
+/// classic queue's only node) is down.
+fn is_home_node_down(error: &lapin::Error) -> bool {
+    let text = error.to_string();
+    text.contains("NOT_FOUND") && text.contains("is down or inaccessible")
+}
+
+/// The broker refused a declare because an existing queue has another (or
+/// no) `x-quorum-initial-group-size`.
+fn is_replicas_mismatch(error: &lapin::Error) -> bool {
+    let text = error.to_string();
+    text.contains("PRECONDITION_FAILED") && text.contains(REPLICAS_ARGUMENT)
+}
+
+async fn declare_queue(
+    channel: &Channel,
+    queue: &QueueSpec,
+    arguments: &[(String, ArgValue)],
+) -> Result<(), lapin::Error> {
     channel
         .queue_declare(
             queue.name.as_str().into(),
             QueueDeclareOptions::durable(),
-            field_table(&queue.arguments),
+            field_table(arguments),
         )
         .await?;
     for (exchange, routing_key) in &queue.bindings {

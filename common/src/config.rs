@@ -19,8 +19,8 @@ mod validate;
 use crate::registry::{ModelConfig, Registry};
 pub use redis_target::{RedisConfig, RedisTarget, SentinelTarget};
 pub use sections::{
-    ArtifactsConfig, DeclaredGpu, DispatcherConfig, GatewayConfig, JobsConfig, ModelPlacement,
-    PlacementConfig, QueueConfig, QueueType, SlotConfig, WorkerConfig,
+    AmqpConfig, ArtifactsConfig, DeclaredGpu, DispatcherConfig, GatewayConfig, JobsConfig,
+    ModelPlacement, PlacementConfig, QueueConfig, QueueType, SlotConfig, WorkerConfig,
 };
 pub use tokens::{AccessToken, NamedToken, Role, TokenEntry, MIN_TOKEN_LEN};
 
@@ -106,9 +106,15 @@ pub struct Config {
     /// Prefix of every queue, exchange and Redis key. Default `gpuq`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// RabbitMQ URL (`amqp://` or `amqps://`). Env `GPUQ_AMQP_URL` overrides.
+    /// RabbitMQ URL (`amqp://` or `amqps://`); a comma-separated list names
+    /// a cluster's nodes. Env `GPUQ_AMQP_URL` (one URL or a list) overrides
+    /// both this and `amqp_urls`.
     #[serde(default = "default_amqp_url")]
     pub amqp_url: String,
+    /// A RabbitMQ cluster's nodes, one URL each; when set, `amqp_url` is
+    /// ignored. Each process fails over across them (see `amqp::BrokerNodes`).
+    #[serde(default)]
+    pub amqp_urls: Vec<String>,
     /// Redis URL (`redis://`, `rediss://`, or `redis+sentinel://` for a
     /// Sentinel-managed primary). Env `GPUQ_REDIS_URL` overrides.
     #[serde(default = "default_redis_url")]
@@ -116,6 +122,8 @@ pub struct Config {
     /// `[redis]`: Sentinel as a table, and write durability (`WAIT`).
     #[serde(default)]
     pub redis: RedisConfig,
+    #[serde(default)]
+    pub amqp: AmqpConfig,
     #[serde(default)]
     pub queues: QueueConfig,
     #[serde(default)]
@@ -160,6 +168,20 @@ impl WorkerConfig {
 }
 
 impl Config {
+    /// The RabbitMQ nodes to connect to, in config order: `amqp_urls`, or
+    /// the comma-separated `amqp_url`.
+    pub fn amqp_nodes(&self) -> Vec<String> {
+        if !self.amqp_urls.is_empty() {
+            return self.amqp_urls.clone();
+        }
+        self.amqp_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Reads, parses and validates a config file, then applies `overrides`.
     pub fn load(path: &Path, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -181,6 +203,7 @@ impl Config {
         })?;
         if let Some(url) = &overrides.amqp_url {
             config.amqp_url = url.clone();
+            config.amqp_urls.clear();
         }
         if let Some(url) = &overrides.redis_url {
             config.redis_url = url.clone();

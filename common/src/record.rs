@@ -125,8 +125,34 @@ pub struct WorkerRecord {
     /// Job counters and duration histograms by model, since the worker started.
     #[serde(default)]
     pub metrics: crate::metrics::WorkerMetrics,
+    /// The RabbitMQ node (`host:port`) its connection is on, and its reconnects.
+    #[serde(default)]
+    pub amqp: AmqpLink,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
+}
+
+/// Which RabbitMQ node a process is connected to (`amqp_node`, empty while
+/// it has no connection) and how often it reconnected (`amqp_reconnects`):
+/// after a node is lost, the records show every process on another node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AmqpLink {
+    pub node: Option<String>,
+    pub reconnects: u64,
+}
+
+impl AmqpLink {
+    fn push_fields(&self, fields: &mut Vec<(&'static str, String)>) {
+        fields.push(("amqp_node", self.node.clone().unwrap_or_default()));
+        fields.push(("amqp_reconnects", self.reconnects.to_string()));
+    }
+
+    fn from_hash(hash: &HashMap<String, String>) -> AmqpLink {
+        AmqpLink {
+            node: text(hash, "amqp_node"),
+            reconnects: parse_num(hash, "amqp_reconnects").unwrap_or(0),
+        }
+    }
 }
 
 /// The queues one worker consumes, decided by the placing dispatcher
@@ -168,7 +194,7 @@ pub struct ResidentModel {
 
 impl WorkerRecord {
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             ("worker_id", self.worker_id.clone()),
             ("host", self.host.clone()),
             ("gpu", self.gpu.clone()),
@@ -206,7 +232,9 @@ impl WorkerRecord {
             ),
             ("started_ms", self.started_ms.to_string()),
             ("heartbeat_ms", self.heartbeat_ms.to_string()),
-        ]
+        ];
+        self.amqp.push_fields(&mut fields);
+        fields
     }
 
     pub fn from_hash(hash: &HashMap<String, String>) -> Option<WorkerRecord> {
@@ -242,6 +270,7 @@ impl WorkerRecord {
                 .get("metrics")
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default(),
+            amqp: AmqpLink::from_hash(hash),
             started_ms: parse_num(hash, "started_ms").unwrap_or(0),
             heartbeat_ms: parse_num(hash, "heartbeat_ms").unwrap_or(0),
         })
@@ -307,13 +336,16 @@ pub struct HostRecord {
     pub slots: Vec<SlotRecord>,
     /// Models no slot of this host can hold, with the reason.
     pub unplaced_models: Vec<String>,
+    /// The RabbitMQ node the dispatcher's placement connection is on.
+    #[serde(default)]
+    pub amqp: AmqpLink,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
 }
 
 impl HostRecord {
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             ("host_id", self.host_id.clone()),
             ("version", self.version.clone()),
             ("pid", self.pid.to_string()),
@@ -333,7 +365,9 @@ impl HostRecord {
             ),
             ("started_ms", self.started_ms.to_string()),
             ("heartbeat_ms", self.heartbeat_ms.to_string()),
-        ]
+        ];
+        self.amqp.push_fields(&mut fields);
+        fields
     }
 
     pub fn from_hash(hash: &HashMap<String, String>) -> Option<HostRecord> {
@@ -354,6 +388,7 @@ impl HostRecord {
             gpus: json(hash, "gpus"),
             slots: json(hash, "slots"),
             unplaced_models: json(hash, "unplaced_models"),
+            amqp: AmqpLink::from_hash(hash),
             started_ms: parse_num(hash, "started_ms").unwrap_or(0),
             heartbeat_ms: parse_num(hash, "heartbeat_ms").unwrap_or(0),
         })

@@ -112,9 +112,22 @@ impl Topology {
     }
 }
 
+/// A quorum queue's replica count at creation (`queues.replicas`); RabbitMQ
+/// caps it at the cluster's size, and ignores it for an existing queue.
+pub const REPLICAS_ARGUMENT: &str = "x-quorum-initial-group-size";
+
 fn queue_type_arguments(config: &Config) -> Vec<(String, ArgValue)> {
     match config.queues.queue_type {
-        QueueType::Quorum => vec![("x-queue-type".into(), ArgValue::Str("quorum".into()))],
+        QueueType::Quorum => {
+            let mut args = vec![("x-queue-type".into(), ArgValue::Str("quorum".into()))];
+            if config.queues.replicas > 0 {
+                args.push((
+                    REPLICAS_ARGUMENT.into(),
+                    ArgValue::Int(i64::from(config.queues.replicas)),
+                ));
+            }
+            args
+        }
         QueueType::Classic => vec![("x-queue-type".into(), ArgValue::Str("classic".into()))],
     }
 }

@@ -19,6 +19,36 @@ pub enum QueueType {
     Classic,
 }
 
+/// How processes use RabbitMQ (the nodes are `amqp_url` / `amqp_urls`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// Longest wait for the broker's confirm of one publish (jobs, forwards,
+    /// replies), milliseconds, re-sends after a failover included; past it
+    /// the publish is an error to the caller, never silently dropped.
+    /// Default 15000.
+    pub publish_timeout_ms: u64,
+    /// Whether each process starts at a random node of `amqp_urls` (so a
+    /// fleet's connections spread over the cluster), or at the first. After
+    /// a connection loss it always tries the next node. Default true.
+    pub shuffle_nodes: bool,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            publish_timeout_ms: 15_000,
+            shuffle_nodes: true,
+        }
+    }
+}
+
+impl AmqpConfig {
+    pub fn publish_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
@@ -29,6 +59,10 @@ pub struct QueueConfig {
     pub delivery_limit: u32,
     /// Largest accepted job body in bytes; larger ones fail `payload_too_large`. Default 16 MiB.
     pub max_message_bytes: u64,
+    /// Quorum queues: replicas of each queue at creation
+    /// (`x-quorum-initial-group-size`), capped by RabbitMQ at the cluster's
+    /// size; 0 leaves it to the broker (all nodes). Default 3.
+    pub replicas: u32,
 }
 
 impl Default for QueueConfig {
@@ -37,6 +71,7 @@ impl Default for QueueConfig {
             queue_type: QueueType::Quorum,
             delivery_limit: 5,
             max_message_bytes: 16 * 1024 * 1024,
+            replicas: 3,
         }
     }
 }

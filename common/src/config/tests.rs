@@ -291,3 +291,34 @@ fn artifact_lifetime_and_fetch_limits_default_and_name_their_key() {
         assert_eq!(invalid_key(load_fixture(text).unwrap_err()), key, "{text}");
     }
 }
+
+#[test]
+fn a_cluster_is_named_by_a_list_or_a_comma_separated_url() {
+    let config = load_fixture(
+        "amqp_urls = [\"amqp://a:5672/%2f\", \"amqp://b:5672/%2f\", \"amqp://c:5672/%2f\"]\n\
+         [amqp]\nshuffle_nodes = false\n",
+    )
+    .unwrap();
+    assert_eq!(config.amqp_nodes().len(), 3);
+    assert!(!config.amqp.shuffle_nodes);
+    assert_eq!(config.amqp.publish_timeout_ms, 15_000);
+    assert_eq!(config.queues.replicas, 3);
+    // One URL keeps working; a comma-separated one (GPUQ_AMQP_URL) is a list,
+    // and the environment replaces the file's list too.
+    assert_eq!(load_fixture("").unwrap().amqp_nodes().len(), 1);
+    let overrides = ConfigOverrides::from_lookup(|name| {
+        (name == ENV_AMQP_URL).then(|| "amqp://x:5672/%2f, amqp://y:5672/%2f".to_owned())
+    });
+    let config = Config::parse("amqp_urls = [\"amqp://a/%2f\"]", None, &overrides).unwrap();
+    assert_eq!(
+        config.amqp_nodes(),
+        ["amqp://x:5672/%2f", "amqp://y:5672/%2f"]
+    );
+    // Every node is checked, and an empty list names its key.
+    let bad = load_fixture("amqp_urls = [\"amqp://a/%2f\", \"http://b\"]").unwrap_err();
+    assert_eq!(invalid_key(bad), "amqp_urls");
+    let none = load_fixture("amqp_url = \" , \"").unwrap_err();
+    assert_eq!(invalid_key(none), "amqp_url");
+    let zero = load_fixture("[amqp]\npublish_timeout_ms = 0").unwrap_err();
+    assert_eq!(invalid_key(zero), "amqp.publish_timeout_ms");
+}

@@ -9,7 +9,21 @@ use super::{invalid, Config, ConfigError};
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         check_identifier("namespace", &self.namespace)?;
-        check_url("amqp_url", &self.amqp_url, &["amqp", "amqps"])?;
+        let amqp_key = if self.amqp_urls.is_empty() {
+            "amqp_url"
+        } else {
+            "amqp_urls"
+        };
+        let nodes = self.amqp_nodes();
+        if nodes.is_empty() {
+            return Err(invalid(amqp_key, "names no RabbitMQ URL"));
+        }
+        for url in &nodes {
+            check_url(amqp_key, url, &["amqp", "amqps"])?;
+        }
+        if self.amqp.publish_timeout_ms == 0 {
+            return Err(invalid("amqp.publish_timeout_ms", "must be at least 1"));
+        }
         check_url(
             "redis_url",
             &self.redis_url,

@@ -54,6 +54,10 @@ fn worker_and_host_records_round_trip_through_hash_fields() {
         model_unloads: 0,
         peak_resident_mib: 256,
         metrics: Default::default(),
+        amqp: AmqpLink {
+            node: Some("rabbit-2:5672".into()),
+            reconnects: 3,
+        },
         started_ms: 1,
         heartbeat_ms: 2,
     };
@@ -93,6 +97,7 @@ fn worker_and_host_records_round_trip_through_hash_fields() {
             last_exit: Some("exit code 1".into()),
         }],
         unplaced_models: vec!["big: needs 99999 MiB".into()],
+        amqp: AmqpLink::default(),
         started_ms: 1,
         heartbeat_ms: 2,
     };
