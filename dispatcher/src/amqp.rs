@@ -3,13 +3,19 @@
 //! declaring the topology at start, reading each model's ready count for
 //! placement, and consuming the dead-letter events. Nothing else in the
 //! dispatcher names lapin.
+//!
+//! The three share one [`BrokerNodes`] for the process: each reconnects on
+//! the next node of the cluster after a loss, and the host record and the
+//! `gpuq_amqp_*` metrics report the node of the latest connection.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use futures_util::stream::{BoxStream, StreamExt};
-use gpuq_common::amqp::{connect_with_frame_max, declare_topology, CONTROL_FRAME_MAX};
+use gpuq_common::amqp::{declare_topology, BrokerNodes, NoNodeError, NodeIndex, CONTROL_FRAME_MAX};
 use gpuq_common::config::Config;
 use gpuq_common::names::dead_letter_header;
+use gpuq_common::record::AmqpLink;
 use gpuq_common::topology::Topology;
 use gpuq_common::Names;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
@@ -21,6 +27,8 @@ use lapin::{Channel, Connection};
 pub enum BrokerError {
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    NoNode(#[from] NoNodeError),
     #[error("queue of model {model}: {source}")]
     Queue {
         model: String,
@@ -29,17 +37,46 @@ pub enum BrokerError {
     },
 }
 
+static NODES: OnceLock<BrokerNodes> = OnceLock::new();
+
+/// The process's RabbitMQ nodes (from the first config that asks; a
+/// dispatcher runs one config's nodes for its whole life: a reload that
+/// changes them needs a restart).
+fn nodes(config: &Config) -> &'static BrokerNodes {
+    NODES.get_or_init(|| BrokerNodes::for_config(config))
+}
+
+/// A small-frame control connection to the first node that answers.
+async fn connect(config: &Config, name: &str) -> Result<(Connection, NodeIndex), BrokerError> {
+    let connected = nodes(config)
+        .connect_with_frame_max(name, CONTROL_FRAME_MAX)
+        .await?;
+    Ok(connected)
+}
+
+/// A connection to `node` dropped: the process's next connections start at
+/// the node after it.
+fn lost(node: NodeIndex) {
+    if let Some(nodes) = NODES.get() {
+        nodes.connection_lost(node);
+    }
+}
+
+/// The node the dispatcher's latest connection reached, and its reconnects
+/// (for the host record and `gpuq_amqp_*` metrics).
+pub fn link() -> AmqpLink {
+    NODES
+        .get()
+        .map_or_else(AmqpLink::default, |nodes| AmqpLink {
+            node: nodes.connected_node(),
+            reconnects: nodes.reconnects(),
+        })
+}
+
 /// Declares gpuq's exchanges and queues (idempotent), then disconnects.
 pub async fn declare(config: &Config, host_id: &str) -> Result<(), BrokerError> {
-    let connection = connect_with_frame_max(
-        &config.amqp_url,
-        &format!("gpuq-dispatcher {host_id}"),
-        CONTROL_FRAME_MAX,
-    )
-    .await?;
-    let channel = connection.create_channel().await?;
-    declare_topology(&channel, &Topology::for_config(config)).await?;
-    let _ = channel.close(200, "topology declared".into()).await;
+    let (connection, _) = connect(config, &format!("gpuq-dispatcher {host_id}")).await?;
+    declare_topology(&connection, &Topology::for_config(config)).await?;
     let _ = connection.close(200, "topology declared".into()).await;
     Ok(())
 }
@@ -48,20 +85,17 @@ pub async fn declare(config: &Config, host_id: &str) -> Result<(), BrokerError> 
 pub struct QueueReader {
     connection: Connection,
     channel: Channel,
+    node: NodeIndex,
 }
 
 impl QueueReader {
     pub async fn connect(config: &Config, host_id: &str) -> Result<QueueReader, BrokerError> {
-        let connection = connect_with_frame_max(
-            &config.amqp_url,
-            &format!("gpuq-placer {host_id}"),
-            CONTROL_FRAME_MAX,
-        )
-        .await?;
+        let (connection, node) = connect(config, &format!("gpuq-placer {host_id}")).await?;
         let channel = connection.create_channel().await?;
         Ok(QueueReader {
             connection,
             channel,
+            node,
         })
     }
 
@@ -84,9 +118,14 @@ impl QueueReader {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|source| BrokerError::Queue {
-                    model: model.to_owned(),
-                    source,
+                .map_err(|source| {
+                    if !self.connection.status().connected() {
+                        lost(self.node);
+                    }
+                    BrokerError::Queue {
+                        model: model.to_owned(),
+                        source,
+                    }
                 })?;
             depths.insert(model.to_owned(), u64::from(queue.message_count()));
         }
@@ -143,25 +182,26 @@ impl DeadLetter {
 pub struct DeadLetterFeed {
     /// Kept open while the feed lives.
     _connection: Connection,
+    node: NodeIndex,
     letters: BoxStream<'static, Result<DeadLetter, BrokerError>>,
 }
 
 impl DeadLetterFeed {
     /// The next letter; `None` or an error once the connection is lost.
     pub async fn next(&mut self) -> Option<Result<DeadLetter, BrokerError>> {
-        self.letters.next().await
+        let letter = self.letters.next().await;
+        if !matches!(letter, Some(Ok(_))) {
+            lost(self.node);
+        }
+        letter
     }
 }
 
 /// Consumes `<ns>.dead.events` (shared by every dispatcher, so each letter
 /// is handled once).
 pub async fn dead_letters(config: &Config, host_id: &str) -> Result<DeadLetterFeed, BrokerError> {
-    let connection = connect_with_frame_max(
-        &config.amqp_url,
-        &format!("gpuq-dispatcher {host_id} dead-letters"),
-        CONTROL_FRAME_MAX,
-    )
-    .await?;
+    let (connection, node) =
+        connect(config, &format!("gpuq-dispatcher {host_id} dead-letters")).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(32, BasicQosOptions::default()).await?;
     let deliveries = channel
@@ -181,6 +221,7 @@ pub async fn dead_letters(config: &Config, host_id: &str) -> Result<DeadLetterFe
         .boxed();
     Ok(DeadLetterFeed {
         _connection: connection,
+        node,
         letters,
     })
 }

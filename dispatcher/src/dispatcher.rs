@@ -346,6 +346,7 @@ fn host_record(
         gpus: gpus.list.iter().map(GpuInfo::to_record).collect(),
         slots: slots.records(),
         unplaced_models: plan.unplaced.clone(),
+        amqp: crate::amqp::link(),
         started_ms,
         heartbeat_ms: now_ms(),
     }

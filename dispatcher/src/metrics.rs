@@ -24,6 +24,8 @@ pub struct HostSnapshot {
     pub gpus: Vec<GpuRecord>,
     pub slots: Vec<SlotRecord>,
     pub workers: Vec<WorkerRecord>,
+    /// The dispatcher's own RabbitMQ node.
+    pub amqp: gpuq_common::record::AmqpLink,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -206,8 +208,41 @@ pub fn families(snapshot: &HostSnapshot) -> Vec<MetricFamily> {
         ),
     ]
     .into_iter()
+    .chain(amqp_families(snapshot))
     .filter(|f| !f.get_metric().is_empty())
     .collect()
+}
+
+/// Which RabbitMQ node the dispatcher and each worker is on, and their
+/// reconnects (`process` is `dispatcher` or the worker id).
+fn amqp_families(snapshot: &HostSnapshot) -> [MetricFamily; 2] {
+    let processes = std::iter::once(("dispatcher", &snapshot.amqp)).chain(
+        snapshot
+            .workers
+            .iter()
+            .map(|w| (w.worker_id.as_str(), &w.amqp)),
+    );
+    let (mut reconnects, mut connected) = (vec![], vec![]);
+    for (process, link) in processes {
+        reconnects.push(counter(link.reconnects as f64, &[("process", process)]));
+        if let Some(node) = &link.node {
+            connected.push(gauge(1.0, &[("process", process), ("node", node)]));
+        }
+    }
+    [
+        family(
+            "gpuq_amqp_reconnects_total",
+            "RabbitMQ connections made after the first (failovers).",
+            MetricType::COUNTER,
+            reconnects,
+        ),
+        family(
+            "gpuq_amqp_connected_node",
+            "1 for the RabbitMQ node each process is connected to.",
+            MetricType::GAUGE,
+            connected,
+        ),
+    ]
 }
 
 /// Prometheus text exposition of a snapshot.
@@ -243,6 +278,7 @@ pub async fn serve(
                     gpus,
                     slots,
                     workers,
+                    amqp: crate::amqp::link(),
                 });
                 (
                     [(
@@ -290,6 +326,10 @@ mod tests {
             model_unloads: 0,
             peak_resident_mib: 0,
             metrics,
+            amqp: gpuq_common::record::AmqpLink {
+                node: Some("rabbit-2:5672".into()),
+                reconnects: 2,
+            },
             started_ms: 0,
             heartbeat_ms: 0,
         };
@@ -297,7 +337,18 @@ mod tests {
             gpus: vec![],
             slots: vec![],
             workers: vec![worker],
+            amqp: Default::default(),
         });
+        assert!(
+            text.contains(
+                "gpuq_amqp_connected_node{process=\"h-gpu0-slot0\",node=\"rabbit-2:5672\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("gpuq_amqp_reconnects_total{process=\"h-gpu0-slot0\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE gpuq_jobs_total counter"), "{text}");
         assert!(
             text.contains(

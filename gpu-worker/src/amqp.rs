@@ -5,7 +5,9 @@
 //! recommends: a slow publish confirm never stalls deliveries.
 
 use futures_util::stream::{BoxStream, StreamExt};
-use gpuq_common::amqp::{connect, declare_topology};
+use gpuq_common::amqp::{declare_topology, NoNodeError};
+/// The cluster's nodes; the worker connects through [`Broker::connect`].
+pub use gpuq_common::amqp::{BrokerNodes, NodeIndex};
 use gpuq_common::names::dead_letter_header;
 use gpuq_common::topology::Topology;
 use gpuq_common::{JobError, Names};
@@ -24,8 +26,14 @@ pub use delivery::Delivery;
 pub enum BrokerError {
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    NoNode(#[from] NoNodeError),
+    #[error("rabbitmq did not confirm a message published to '{exchange}' within {timeout_ms} ms (amqp.publish_timeout_ms)")]
+    ConfirmTimeout { exchange: String, timeout_ms: u64 },
     #[error("rabbitmq refused (nacked) a message published to '{0}'")]
     Nacked(String),
+    #[error("rabbitmq returned a message published to queue '{0}': the queue is missing or its node is down")]
+    Unroutable(String),
 }
 
 pub struct Broker {
@@ -34,29 +42,37 @@ pub struct Broker {
     publish_channel: Channel,
     names: Names,
     consumer_tags: parking_lot::Mutex<Vec<String>>,
+    /// Longest wait for a publish's confirm (`amqp.publish_timeout_ms`).
+    publish_timeout: std::time::Duration,
+    /// The node the connection reached, reported back when it is lost.
+    pub node: NodeIndex,
 }
 
 impl Broker {
-    /// Connects, opens both channels and declares the topology.
+    /// Connects to the first node that answers, opens both channels and
+    /// declares the topology (again: the node may be new).
     pub async fn connect(
-        url: &str,
+        nodes: &BrokerNodes,
         worker_id: &str,
         names: Names,
         topology: &Topology,
+        publish_timeout: std::time::Duration,
     ) -> Result<Broker, BrokerError> {
-        let connection = connect(url, &format!("gpuq-worker {worker_id}")).await?;
+        let (connection, node) = nodes.connect(&format!("gpuq-worker {worker_id}")).await?;
         let consume_channel = connection.create_channel().await?;
         let publish_channel = connection.create_channel().await?;
         publish_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare_topology(&publish_channel, topology).await?;
+        declare_topology(&connection, topology).await?;
         Ok(Broker {
             connection,
             consume_channel,
             publish_channel,
             names,
             consumer_tags: parking_lot::Mutex::new(Vec::new()),
+            publish_timeout,
+            node,
         })
     }
 
@@ -170,9 +186,15 @@ impl Broker {
             .clone()
             .with_delivery_mode(2)
             .with_expiration(delay.as_millis().to_string().as_str().into());
-        self.publish_confirmed("", retry_queue, &delivery.0.data, properties, true)
-            .await
-            .map(|_| ())
+        match self
+            .publish_confirmed("", retry_queue, &delivery.0.data, properties, true)
+            .await?
+        {
+            true => Ok(()),
+            // The retry queue's node is down (a classic queue): the caller
+            // requeues the job rather than ack a copy that went nowhere.
+            false => Err(BrokerError::Unroutable(retry_queue.to_owned())),
+        }
     }
 
     /// Sends a job's reply to its `reply_to` queue (RPC style).
@@ -202,7 +224,7 @@ impl Broker {
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<bool, BrokerError> {
-        let confirmation = self
+        let confirm = self
             .publish_channel
             .basic_publish(
                 exchange.into(),
@@ -214,8 +236,13 @@ impl Broker {
                 body,
                 properties,
             )
-            .await?
             .await?;
+        let confirmation = tokio::time::timeout(self.publish_timeout, confirm)
+            .await
+            .map_err(|_| BrokerError::ConfirmTimeout {
+                exchange: exchange.to_owned(),
+                timeout_ms: self.publish_timeout.as_millis() as u64,
+            })??;
         match confirmation {
             Confirmation::Ack(returned) => Ok(returned.is_none()),
             Confirmation::Nack(_) => Err(BrokerError::Nacked(exchange.to_owned())),

@@ -71,6 +71,7 @@ pub async fn run(
             model_unloads: pool_stats.unloads,
             peak_resident_mib: pool_stats.peak_resident_mib,
             metrics: stats.metrics(),
+            amqp: stats.amqp(),
             started_ms,
             heartbeat_ms: now_ms(),
         };

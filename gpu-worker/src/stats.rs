@@ -17,6 +17,8 @@ pub struct WorkerStats {
     /// Queues consumed and held jobs by model, as placement sees them.
     queues: Mutex<(Vec<String>, BTreeMap<String, u64>)>,
     metrics: Mutex<gpuq_common::metrics::WorkerMetrics>,
+    /// The RabbitMQ node the worker is on, for its record.
+    amqp: Mutex<gpuq_common::record::AmqpLink>,
 }
 
 /// Removes a job from the running set when dropped, even if its task panics.
@@ -32,6 +34,17 @@ impl Drop for RunningJob {
 }
 
 impl WorkerStats {
+    /// Notes the RabbitMQ node the worker's connection is on (`None` while
+    /// it reconnects) and its reconnects so far.
+    pub fn set_amqp(&self, link: gpuq_common::record::AmqpLink) {
+        *self.amqp.lock() = link;
+        self.changed.notify_one();
+    }
+
+    pub fn amqp(&self) -> gpuq_common::record::AmqpLink {
+        self.amqp.lock().clone()
+    }
+
     pub fn job_started(self: &Arc<Self>, job_id: &str) -> RunningJob {
         self.running.lock().insert(job_id.to_owned());
         RunningJob {

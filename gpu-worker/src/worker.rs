@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_common::config::Config;
+use gpuq_common::record::AmqpLink;
 use gpuq_common::redact_url;
 use gpuq_common::registry::{ModelConfig, Registry};
 use gpuq_common::topology::Topology;
@@ -18,7 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::Broker;
+use crate::amqp::{Broker, BrokerNodes};
 use crate::job::{CancelRegistry, JobContext};
 use crate::pool::{Loader, ModelPool};
 use crate::runtime;
@@ -106,7 +107,7 @@ pub async fn run(
         tracing::info!("not consuming: {reason}");
     }
     let names = config.names();
-    tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %config.redis.target(), "connecting");
+    tracing::info!(amqp = %redact_url(&config.amqp_nodes().join(",")), redis = %config.redis.target(), "connecting");
     let store = Store::connect(&config.redis, names.clone(), config.jobs.finished_ttl_s).await?;
     // Heartbeat from here on, so the dispatcher sees a live worker while models load.
     let stats = Arc::new(WorkerStats::default());
@@ -197,12 +198,17 @@ async fn serve(
     ));
     let permits = Arc::new(Semaphore::new(config.worker.concurrency as usize));
     let tracker = TaskTracker::new();
+    let nodes = BrokerNodes::for_config(config);
     let outcome = loop {
         let Some(broker) =
-            connect_with_backoff(config, &options.worker_id, &topology, &shutdown).await
+            connect_with_backoff(config, &nodes, &options.worker_id, &topology, &shutdown).await
         else {
             break ExitReason::Shutdown;
         };
+        stats.set_amqp(AmqpLink {
+            node: nodes.connected_node(),
+            reconnects: nodes.reconnects(),
+        });
         let context = Arc::new(JobContext {
             config: Arc::clone(config),
             names: config.names(),
@@ -234,7 +240,12 @@ async fn serve(
                 break reason;
             }
             SessionEnd::Lost(error) => {
-                tracing::warn!(%error, "rabbitmq connection lost; reconnecting");
+                tracing::warn!(%error, "rabbitmq connection lost; reconnecting to the next node");
+                nodes.connection_lost(broker.node);
+                stats.set_amqp(AmqpLink {
+                    node: None,
+                    reconnects: nodes.reconnects(),
+                });
                 broker.close().await;
             }
         }
@@ -248,10 +259,11 @@ async fn serve(
     Ok(outcome)
 }
 
-/// Connects to RabbitMQ, retrying with back-off; `None` once `shutdown` is
-/// cancelled.
+/// Connects to a RabbitMQ node (each in turn), retrying with back-off;
+/// `None` once `shutdown` is cancelled.
 async fn connect_with_backoff(
     config: &Config,
+    nodes: &BrokerNodes,
     worker_id: &str,
     topology: &Topology,
     shutdown: &CancellationToken,
@@ -260,7 +272,7 @@ async fn connect_with_backoff(
     loop {
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            connected = Broker::connect(&config.amqp_url, worker_id, config.names(), topology) => connected,
+            connected = Broker::connect(nodes, worker_id, config.names(), topology, config.amqp.publish_timeout()) => connected,
         };
         match connected {
             Ok(broker) => return Some(Arc::new(broker)),

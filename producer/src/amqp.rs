@@ -1,7 +1,10 @@
 //! Owns the producer's RabbitMQ connection: confirmed, mandatory publishes and
-//! queue depth look-ups.
+//! queue depth look-ups, on whichever node of the cluster answers
+//! ([`BrokerNodes`]: a lost connection is replaced on the next node).
 
-use gpuq_common::amqp::{connect, declare_topology};
+use gpuq_common::amqp::{declare_topology, NoNodeError};
+/// The cluster's nodes; the producer connects through [`Publisher::connect`].
+pub use gpuq_common::amqp::{BrokerNodes, NodeIndex};
 use gpuq_common::topology::Topology;
 use gpuq_common::wire::Encoding;
 use gpuq_common::JobMessage;
@@ -29,33 +32,68 @@ pub struct QueueDepth {
 
 /// RabbitMQ could not be reached, or refused or dropped something.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct BrokerError(#[from] lapin::Error);
+pub enum BrokerError {
+    #[error("{0}")]
+    Amqp(#[from] lapin::Error),
+    /// No node of the cluster answered.
+    #[error("{0}")]
+    NoNode(std::sync::Arc<NoNodeError>),
+    /// The broker did not confirm a publish in `amqp.publish_timeout_ms`,
+    /// re-sends after failovers included.
+    #[error(
+        "rabbitmq did not confirm the publish within {timeout_ms} ms (amqp.publish_timeout_ms)"
+    )]
+    ConfirmTimeout { timeout_ms: u64 },
+}
+
+impl From<NoNodeError> for BrokerError {
+    fn from(error: NoNodeError) -> Self {
+        BrokerError::NoNode(std::sync::Arc::new(error))
+    }
+}
+
+impl BrokerError {
+    /// The connection or channel is gone (the message may not have reached
+    /// the broker): a re-send on a new connection may succeed.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, BrokerError::Amqp(_) | BrokerError::NoNode(_))
+    }
+}
 
 /// A publish sent, its confirm still to come (or why it was not sent).
 pub struct StartedPublish(Result<PublisherConfirm, lapin::Error>);
 
 /// A job's AMQP properties (see [`job_properties`]).
+#[derive(Clone)]
 pub struct JobProperties(BasicProperties);
 
 pub struct Publisher {
     connection: Connection,
     channel: Channel,
+    /// The node the connection reached, reported back when it is lost.
+    pub node: NodeIndex,
 }
 
 impl Publisher {
-    pub async fn connect(url: &str, topology: Option<&Topology>) -> Result<Publisher, BrokerError> {
-        let connection = connect(url, &format!("gpuq-producer pid{}", std::process::id())).await?;
+    /// Connects to the first node that answers (declaring the topology
+    /// there, when given one) and opens the confirmed publishing channel.
+    pub async fn connect(
+        nodes: &BrokerNodes,
+        topology: Option<&Topology>,
+    ) -> Result<Publisher, BrokerError> {
+        let name = format!("gpuq-producer pid{}", std::process::id());
+        let (connection, node) = nodes.connect(&name).await?;
+        if let Some(topology) = topology {
+            declare_topology(&connection, topology).await?;
+        }
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        if let Some(topology) = topology {
-            declare_topology(&channel, topology).await?;
-        }
         Ok(Publisher {
             connection,
             channel,
+            node,
         })
     }
 

@@ -14,14 +14,15 @@ use gpuq_common::config::Config;
 use gpuq_common::record::JobRecord;
 use gpuq_common::topology::Topology;
 use gpuq_common::wire::value_map_to_json_string;
-use gpuq_common::{now_ms, ErrorCode, JobError, Names, ValueMap};
+use gpuq_common::{now_ms, JobError, Names, ValueMap};
 
-use crate::amqp::{BrokerError, PublishOutcome, Publisher, QueueDepth, StartedPublish};
+use crate::amqp::{BrokerError, BrokerNodes, Publisher, QueueDepth};
 use crate::store::{CancelOutcome, QueuedJob, Store, StoreError};
 pub use crate::store::{EventReceiver, HubEvent, JobFilter, JobListing};
 use crate::system::{QueueStatus, SystemStatus};
 
 mod prepare;
+mod publish;
 
 /// A job to submit. Only `feature` is required.
 #[derive(Debug, Clone, Default)]
@@ -97,13 +98,11 @@ pub enum ProducerError {
     Artifacts(#[from] ArtifactError),
 }
 
-/// A job whose publish was sent: its index among the requests, id, routing
-/// key and the confirm to await.
-type PendingPublish = (usize, String, String, StartedPublish);
-
 pub struct Producer {
     config: Config,
     names: Names,
+    /// The RabbitMQ nodes; a lost connection is replaced on the next one.
+    nodes: BrokerNodes,
     /// Replaced by a fresh connection when the broker dropped the old one.
     publisher: tokio::sync::Mutex<Arc<Publisher>>,
     store: Store,
@@ -116,8 +115,9 @@ impl Producer {
     pub async fn connect(config: Config) -> Result<Producer, ProducerError> {
         let names = config.names();
         let topology = (!config.registry().is_empty()).then(|| Topology::for_config(&config));
+        let nodes = BrokerNodes::for_config(&config);
         let publisher = tokio::sync::Mutex::new(Arc::new(
-            Publisher::connect(&config.amqp_url, topology.as_ref()).await?,
+            Publisher::connect(&nodes, topology.as_ref()).await?,
         ));
         let store = Store::connect(
             config.redis.target(),
@@ -129,6 +129,7 @@ impl Producer {
         Ok(Producer {
             config,
             names,
+            nodes,
             publisher,
             store,
             artifacts,
@@ -140,10 +141,10 @@ impl Producer {
         let mut current = self.publisher.lock().await;
         if !current.is_connected() {
             tracing::warn!("rabbitmq connection lost; reconnecting");
+            self.nodes.connection_lost(current.node);
             let topology =
                 (!self.config.registry().is_empty()).then(|| Topology::for_config(&self.config));
-            *current =
-                Arc::new(Publisher::connect(&self.config.amqp_url, topology.as_ref()).await?);
+            *current = Arc::new(Publisher::connect(&self.nodes, topology.as_ref()).await?);
         }
         Ok(Arc::clone(&current))
     }
@@ -164,6 +165,11 @@ impl Producer {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The RabbitMQ nodes, and which one this process is connected to.
+    pub fn broker_nodes(&self) -> &BrokerNodes {
+        &self.nodes
     }
 
     /// Queues a job and returns its id once the broker has confirmed it.
@@ -223,72 +229,16 @@ impl Producer {
             }
         };
         drop(queued);
-        let exchange = self.names.jobs_exchange();
-        let mut pending = Vec::new();
+        let mut fresh_jobs = Vec::with_capacity(prepared.len());
         for ((index, job), fresh) in prepared.into_iter().zip(written) {
-            if !fresh {
+            if fresh {
+                fresh_jobs.push((index, job));
+            } else {
                 results[index] = Err(SubmitError::DuplicateJobId(job.message.job_id));
-                continue;
             }
-            let publish = publisher
-                .start_publish(&exchange, &job.routing_key, &job.body, job.properties)
-                .await;
-            pending.push((index, job.message.job_id, job.routing_key, publish));
         }
-        self.settle(&exchange, pending, &mut results).await;
+        self.publish_all(&publisher, fresh_jobs, &mut results).await;
         results
-    }
-
-    /// Awaits each publish's confirm: a nack or an unroutable job is recorded
-    /// `failed`; a job that never reached the broker is forgotten.
-    async fn settle(
-        &self,
-        exchange: &str,
-        pending: Vec<PendingPublish>,
-        results: &mut [Result<String, SubmitError>],
-    ) {
-        for (index, job_id, routing_key, publish) in pending {
-            let outcome = Publisher::outcome(publish).await;
-            let error = match outcome {
-                Ok(PublishOutcome::Queued) => continue,
-                Ok(PublishOutcome::Unroutable) => {
-                    let error = SubmitError::Unroutable {
-                        exchange: exchange.to_owned(),
-                        routing_key,
-                    };
-                    self.record_failure(&job_id, ErrorCode::Unroutable, &error)
-                        .await;
-                    error
-                }
-                Ok(PublishOutcome::Refused) => {
-                    self.record_failure(&job_id, ErrorCode::Unroutable, &SubmitError::Refused)
-                        .await;
-                    SubmitError::Refused
-                }
-                Err(error) => {
-                    // Never reached the broker: the job does not exist.
-                    let _ = self.store.delete_job(&job_id).await;
-                    error.into()
-                }
-            };
-            results[index] = Err(error);
-        }
-    }
-
-    async fn record_failure(&self, job_id: &str, code: ErrorCode, error: &SubmitError) {
-        let job_error = JobError::new(code, error.to_string());
-        if let Err(store_error) = self
-            .store
-            .mark_failed(
-                job_id,
-                &job_error,
-                self.config.jobs.finished_ttl_s,
-                now_ms(),
-            )
-            .await
-        {
-            tracing::warn!(error = %store_error, job_id, "failure not recorded in redis");
-        }
     }
 
     /// Stores a file in the artifact store; returns its id.

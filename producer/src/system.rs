@@ -59,8 +59,31 @@ impl SystemStatus {
         self.render_hosts(&mut out);
         self.render_slots(&mut out);
         self.render_workers(&mut out);
+        self.render_broker_links(&mut out);
         self.render_queues(&mut out);
         out
+    }
+
+    /// Which RabbitMQ node each dispatcher and worker is connected to: after
+    /// a node is lost, every process should show another one.
+    fn render_broker_links(&self, out: &mut String) {
+        let mut links = table(&["process", "rabbitmq node", "reconnects"]);
+        let dispatchers = self
+            .hosts
+            .iter()
+            .map(|h| (format!("dispatcher {}", h.host_id), &h.amqp));
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| (format!("worker {}", w.worker_id), &w.amqp));
+        for (process, link) in dispatchers.chain(workers) {
+            links.add_row(vec![
+                process,
+                link.node.clone().unwrap_or_else(|| "(reconnecting)".into()),
+                link.reconnects.to_string(),
+            ]);
+        }
+        out.push_str(&format!("\nRABBITMQ CONNECTIONS\n{links}\n"));
     }
 
     /// Each host's GPUs, and what the host could not place.

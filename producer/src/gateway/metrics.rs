@@ -69,13 +69,45 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
+/// The gateway's RabbitMQ node and reconnects, read at each scrape.
+fn amqp_families(nodes: &crate::amqp::BrokerNodes) -> Vec<prometheus::proto::MetricFamily> {
+    let registry = Registry::new();
+    let reconnects = prometheus::IntCounter::new(
+        "gpuq_amqp_reconnects_total",
+        "RabbitMQ connections made after the first (failovers).",
+    )
+    .expect("valid metric");
+    reconnects.inc_by(nodes.reconnects());
+    let connected = prometheus::IntGaugeVec::new(
+        Opts::new(
+            "gpuq_amqp_connected_node",
+            "1 for the RabbitMQ node this gateway is connected to.",
+        ),
+        &["node"],
+    )
+    .expect("valid metric");
+    if let Some(node) = nodes.connected_node() {
+        connected.with_label_values(&[&node]).set(1);
+    }
+    let registered = registry
+        .register(Box::new(reconnects))
+        .and_then(|()| registry.register(Box::new(connected)));
+    if let Err(error) = registered {
+        tracing::warn!(%error, "amqp metrics not registered");
+    }
+    registry.gather()
+}
+
 /// `GET /metrics`, for admins only.
 pub async fn render(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<super::AppState>>,
     axum::Extension(identity): axum::Extension<super::auth::Identity>,
 ) -> Result<impl IntoResponse, super::ApiError> {
     super::auth::require_admin(&identity)?;
     let mut buffer = Vec::new();
-    if let Err(error) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut buffer) {
+    let mut families = METRICS.registry.gather();
+    families.extend(amqp_families(state.producer.broker_nodes()));
+    if let Err(error) = TextEncoder::new().encode(&families, &mut buffer) {
         tracing::warn!(%error, "metrics not encoded");
     }
     Ok((

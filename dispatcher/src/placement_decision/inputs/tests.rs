@@ -50,6 +50,7 @@ fn worker(id: &str) -> WorkerRecord {
         model_unloads: 0,
         peak_resident_mib: 0,
         metrics: WorkerMetrics::default(),
+        amqp: Default::default(),
         started_ms: 0,
         heartbeat_ms: NOW,
     }
