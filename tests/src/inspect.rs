@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
-use crate::{amqp_url, TestSystem};
+use crate::TestSystem;
 
 /// A connection to the primary of `target` now (after a failover, the new one).
 pub(crate) async fn redis_connection(
@@ -48,10 +48,14 @@ impl TestSystem {
             .expect("redis connection")
     }
 
+    /// A connection to the system's RabbitMQ (in a cluster, the first node
+    /// that answers).
     pub async fn amqp(&self) -> lapin::Connection {
-        gpuq_common::amqp::connect(&amqp_url(), "gpuq-tests")
+        gpuq_common::amqp::BrokerNodes::new(self.config.amqp_nodes(), false)
+            .connect("gpuq-tests")
             .await
             .expect("amqp connection")
+            .0
     }
 
     /// `HGETALL` of a job's record, read with plain Redis commands.

@@ -8,6 +8,7 @@
 //! also when the test failed. Every wait has a deadline.
 
 pub mod bench;
+pub mod cluster;
 pub mod fixtures;
 pub mod http;
 mod inspect;
@@ -235,10 +236,13 @@ fn write_config(path: &Path, namespace: &str, body: &str) -> Config {
     } else {
         format!("redis_url = \"{}\"\n", redis_url())
     };
-    let text = format!(
-        "namespace = \"{namespace}\"\namqp_url = \"{}\"\n{redis_line}{body}",
-        amqp_url()
-    );
+    // A body that names its brokers (`amqp_urls` of a cluster) keeps them.
+    let amqp_line = if body.contains("amqp_url") {
+        String::new()
+    } else {
+        format!("amqp_url = \"{}\"\n", amqp_url())
+    };
+    let text = format!("namespace = \"{namespace}\"\n{amqp_line}{redis_line}{body}");
     let text = if text.contains("[worker]") {
         text
     } else {
