@@ -48,6 +48,7 @@ fn the_functions_on_the_paths_are_defined_where_the_doc_says() {
         ("producer/src/producer/prepare.rs", "fn prepare"),
         ("producer/src/store.rs", "fn write_queued"),
         ("producer/src/amqp.rs", "fn start_publish"),
+        ("producer/src/producer/publish.rs", "fn publish_all"),
         ("gpu-worker/src/consumers.rs", "fn receive"),
         ("gpu-worker/src/job/mod.rs", "fn handle_delivery"),
         ("gpu-worker/src/job/mod.rs", "fn process"),
