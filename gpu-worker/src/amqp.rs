@@ -22,18 +22,20 @@ use lapin::{BasicProperties, Channel, Connection};
 mod delivery;
 pub use delivery::Delivery;
 
+/// Why a worker's publish or connection failed: the job path requeues (or,
+/// for a reply, logs) and the session reconnects on the next node.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("rabbitmq: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error(transparent)]
-    NoNode(#[from] NoNodeError),
     #[error("rabbitmq did not confirm a message published to '{exchange}' within {timeout_ms} ms (amqp.publish_timeout_ms)")]
     ConfirmTimeout { exchange: String, timeout_ms: u64 },
     #[error("rabbitmq refused (nacked) a message published to '{0}'")]
     Nacked(String),
     #[error("rabbitmq returned a message published to queue '{0}': the queue is missing or its node is down")]
     Unroutable(String),
+    #[error("rabbitmq: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    NoNode(#[from] NoNodeError),
 }
 
 pub struct Broker {
