@@ -33,6 +33,20 @@ impl ConfigBuilder {
         ConfigBuilder::default()
     }
 
+    /// Host `host-a` with one 16 GiB GPU serving `echo` (256 MiB) and a
+    /// 4 GiB `sleep` model, both with `timeout_s = 30`; tests time out a
+    /// hanging `sleep` job after a second (`min_timeout_s = 1`; production
+    /// keeps the 10 s floor).
+    pub fn echo_and_sleep() -> ConfigBuilder {
+        ConfigBuilder::new()
+            .host("host-a")
+            .gpu(16384)
+            .model("echo", "echo", 256)
+            .model_keys("timeout_s = 30")
+            .model("sleep", "sleep", 4096)
+            .model_keys("timeout_s = 30\nmin_timeout_s = 1")
+    }
+
     /// The usual scenario: host `host-a` with one 8 GiB GPU.
     pub fn one_host() -> ConfigBuilder {
         ConfigBuilder::new().host("host-a").gpu(8192)

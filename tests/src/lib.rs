@@ -300,28 +300,3 @@ pub fn first_line(output: &Output) -> String {
         .trim()
         .to_owned()
 }
-
-/// A GPU declaration plus an echo and a sleep model, the usual test registry.
-pub const ONE_GPU_ECHO_SLEEP: &str = r#"
-[dispatcher]
-host_id = "host-a"
-[[dispatcher.gpus]]
-index = 0
-memory_mib = 16384
-
-[[models]]
-id = "echo"
-feature = "echo"
-runtime = "echo"
-vram_mib = 256
-timeout_s = 30
-
-[[models]]
-id = "sleep"
-feature = "sleep"
-runtime = "sleep"
-vram_mib = 4096
-timeout_s = 30
-# Tests time out hanging jobs after a second; production keeps the 10 s floor.
-min_timeout_s = 1
-"#;

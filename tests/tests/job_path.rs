@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_integration_tests::fixtures::ConfigBuilder;
-use gpuq_integration_tests::{first_line, TestSystem, ONE_GPU_ECHO_SLEEP};
+use gpuq_integration_tests::first_line;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
 };
@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_submitted_with_the_cli_completes_with_its_result_in_redis() {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -73,7 +73,7 @@ async fn job_submitted_with_the_cli_completes_with_its_result_in_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_job_from_a_plain_amqp_client_completes_and_replies() {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -202,7 +202,7 @@ async fn worker_whose_budget_is_too_small_never_consumes_that_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_feature_is_a_clear_error_at_submit() {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
 
     // With the registry: refused before anything is published.
     let output = system.gpuq(&["submit", "text_to_nothing", "--input", "x=1"], WAIT);
@@ -248,7 +248,7 @@ async fn unknown_feature_is_a_clear_error_at_submit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_message_is_dead_lettered_and_the_worker_keeps_serving() {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -346,7 +346,7 @@ async fn malformed_message_is_dead_lettered_and_the_worker_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpuq_watch_follows_a_job_until_it_ends() {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gpuq_integration_tests::fixtures::ConfigBuilder;
-use gpuq_integration_tests::{TestSystem, ONE_GPU_ECHO_SLEEP};
+use gpuq_integration_tests::TestSystem;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
 };
@@ -26,7 +26,7 @@ async fn worker_pid(system: &TestSystem) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_worker_without_the_operator_switch_is_invalid_input_and_the_worker_lives() {
     // The usual sleep model: no params.allow_crash_inputs.
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
@@ -148,7 +148,7 @@ async fn declare_exclusive(channel: &lapin::Channel, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_to_outside_the_reply_prefix_is_ignored_and_noted_while_prefixed_queues_get_replies()
 {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
