@@ -182,6 +182,10 @@ impl Store {
         ttl: Duration,
         timings: &HashMap<String, ModelTimings>,
     ) -> Result<(), StoreError> {
+        if assignments.is_empty() && timings.is_empty() && changed.is_empty() {
+            // Nothing to write (an empty pipeline is an error in redis-rs).
+            return Ok(());
+        }
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         for (worker_id, assignment) in assignments {
