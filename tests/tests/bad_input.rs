@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use gpuq_integration_tests::{TestSystem, ONE_GPU_ECHO_SLEEP};
+use gpuq_integration_tests::fixtures::ConfigBuilder;
+use gpuq_integration_tests::TestSystem;
 
 const WAIT: Duration = Duration::from_secs(30);
 const WORKER: &str = "host-a-gpu0-slot0";
@@ -12,9 +13,9 @@ const WORKER: &str = "host-a-gpu0-slot0";
 type BadCase<'a> = (&'a str, Vec<u8>, Option<&'a str>, &'a str, &'a str);
 
 fn system() -> TestSystem {
-    TestSystem::new(&format!(
-        "[queues]\nmax_message_bytes = 4096\n{ONE_GPU_ECHO_SLEEP}"
-    ))
+    ConfigBuilder::echo_and_sleep()
+        .section("[queues]\nmax_message_bytes = 4096")
+        .system()
 }
 
 async fn assert_next_job_completes(system: &TestSystem, pid_before: &str) {

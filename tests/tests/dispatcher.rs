@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use gpuq_integration_tests::fixtures::ConfigBuilder;
-use gpuq_integration_tests::{eventually, TestSystem, ONE_GPU_ECHO_SLEEP};
+use gpuq_integration_tests::{eventually, TestSystem};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -76,7 +76,7 @@ async fn two_dispatchers_share_one_stream_of_jobs_and_both_show_in_system() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_with_sigkill_is_restarted_and_serves_again() {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
@@ -259,7 +259,7 @@ async fn sighup_replans_without_dropping_the_in_flight_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_heart_beating_is_killed_and_restarted() {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)

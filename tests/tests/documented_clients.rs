@@ -5,11 +5,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use gpuq_integration_tests::{TestSystem, ONE_GPU_ECHO_SLEEP};
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_pika_example_gets_a_completed_reply() {
-    let system = TestSystem::new(ONE_GPU_ECHO_SLEEP);
+    let system = ConfigBuilder::echo_and_sleep().system();
     let _dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::first_line;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions,
 };
