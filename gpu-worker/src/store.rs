@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gpuq_common::config::RedisConfig;
 use gpuq_common::job_record::{scripts, RecordScripts};
-use gpuq_common::record::{Assignment, WorkerRecord};
+use gpuq_common::record::{Assignment, JobRecord, WorkerRecord};
 use gpuq_common::redis_link::RedisLink;
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent, ValueMap};
@@ -165,6 +165,14 @@ impl Store {
     }
 
     /// Sets a running job's progress (0 to 1) and publishes it as an event.
+    /// A job's record as a reader sees it (for a reply sent again).
+    pub async fn recorded_outcome(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let mut connection = self.connection.clone();
+        let hash: std::collections::HashMap<String, String> =
+            connection.hgetall(self.names.job_key(job_id)).await?;
+        Ok(JobRecord::from_hash(job_id, &hash))
+    }
+
     pub async fn set_progress(&self, job_id: &str, progress: f64) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         let event = StatusEvent {

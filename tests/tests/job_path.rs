@@ -150,6 +150,39 @@ async fn json_job_from_a_plain_amqp_client_completes_and_replies() {
     assert_eq!(reply["job_id"], "plain-json-1");
     assert_eq!(reply["status"], "completed");
     assert_eq!(reply["result"]["prompt"], "a chair");
+
+    // The same job delivered again (as after a failover lost the first
+    // delivery's connection, reply and all): it does not run again, and its
+    // reply is sent again from the record.
+    channel
+        .basic_publish(
+            format!("{}.jobs", system.names.namespace()).as_str().into(),
+            "echo".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_reply_to(reply_queue.name().clone())
+                .with_correlation_id("corr-43".into()),
+        )
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(WAIT, replies.next())
+        .await
+        .expect("reply sent again in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.properties.correlation_id().as_ref().unwrap().as_str(),
+        "corr-43"
+    );
+    let again: serde_json::Value = serde_json::from_slice(&again.data).unwrap();
+    assert_eq!(again["status"], "completed");
+    assert_eq!(
+        again["result"],
+        serde_json::json!({"prompt": "a chair", "seed": 7})
+    );
+    assert_eq!(system.job_hash("plain-json-1").await["attempts"], "1");
     let _ = connection.close(200, "done".into()).await;
 }
 

@@ -50,6 +50,8 @@ impl InFlight<'_> {
             }
             Ok(Claim::AlreadyFinal(status)) => {
                 tracing::info!(%status, "job already final; acking the redelivery without running it");
+                // Its first delivery may have lost its reply with its connection.
+                self.reply_again().await;
                 self.settle_ack().await;
                 None
             }

@@ -1,4 +1,7 @@
-//! Which `reply_to` queues get a job's reply, and the reply itself.
+//! Which `reply_to` queues get a job's reply, and the reply itself (sent
+//! again from the record when a job that already ended is redelivered: the
+//! first delivery's connection may have died with its reply, e.g. in a
+//! failover, so a client may get a reply twice, never none).
 //!
 //! The reply is published to the default exchange with routing key `reply_to`,
 //! so an unchecked `reply_to` would let any publisher make workers write into
@@ -7,7 +10,8 @@
 //! `jobs.reply_prefix` are answered; any other value is logged, noted on the
 //! job's record (`reply_to_ignored`) and gets no reply.
 
-use gpuq_common::wire::{JobReply, SCHEMA_VERSION};
+use gpuq_common::wire::{value_from_json, JobReply, SCHEMA_VERSION};
+use gpuq_common::{now_ms, ValueMap};
 
 use super::InFlight;
 use crate::store::Outcome;
@@ -44,6 +48,39 @@ impl InFlight<'_> {
             tracing::warn!(%error, "ignored reply_to not noted in redis");
         }
         None
+    }
+
+    /// The redelivery of a job that already ended: if it asks for a reply,
+    /// sends one built from its record (best effort, like every reply).
+    pub(super) async fn reply_again(&self) {
+        let Some(reply_to) = self.checked_reply_to().await else {
+            return;
+        };
+        let record = match self.ctx.store.recorded_outcome(&self.job.job_id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "record not read; no reply sent again");
+                return;
+            }
+        };
+        let Some(status) = record.status.filter(|s| s.is_final()) else {
+            return;
+        };
+        let result = record.result.as_ref().and_then(|json| {
+            let map = json.as_object()?;
+            map.iter()
+                .map(|(key, value)| Some((key.clone(), value_from_json(value).ok()?)))
+                .collect::<Option<ValueMap>>()
+        });
+        let outcome = Outcome {
+            status,
+            result,
+            error: record.error,
+        };
+        let finished_at_ms = record.finished_ms.unwrap_or_else(now_ms);
+        tracing::info!(reply_to, "reply sent again for a redelivered final job");
+        self.reply(&outcome, &reply_to, finished_at_ms).await;
     }
 
     /// Sends the recorded outcome to `reply_to`, in the job's own encoding.
