@@ -36,14 +36,8 @@ return 0
 "#;
 
 /// KEYS[1] the lease; ARGV[1] the holder's value. Deletes the lease only if
-/// it still holds that value; `1` when deleted.
-pub const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"#;
+/// it still holds that value; `1` when deleted (the placement lease's script).
+pub use crate::placement_lease::RELEASE;
 
 /// What [`RENEW`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,10 +17,13 @@ end
 return 0
 "#;
 
-/// KEYS[1] the lease; ARGV[1] host id. Gives the lease up if ours.
+/// KEYS[1] a lease; ARGV[1] the holder's value. Deletes the lease only if
+/// it still holds that value; `1` when deleted. The host lease
+/// (`crate::host_lease`) is given up with it too.
 pub const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  return 1
 end
 return 0
 "#;
