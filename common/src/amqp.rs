@@ -83,6 +83,26 @@ pub async fn declare_topology(
                     .collect();
                 declare_queue(&channel, queue, &arguments).await?;
             }
+            Err(error) if queue.keep_existing && is_inequivalent(&error) => {
+                tracing::warn!(queue = %queue.name, %error, "queue exists with other arguments (an older gpuq made it); keeping it as it is");
+                channel = connection.create_channel().await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                let kept = channel
+                    .queue_declare(queue.name.as_str().into(), passive, FieldTable::default())
+                    .await;
+                match kept {
+                    Err(error) if is_home_node_down(&error) => {
+                        tracing::warn!(queue = %queue.name, %error, "queue's node is down; continuing without it");
+                        channel = connection.create_channel().await?;
+                    }
+                    kept => {
+                        kept?;
+                    }
+                }
+            }
             Err(error) if is_home_node_down(&error) => {
                 // A classic queue (a model's retry queue) lives on one node;
                 // while that node is down the queue exists but cannot be
@@ -97,6 +117,12 @@ pub async fn declare_topology(
     let _ = channel.close(200, "topology declared".into()).await;
     tracing::debug!(queues = topology.queues.len(), "amqp topology declared");
     Ok(())
+}
+
+/// The broker refused a declare because the queue exists with other arguments.
+fn is_inequivalent(error: &lapin::Error) -> bool {
+    let text = error.to_string();
+    text.contains("PRECONDITION_FAILED") && text.contains("inequivalent arg")
 }
 
 /// The broker refused a declare because the existing queue's home node (a

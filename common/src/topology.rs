@@ -34,6 +34,10 @@ pub struct QueueSpec {
     pub bindings: Vec<(String, String)>,
     /// The model this queue holds jobs for; `None` for the dead-letter queue.
     pub model_id: Option<String>,
+    /// An existing queue declared with other arguments is kept as it is
+    /// (a retry queue that an older gpuq created classic: a queue's type
+    /// cannot change in place) instead of stopping the declare.
+    pub keep_existing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,7 @@ impl Topology {
                 arguments: queue_type_arguments(config),
                 bindings: vec![(names.dead_letter_exchange(), String::new())],
                 model_id: None,
+                keep_existing: false,
             },
         ];
         for model in config.registry().models() {
@@ -71,22 +76,14 @@ impl Topology {
                 arguments: model_queue_arguments(config, &names),
                 bindings,
                 model_id: Some(model.id.clone()),
+                keep_existing: false,
             });
             queues.push(QueueSpec {
                 name: names.retry_queue(&model.id),
-                arguments: vec![
-                    ("x-queue-type".into(), ArgValue::Str("classic".into())),
-                    (
-                        "x-dead-letter-exchange".into(),
-                        ArgValue::Str(String::new()),
-                    ),
-                    (
-                        "x-dead-letter-routing-key".into(),
-                        ArgValue::Str(names.model_queue(&model.id)),
-                    ),
-                ],
+                arguments: retry_queue_arguments(config, &names.model_queue(&model.id)),
                 bindings: Vec::new(),
                 model_id: None,
+                keep_existing: true,
             });
         }
         Topology {
@@ -132,6 +129,31 @@ fn queue_type_arguments(config: &Config) -> Vec<(String, ArgValue)> {
     }
 }
 
+/// A model's retry queue: jobs wait out their back-off there (per-message
+/// TTL), then the broker dead-letters them back to the model's queue. With
+/// quorum queues it is a quorum queue too (replicated, at-least-once
+/// dead-lettering: RabbitMQ 3.10+ has message TTL on quorum queues), so a
+/// lost node loses no parked retry.
+fn retry_queue_arguments(config: &Config, model_queue: &str) -> Vec<(String, ArgValue)> {
+    let mut args = queue_type_arguments(config);
+    args.push((
+        "x-dead-letter-exchange".into(),
+        ArgValue::Str(String::new()),
+    ));
+    args.push((
+        "x-dead-letter-routing-key".into(),
+        ArgValue::Str(model_queue.to_owned()),
+    ));
+    if config.queues.queue_type == QueueType::Quorum {
+        args.push((
+            "x-dead-letter-strategy".into(),
+            ArgValue::Str("at-least-once".into()),
+        ));
+        args.push(("x-overflow".into(), ArgValue::Str("reject-publish".into())));
+    }
+    args
+}
+
 fn model_queue_arguments(config: &Config, names: &Names) -> Vec<(String, ArgValue)> {
     let mut args = queue_type_arguments(config);
     args.push((
@@ -161,6 +183,7 @@ fn model_queue_arguments(config: &Config, names: &Names) -> Vec<(String, ArgValu
 
 fn dead_letter_queue(config: &Config, names: &Names) -> QueueSpec {
     QueueSpec {
+        keep_existing: false,
         name: names.dead_letter_queue(),
         arguments: queue_type_arguments(config),
         bindings: vec![(names.dead_letter_exchange(), String::new())],
@@ -216,5 +239,54 @@ vram_mib = 100
             ArgValue::Str("t1.dlx".into())
         )));
         assert_eq!(topology.queues[0].name, "t1.dead");
+    }
+
+    #[test]
+    fn retry_queues_are_replicated_with_quorum_queues_and_kept_if_older() {
+        let config = Config::parse(CONFIG, None, &ConfigOverrides::default()).unwrap();
+        let topology = Topology::for_config(&config);
+        let retry = topology
+            .queues
+            .iter()
+            .find(|q| q.name == "t1.retry.echo")
+            .unwrap();
+        for arg in [
+            ("x-queue-type", ArgValue::Str("quorum".into())),
+            (REPLICAS_ARGUMENT, ArgValue::Int(3)),
+            (
+                "x-dead-letter-routing-key",
+                ArgValue::Str("t1.model.echo".into()),
+            ),
+            (
+                "x-dead-letter-strategy",
+                ArgValue::Str("at-least-once".into()),
+            ),
+        ] {
+            assert!(
+                retry.arguments.contains(&(arg.0.into(), arg.1.clone())),
+                "{arg:?}"
+            );
+        }
+        assert!(retry.keep_existing, "an older classic retry queue is kept");
+        assert!(!topology.model_queue("echo").unwrap().keep_existing);
+        let classic = Config::parse(
+            &format!("{CONFIG}\n[queues]\ntype = \"classic\"\n"),
+            None,
+            &ConfigOverrides::default(),
+        )
+        .unwrap();
+        let topology = Topology::for_config(&classic);
+        let retry = topology
+            .queues
+            .iter()
+            .find(|q| q.name == "t1.retry.echo")
+            .unwrap();
+        assert!(retry
+            .arguments
+            .contains(&("x-queue-type".into(), ArgValue::Str("classic".into()))));
+        assert!(!retry
+            .arguments
+            .iter()
+            .any(|(key, _)| key == "x-dead-letter-strategy"));
     }
 }
