@@ -231,6 +231,12 @@ async fn worker_whose_budget_is_too_small_never_consumes_that_model() {
     let text = String::from_utf8_lossy(&system_view.stdout);
     assert!(text.contains("no GPU on host small-host has enough memory for model huge: needs 19456 MiB, largest slot has 8000 MiB"), "{text}");
     assert!(text.contains("model 'huge' has no consumer"), "{text}");
+    // Which RabbitMQ node each process is on (one node here).
+    assert!(text.contains("RABBITMQ CONNECTIONS"), "{text}");
+    assert!(
+        text.contains("dispatcher small-host") && text.contains("127.0.0.1:5672"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
