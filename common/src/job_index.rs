@@ -1,7 +1,7 @@
 //! The job indexes: sorted sets of job ids by creation time, one per status,
-//! per feature and per submitter (`<ns>:jobs:status:<status>`,
-//! `<ns>:jobs:feature:<feature>`, `<ns>:jobs:by:<name>`), beside the
-//! all-jobs index `<ns>:jobs`.
+//! per feature, per submitter and per tenant (`<ns>:jobs:status:<status>`,
+//! `<ns>:jobs:feature:<feature>`, `<ns>:jobs:by:<name>`,
+//! `<ns>:jobs:tenant:<tenant>`), beside the all-jobs index `<ns>:jobs`.
 //!
 //! They exist so that a filtered listing reads only the jobs it returns: with
 //! one all-jobs index, `?feature=nomatch` had to read every record of the last
@@ -20,14 +20,14 @@
 /// - `old_status` is what `HGET status` returned before the write (`false`
 ///   for a new record); the id leaves that status's index.
 /// - the id enters the new status's index and, when the record has them, its
-///   feature's and submitter's, scored by the record's `created_ms`.
+///   feature's, submitter's and tenant's, scored by the record's `created_ms`.
 /// - `cutoff_ms` (or `nil`): ids created before it are trimmed from every
 ///   index touched, which keeps them within the finished-job lifetime.
 pub const REINDEX_LUA: &str = r#"
 local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms)
   local ns, id = string.match(job_key, '^([^:]+):job:(.+)$')
   if not ns then return end
-  local fields = redis.call('HMGET', job_key, 'created_ms', 'feature', 'submitted_by')
+  local fields = redis.call('HMGET', job_key, 'created_ms', 'feature', 'submitted_by', 'tenant')
   local score = tonumber(fields[1]) or 0
   if old_status and old_status ~= new_status then
     redis.call('ZREM', ns .. ':jobs:status:' .. old_status, id)
@@ -35,6 +35,7 @@ local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms)
   local keys = {ns .. ':jobs:status:' .. new_status}
   if fields[2] then keys[#keys + 1] = ns .. ':jobs:feature:' .. fields[2] end
   if fields[3] then keys[#keys + 1] = ns .. ':jobs:by:' .. fields[3] end
+  if fields[4] then keys[#keys + 1] = ns .. ':jobs:tenant:' .. fields[4] end
   for _, key in ipairs(keys) do
     redis.call('ZADD', key, score, id)
     if cutoff_ms then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff_ms) end
@@ -44,7 +45,7 @@ end
 
 /// Fields a listing reads for each job: everything but the result and the
 /// metadata, whose size a client controls (fetch one job for its result).
-pub const LIST_FIELDS: [&str; 14] = [
+pub const LIST_FIELDS: [&str; 15] = [
     crate::names::job_field::STATUS,
     crate::names::job_field::FEATURE,
     crate::names::job_field::MODEL,
@@ -59,6 +60,7 @@ pub const LIST_FIELDS: [&str; 14] = [
     crate::names::job_field::ERROR_CODE,
     crate::names::job_field::ERROR_MESSAGE,
     crate::names::job_field::SUBMITTED_BY,
+    crate::names::job_field::TENANT,
 ];
 
 /// Most job records one listing request reads, whatever its filters: the
@@ -79,5 +81,6 @@ mod tests {
         assert!(!super::LIST_FIELDS.contains(&job_field::RESULT));
         assert!(!super::LIST_FIELDS.contains(&job_field::METADATA));
         assert!(super::LIST_FIELDS.contains(&job_field::SUBMITTED_BY));
+        assert!(super::LIST_FIELDS.contains(&job_field::TENANT));
     }
 }

@@ -11,7 +11,7 @@
 //! - [`record`]: the Redis job, worker and host records, parsed for readers.
 //! - [`job_record`]: the job record's one author: its state machine (pure)
 //!   and every Lua script that writes a record.
-//! - [`job_index`]: the per-status, per-feature and per-submitter job indexes,
+//! - [`job_index`]: the per-status, per-feature, per-submitter and per-tenant job indexes,
 //!   kept by the Lua prelude every status-writing script shares.
 //! - `amqp` (feature `amqp`): declares the topology with lapin.
 //! - `artifacts` (feature `artifacts`): the artifact store (object_store).

@@ -101,6 +101,11 @@ impl Names {
         format!("{}:jobs:by:{submitted_by}", self.namespace)
     }
 
+    /// Sorted set of the ids of one tenant's jobs, by creation time.
+    pub fn jobs_by_tenant(&self, tenant: &str) -> String {
+        format!("{}:jobs:tenant:{tenant}", self.namespace)
+    }
+
     /// Pub/sub channel carrying every status transition as JSON.
     pub fn events_channel(&self) -> String {
         format!("{}:events", self.namespace)
@@ -191,6 +196,10 @@ pub mod job_field {
     pub const METADATA: &str = "metadata";
     /// Name of the gateway token that submitted the job (absent for other publishers).
     pub const SUBMITTED_BY: &str = "submitted_by";
+    /// The tenant the job belongs to (`default` when it named none); absent
+    /// on records written before tenants, and on a job refused for an
+    /// invalid tenant.
+    pub const TENANT: &str = "tenant";
     /// A `reply_to` the worker refused to answer (not direct reply-to, nor
     /// under `jobs.reply_prefix`); absent when there was none.
     pub const REPLY_TO_IGNORED: &str = "reply_to_ignored";
@@ -225,6 +234,7 @@ mod tests {
         assert_eq!(names.jobs_by_status("failed"), "gpuq:jobs:status:failed");
         assert_eq!(names.jobs_by_feature("echo"), "gpuq:jobs:feature:echo");
         assert_eq!(names.jobs_by_submitter("alice"), "gpuq:jobs:by:alice");
+        assert_eq!(names.jobs_by_tenant("acme"), "gpuq:jobs:tenant:acme");
         assert_eq!(names.assignment_key("w"), "gpuq:assignment:w");
         assert_eq!(names.placement_lease(), "gpuq:placement:lease");
         assert_eq!(names.host_lease("host-a"), "gpuq:host:host-a:lease");

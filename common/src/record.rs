@@ -42,6 +42,10 @@ pub struct JobRecord {
     /// Name of the gateway token that submitted the job, when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
+    /// The tenant the job belongs to; absent on records written before
+    /// tenants existed and on a job refused for an invalid tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl JobRecord {
@@ -80,6 +84,7 @@ impl JobRecord {
                 .get(job_field::RESULT)
                 .and_then(|r| serde_json::from_str(r).ok()),
             submitted_by: text(hash, job_field::SUBMITTED_BY),
+            tenant: text(hash, job_field::TENANT),
         })
     }
 

@@ -67,6 +67,11 @@ pub struct JobMessage {
     /// other publishers leave it out). Output artifacts are owned by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
+    /// The tenant the job belongs to (1 to 64 of `A-Za-z0-9._-`); absent
+    /// means [`DEFAULT_TENANT`]. The gateway sets it from its token's name;
+    /// other publishers are trusted to set it (see [`JobMessage::tenant`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Lifecycle state of a job, as stored in Redis and sent in events.
@@ -242,6 +247,10 @@ pub struct StatusEvent {
     pub progress: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// The job's tenant, on the events whose writer knows it (queued,
+    /// processing, retry and the worker's final event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl StatusEvent {
@@ -258,6 +267,7 @@ impl StatusEvent {
             attempt: None,
             progress: None,
             error: None,
+            tenant: None,
         }
     }
 }
@@ -424,10 +434,12 @@ impl JobReply {
 }
 
 mod json;
+mod tenant;
 use json::decode_bytes_markers;
 pub use json::{
     value_from_json, value_map_to_json_string, value_to_json, JsonValueError, BYTES_KEY,
 };
+pub use tenant::{validate_tenant, DEFAULT_TENANT, MAX_TENANT_LEN};
 
 #[cfg(test)]
 mod tests;

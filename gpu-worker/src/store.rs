@@ -137,6 +137,7 @@ impl Store {
             event_json: serde_json::to_string(event).unwrap_or_default(),
             feature: event.feature.as_deref(),
             model: event.model.as_deref(),
+            tenant: event.tenant.as_deref(),
         };
         let call = scripts::finish(&self.names, job_id, ending);
         if self.min_replicas_acked == 0 {

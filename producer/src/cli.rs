@@ -52,6 +52,9 @@ pub enum Command {
         /// Only jobs of this feature.
         #[arg(long)]
         feature: Option<String>,
+        /// Only jobs of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Print JSON.
@@ -110,6 +113,9 @@ pub struct SubmitArgs {
     /// Pin a model of the feature.
     #[arg(long)]
     pub model: Option<String>,
+    /// The tenant the job belongs to (default `jobs.default_tenant`).
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// Use this job id (the idempotency key) instead of a new one.
     #[arg(long)]
     pub job_id: Option<String>,
@@ -183,6 +189,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Jobs {
             status,
             feature,
+            tenant,
             limit,
             json,
         } => {
@@ -196,6 +203,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 status,
                 feature,
                 submitted_by: None,
+                tenant,
             };
             let jobs = producer.recent_jobs(limit, &filter).await?.jobs;
             if json {
@@ -315,6 +323,7 @@ async fn submit(producer: &Producer, args: SubmitArgs) -> anyhow::Result<i32> {
             .insert(name.to_owned(), producer.file_input(bytes).await?);
     }
     request.model = args.model;
+    request.tenant = args.tenant;
     request.job_id = args.job_id;
     request.priority = args.priority;
     request.timeout_s = args.timeout_s;

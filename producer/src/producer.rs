@@ -40,6 +40,8 @@ pub struct JobRequest {
     pub metadata: ValueMap,
     /// Name of the gateway token submitting the job (recorded as `submitted_by`).
     pub submitted_by: Option<String>,
+    /// The tenant the job belongs to; default `jobs.default_tenant`.
+    pub tenant: Option<String>,
 }
 
 impl JobRequest {
@@ -217,6 +219,7 @@ impl Producer {
                 metadata_json: (!job.message.metadata.is_empty())
                     .then(|| value_map_to_json_string(&job.message.metadata)),
                 submitted_by: job.message.submitted_by.as_deref(),
+                tenant: job.message.tenant.as_deref(),
             })
             .collect();
         let written = match self.store.write_queued(&queued).await {

@@ -55,6 +55,8 @@ pub struct QueuedJob<'a> {
     pub metadata_json: Option<String>,
     /// Name of the gateway token that submitted it.
     pub submitted_by: Option<&'a str>,
+    /// The tenant it belongs to (checked by `prepare`).
+    pub tenant: Option<&'a str>,
 }
 
 impl Store {
@@ -104,9 +106,13 @@ impl Store {
             if let Some(submitted_by) = job.submitted_by {
                 fields.push((job_field::SUBMITTED_BY, submitted_by.to_owned()));
             }
+            if let Some(tenant) = job.tenant {
+                fields.push((job_field::TENANT, tenant.to_owned()));
+            }
             let event = StatusEvent {
                 feature: Some(job.feature.to_owned()),
                 model: job.model.map(str::to_owned),
+                tenant: job.tenant.map(str::to_owned),
                 ts_ms: job.created_ms,
                 ..StatusEvent::new(job.job_id.to_owned(), JobStatus::Queued)
             };
@@ -183,6 +189,7 @@ impl Store {
                 gpuq_common::ErrorCode::Cancelled,
                 "cancelled by request",
             )),
+            tenant: None,
         };
         let call = scripts::cancel(
             &self.names,

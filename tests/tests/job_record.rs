@@ -77,6 +77,7 @@ fn run(
                 host: "h",
                 gpu: "0",
                 metadata_json: None,
+                tenant: Some("t1"),
             };
             scripts::claim(names, job_id, now, &by)
         }
@@ -96,6 +97,7 @@ fn run(
                 event_json: "{}".to_owned(),
                 feature: None,
                 model: None,
+                tenant: Some("t1"),
             },
         ),
         Step::Cancel => scripts::cancel(names, job_id, "by request", now, 600, "{}".to_owned()),
@@ -175,4 +177,89 @@ fn the_scripts_make_exactly_the_state_machine_s_transitions() {
             prop_assert_eq!(indexed, expected.status.into_iter().collect::<Vec<_>>());
         }
     });
+}
+
+fn tenant_of(names: &Names, redis: &mut redis::Connection, job_id: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(names.job_key(job_id))
+        .arg(job_field::TENANT)
+        .query(redis)
+        .unwrap()
+}
+
+fn in_tenant_index(names: &Names, redis: &mut redis::Connection, tenant: &str, id: &str) -> bool {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(names.jobs_by_tenant(tenant))
+        .arg(id)
+        .query(redis)
+        .unwrap();
+    score.is_some()
+}
+
+/// The tenant is written once: by the `queued` record (the producer), else
+/// by the first claim or ending (a job another client published); a later
+/// claim naming another tenant never moves the job. The tenant index
+/// follows the record, and the claim's event carries the record's tenant.
+#[test]
+fn the_scripts_record_the_tenant_once_and_index_it() {
+    let system = TestSystem::new("");
+    let names = system.names.clone();
+    let scripts = RecordScripts::new();
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let now = gpuq_common::now_ms();
+    let claimant = |tenant| Claimant {
+        feature: "f",
+        model: "m",
+        worker: "w",
+        host: "h",
+        gpu: "0",
+        metadata_json: None,
+        tenant,
+    };
+    // Written by the producer: a claim naming another tenant keeps it.
+    let fields = [
+        (job_field::STATUS, "queued".to_owned()),
+        (job_field::FEATURE, "f".to_owned()),
+        (job_field::CREATED_MS, now.to_string()),
+        (job_field::TENANT, "alice".to_owned()),
+    ];
+    let call = scripts::queued(&names, "q", now, 0, &fields, "{}".to_owned());
+    let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
+    assert!(in_tenant_index(&names, &mut redis, "alice", "q"));
+    let mut events = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut pubsub = events.as_pubsub();
+    pubsub.subscribe(names.events_channel()).unwrap();
+    pubsub
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let call = scripts::claim(&names, "q", now, &claimant(Some("mallory")));
+    let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
+    assert_eq!(tenant_of(&names, &mut redis, "q").as_deref(), Some("alice"));
+    assert!(!in_tenant_index(&names, &mut redis, "mallory", "q"));
+    let event: String = pubsub.get_message().unwrap().get_payload().unwrap();
+    let event: serde_json::Value = serde_json::from_str(&event).unwrap();
+    assert_eq!(event["tenant"], "alice", "{event}");
+    // Published by another client: the first claim records it.
+    let call = scripts::claim(&names, "c", now, &claimant(Some("carol")));
+    let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
+    assert_eq!(tenant_of(&names, &mut redis, "c").as_deref(), Some("carol"));
+    assert!(in_tenant_index(&names, &mut redis, "carol", "c"));
+    // Ended without a claim: the ending records it.
+    let error = JobError::new(ErrorCode::InvalidInput, "on purpose");
+    let mut ending = Ending::without_result(JobStatus::Failed, now, 600, &error, "{}".into());
+    ending.tenant = Some("dave");
+    let call = scripts::finish(&names, "e", ending);
+    let _: String = scripts.invocation(&call).invoke(&mut redis).unwrap();
+    assert_eq!(tenant_of(&names, &mut redis, "e").as_deref(), Some("dave"));
+    assert!(in_tenant_index(&names, &mut redis, "dave", "e"));
+    // No tenant given (an invalid one is never passed): none recorded.
+    let call = scripts::claim(&names, "n", now, &claimant(None));
+    let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
+    assert_eq!(tenant_of(&names, &mut redis, "n"), None);
 }

@@ -105,6 +105,11 @@ pub struct JobsConfig {
     /// other clients' queues. Empty: every queue (trusted publishers only).
     /// Default `gpuq.reply.`.
     pub reply_prefix: String,
+    /// Tenant of the jobs this process's library and CLI submit without
+    /// one (`gpuq submit --tenant` overrides it; the gateway never uses it:
+    /// its tenant is the token's name). 1 to 64 of `A-Za-z0-9._-`.
+    /// Default `default`.
+    pub default_tenant: String,
 }
 
 impl Default for JobsConfig {
@@ -118,6 +123,7 @@ impl Default for JobsConfig {
             queue_timeout_s: 0,
             max_artifact_refs: 16,
             reply_prefix: "gpuq.reply.".into(),
+            default_tenant: crate::wire::DEFAULT_TENANT.into(),
         }
     }
 }

@@ -293,6 +293,15 @@ fn artifact_lifetime_and_fetch_limits_default_and_name_their_key() {
 }
 
 #[test]
+fn the_default_tenant_is_default_and_must_be_a_valid_tenant() {
+    assert_eq!(load_fixture("").unwrap().jobs.default_tenant, "default");
+    let config = load_fixture("[jobs]\ndefault_tenant = \"team-a\"\n").unwrap();
+    assert_eq!(config.jobs.default_tenant, "team-a");
+    let error = load_fixture("[jobs]\ndefault_tenant = \"team a\"\n").unwrap_err();
+    assert_eq!(invalid_key(error), "jobs.default_tenant");
+}
+
+#[test]
 fn a_cluster_is_named_by_a_list_or_a_comma_separated_url() {
     let config = load_fixture(
         "amqp_urls = [\"amqp://a:5672/%2f\", \"amqp://b:5672/%2f\", \"amqp://c:5672/%2f\"]\n\

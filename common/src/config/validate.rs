@@ -61,6 +61,9 @@ impl Config {
                 "must not exceed jobs.retry_backoff_max_s",
             ));
         }
+        if let Err(error) = crate::wire::validate_tenant(&self.jobs.default_tenant) {
+            return Err(invalid("jobs.default_tenant", error.message));
+        }
         check_url(
             "artifacts.url",
             &self.artifacts.url,

@@ -85,7 +85,7 @@ return 1
 
 /// KEYS as [`QUEUED`]; ARGV[1] now ms, ARGV[2] feature, ARGV[3] model,
 /// ARGV[4] worker, ARGV[5] host, ARGV[6] gpu, ARGV[7] job id, ARGV[8]
-/// metadata JSON or ''.
+/// metadata JSON or '', ARGV[9] tenant or '' (kept when the record has one).
 const CLAIM: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if gpuq_is_final(status) then return status end
@@ -96,18 +96,21 @@ if redis.call('HSETNX', KEYS[1], 'created_ms', now) == 1 then
   redis.call('ZADD', KEYS[3], now, ARGV[7])
 end
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'metadata', ARGV[8]) end
+if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'tenant', ARGV[9]) end
 gpuq_reindex(KEYS[1], status, 'processing', nil)
 redis.call('PERSIST', KEYS[1])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local tenant = redis.call('HGET', KEYS[1], 'tenant') or nil
 redis.call('PUBLISH', KEYS[2], cjson.encode({job_id = ARGV[7], status = 'processing',
-  ts_ms = tonumber(now), feature = ARGV[2], model = ARGV[3], worker = ARGV[4], attempt = attempt}))
+  ts_ms = tonumber(now), feature = ARGV[2], model = ARGV[3], worker = ARGV[4], attempt = attempt,
+  tenant = tenant}))
 return attempt
 "#;
 
 /// KEYS[1] job, KEYS[2] events channel; ARGV[1] final status, ARGV[2]
 /// finished ms, ARGV[3] record TTL s, ARGV[4] result JSON (completed),
 /// ARGV[5] error code, ARGV[6] error message, ARGV[7] event, ARGV[8]
-/// feature or '', ARGV[9] model or ''.
+/// feature or '', ARGV[9] model or '', ARGV[10] tenant or ''.
 const FINISH: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if gpuq_is_final(status) then return status end
@@ -122,6 +125,7 @@ redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'attempts', '0')
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'feature', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'model', ARGV[9]) end
+if ARGV[10] ~= '' then redis.call('HSETNX', KEYS[1], 'tenant', ARGV[10]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 gpuq_reindex(KEYS[1], status, ARGV[1], tonumber(ARGV[2]) - tonumber(ARGV[3]) * 1000)
 redis.call('PUBLISH', KEYS[2], ARGV[7])
@@ -212,6 +216,9 @@ pub struct Claimant<'a> {
     pub gpu: &'a str,
     /// Client metadata as JSON, stored only when the record has none yet.
     pub metadata_json: Option<&'a str>,
+    /// The job's tenant, stored only when the record has none yet (a job
+    /// another client published); the event carries the record's.
+    pub tenant: Option<&'a str>,
 }
 
 pub fn claim(names: &Names, job_id: &str, now_ms: u64, by: &Claimant<'_>) -> ScriptCall {
@@ -231,6 +238,7 @@ pub fn claim(names: &Names, job_id: &str, now_ms: u64, by: &Claimant<'_>) -> Scr
             by.gpu.to_owned(),
             job_id.to_owned(),
             by.metadata_json.unwrap_or("").to_owned(),
+            by.tenant.unwrap_or("").to_owned(),
         ],
     }
 }
@@ -250,6 +258,8 @@ pub struct Ending<'a> {
     /// Recorded only when the record has none (a job never claimed).
     pub feature: Option<&'a str>,
     pub model: Option<&'a str>,
+    /// Recorded only when the record has none (a job never claimed).
+    pub tenant: Option<&'a str>,
 }
 
 impl<'a> Ending<'a> {
@@ -271,6 +281,7 @@ impl<'a> Ending<'a> {
             event_json,
             feature: None,
             model: None,
+            tenant: None,
         }
     }
 }
@@ -294,6 +305,7 @@ pub fn finish(names: &Names, job_id: &str, ending: Ending<'_>) -> ScriptCall {
             ending.event_json,
             ending.feature.unwrap_or("").to_owned(),
             ending.model.unwrap_or("").to_owned(),
+            ending.tenant.unwrap_or("").to_owned(),
         ],
     }
 }

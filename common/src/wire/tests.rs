@@ -20,6 +20,7 @@ fn sample_job() -> JobMessage {
         submitted_at_ms: Some(1_700_000_000_000),
         queue_timeout_s: Some(60),
         submitted_by: Some("alice".into()),
+        tenant: Some("acme".into()),
     }
 }
 
@@ -104,9 +105,11 @@ fn status_and_event_round_trip_as_json() {
         attempt: Some(2),
         progress: None,
         error: Some(JobError::new(ErrorCode::InvalidInput, "missing 'text'")),
+        tenant: Some("acme".into()),
     };
     let json = serde_json::to_string(&event).unwrap();
     assert!(json.contains(r#""code":"invalid_input""#), "{json}");
+    assert!(json.contains(r#""tenant":"acme""#), "{json}");
     assert_eq!(serde_json::from_str::<StatusEvent>(&json).unwrap(), event);
 }
 

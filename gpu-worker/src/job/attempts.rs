@@ -38,6 +38,7 @@ impl InFlight<'_> {
             host: &ctx.host_id,
             gpu: &ctx.gpu,
             metadata_json: metadata_json.as_deref(),
+            tenant: job.tenant().ok(),
         };
         let claimed = with_retries(self.redis_retry(), || {
             ctx.store.claim(&job.job_id, &claimant)
@@ -115,6 +116,7 @@ impl InFlight<'_> {
             worker: Some(ctx.worker_id.clone()),
             attempt: Some(attempt),
             error: Some(error.clone()),
+            tenant: self.tenant(),
             ..StatusEvent::new(self.job.job_id.clone(), JobStatus::Queued)
         };
         let job_id = &self.job.job_id;

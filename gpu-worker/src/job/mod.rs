@@ -161,6 +161,12 @@ impl InFlight<'_> {
     fn redis_retry(&self) -> Duration {
         Duration::from_secs(self.ctx.config.worker.redis_retry_s)
     }
+
+    /// The job's tenant for records and events (`default` when it names
+    /// none); `None` for an invalid one, which `check` refuses.
+    fn tenant(&self) -> Option<String> {
+        self.job.tenant().ok().map(str::to_owned)
+    }
 }
 
 mod attempts;

@@ -49,6 +49,7 @@ impl InFlight<'_> {
             worker: Some(ctx.worker_id.clone()),
             attempt,
             error: outcome.error.clone(),
+            tenant: self.tenant(),
             ts_ms: finished_at_ms,
             ..StatusEvent::new(job_id.clone(), outcome.status)
         };

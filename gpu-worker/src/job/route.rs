@@ -97,6 +97,7 @@ pub fn route(
             )),
         };
     }
+    job.tenant()?;
     if let Some(priority) = job.priority.filter(|p| *p > 9) {
         return Err(JobError::new(
             ErrorCode::InvalidParameter,

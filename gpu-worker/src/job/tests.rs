@@ -41,6 +41,7 @@ fn job(feature: &str, model: Option<&str>) -> JobMessage {
         submitted_at_ms: None,
         queue_timeout_s: None,
         submitted_by: None,
+        tenant: None,
     }
 }
 
@@ -129,6 +130,18 @@ fn absurd_priority_fails() {
         route(&j, &a, &config).unwrap_err().code,
         ErrorCode::InvalidParameter
     );
+}
+
+#[test]
+fn an_invalid_tenant_fails_and_a_valid_one_runs() {
+    let (config, a) = setup();
+    let mut j = job("seg", None);
+    j.tenant = Some("no spaces please".into());
+    let error = route(&j, &a, &config).unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidParameter);
+    assert!(error.message.contains("tenant"), "{}", error.message);
+    j.tenant = Some("carol".into());
+    assert!(route(&j, &a, &config).is_ok());
 }
 
 #[test]

@@ -140,6 +140,32 @@ pub fn may_see(identity: &Identity, record: &JobRecord) -> bool {
         || (identity.name.is_some() && record.submitted_by.as_deref() == identity.submitter())
 }
 
+/// The tenant a submission belongs to: the token's name, never the body's,
+/// for a `submit` token (a body `tenant` from one is refused, 400
+/// `invalid_request` naming the field, so a token cannot submit as another
+/// tenant); an admin token's (or an anonymous gateway's) body `tenant` when
+/// it names one, else its name, else `default`.
+pub fn submission_tenant(
+    identity: &Identity,
+    requested: Option<String>,
+) -> Result<String, ApiError> {
+    match requested {
+        Some(_) if !identity.is_admin() => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "field 'tenant' is not allowed with a submit token: its jobs belong to tenant '{}' (only admin tokens may name a tenant)",
+                identity.submitter().unwrap_or_default()
+            ),
+        )),
+        Some(tenant) => Ok(tenant),
+        None => Ok(identity
+            .submitter()
+            .unwrap_or(gpuq_common::wire::DEFAULT_TENANT)
+            .to_owned()),
+    }
+}
+
 /// The `submitted_by` a listing is limited to: none for admins, the
 /// token's own name for `submit` tokens.
 pub fn listing_scope(identity: &Identity) -> Option<String> {
@@ -301,6 +327,30 @@ mod tests {
         assert!(ops.is_admin());
         assert_eq!(tokens.identify("alice-token-012345678"), None);
         assert_eq!(tokens.identify(""), None);
+    }
+
+    #[test]
+    fn a_submission_belongs_to_the_token_and_only_admins_may_name_a_tenant() {
+        let alice = Identity {
+            name: Some("alice".into()),
+            role: Role::Submit,
+        };
+        assert_eq!(submission_tenant(&alice, None).unwrap(), "alice");
+        let refused = submission_tenant(&alice, Some("bob".into())).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert!(refused.message.contains("'tenant'"), "{}", refused.message);
+        let ops = Identity {
+            name: Some("ops".into()),
+            role: Role::Admin,
+        };
+        assert_eq!(submission_tenant(&ops, None).unwrap(), "ops");
+        assert_eq!(submission_tenant(&ops, Some("bob".into())).unwrap(), "bob");
+        let anonymous = Identity::anonymous();
+        assert_eq!(submission_tenant(&anonymous, None).unwrap(), "default");
+        assert_eq!(
+            submission_tenant(&anonymous, Some("bob".into())).unwrap(),
+            "bob"
+        );
     }
 
     #[test]

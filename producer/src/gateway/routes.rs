@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use gpuq_common::wire::value_from_json;
+use gpuq_common::wire::{validate_tenant, value_from_json};
 use gpuq_common::ValueMap;
 use serde::Deserialize;
 use serde_json::{json, Value as JsonValue};
@@ -30,6 +30,9 @@ pub struct SubmitBody {
     metadata: serde_json::Map<String, JsonValue>,
     /// Client-chosen id; the `Idempotency-Key` header does the same.
     job_id: Option<String>,
+    /// Admin tokens only: the tenant the job belongs to (default: the
+    /// token's name). See `auth::submission_tenant`.
+    tenant: Option<String>,
 }
 
 fn to_values(map: serde_json::Map<String, JsonValue>, what: &str) -> Result<ValueMap, ApiError> {
@@ -66,6 +69,7 @@ pub async fn submit(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let job_id = body.job_id.clone().or(key);
+    let tenant = auth::submission_tenant(&identity, body.tenant.clone())?;
     let producer = &state.producer;
     // A retry with the same key returns the job the first try created (to
     // its submitter only: another's id answers 409, never the record).
@@ -106,6 +110,7 @@ pub async fn submit(
     request.queue_timeout_s = body.queue_timeout_s;
     request.job_id = job_id;
     request.submitted_by = identity.submitter().map(str::to_owned);
+    request.tenant = Some(tenant);
     auth::check_input_artifacts(&state, &identity, &request.inputs).await?;
     match producer.submit(request).await {
         Ok(id) => Ok((
@@ -126,6 +131,7 @@ pub async fn submit(
 pub struct ListQuery {
     status: Option<String>,
     feature: Option<String>,
+    tenant: Option<String>,
     limit: Option<usize>,
 }
 
@@ -145,11 +151,19 @@ pub async fn list_jobs(
         })?),
         None => None,
     };
+    if let Some(Err(error)) = query.tenant.as_deref().map(validate_tenant) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            error.message,
+        ));
+    }
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
     let filter = crate::producer::JobFilter {
         status,
         feature: query.feature,
         submitted_by: auth::listing_scope(&identity),
+        tenant: query.tenant,
     };
     let listing = state.producer.recent_jobs(limit, &filter).await?;
     Ok(Json(

@@ -7,7 +7,7 @@
 //! would refuse by closing the publishing channel every submission shares.
 
 use gpuq_common::artifacts::FetchLimits;
-use gpuq_common::wire::{validate_job_id, Encoding, SCHEMA_VERSION};
+use gpuq_common::wire::{validate_job_id, validate_tenant, Encoding, SCHEMA_VERSION};
 use gpuq_common::{ErrorCode, JobError, JobMessage, Names, ValueMap};
 
 use super::{JobRequest, Producer, SubmitError};
@@ -82,6 +82,10 @@ impl Producer {
                 "priority must be 0 to 9",
             )));
         }
+        let tenant = request
+            .tenant
+            .unwrap_or_else(|| self.config.jobs.default_tenant.clone());
+        validate_tenant(&tenant).map_err(SubmitError::Invalid)?;
         let max_s = self.config.jobs.max_timeout_s;
         check_duration_s("timeout_s", request.timeout_s, max_s)?;
         check_duration_s("queue_timeout_s", request.queue_timeout_s, max_s)?;
@@ -106,6 +110,7 @@ impl Producer {
                 .or(Some(self.config.jobs.queue_timeout_s))
                 .filter(|s| *s > 0),
             submitted_by: request.submitted_by,
+            tenant: Some(tenant),
         };
         let body = Encoding::Msgpack.encode(&message).map_err(|e| {
             SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string()))

@@ -24,6 +24,8 @@ pub struct JobFilter {
     pub feature: Option<String>,
     /// The name of the gateway token that submitted the job.
     pub submitted_by: Option<String>,
+    /// The tenant the job belongs to.
+    pub tenant: Option<String>,
 }
 
 impl JobFilter {
@@ -37,6 +39,10 @@ impl JobFilter {
                 .submitted_by
                 .as_ref()
                 .is_none_or(|n| record.submitted_by.as_ref() == Some(n))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| record.tenant.as_ref() == Some(t))
     }
 }
 
@@ -126,6 +132,10 @@ impl Store {
                 .submitted_by
                 .as_deref()
                 .map(|n| self.names.jobs_by_submitter(n)),
+            filter
+                .tenant
+                .as_deref()
+                .map(|t| self.names.jobs_by_tenant(t)),
         ]
         .into_iter()
         .flatten()
