@@ -81,15 +81,44 @@ impl Publisher {
         nodes: &BrokerNodes,
         topology: Option<&Topology>,
     ) -> Result<Publisher, BrokerError> {
-        let name = format!("gpuq-producer pid{}", std::process::id());
-        let (connection, node) = nodes.connect(&name).await?;
-        if let Some(topology) = topology {
-            declare_topology(&connection, topology).await?;
+        // A node may go down between the handshake and the declares (a
+        // failover under way): then the next node, each at most once.
+        let mut tries = nodes.labels().len();
+        loop {
+            match Self::connect_once(nodes, topology).await {
+                Ok(publisher) => return Ok(publisher),
+                Err((error, Some(node))) if tries > 1 => {
+                    tracing::warn!(%error, "rabbitmq node dropped the new connection; trying the next");
+                    nodes.connection_lost(node);
+                    tries -= 1;
+                }
+                Err((error, _)) => return Err(error),
+            }
         }
-        let channel = connection.create_channel().await?;
+    }
+
+    /// One connection: the error, and the node when it was reached.
+    async fn connect_once(
+        nodes: &BrokerNodes,
+        topology: Option<&Topology>,
+    ) -> Result<Publisher, (BrokerError, Option<NodeIndex>)> {
+        let name = format!("gpuq-producer pid{}", std::process::id());
+        let (connection, node) = nodes.connect(&name).await.map_err(|e| (e.into(), None))?;
+        // Any failure after the handshake counts against this node: a
+        // connection reset mid-declare leaves lapin no time to mark it closed,
+        // and an error every node repeats (a topology mismatch) is returned
+        // after the last one.
+        let dropped = |error: lapin::Error| (BrokerError::from(error), Some(node));
+        if let Some(topology) = topology {
+            declare_topology(&connection, topology)
+                .await
+                .map_err(dropped)?;
+        }
+        let channel = connection.create_channel().await.map_err(dropped)?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+            .await
+            .map_err(dropped)?;
         Ok(Publisher {
             connection,
             channel,
