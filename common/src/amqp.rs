@@ -10,7 +10,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind as LapinExch
 use crate::topology::{ArgValue, ExchangeKind, QueueSpec, Topology, REPLICAS_ARGUMENT};
 
 pub mod nodes;
-pub use nodes::{BrokerNodes, NoNodeError, NodeIndex};
+pub use nodes::{BrokerNodes, NoNodeError, NodeFailure, NodeIndex, CONNECT_TIMEOUT};
 
 /// Opens a connection that shows up as `connection_name` in RabbitMQ's management UI.
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, lapin::Error> {

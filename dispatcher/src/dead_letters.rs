@@ -71,7 +71,13 @@ async fn handle(store: &Store, ttl_s: u64, letter: &DeadLetter) {
 pub async fn watch(config: Config, store: Store, host_id: String, shutdown: CancellationToken) {
     loop {
         let session = async {
-            let mut feed = crate::amqp::dead_letters(&config, &host_id).await?;
+            // A node going down may take the connection and never set it up.
+            let connecting = crate::amqp::dead_letters(&config, &host_id);
+            let Ok(feed) = tokio::time::timeout(Duration::from_secs(10), connecting).await else {
+                tracing::warn!("dead-letter feed not set up within 10 s; reconnecting");
+                return Ok(());
+            };
+            let mut feed = feed?;
             while let Some(letter) = feed.next().await {
                 handle(&store, config.jobs.finished_ttl_s, &letter?).await;
             }

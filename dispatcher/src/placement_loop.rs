@@ -27,6 +27,9 @@ use crate::store::Store;
 /// Shortest gap between two rounds triggered by idle workers.
 const EARLIEST_REPEAT: Duration = Duration::from_millis(100);
 
+/// Longest one placement round may take (its broker and Redis calls).
+const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs placement rounds until `shutdown`; gives the lease up on the way out.
 pub async fn run(config: Config, host_id: String, store: Store, shutdown: CancellationToken) {
     let placement = &config.placement;
@@ -76,9 +79,25 @@ pub async fn run(config: Config, host_id: String, store: Store, shutdown: Cancel
         if !held {
             continue;
         }
-        if let Err(error) = round(&config, &host_id, &store, &mut broker, &mut history).await {
-            tracing::warn!(%error, "placement round skipped");
-            broker = None;
+        // A RabbitMQ node going down may stop answering mid-round: bounded,
+        // so the next round reconnects (to the next node).
+        let bounded = tokio::time::timeout(
+            ROUND_TIMEOUT,
+            round(&config, &host_id, &store, &mut broker, &mut history),
+        );
+        match bounded.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "placement round skipped");
+                broker = None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_s = ROUND_TIMEOUT.as_secs(),
+                    "placement round did not finish; reconnecting"
+                );
+                broker = None;
+            }
         }
     }
     if let Some(reader) = broker {

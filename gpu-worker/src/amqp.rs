@@ -36,7 +36,12 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
     NoNode(#[from] NoNodeError),
+    #[error("rabbitmq took the connection but did not set it up within {} s", SETUP_TIMEOUT.as_secs())]
+    SetupTimeout,
 }
+
+/// Longest wait for a new connection's channels and declares.
+const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Broker {
     connection: Connection,
@@ -61,12 +66,29 @@ impl Broker {
         publish_timeout: std::time::Duration,
     ) -> Result<Broker, BrokerError> {
         let (connection, node) = nodes.connect(&format!("gpuq-worker {worker_id}")).await?;
-        let consume_channel = connection.create_channel().await?;
-        let publish_channel = connection.create_channel().await?;
-        publish_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        declare_topology(&connection, topology).await?;
+        let setup = async {
+            let consume_channel = connection.create_channel().await?;
+            let publish_channel = connection.create_channel().await?;
+            publish_channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            declare_topology(&connection, topology).await?;
+            Ok::<_, lapin::Error>((consume_channel, publish_channel))
+        };
+        // A node going down may take the handshake and never answer the
+        // rest: then the next node, not a hung worker.
+        let set_up = tokio::time::timeout(SETUP_TIMEOUT, setup).await;
+        let (consume_channel, publish_channel) = match set_up {
+            Ok(Ok(channels)) => channels,
+            Ok(Err(error)) => {
+                nodes.connection_lost(node);
+                return Err(error.into());
+            }
+            Err(_) => {
+                nodes.connection_lost(node);
+                return Err(BrokerError::SetupTimeout);
+            }
+        };
         Ok(Broker {
             connection,
             consume_channel,

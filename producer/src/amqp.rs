@@ -44,6 +44,9 @@ pub enum BrokerError {
         "rabbitmq did not confirm the publish within {timeout_ms} ms (amqp.publish_timeout_ms)"
     )]
     ConfirmTimeout { timeout_ms: u64 },
+    /// A node stopped answering mid-call (a node going down).
+    #[error("rabbitmq did not answer {what} within {} s", BROKER_CALL_TIMEOUT.as_secs())]
+    NoAnswer { what: &'static str },
 }
 
 impl From<NoNodeError> for BrokerError {
@@ -56,7 +59,25 @@ impl BrokerError {
     /// The connection or channel is gone (the message may not have reached
     /// the broker): a re-send on a new connection may succeed.
     pub fn is_connection_lost(&self) -> bool {
-        matches!(self, BrokerError::Amqp(_) | BrokerError::NoNode(_))
+        matches!(
+            self,
+            BrokerError::Amqp(_) | BrokerError::NoNode(_) | BrokerError::NoAnswer { .. }
+        )
+    }
+}
+
+/// Longest wait for one broker call that is not a publish (declares, a
+/// queue's depth, closing): a node that is going down may never answer.
+pub const BROKER_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `call`, or [`BrokerError::NoAnswer`] past [`BROKER_CALL_TIMEOUT`].
+async fn bounded<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(BROKER_CALL_TIMEOUT, call).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(BrokerError::NoAnswer { what }),
     }
 }
 
@@ -108,17 +129,24 @@ impl Publisher {
         // connection reset mid-declare leaves lapin no time to mark it closed,
         // and an error every node repeats (a topology mismatch) is returned
         // after the last one.
-        let dropped = |error: lapin::Error| (BrokerError::from(error), Some(node));
+        let dropped = |error: BrokerError| (error, Some(node));
         if let Some(topology) = topology {
-            declare_topology(&connection, topology)
-                .await
-                .map_err(dropped)?;
-        }
-        let channel = connection.create_channel().await.map_err(dropped)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
+            bounded(
+                "the topology declares",
+                declare_topology(&connection, topology),
+            )
             .await
             .map_err(dropped)?;
+        }
+        let channel = bounded("a new channel", connection.create_channel())
+            .await
+            .map_err(dropped)?;
+        bounded(
+            "confirm mode",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .map_err(dropped)?;
         Ok(Publisher {
             connection,
             channel,
@@ -165,14 +193,19 @@ impl Publisher {
     /// Messages and consumers of a queue; `None` if it does not exist.
     pub async fn queue_depth(&self, queue: &str) -> Result<Option<QueueDepth>, BrokerError> {
         // A passive declare of a missing queue closes its channel: use a throwaway one.
-        let channel = self.connection.create_channel().await?;
-        let declared = channel
-            .queue_declare(
+        let channel = bounded("a new channel", self.connection.create_channel()).await?;
+        let declared = tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            channel.queue_declare(
                 queue.into(),
                 QueueDeclareOptions::default().passive(),
                 FieldTable::default(),
-            )
-            .await;
+            ),
+        )
+        .await
+        .map_err(|_| BrokerError::NoAnswer {
+            what: "a queue's depth",
+        })?;
         let depth = match declared {
             Ok(queue) => Some(QueueDepth {
                 messages: queue.message_count(),
@@ -181,7 +214,8 @@ impl Publisher {
             Err(_) => None,
         };
         if channel.status().connected() {
-            let _ = channel.close(200, "depth read".into()).await;
+            let closing = channel.close(200, "depth read".into());
+            let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, closing).await;
         }
         Ok(depth)
     }
@@ -191,7 +225,8 @@ impl Publisher {
     }
 
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "producer closing".into()).await;
+        let closing = self.connection.close(200, "producer closing".into());
+        let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, closing).await;
     }
 }
 

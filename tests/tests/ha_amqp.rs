@@ -95,8 +95,11 @@ fn publish_with_cli(config: &Path) -> Vec<String> {
             .output()
             .expect("running gpuq");
         if !output.status.success() {
+            // Exit 124: `timeout` stopped a CLI that hung.
             failures.push(format!(
-                "{id}: {}",
+                "{id}: {} stdout {:?} stderr {}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout).trim(),
                 String::from_utf8_lossy(&output.stderr).trim()
             ));
         }

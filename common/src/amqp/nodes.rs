@@ -15,6 +15,19 @@ use std::sync::Arc;
 use lapin::types::LongString;
 use lapin::{Connection, ConnectionProperties};
 
+/// Longest wait for one node's TCP and AMQP handshake: a node that is
+/// stopping may accept a connection and never answer it.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why one node was passed over.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFailure {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("no handshake within {} s", CONNECT_TIMEOUT.as_secs())]
+    Timeout,
+}
+
 /// No node of the list accepted a connection.
 #[derive(Debug, thiserror::Error)]
 #[error("no rabbitmq node answered ({tried} tried); last error from {node}: {source}")]
@@ -23,7 +36,7 @@ pub struct NoNodeError {
     /// The last node tried (`host:port`).
     pub node: String,
     #[source]
-    pub source: lapin::Error,
+    pub source: NodeFailure,
 }
 
 /// Which node of the list a connection reached; given back to
@@ -117,7 +130,13 @@ impl BrokerNodes {
             let index = (start + offset) % urls.len();
             let properties = ConnectionProperties::default()
                 .with_connection_name(LongString::from(connection_name));
-            match Connection::connect(&url_of(&urls[index]), properties).await {
+            let url = url_of(&urls[index]);
+            let handshake = Connection::connect(&url, properties);
+            let connected = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+                Ok(connected) => connected.map_err(NodeFailure::from),
+                Err(_) => Err(NodeFailure::Timeout),
+            };
+            match connected {
                 Ok(connection) => {
                     self.note_connected(index);
                     return Ok((connection, NodeIndex(index)));
