@@ -78,26 +78,26 @@ impl Broker {
         // A node going down may take the handshake and never answer the
         // rest: then the next node, not a hung worker.
         let set_up = tokio::time::timeout(SETUP_TIMEOUT, setup).await;
-        let (consume_channel, publish_channel) = match set_up {
-            Ok(Ok(channels)) => channels,
-            Ok(Err(error)) => {
-                nodes.connection_lost(node);
-                return Err(error.into());
+        let failed = match set_up {
+            Ok(Ok((consume_channel, publish_channel))) => {
+                return Ok(Broker {
+                    connection,
+                    consume_channel,
+                    publish_channel,
+                    names,
+                    consumer_tags: parking_lot::Mutex::new(Vec::new()),
+                    publish_timeout,
+                    node,
+                })
             }
-            Err(_) => {
-                nodes.connection_lost(node);
-                return Err(BrokerError::SetupTimeout);
-            }
+            Ok(Err(error)) => BrokerError::from(error),
+            Err(_) => BrokerError::SetupTimeout,
         };
-        Ok(Broker {
-            connection,
-            consume_channel,
-            publish_channel,
-            names,
-            consumer_tags: parking_lot::Mutex::new(Vec::new()),
-            publish_timeout,
-            node,
-        })
+        // Closed, not left open: the worker retries with back-off.
+        nodes.connection_lost(node);
+        let closing = connection.close(200, "setup failed".into());
+        let _ = tokio::time::timeout(SETUP_TIMEOUT, closing).await;
+        Err(failed)
     }
 
     /// Sets how many unacked deliveries each consumer may hold.

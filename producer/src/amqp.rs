@@ -128,30 +128,35 @@ impl Publisher {
         // Any failure after the handshake counts against this node: a
         // connection reset mid-declare leaves lapin no time to mark it closed,
         // and an error every node repeats (a topology mismatch) is returned
-        // after the last one.
-        let dropped = |error: BrokerError| (error, Some(node));
-        if let Some(topology) = topology {
+        // after the last one. The connection is closed, not left open.
+        let set_up = async {
+            if let Some(topology) = topology {
+                bounded(
+                    "the topology declares",
+                    declare_topology(&connection, topology),
+                )
+                .await?;
+            }
+            let channel = bounded("a new channel", connection.create_channel()).await?;
             bounded(
-                "the topology declares",
-                declare_topology(&connection, topology),
+                "confirm mode",
+                channel.confirm_select(ConfirmSelectOptions::default()),
             )
-            .await
-            .map_err(dropped)?;
+            .await?;
+            Ok::<_, BrokerError>(channel)
+        };
+        match set_up.await {
+            Ok(channel) => Ok(Publisher {
+                connection,
+                channel,
+                node,
+            }),
+            Err(error) => {
+                let closing = connection.close(200, "setup failed".into());
+                let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, closing).await;
+                Err((error, Some(node)))
+            }
         }
-        let channel = bounded("a new channel", connection.create_channel())
-            .await
-            .map_err(dropped)?;
-        bounded(
-            "confirm mode",
-            channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await
-        .map_err(dropped)?;
-        Ok(Publisher {
-            connection,
-            channel,
-            node,
-        })
     }
 
     /// Publishes with `mandatory`; the returned confirm resolves when the broker
