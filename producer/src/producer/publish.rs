@@ -2,8 +2,9 @@
 //! is awaited, then the confirms settled. A publish whose connection was lost
 //! before its confirm (a node stopped, a failover) is re-sent on the next
 //! node: the job id is the idempotency key, so a job that had reached the
-//! broker before the loss and is now queued twice still runs once (the
-//! second delivery finds its record final, or is the retry of a claim). A
+//! broker before the loss and is now queued twice completes once (a second
+//! delivery after the first ended finds the record final; one during the
+//! first run may start it again, its outcome still recorded once). A
 //! confirm that never comes within `amqp.publish_timeout_ms`, re-sends
 //! included, is an error to the caller and the job is recorded failed, so a
 //! late delivery of it does not run either.
