@@ -38,3 +38,29 @@ pub async fn submit(
 pub fn result(record: &HashMap<String, String>) -> serde_json::Value {
     serde_json::from_str(&record["result"]).expect("the record has a JSON result")
 }
+
+/// Publishes a JSON job body on a confirmed `channel` (mandatory,
+/// persistent) without awaiting its confirm, as a busy client does: the
+/// caller awaits all confirms together (`wait_for_confirms`).
+pub async fn start_publish_json(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+) -> lapin::PublisherConfirm {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into()),
+        )
+        .await
+        .expect("publish")
+}

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gpuq_integration_tests::fixtures::ConfigBuilder;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::BasicProperties;
+use gpuq_integration_tests::jobs::start_publish_json;
+use lapin::options::ConfirmSelectOptions;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::seq::IndexedRandom;
@@ -59,21 +59,13 @@ async fn every_job_ends_final_and_none_runs_after_completing_under_chaos() {
         let body =
             format!(r#"{{"job_id": "{id}", "feature": "sleep", "inputs": {{"tag": "{id}"}}}}"#);
         // Confirms are awaited all together below.
-        let _pending_confirm = channel
-            .basic_publish(
-                system.names.jobs_exchange().as_str().into(),
-                "sleep".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body.as_bytes(),
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await
-            .unwrap();
+        let _pending_confirm = start_publish_json(
+            &channel,
+            &system.names.jobs_exchange(),
+            "sleep",
+            body.as_bytes(),
+        )
+        .await;
     }
     assert!(
         channel.wait_for_confirms().await.unwrap().is_empty(),

@@ -18,13 +18,7 @@ fn compose() -> Value {
 #[test]
 fn every_published_port_binds_the_loopback_address_only() {
     let compose = compose();
-    let published = published_ports(&compose);
-    for (name, port, host_ip) in &published {
-        assert_eq!(
-            host_ip, "127.0.0.1",
-            "service {name:?} publishes {port} beyond the loopback address"
-        );
-    }
+    let published = assert_loopback_only(&compose);
     assert!(
         published.len() >= 5,
         "rabbitmq, redis, gateway and prometheus publish ports"

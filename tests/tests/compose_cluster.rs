@@ -304,13 +304,7 @@ fn three_sentinels_monitor_the_primary_with_quorum_two_from_a_writable_copy() {
 #[test]
 fn nothing_is_published_beyond_loopback_and_no_credential_is_literal() {
     let compose = compose();
-    let published = published_ports(&compose);
-    for (name, port, host_ip) in &published {
-        assert_eq!(
-            host_ip, "127.0.0.1",
-            "service {name:?} publishes {port} beyond the loopback address"
-        );
-    }
+    let published = assert_loopback_only(&compose);
     assert!(published.iter().any(|(name, _, _)| name == "gateway"));
     assert_no_literal_secret(&compose);
     let used = assert_env_example_names_every_variable(COMPOSE);

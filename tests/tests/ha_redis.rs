@@ -26,9 +26,9 @@ use gpuq_common::Names;
 use gpuq_integration_tests::cluster::{cluster_sh, LocalCluster};
 use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::http::start_gateway;
+use gpuq_integration_tests::jobs::start_publish_json;
 use gpuq_integration_tests::TestSystem;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::BasicProperties;
+use lapin::options::ConfirmSelectOptions;
 use tokio::sync::oneshot;
 
 const JOBS: usize = 300;
@@ -252,21 +252,8 @@ async fn publish_spread(names: Names, ids: Vec<String>) {
         let body =
             format!(r#"{{"job_id": "{id}", "feature": "sleep", "inputs": {{"tag": "{id}"}}}}"#);
         // Confirms are awaited all together below.
-        let _pending_confirm = channel
-            .basic_publish(
-                names.jobs_exchange().as_str().into(),
-                "sleep".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body.as_bytes(),
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await
-            .unwrap();
+        let _pending_confirm =
+            start_publish_json(&channel, &names.jobs_exchange(), "sleep", body.as_bytes()).await;
         tokio::time::sleep(gap).await;
     }
     assert!(

@@ -109,9 +109,10 @@ async fn json_job_from_a_plain_amqp_client_completes_and_replies() {
         .await
         .unwrap();
     let body = br#"{"job_id": "plain-json-1", "feature": "echo", "inputs": {"prompt": "a chair", "seed": 7}}"#;
-    channel
-        .basic_publish(
-            format!("{}.jobs", system.names.namespace()).as_str().into(),
+    let exchange = format!("{}.jobs", system.names.namespace());
+    let publish = |correlation_id: &'static str| {
+        channel.basic_publish(
+            exchange.as_str().into(),
             "echo".into(),
             BasicPublishOptions::default(),
             body,
@@ -119,10 +120,10 @@ async fn json_job_from_a_plain_amqp_client_completes_and_replies() {
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_reply_to(reply_queue.name().clone())
-                .with_correlation_id("corr-42".into()),
+                .with_correlation_id(correlation_id.into()),
         )
-        .await
-        .unwrap();
+    };
+    publish("corr-42").await.unwrap();
 
     let record = system
         .wait_for_status("plain-json-1", &["completed", "failed"], WAIT)
@@ -154,19 +155,7 @@ async fn json_job_from_a_plain_amqp_client_completes_and_replies() {
     // The same job delivered again (as after a failover lost the first
     // delivery's connection, reply and all): it does not run again, and its
     // reply is sent again from the record.
-    channel
-        .basic_publish(
-            format!("{}.jobs", system.names.namespace()).as_str().into(),
-            "echo".into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_reply_to(reply_queue.name().clone())
-                .with_correlation_id("corr-43".into()),
-        )
-        .await
-        .unwrap();
+    publish("corr-43").await.unwrap();
     let again = tokio::time::timeout(WAIT, replies.next())
         .await
         .expect("reply sent again in time")

@@ -124,6 +124,18 @@ pub fn published_ports(compose: &Value) -> Vec<(String, String, String)> {
 }
 
 /// Whether `value` is exactly one `${NAME...}` interpolation (no literal text).
+/// Every published port binds 127.0.0.1 only; the published ports.
+pub fn assert_loopback_only(compose: &Value) -> Vec<(String, String, String)> {
+    let published = published_ports(compose);
+    for (name, port, host_ip) in &published {
+        assert_eq!(
+            host_ip, "127.0.0.1",
+            "service {name:?} publishes {port} beyond the loopback address"
+        );
+    }
+    published
+}
+
 pub fn is_interpolation(value: &str) -> bool {
     value.starts_with("${") && value.ends_with('}') && value[2..].find("${").is_none()
 }
