@@ -10,10 +10,15 @@
 //! as the status it reflects: every record script (`crate::job_record::scripts`)
 //! includes [`REINDEX_LUA`] and calls `gpuq_reindex` after its `HSET`.
 //!
+//! The same step keeps each tenant's load counts (jobs queued and processing,
+//! `<ns>:tenant_load:<tenant>`), for the same reason: a quota check that
+//! reads a stale count lets a tenant past `max_queued`, or refuses it forever.
+//!
 //! What this module does not do: read the indexes (the producer's store does)
 //! or decide transitions (`crate::job_record` does).
 
-/// Lua prelude defining `gpuq_reindex(job_key, old_status, new_status, cutoff_ms)`.
+/// Lua prelude defining `gpuq_reindex(job_key, old_status, new_status,
+/// cutoff_ms, old_tenant)` and the `gpuq_tenant_load` it calls.
 ///
 /// - `job_key` is `<ns>:job:<id>`; the namespace and id are taken from it
 ///   (a namespace has no `:`, see `Config` validation).
@@ -23,8 +28,34 @@
 ///   feature's, submitter's and tenant's, scored by the record's `created_ms`.
 /// - `cutoff_ms` (or `nil`): ids created before it are trimmed from every
 ///   index touched, which keeps them within the finished-job lifetime.
+/// - `old_tenant`: the record's tenant before the write (`false`: none), for
+///   a script that may record the tenant in the same step (a claim, an
+///   ending); `nil` (left out): the tenant did not change.
+///
+/// It also keeps the tenant load counts (`<ns>:tenant_load:<tenant>`, fields
+/// `queued` and `processing`): when the status changes, the job leaves the
+/// count of its old status under its old tenant and enters the count of its
+/// new status under its tenant now. Only `queued` and `processing` are
+/// counted, and a count never goes below 0. A record with no tenant when it
+/// was queued was never counted, so a claim that records the tenant then
+/// takes nothing from it (hence `old_tenant`). These counts are what the
+/// `queued` record's quota check reads (`tenants.<name>.max_queued`): being
+/// kept in the same step as the status, they always match the records.
 pub const REINDEX_LUA: &str = r#"
-local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms)
+local gpuq_load_counted = {queued = true, processing = true}
+local function gpuq_tenant_load(ns, old_tenant, new_tenant, old_status, new_status)
+  if old_tenant == new_tenant and old_status == new_status then return end
+  if old_tenant and old_status and gpuq_load_counted[old_status] then
+    local key = ns .. ':tenant_load:' .. old_tenant
+    if redis.call('HINCRBY', key, old_status, -1) < 0 then
+      redis.call('HSET', key, old_status, 0)
+    end
+  end
+  if new_tenant and new_status and gpuq_load_counted[new_status] then
+    redis.call('HINCRBY', ns .. ':tenant_load:' .. new_tenant, new_status, 1)
+  end
+end
+local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms, old_tenant)
   local ns, id = string.match(job_key, '^([^:]+):job:(.+)$')
   if not ns then return end
   local fields = redis.call('HMGET', job_key, 'created_ms', 'feature', 'submitted_by', 'tenant')
@@ -32,6 +63,8 @@ local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms)
   if old_status and old_status ~= new_status then
     redis.call('ZREM', ns .. ':jobs:status:' .. old_status, id)
   end
+  if old_tenant == nil then old_tenant = fields[4] end
+  gpuq_tenant_load(ns, old_tenant, fields[4], old_status, new_status)
   local keys = {ns .. ':jobs:status:' .. new_status}
   if fields[2] then keys[#keys + 1] = ns .. ':jobs:feature:' .. fields[2] end
   if fields[3] then keys[#keys + 1] = ns .. ':jobs:by:' .. fields[3] end

@@ -2,9 +2,10 @@
 //! machine (`gpuq_common::job_record::apply`): random sequences of events
 //! run through the real scripts on the real Redis, and after every step the
 //! script's reply, the record's status and attempts, and the status index
-//! that holds the job are compared with what `apply` says.
+//! that holds the job are compared with what `apply` says; the tenants' load
+//! counts (`<ns>:tenant_load:<tenant>`) are compared with the records.
 
-use gpuq_common::job_record::scripts::{self, Claimant, Ending};
+use gpuq_common::job_record::scripts::{self, Claimant, Ending, Quota};
 use gpuq_common::job_record::{after, apply, JobEvent, JobState, RecordScripts, Transition};
 use gpuq_common::names::job_field;
 use gpuq_common::{ErrorCode, JobError, JobStatus, Names};
@@ -28,7 +29,14 @@ impl Step {
     }
 }
 
-fn step() -> impl Strategy<Value = Step> {
+/// The tenants a step may name (`None`: it names none).
+const TENANTS: [Option<&str>; 3] = [Some("t1"), Some("t2"), None];
+
+fn step() -> impl Strategy<Value = (Step, Option<&'static str>)> {
+    (event_step(), proptest::sample::select(TENANTS.to_vec()))
+}
+
+fn event_step() -> impl Strategy<Value = Step> {
     let finals = vec![
         JobStatus::Completed,
         JobStatus::Failed,
@@ -45,30 +53,28 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// Runs one step's script; `true` when the script says it wrote.
+/// Runs one step's script (naming `tenant` where the step can); `true`
+/// when the script says it wrote.
 fn run(
     scripts: &RecordScripts,
     names: &Names,
     redis: &mut redis::Connection,
     job_id: &str,
-    step: Step,
+    (step, tenant): (Step, Option<&str>),
 ) -> (bool, Option<i64>) {
     let now = gpuq_common::now_ms();
     let error = JobError::new(ErrorCode::ModelFailed, "on purpose");
     let call = match step {
-        Step::Event(JobEvent::Submit) => scripts::queued(
-            names,
-            job_id,
-            now,
-            0,
-            &[
+        Step::Event(JobEvent::Submit) => {
+            let mut fields = vec![
                 (job_field::STATUS, "queued".to_owned()),
                 (job_field::FEATURE, "f".to_owned()),
                 (job_field::ATTEMPTS, "0".to_owned()),
                 (job_field::CREATED_MS, now.to_string()),
-            ],
-            "{}".to_owned(),
-        ),
+            ];
+            fields.extend(tenant.map(|t| (job_field::TENANT, t.to_owned())));
+            scripts::queued(names, job_id, now, 0, &fields, "{}".to_owned(), Quota::NONE)
+        }
         Step::Event(JobEvent::Claim) => {
             let by = Claimant {
                 feature: "f",
@@ -77,7 +83,7 @@ fn run(
                 host: "h",
                 gpu: "0",
                 metadata_json: None,
-                tenant: Some("t1"),
+                tenant,
             };
             scripts::claim(names, job_id, now, &by)
         }
@@ -97,7 +103,7 @@ fn run(
                 event_json: "{}".to_owned(),
                 feature: None,
                 model: None,
-                tenant: Some("t1"),
+                tenant,
             },
         ),
         Step::Cancel => scripts::cancel(names, job_id, "by request", now, 600, "{}".to_owned()),
@@ -105,6 +111,10 @@ fn run(
     let reply: redis::Value = scripts.invocation(&call).invoke(redis).unwrap();
     match reply {
         redis::Value::Int(n) if step.event() == JobEvent::Claim => (true, Some(n)),
+        redis::Value::Int(_) if step.event() == JobEvent::Submit => {
+            let reply: scripts::QueuedReply = redis::from_redis_value(reply).unwrap();
+            (reply == scripts::QueuedReply::Written, None)
+        }
         redis::Value::Int(n) => (n == 1, None),
         other => {
             let text: String = redis::from_redis_value(other).unwrap();
@@ -164,9 +174,9 @@ fn the_scripts_make_exactly_the_state_machine_s_transitions() {
         let job_id = format!("job-{}", job.get());
         let redis = &mut *redis.borrow_mut();
         let mut expected = JobState::default();
-        for step in steps {
+        for (step, tenant) in steps {
             let transition = apply(expected, step.event());
-            let (wrote, attempt) = run(&scripts, &names, redis, &job_id, step);
+            let (wrote, attempt) = run(&scripts, &names, redis, &job_id, (step, tenant));
             prop_assert_eq!(wrote, matches!(transition, Transition::Applied(_)), "{:?} from {:?}", step, expected);
             expected = after(expected, step.event());
             if let Some(attempt) = attempt {
@@ -175,8 +185,45 @@ fn the_scripts_make_exactly_the_state_machine_s_transitions() {
             prop_assert_eq!(record(&names, redis, &job_id), expected, "after {:?}", step);
             let indexed = indexed_under(&names, redis, &job_id);
             prop_assert_eq!(indexed, expected.status.into_iter().collect::<Vec<_>>());
+            // Every job so far, not only this one: a count wrong by one job
+            // would hide behind the floor at 0 if only one job were counted.
+            let (counted, counts) = tenant_loads(&names, redis, job.get());
+            prop_assert_eq!(counts, counted, "after {:?} naming {:?}", step, tenant);
         }
     });
+}
+
+/// The `queued` and `processing` counts of t1 and t2 as the records of jobs
+/// 1 to `jobs` say, then as the tenants' load hashes say.
+type Loads = Vec<(u64, u64)>;
+fn tenant_loads(names: &Names, redis: &mut redis::Connection, jobs: u32) -> (Loads, Loads) {
+    let mut pipe = redis::pipe();
+    for n in 1..=jobs {
+        pipe.cmd("HMGET")
+            .arg(names.job_key(&format!("job-{n}")))
+            .arg(job_field::STATUS)
+            .arg(job_field::TENANT);
+    }
+    let records: Vec<(Option<String>, Option<String>)> = pipe.query(redis).unwrap();
+    let mut counted = Vec::new();
+    let mut counts = Vec::new();
+    for tenant in ["t1", "t2"] {
+        let of = |status: &str| {
+            records
+                .iter()
+                .filter(|(s, t)| s.as_deref() == Some(status) && t.as_deref() == Some(tenant))
+                .count() as u64
+        };
+        counted.push((of("queued"), of("processing")));
+        let (queued, processing): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(names.tenant_load_key(tenant))
+            .arg("queued")
+            .arg("processing")
+            .query(redis)
+            .unwrap();
+        counts.push((queued.unwrap_or(0), processing.unwrap_or(0)));
+    }
+    (counted, counts)
 }
 
 fn tenant_of(names: &Names, redis: &mut redis::Connection, job_id: &str) -> Option<String> {
@@ -226,7 +273,7 @@ fn the_scripts_record_the_tenant_once_and_index_it() {
         (job_field::CREATED_MS, now.to_string()),
         (job_field::TENANT, "alice".to_owned()),
     ];
-    let call = scripts::queued(&names, "q", now, 0, &fields, "{}".to_owned());
+    let call = scripts::queued(&names, "q", now, 0, &fields, "{}".into(), Quota::NONE);
     let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
     assert!(in_tenant_index(&names, &mut redis, "alice", "q"));
     let mut events = redis::Client::open(redis_url())
@@ -262,4 +309,130 @@ fn the_scripts_record_the_tenant_once_and_index_it() {
     let call = scripts::claim(&names, "n", now, &claimant(None));
     let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
     assert_eq!(tenant_of(&names, &mut redis, "n"), None);
+}
+
+fn connection() -> redis::Connection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// Writes job `id`'s queued record for tenant `acme` within `quota`.
+fn submit_within(
+    scripts: &RecordScripts,
+    names: &Names,
+    redis: &mut redis::Connection,
+    id: &str,
+    quota: Quota,
+) -> scripts::QueuedReply {
+    let now = gpuq_common::now_ms();
+    let fields = [
+        (job_field::STATUS, "queued".to_owned()),
+        (job_field::CREATED_MS, now.to_string()),
+        (job_field::TENANT, "acme".to_owned()),
+    ];
+    let call = scripts::queued(names, id, now, 0, &fields, "{}".into(), quota);
+    scripts.invocation(&call).invoke(redis).unwrap()
+}
+
+fn load(names: &Names, redis: &mut redis::Connection, field: &str) -> u64 {
+    let count: Option<u64> = redis::cmd("HGET")
+        .arg(names.tenant_load_key("acme"))
+        .arg(field)
+        .query(redis)
+        .unwrap();
+    count.unwrap_or(0)
+}
+
+/// The quota is checked in the step that writes the record: past
+/// `max_queued` nothing is written; a claim frees a place; a re-sent id
+/// answers "exists" whatever the quota; a forgotten record frees its place.
+#[test]
+fn the_queued_script_refuses_a_tenant_at_max_queued() {
+    use scripts::QueuedReply::{Exists, OverMaxQueued, Written};
+    let system = TestSystem::new("");
+    let names = system.names.clone();
+    let scripts = RecordScripts::new();
+    let redis = &mut connection();
+    let quota = Quota {
+        max_queued: Some(2),
+        rate: None,
+    };
+    assert_eq!(submit_within(&scripts, &names, redis, "a", quota), Written);
+    assert_eq!(submit_within(&scripts, &names, redis, "b", quota), Written);
+    let refused = submit_within(&scripts, &names, redis, "c", quota);
+    assert_eq!(refused, OverMaxQueued { queued: 2 });
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(names.job_key("c"))
+        .query(redis)
+        .unwrap();
+    assert!(!exists, "a refused job has no record");
+    assert_eq!(submit_within(&scripts, &names, redis, "a", quota), Exists);
+    // A claim moves one to processing: a place is free.
+    let by = Claimant {
+        feature: "f",
+        model: "m",
+        worker: "w",
+        host: "h",
+        gpu: "0",
+        metadata_json: None,
+        tenant: None,
+    };
+    let _: i64 = scripts
+        .invocation(&scripts::claim(&names, "a", 1, &by))
+        .invoke(redis)
+        .unwrap();
+    assert_eq!(
+        (
+            load(&names, redis, "queued"),
+            load(&names, redis, "processing")
+        ),
+        (1, 1)
+    );
+    assert_eq!(submit_within(&scripts, &names, redis, "c", quota), Written);
+    // A record deleted because its job never reached the broker frees its place.
+    let _: i64 = scripts
+        .invocation(&scripts::forget(&names, "c"))
+        .invoke(redis)
+        .unwrap();
+    assert_eq!(load(&names, redis, "queued"), 1);
+    assert_eq!(submit_within(&scripts, &names, redis, "d", quota), Written);
+}
+
+/// The token bucket: `burst` submits at once, then a refusal that says how
+/// long until the next token; a re-sent id takes no token.
+#[test]
+fn the_queued_script_takes_a_token_per_new_record() {
+    use scripts::QueuedReply::{Exists, OverRate, Written};
+    let system = TestSystem::new("");
+    let names = system.names.clone();
+    let scripts = RecordScripts::new();
+    let redis = &mut connection();
+    // One token every 1000 s: none comes back during the test.
+    let quota = Quota {
+        max_queued: None,
+        rate: Some(scripts::Rate {
+            per_s: 0.001,
+            burst: 2,
+        }),
+    };
+    assert_eq!(submit_within(&scripts, &names, redis, "a", quota), Written);
+    assert_eq!(submit_within(&scripts, &names, redis, "a", quota), Exists);
+    assert_eq!(submit_within(&scripts, &names, redis, "b", quota), Written);
+    match submit_within(&scripts, &names, redis, "c", quota) {
+        OverRate { retry_after_ms } => assert!(
+            (500_000..=1_000_000).contains(&retry_after_ms),
+            "{retry_after_ms}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(names.tenant_bucket_key("acme"))
+        .query(redis)
+        .unwrap();
+    assert!(
+        ttl_ms > 1_000_000,
+        "the bucket lives until it is full: {ttl_ms}"
+    );
 }

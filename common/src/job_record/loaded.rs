@@ -113,3 +113,19 @@ impl RecordScripts {
         cmd
     }
 }
+
+/// The [`Script::Queued`] reply, in a pipeline's results.
+impl redis::FromRedisValue for super::scripts::QueuedReply {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let parsed = match &value {
+            redis::Value::Int(code) => super::scripts::QueuedReply::from_parts(Some(*code), None),
+            redis::Value::Array(_) => {
+                let (kind, number): (String, u64) =
+                    redis::FromRedisValue::from_redis_value(value.clone())?;
+                super::scripts::QueuedReply::from_parts(None, Some((&kind, number)))
+            }
+            _ => None,
+        };
+        parsed.ok_or_else(|| format!("unexpected reply of the queued script: {value:?}").into())
+    }
+}

@@ -10,16 +10,22 @@
 //! an invocation. It owns no IO.
 //!
 //! Replies (what a store parses):
-//! - [`Script::Queued`]: `1` written, `0` the id exists;
+//! - [`Script::Queued`]: `1` written, `0` the id exists, or a quota refusal
+//!   (`{'max_queued', queued}`, `{'rate_per_s', retry_after_ms}`), parsed
+//!   as a [`QueuedReply`];
 //! - [`Script::Claim`]: the attempt number (integer), or the final status (string);
 //! - [`Script::Finish`]: `"ok"`, or the final status it already had;
 //! - [`Script::Retry`], [`Script::Progress`]: `1` written, `0` refused or ignored;
 //! - [`Script::Cancel`]: `"was_<status>"` (`was_unknown` without a record), or
-//!   the final status it already had.
+//!   the final status it already had;
+//! - [`Script::Forget`]: `1` deleted, `0` no record.
 
 use crate::job_index::REINDEX_LUA;
 use crate::names::Names;
 use crate::wire::{JobError, JobStatus};
+
+mod queued;
+pub use queued::{queued, QueuedReply, Quota, Rate};
 
 /// The scripts, one per kind of write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,27 +36,31 @@ pub enum Script {
     Retry,
     Progress,
     Cancel,
+    /// Deletes a record whose job never reached the broker.
+    Forget,
 }
 
 impl Script {
-    pub const ALL: [Script; 6] = [
+    pub const ALL: [Script; 7] = [
         Script::Queued,
         Script::Claim,
         Script::Finish,
         Script::Retry,
         Script::Progress,
         Script::Cancel,
+        Script::Forget,
     ];
 
     /// The full Lua source: the shared prelude, then the script's body.
     pub fn source(self) -> String {
         let body = match self {
-            Script::Queued => QUEUED,
+            Script::Queued => queued::QUEUED,
             Script::Claim => CLAIM,
             Script::Finish => FINISH,
             Script::Retry => RETRY,
             Script::Progress => PROGRESS,
             Script::Cancel => CANCEL,
+            Script::Forget => FORGET,
         };
         format!("{}\n{REINDEX_LUA}\n{body}", is_final_lua())
     }
@@ -70,25 +80,14 @@ fn is_final_lua() -> String {
     )
 }
 
-/// KEYS[1] job, KEYS[2] events channel, KEYS[3] all-jobs index; ARGV[1] event,
-/// ARGV[2] created ms, ARGV[3] job id, ARGV[4] index cutoff ms, ARGV[5..]
-/// field, value pairs.
-const QUEUED: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[4])
-gpuq_reindex(KEYS[1], false, 'queued', ARGV[4])
-redis.call('PUBLISH', KEYS[2], ARGV[1])
-return 1
-"#;
-
-/// KEYS as [`QUEUED`]; ARGV[1] now ms, ARGV[2] feature, ARGV[3] model,
-/// ARGV[4] worker, ARGV[5] host, ARGV[6] gpu, ARGV[7] job id, ARGV[8]
-/// metadata JSON or '', ARGV[9] tenant or '' (kept when the record has one).
+/// KEYS as [`queued::QUEUED`]'s first three; ARGV[1] now ms, ARGV[2]
+/// feature, ARGV[3] model, ARGV[4] worker, ARGV[5] host, ARGV[6] gpu,
+/// ARGV[7] job id, ARGV[8] metadata JSON or '', ARGV[9] tenant or '' (kept
+/// when the record has one).
 const CLAIM: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if gpuq_is_final(status) then return status end
+local old_tenant = redis.call('HGET', KEYS[1], 'tenant')
 local now = ARGV[1]
 redis.call('HSET', KEYS[1], 'status', 'processing', 'feature', ARGV[2], 'model', ARGV[3],
   'worker', ARGV[4], 'host', ARGV[5], 'gpu', ARGV[6], 'started_ms', now, 'progress', '0')
@@ -97,7 +96,7 @@ if redis.call('HSETNX', KEYS[1], 'created_ms', now) == 1 then
 end
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'metadata', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'tenant', ARGV[9]) end
-gpuq_reindex(KEYS[1], status, 'processing', nil)
+gpuq_reindex(KEYS[1], status, 'processing', nil, old_tenant)
 redis.call('PERSIST', KEYS[1])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local tenant = redis.call('HGET', KEYS[1], 'tenant') or nil
@@ -114,6 +113,7 @@ return attempt
 const FINISH: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if gpuq_is_final(status) then return status end
+local old_tenant = redis.call('HGET', KEYS[1], 'tenant')
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_ms', ARGV[2])
 if ARGV[1] == 'completed' then
   redis.call('HSET', KEYS[1], 'progress', '1', 'result', ARGV[4])
@@ -127,7 +127,8 @@ if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'feature', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'model', ARGV[9]) end
 if ARGV[10] ~= '' then redis.call('HSETNX', KEYS[1], 'tenant', ARGV[10]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-gpuq_reindex(KEYS[1], status, ARGV[1], tonumber(ARGV[2]) - tonumber(ARGV[3]) * 1000)
+gpuq_reindex(KEYS[1], status, ARGV[1], tonumber(ARGV[2]) - tonumber(ARGV[3]) * 1000,
+  old_tenant)
 redis.call('PUBLISH', KEYS[2], ARGV[7])
 return 'ok'
 "#;
@@ -168,42 +169,23 @@ if status then return 'was_' .. status end
 return 'was_unknown'
 "#;
 
+/// KEYS[1] job. The record goes, and with it the job's place in its
+/// tenant's load count (its ids stay in the indexes, as any expired
+/// record's do, and listings skip them).
+const FORGET: &str = r#"
+local fields = redis.call('HMGET', KEYS[1], 'status', 'tenant')
+if not fields[1] then return redis.call('DEL', KEYS[1]) end
+local ns = string.match(KEYS[1], '^([^:]+):job:')
+if ns then gpuq_tenant_load(ns, fields[2], false, fields[1], false) end
+return redis.call('DEL', KEYS[1])
+"#;
+
 /// The keys and arguments of one script run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptCall {
     pub script: Script,
     pub keys: Vec<String>,
     pub args: Vec<String>,
-}
-
-/// A new job's `queued` record (fields beyond the status: feature, model, ...).
-pub fn queued(
-    names: &Names,
-    job_id: &str,
-    created_ms: u64,
-    index_cutoff_ms: u64,
-    fields: &[(&str, String)],
-    event_json: String,
-) -> ScriptCall {
-    let mut args = vec![
-        event_json,
-        created_ms.to_string(),
-        job_id.to_owned(),
-        index_cutoff_ms.to_string(),
-    ];
-    for (field, value) in fields {
-        args.push((*field).to_owned());
-        args.push(value.clone());
-    }
-    ScriptCall {
-        script: Script::Queued,
-        keys: vec![
-            names.job_key(job_id),
-            names.events_channel(),
-            names.jobs_index(),
-        ],
-        args,
-    }
 }
 
 /// Who claims a job, and what it learned from the message.
@@ -362,5 +344,14 @@ pub fn cancel(
             event_json,
             job_id.to_owned(),
         ],
+    }
+}
+
+/// Deletes the record of a job that never reached the broker.
+pub fn forget(names: &Names, job_id: &str) -> ScriptCall {
+    ScriptCall {
+        script: Script::Forget,
+        keys: vec![names.job_key(job_id)],
+        args: Vec::new(),
     }
 }
