@@ -46,6 +46,13 @@ pub struct JobRecord {
     /// tenants existed and on a job refused for an invalid tenant.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The priority it runs at (0 to 9), after its tenant's `max_priority`;
+    /// absent when it asked for none (or was published straight to AMQP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// The priority it asked for, when its tenant's `max_priority` lowered it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority_lowered_from: Option<u8>,
 }
 
 impl JobRecord {
@@ -85,6 +92,8 @@ impl JobRecord {
                 .and_then(|r| serde_json::from_str(r).ok()),
             submitted_by: text(hash, job_field::SUBMITTED_BY),
             tenant: text(hash, job_field::TENANT),
+            priority: parse_num(hash, job_field::PRIORITY),
+            priority_lowered_from: parse_num(hash, job_field::PRIORITY_LOWERED_FROM),
         })
     }
 

@@ -92,6 +92,13 @@ pub(super) fn print_record(record: &JobRecord, json: bool) {
     if let Some(worker) = &record.worker {
         println!("worker: {worker} (attempts: {})", record.attempts);
     }
+    match (record.priority, record.priority_lowered_from) {
+        (Some(priority), Some(asked)) => {
+            println!("priority: {priority} (lowered from {asked} by the tenant's max_priority)")
+        }
+        (Some(priority), None) => println!("priority: {priority}"),
+        _ => {}
+    }
     if let (Some(started), Some(finished)) = (record.started_ms, record.finished_ms) {
         println!("run time: {} ms", finished.saturating_sub(started));
     }
