@@ -12,7 +12,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds, for 503 answers.
+    /// Seconds, for 503 answers and a 429 from a tenant's rate limit.
     pub retry_after_s: Option<u32>,
 }
 
@@ -111,10 +111,51 @@ impl From<SubmitError> for ApiError {
             SubmitError::DuplicateJobId(_) => {
                 ApiError::new(StatusCode::CONFLICT, "duplicate_job_id", error.to_string())
             }
+            SubmitError::QuotaExceeded {
+                error: job_error,
+                retry_after_ms,
+            } => ApiError {
+                retry_after_s: retry_after_ms.map(retry_after_s),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    job_error.code.as_str(),
+                    job_error.message.clone(),
+                )
+            },
             SubmitError::Refused => ApiError::unavailable("queue_refused", error.to_string()),
             SubmitError::Broker(_) | SubmitError::Store(_) => {
                 ApiError::unavailable("backend_unavailable", error.to_string())
             }
+        }
+    }
+}
+
+/// `Retry-After` for a wait in milliseconds: whole seconds, rounded up, at least 1.
+fn retry_after_s(ms: u64) -> u32 {
+    u32::try_from(ms.div_ceil(1000).max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuq_common::{ErrorCode, JobError};
+
+    #[test]
+    fn a_quota_refusal_is_429_with_retry_after_only_from_the_rate_limit() {
+        let refusal = |retry_after_ms| SubmitError::QuotaExceeded {
+            error: JobError::new(ErrorCode::QuotaExceeded, "tenant 'a' has 3 jobs waiting"),
+            retry_after_ms,
+        };
+        let error = ApiError::from(refusal(None));
+        assert_eq!(error.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.code, "quota_exceeded");
+        assert_eq!(error.message, "tenant 'a' has 3 jobs waiting");
+        assert_eq!(error.retry_after_s, None);
+        for (ms, seconds) in [(1, 1), (999, 1), (1000, 1), (1001, 2), (0, 1)] {
+            assert_eq!(
+                ApiError::from(refusal(Some(ms))).retry_after_s,
+                Some(seconds)
+            );
         }
     }
 }
