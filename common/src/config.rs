@@ -14,6 +14,7 @@ use crate::names::Names;
 mod redact;
 mod redis_target;
 mod sections;
+mod tenants;
 mod tokens;
 mod validate;
 use crate::registry::{ModelConfig, Registry};
@@ -22,6 +23,7 @@ pub use sections::{
     AmqpConfig, ArtifactsConfig, DeclaredGpu, DispatcherConfig, GatewayConfig, JobsConfig,
     ModelPlacement, PlacementConfig, QueueConfig, QueueType, SlotConfig, WorkerConfig,
 };
+pub use tenants::{TenantLimits, TenantsConfig};
 pub use tokens::{AccessToken, NamedToken, Role, TokenEntry, MIN_TOKEN_LEN};
 
 /// Environment variable that overrides `amqp_url`.
@@ -138,6 +140,9 @@ pub struct Config {
     pub gateway: GatewayConfig,
     #[serde(default)]
     pub placement: PlacementConfig,
+    /// `[tenants]`: fair share, quotas and priority caps per tenant.
+    #[serde(default)]
+    pub tenants: TenantsConfig,
     /// The model registry.
     #[serde(default)]
     pub models: Vec<ModelConfig>,

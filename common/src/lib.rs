@@ -27,6 +27,7 @@ pub mod amqp;
 #[cfg(feature = "artifacts")]
 pub mod artifacts;
 pub mod config;
+pub mod fair_share;
 #[cfg(feature = "redis")]
 pub mod heartbeat;
 pub mod host_lease;

@@ -61,6 +61,37 @@ pub struct ModelMetrics {
     pub run: DurationHistogram,
     pub loads: u64,
     pub load_seconds_sum: f64,
+    /// Jobs and run time by tenant: at most `tenants.max_labels` tenants by
+    /// name, the rest together under [`OTHER_TENANT`], so a client that
+    /// makes up tenant names cannot grow the metrics without bound.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, TenantMetrics>,
+}
+
+/// The label of every tenant past `tenants.max_labels`.
+pub const OTHER_TENANT: &str = "other";
+
+/// One tenant's jobs on one model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantMetrics {
+    /// Jobs ended, by final status.
+    pub jobs: BTreeMap<String, u64>,
+    /// GPU time its jobs used (run time), seconds: what fair share divides.
+    pub run_seconds_sum: f64,
+}
+
+impl ModelMetrics {
+    /// The entry of `tenant`, or of [`OTHER_TENANT`] once `max_labels`
+    /// tenants have one.
+    pub fn tenant(&mut self, tenant: &str, max_labels: usize) -> &mut TenantMetrics {
+        let named = self.tenants.keys().filter(|t| *t != OTHER_TENANT).count();
+        let label = if self.tenants.contains_key(tenant) || named < max_labels {
+            tenant
+        } else {
+            OTHER_TENANT
+        };
+        self.tenants.entry(label.to_owned()).or_default()
+    }
 }
 
 /// Everything a worker reports, by model id.
@@ -86,5 +117,17 @@ mod tests {
         assert_eq!(cumulative.last().copied(), Some((600.0, 4)));
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<DurationHistogram>(&json).unwrap(), h);
+    }
+
+    #[test]
+    fn tenants_past_the_label_limit_count_as_other() {
+        let mut model = ModelMetrics::default();
+        for tenant in ["a", "b", "c", "d", "a"] {
+            model.tenant(tenant, 2).run_seconds_sum += 1.0;
+        }
+        let labels: Vec<&str> = model.tenants.keys().map(String::as_str).collect();
+        assert_eq!(labels, ["a", "b", "other"]);
+        assert_eq!(model.tenants["a"].run_seconds_sum, 2.0);
+        assert_eq!(model.tenants["other"].run_seconds_sum, 2.0);
     }
 }

@@ -58,6 +58,12 @@ impl Names {
         format!("{}.model.{model_id}", self.namespace)
     }
 
+    /// Redis set of a model's sub-queues in use (`<level>/<tenant>`; see
+    /// `crate::fair_share`).
+    pub fn sub_queues_key(&self, model_id: &str) -> String {
+        format!("{}:subqueues:{model_id}", self.namespace)
+    }
+
     /// Routing key that reaches a feature's default model.
     pub fn feature_routing_key(feature: &str) -> String {
         feature.to_owned()
@@ -104,6 +110,20 @@ impl Names {
     /// Sorted set of the ids of one tenant's jobs, by creation time.
     pub fn jobs_by_tenant(&self, tenant: &str) -> String {
         format!("{}:jobs:tenant:{tenant}", self.namespace)
+    }
+
+    /// Hash of one tenant's job counts by status (`queued`, `processing`):
+    /// kept by the record scripts in the step that changes a record's
+    /// status, read by the quota check of a new job's `queued` record.
+    pub fn tenant_load_key(&self, tenant: &str) -> String {
+        format!("{}:tenant_load:{tenant}", self.namespace)
+    }
+
+    /// Hash of one tenant's submit token bucket (`tokens`, `ts_us`), shared by
+    /// every gateway and producer of the namespace
+    /// (`tenants.<name>.rate_per_s`); expires once it would be full again.
+    pub fn tenant_bucket_key(&self, tenant: &str) -> String {
+        format!("{}:tenant_bucket:{tenant}", self.namespace)
     }
 
     /// Pub/sub channel carrying every status transition as JSON.
@@ -200,6 +220,12 @@ pub mod job_field {
     /// on records written before tenants, and on a job refused for an
     /// invalid tenant.
     pub const TENANT: &str = "tenant";
+    /// The job's priority (0 to 9) after `tenants.<name>.max_priority`;
+    /// absent when the job asked for none.
+    pub const PRIORITY: &str = "priority";
+    /// The priority the job asked for, when its tenant's `max_priority`
+    /// lowered it; absent otherwise.
+    pub const PRIORITY_LOWERED_FROM: &str = "priority_lowered_from";
     /// A `reply_to` the worker refused to answer (not direct reply-to, nor
     /// under `jobs.reply_prefix`); absent when there was none.
     pub const REPLY_TO_IGNORED: &str = "reply_to_ignored";
@@ -235,6 +261,8 @@ mod tests {
         assert_eq!(names.jobs_by_feature("echo"), "gpuq:jobs:feature:echo");
         assert_eq!(names.jobs_by_submitter("alice"), "gpuq:jobs:by:alice");
         assert_eq!(names.jobs_by_tenant("acme"), "gpuq:jobs:tenant:acme");
+        assert_eq!(names.tenant_load_key("acme"), "gpuq:tenant_load:acme");
+        assert_eq!(names.tenant_bucket_key("acme"), "gpuq:tenant_bucket:acme");
         assert_eq!(names.assignment_key("w"), "gpuq:assignment:w");
         assert_eq!(names.placement_lease(), "gpuq:placement:lease");
         assert_eq!(names.host_lease("host-a"), "gpuq:host:host-a:lease");

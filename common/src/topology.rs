@@ -5,6 +5,7 @@
 //! module only describes it; `amqp` (feature `amqp`) applies it with lapin.
 
 use crate::config::{Config, QueueType};
+use crate::fair_share::SubQueue;
 use crate::names::Names;
 
 /// A queue argument value (`x-...` arguments are strings or integers).
@@ -98,6 +99,20 @@ impl Topology {
                 },
             ],
             queues,
+        }
+    }
+
+    /// One sub-queue of a model (`crate::fair_share`): the arguments of the
+    /// model's own queue (delivery limit, dead-lettering), no binding: a
+    /// producer publishes to it by name through the default exchange.
+    pub fn sub_queue(config: &Config, model_id: &str, sub: &SubQueue) -> QueueSpec {
+        let names = config.names();
+        QueueSpec {
+            name: sub.queue_name(&names, model_id),
+            arguments: model_queue_arguments(config, &names),
+            bindings: Vec::new(),
+            model_id: Some(model_id.to_owned()),
+            keep_existing: false,
         }
     }
 

@@ -164,6 +164,9 @@ pub enum ErrorCode {
     TooManyAttempts,
     /// The job was cancelled.
     Cancelled,
+    /// The job's tenant is past one of its `[tenants.<name>]` limits
+    /// (`max_queued`, `rate_per_s`): it was not queued.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -187,6 +190,7 @@ impl ErrorCode {
             ErrorCode::ModelCrashed => "model_crashed",
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 }

@@ -69,6 +69,7 @@ impl Config {
             &self.artifacts.url,
             &["file", "s3", "memory"],
         )?;
+        self.tenants.validate()?;
         self.validate_gateway_limits()?;
         self.validate_worker()?;
         self.validate_dispatcher()?;
