@@ -195,6 +195,17 @@ impl Publisher {
         })
     }
 
+    /// Declares queues (a model's sub-queues) on this connection: idempotent,
+    /// and on a channel of its own, so a refusal never closes the
+    /// publishing channel every submission shares.
+    pub async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
+        bounded(
+            "the sub-queue declares",
+            declare_topology(&self.connection, topology),
+        )
+        .await
+    }
+
     /// Messages and consumers of a queue; `None` if it does not exist.
     pub async fn queue_depth(&self, queue: &str) -> Result<Option<QueueDepth>, BrokerError> {
         // A passive declare of a missing queue closes its channel: use a throwaway one.

@@ -11,18 +11,20 @@ use std::time::Duration;
 
 use gpuq_common::artifacts::{ArtifactDownload, ArtifactError, ArtifactStore};
 use gpuq_common::config::Config;
+use gpuq_common::job_record::scripts::Quota;
 use gpuq_common::record::JobRecord;
 use gpuq_common::topology::Topology;
 use gpuq_common::wire::value_map_to_json_string;
-use gpuq_common::{now_ms, JobError, Names, ValueMap};
+use gpuq_common::{now_ms, ErrorCode, JobError, Names, ValueMap};
 
 use crate::amqp::{BrokerError, BrokerNodes, Publisher, QueueDepth};
-use crate::store::{CancelOutcome, QueuedJob, Store, StoreError};
+use crate::store::{CancelOutcome, QueuedJob, QueuedOutcome, Store, StoreError};
 pub use crate::store::{EventReceiver, HubEvent, JobFilter, JobListing};
 use crate::system::{QueueStatus, SystemStatus};
 
 mod prepare;
 mod publish;
+mod sub_queues;
 
 /// A job to submit. Only `feature` is required.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +84,15 @@ pub enum SubmitError {
     Refused,
     #[error("a job with id '{0}' already exists")]
     DuplicateJobId(String),
+    /// The job's tenant is past `max_queued` or `rate_per_s`; nothing was
+    /// written or published.
+    #[error("{error}")]
+    QuotaExceeded {
+        /// Code `quota_exceeded`; the message names the tenant and the limit.
+        error: JobError,
+        /// When the rate limit refused: how long until a submit may pass.
+        retry_after_ms: Option<u64>,
+    },
     #[error("invalid job: {0}")]
     Invalid(JobError),
     #[error("rabbitmq: {0}")]
@@ -109,6 +120,8 @@ pub struct Producer {
     publisher: tokio::sync::Mutex<Arc<Publisher>>,
     store: Store,
     artifacts: ArtifactStore,
+    /// Sub-queues this process has declared (by queue name).
+    sub_queues: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Producer {
@@ -135,6 +148,7 @@ impl Producer {
             publisher,
             store,
             artifacts,
+            sub_queues: Default::default(),
         })
     }
 
@@ -209,6 +223,12 @@ impl Producer {
                 return results;
             }
         };
+        if let Err(error) = self.declare_sub_queues(&publisher, &prepared).await {
+            for (index, _) in &prepared {
+                results[*index] = Err(error.for_each_job());
+            }
+            return results;
+        }
         let queued: Vec<QueuedJob<'_>> = prepared
             .iter()
             .map(|(_, job)| QueuedJob {
@@ -220,6 +240,11 @@ impl Producer {
                     .then(|| value_map_to_json_string(&job.message.metadata)),
                 submitted_by: job.message.submitted_by.as_deref(),
                 tenant: job.message.tenant.as_deref(),
+                quota: job.message.tenant.as_deref().map_or(Quota::NONE, |tenant| {
+                    Quota::of(&self.config.tenants.limits(tenant))
+                }),
+                priority: job.message.priority,
+                priority_lowered_from: job.priority_lowered_from,
             })
             .collect();
         let written = match self.store.write_queued(&queued).await {
@@ -233,12 +258,21 @@ impl Producer {
         };
         drop(queued);
         let mut fresh_jobs = Vec::with_capacity(prepared.len());
-        for ((index, job), fresh) in prepared.into_iter().zip(written) {
-            if fresh {
-                fresh_jobs.push((index, job));
-            } else {
-                results[index] = Err(SubmitError::DuplicateJobId(job.message.job_id));
-            }
+        for ((index, job), outcome) in prepared.into_iter().zip(written) {
+            results[index] = match outcome {
+                QueuedOutcome::Written => {
+                    fresh_jobs.push((index, job));
+                    continue;
+                }
+                QueuedOutcome::Exists => Err(SubmitError::DuplicateJobId(job.message.job_id)),
+                QueuedOutcome::QuotaExceeded {
+                    reason,
+                    retry_after_ms,
+                } => Err(SubmitError::QuotaExceeded {
+                    error: JobError::new(ErrorCode::QuotaExceeded, reason),
+                    retry_after_ms,
+                }),
+            };
         }
         self.publish_all(&publisher, fresh_jobs, &mut results).await;
         results
@@ -335,6 +369,7 @@ impl Producer {
                 vram_mib: model.vram_mib,
                 messages: depth.as_ref().map(|d| d.messages),
                 consumers: depth.as_ref().map(|d| d.consumers),
+                sub_queues: self.sub_queue_depths(&model.id).await?,
             });
         }
         let dead_letter_queue = self.names.dead_letter_queue();

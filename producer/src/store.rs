@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gpuq_common::config::RedisTarget;
-use gpuq_common::job_record::scripts::{self, Script};
+use gpuq_common::job_record::scripts::{self, QueuedReply, Quota, Script};
 use gpuq_common::job_record::RecordScripts;
 use gpuq_common::names::job_field;
 use gpuq_common::record::{HostRecord, JobRecord, WorkerRecord};
@@ -16,6 +16,7 @@ use redis::AsyncCommands;
 
 mod events;
 mod listing;
+mod sub_queues;
 use events::EventHub;
 pub use events::{EventReceiver, HubEvent};
 pub use listing::{JobFilter, JobListing};
@@ -57,6 +58,53 @@ pub struct QueuedJob<'a> {
     pub submitted_by: Option<&'a str>,
     /// The tenant it belongs to (checked by `prepare`).
     pub tenant: Option<&'a str>,
+    /// The tenant's limits, checked in the step that writes the record.
+    pub quota: Quota,
+    /// Its priority after the tenant's `max_priority`.
+    pub priority: Option<u8>,
+    /// The priority it asked for, when `max_priority` lowered it.
+    pub priority_lowered_from: Option<u8>,
+}
+
+/// What [`Store::write_queued`] did with one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueuedOutcome {
+    /// Its record is written: publish it.
+    Written,
+    /// A job with its id exists; nothing was written.
+    Exists,
+    /// Its tenant is past a limit; nothing was written.
+    QuotaExceeded {
+        /// Which limit, naming the tenant and the config key.
+        reason: String,
+        /// When the rate limit refused: how long until the next submit may pass.
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl QueuedOutcome {
+    fn of(reply: QueuedReply, job: &QueuedJob<'_>) -> QueuedOutcome {
+        let tenant = job.tenant.unwrap_or_default();
+        match reply {
+            QueuedReply::Written => QueuedOutcome::Written,
+            QueuedReply::Exists => QueuedOutcome::Exists,
+            QueuedReply::OverMaxQueued { queued } => QueuedOutcome::QuotaExceeded {
+                reason: format!(
+                    "tenant '{tenant}' has {queued} jobs waiting (tenants.{tenant}.max_queued = {})",
+                    job.quota.max_queued.unwrap_or_default()
+                ),
+                retry_after_ms: None,
+            },
+            QueuedReply::OverRate { retry_after_ms } => QueuedOutcome::QuotaExceeded {
+                reason: format!(
+                    "tenant '{tenant}' submits faster than tenants.{tenant}.rate_per_s = {} (burst {}); the next submit may pass in {retry_after_ms} ms",
+                    job.quota.rate.map_or(0.0, |r| r.per_s),
+                    job.quota.rate.map_or(0, |r| r.burst)
+                ),
+                retry_after_ms: Some(retry_after_ms),
+            },
+        }
+    }
 }
 
 impl Store {
@@ -86,8 +134,12 @@ impl Store {
     }
 
     /// Writes the `queued` records of many jobs and publishes their events, in
-    /// one pipelined round trip; `false` for a job id that already exists.
-    pub async fn write_queued(&self, jobs: &[QueuedJob<'_>]) -> Result<Vec<bool>, StoreError> {
+    /// one pipelined round trip; one outcome per job, in order (a job id that
+    /// already exists, or a tenant past its quota, writes nothing).
+    pub async fn write_queued(
+        &self,
+        jobs: &[QueuedJob<'_>],
+    ) -> Result<Vec<QueuedOutcome>, StoreError> {
         let mut pipe = redis::pipe();
         for job in jobs {
             let mut fields = vec![
@@ -109,6 +161,12 @@ impl Store {
             if let Some(tenant) = job.tenant {
                 fields.push((job_field::TENANT, tenant.to_owned()));
             }
+            if let Some(priority) = job.priority {
+                fields.push((job_field::PRIORITY, priority.to_string()));
+            }
+            if let Some(asked) = job.priority_lowered_from {
+                fields.push((job_field::PRIORITY_LOWERED_FROM, asked.to_string()));
+            }
             let event = StatusEvent {
                 feature: Some(job.feature.to_owned()),
                 model: job.model.map(str::to_owned),
@@ -123,11 +181,12 @@ impl Store {
                 job.created_ms.saturating_sub(self.index_ttl_ms),
                 &fields,
                 serde_json::to_string(&event).unwrap_or_default(),
+                job.quota,
             );
             pipe.add_command(self.scripts.evalsha(&call));
         }
         let mut connection = self.connection.clone();
-        let written: Vec<i64> = match pipe.query_async(&mut connection).await {
+        let replies: Vec<QueuedReply> = match pipe.query_async(&mut connection).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
@@ -141,7 +200,11 @@ impl Store {
             }
             other => other?,
         };
-        Ok(written.into_iter().map(|w| w == 1).collect())
+        Ok(replies
+            .into_iter()
+            .zip(jobs)
+            .map(|(reply, job)| QueuedOutcome::of(reply, job))
+            .collect())
     }
 
     /// Records why a job never reached a queue.
@@ -212,10 +275,17 @@ impl Store {
         })
     }
 
-    /// Forgets a job that never reached the broker.
+    /// Forgets a job that never reached the broker (and takes it out of its
+    /// tenant's queued count).
     pub async fn delete_job(&self, job_id: &str) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        Ok(connection.del(self.names.job_key(job_id)).await?)
+        let call = scripts::forget(&self.names, job_id);
+        let _: i64 = self
+            .scripts
+            .invocation(&call)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
     }
 
     pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {

@@ -16,6 +16,19 @@ pub struct QueueStatus {
     pub messages: Option<u32>,
     /// Consumers (workers) on the queue; `None` if the queue does not exist yet.
     pub consumers: Option<u32>,
+    /// The model's sub-queues (a tenant or a priority level of its own;
+    /// `gpuq_common::fair_share`) with jobs waiting; `messages` above
+    /// counts only the model's own queue.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sub_queues: Vec<SubQueueStatus>,
+}
+
+/// Jobs waiting in one sub-queue of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubQueueStatus {
+    pub tenant: String,
+    pub level: String,
+    pub messages: u32,
 }
 
 impl QueueStatus {
@@ -228,8 +241,14 @@ impl SystemStatus {
             "queue",
             "ready",
             "consumers",
+            "ready by tenant/level",
         ]);
         for q in &self.queues {
+            let subs: Vec<String> = q
+                .sub_queues
+                .iter()
+                .map(|s| format!("{}/{} {}", s.tenant, s.level, s.messages))
+                .collect();
             queues.add_row(vec![
                 q.model.clone(),
                 q.feature.clone(),
@@ -237,6 +256,7 @@ impl SystemStatus {
                 q.queue.clone(),
                 opt(q.messages),
                 opt(q.consumers),
+                subs.join(", "),
             ]);
         }
         out.push_str(&format!("\nQUEUES ({})\n{queues}\n", self.queues.len()));

@@ -7,7 +7,10 @@
 //! would refuse by closing the publishing channel every submission shares.
 
 use gpuq_common::artifacts::FetchLimits;
-use gpuq_common::wire::{validate_job_id, validate_tenant, Encoding, SCHEMA_VERSION};
+use gpuq_common::fair_share::SubQueue;
+use gpuq_common::wire::{
+    validate_job_id, validate_tenant, Encoding, DEFAULT_TENANT, SCHEMA_VERSION,
+};
 use gpuq_common::{ErrorCode, JobError, JobMessage, Names, ValueMap};
 
 use super::{JobRequest, Producer, SubmitError};
@@ -29,8 +32,25 @@ fn check_duration_s(key: &str, value: Option<u64>, max_s: u64) -> Result<(), Sub
 pub(super) struct PreparedJob {
     pub(super) message: JobMessage,
     pub(super) body: Vec<u8>,
+    /// Where it is published: the jobs exchange and the feature's (or
+    /// pinned model's) routing key, or, for a sub-queue, the default
+    /// exchange and the sub-queue's name.
+    pub(super) exchange: String,
     pub(super) routing_key: String,
+    /// The sub-queue it waits in, to declare before the publish; `None` for
+    /// the model's own queue.
+    pub(super) sub_queue: Option<SubQueueTarget>,
     pub(super) properties: crate::amqp::JobProperties,
+    /// The priority the request asked for, when its tenant's `max_priority`
+    /// lowered it (the message carries the lowered one).
+    pub(super) priority_lowered_from: Option<u8>,
+}
+
+/// A sub-queue a job is published to (see `gpuq_common::fair_share`).
+#[derive(Clone)]
+pub(super) struct SubQueueTarget {
+    pub(super) model: String,
+    pub(super) sub: SubQueue,
 }
 
 impl Producer {
@@ -86,6 +106,12 @@ impl Producer {
             .tenant
             .unwrap_or_else(|| self.config.jobs.default_tenant.clone());
         validate_tenant(&tenant).map_err(SubmitError::Invalid)?;
+        // Above the tenant's `max_priority`: lowered to it, and the record says so.
+        let max_priority = self.config.tenants.limits(&tenant).max_priority;
+        let (priority, priority_lowered_from) = match (request.priority, max_priority) {
+            (Some(asked), Some(max)) if asked > max => (Some(max), Some(asked)),
+            (asked, _) => (asked, None),
+        };
         let max_s = self.config.jobs.max_timeout_s;
         check_duration_s("timeout_s", request.timeout_s, max_s)?;
         check_duration_s("queue_timeout_s", request.queue_timeout_s, max_s)?;
@@ -101,7 +127,7 @@ impl Producer {
             feature: request.feature,
             model: request.model,
             inputs: request.inputs,
-            priority: request.priority,
+            priority,
             timeout_s: request.timeout_s,
             metadata: request.metadata,
             submitted_at_ms: Some(created_ms),
@@ -127,16 +153,49 @@ impl Producer {
                 ),
             )));
         }
-        let routing_key = match &message.model {
-            Some(model) => Names::pinned_routing_key(&message.feature, model),
-            None => Names::feature_routing_key(&message.feature),
-        };
+        let (exchange, routing_key, sub_queue) = self.route(&message);
         let properties = crate::amqp::job_properties(&message, created_ms);
         Ok(PreparedJob {
             message,
             body,
+            exchange,
             routing_key,
+            sub_queue,
             properties,
+            priority_lowered_from,
         })
+    }
+
+    /// Where a job is published. A job of the default tenant at `normal`
+    /// goes through the jobs exchange to its model's own queue, as any
+    /// client's would; any other waits in its model's sub-queue (a queue
+    /// per priority level, and per tenant with `tenants.fair_share`), which
+    /// needs the model: without a registry the producer cannot name it, and
+    /// the job takes the exchange route too.
+    fn route(&self, message: &JobMessage) -> (String, String, Option<SubQueueTarget>) {
+        let tenant = message.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+        let sub = SubQueue::for_job(tenant, message.priority, self.config.tenants.fair_share);
+        let registry = self.config.registry();
+        let model = match &message.model {
+            Some(model) => registry.model(model),
+            None => registry.default_model(&message.feature),
+        };
+        match model {
+            Some(model) if !sub.is_main() => (
+                String::new(),
+                sub.queue_name(&self.names, &model.id),
+                Some(SubQueueTarget {
+                    model: model.id.clone(),
+                    sub,
+                }),
+            ),
+            _ => {
+                let routing_key = match &message.model {
+                    Some(model) => Names::pinned_routing_key(&message.feature, model),
+                    None => Names::feature_routing_key(&message.feature),
+                };
+                (self.names.jobs_exchange(), routing_key, None)
+            }
+        }
     }
 }

@@ -33,10 +33,9 @@ impl Producer {
         jobs: Vec<(usize, PreparedJob)>,
         results: &mut [Result<String, SubmitError>],
     ) {
-        let exchange = self.names.jobs_exchange();
         let mut pending = Vec::with_capacity(jobs.len());
         for (index, job) in jobs {
-            let started = start(publisher, &exchange, &job).await;
+            let started = start(publisher, &job).await;
             pending.push(PendingPublish {
                 index,
                 job,
@@ -45,7 +44,7 @@ impl Producer {
         }
         let deadline = Instant::now() + self.config.amqp.publish_timeout();
         loop {
-            let lost = self.settle(&exchange, pending, results, deadline).await;
+            let lost = self.settle(pending, results, deadline).await;
             if lost.is_empty() {
                 return;
             }
@@ -61,7 +60,7 @@ impl Producer {
             );
             pending = Vec::with_capacity(lost.len());
             for (index, job) in lost {
-                let started = start(&publisher, &exchange, &job).await;
+                let started = start(&publisher, &job).await;
                 pending.push(PendingPublish {
                     index,
                     job,
@@ -76,7 +75,6 @@ impl Producer {
     /// for a re-send.
     async fn settle(
         &self,
-        exchange: &str,
         pending: Vec<PendingPublish>,
         results: &mut [Result<String, SubmitError>],
         deadline: Instant,
@@ -93,8 +91,12 @@ impl Producer {
             let error = match outcome {
                 Ok(Ok(PublishOutcome::Queued)) => continue,
                 Ok(Ok(PublishOutcome::Unroutable)) => {
+                    // A sub-queue deleted behind this process's back: declared again next time.
+                    if let Some(target) = &job.sub_queue {
+                        self.forget_sub_queue(target);
+                    }
                     let error = SubmitError::Unroutable {
-                        exchange: exchange.to_owned(),
+                        exchange: job.exchange.clone(),
                         routing_key: job.routing_key.clone(),
                     };
                     self.record_failure(job_id, ErrorCode::Unroutable, &error)
@@ -166,10 +168,10 @@ impl Producer {
     }
 }
 
-async fn start(publisher: &Publisher, exchange: &str, job: &PreparedJob) -> StartedPublish {
+async fn start(publisher: &Publisher, job: &PreparedJob) -> StartedPublish {
     publisher
         .start_publish(
-            exchange,
+            &job.exchange,
             &job.routing_key,
             &job.body,
             job.properties.clone(),
