@@ -8,6 +8,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use gpuq_common::amqp::{declare_topology, NoNodeError};
 /// The cluster's nodes; the worker connects through [`Broker::connect`].
 pub use gpuq_common::amqp::{BrokerNodes, NodeIndex};
+use gpuq_common::fair_share::SubQueue;
 use gpuq_common::names::dead_letter_header;
 use gpuq_common::topology::Topology;
 use gpuq_common::{JobError, Names};
@@ -108,18 +109,24 @@ impl Broker {
         Ok(())
     }
 
-    /// Starts consuming one model's queue under `tag` (unique per channel).
+    /// Names of this namespace's queues.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Starts consuming one of a model's queues under `tag` (unique per channel).
     /// The stream ends once the consumer is cancelled and every delivery the
     /// broker sent before the cancel has been yielded.
     pub async fn start_consumer(
         &self,
         model_id: &str,
+        sub: &SubQueue,
         tag: &str,
     ) -> Result<BoxStream<'static, Result<Delivery, BrokerError>>, BrokerError> {
         let consumer = self
             .consume_channel
             .basic_consume(
-                self.names.model_queue(model_id).into(),
+                sub.queue_name(&self.names, model_id).into(),
                 tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),

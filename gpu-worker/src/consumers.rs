@@ -1,8 +1,11 @@
 //! The queues a worker consumes in one broker session, and the jobs delivered
 //! to it that have not started yet.
 //!
+//! A model's jobs wait in several queues (its own and its sub-queues, one
+//! per tenant and priority level in use: `gpuq_common::fair_share`); each
+//! is consumed separately, and a held job remembers which it came from.
 //! Consumers start and stop while the worker runs (placement moves it between
-//! models) without touching jobs in flight. A cancelled consumer is drained:
+//! models, new sub-queues appear) without touching jobs in flight. A cancelled consumer is drained:
 //! what the broker sent before the cancel still arrives, and goes back to its
 //! queue, so another worker takes it.
 
@@ -14,30 +17,41 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
+use gpuq_common::fair_share::SubQueue;
+
 use crate::amqp::{Broker, BrokerError, Delivery};
+
+/// One consumed queue: a model's sub-queue.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueKey {
+    pub model: String,
+    pub sub: SubQueue,
+}
 
 /// A consumer ended without being cancelled by us: the session is lost.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerLost {
-    #[error("consumer of {model}: {source}")]
+    #[error("consumer of {queue}: {source}")]
     Failed {
-        model: String,
+        queue: String,
         #[source]
         source: BrokerError,
     },
-    #[error("the broker cancelled the consumer of {model}")]
-    CancelledByBroker { model: String },
+    #[error("the broker cancelled the consumer of {queue}")]
+    CancelledByBroker { queue: String },
 }
 
 /// A job delivered to this worker, not started yet.
 pub struct Held {
     pub model: String,
+    /// The sub-queue it came from (its tenant and priority level).
+    pub sub: SubQueue,
     pub delivery: Delivery,
     pub received: Instant,
 }
 
 /// A delivery, or `None` when the consumer has ended.
-type Event = (String, Option<Result<Delivery, BrokerError>>);
+type Event = (QueueKey, Option<Result<Delivery, BrokerError>>);
 
 pub struct Consumers {
     broker: Arc<Broker>,
@@ -46,8 +60,8 @@ pub struct Consumers {
     /// (one step before the queue's delivery limit dead-letters them).
     keep_from_delivery: u32,
     streams: StreamMap<String, BoxStream<'static, Event>>,
-    /// Consumer tag of each consumed model.
-    active: BTreeMap<String, String>,
+    /// Consumer tag of each consumed queue.
+    active: BTreeMap<QueueKey, String>,
     /// Tags cancelled and still draining.
     cancelling: BTreeSet<String>,
     next_tag: u64,
@@ -79,6 +93,11 @@ impl Consumers {
 
     /// Models consumed now.
     pub fn consuming(&self) -> BTreeSet<String> {
+        self.active.keys().map(|key| key.model.clone()).collect()
+    }
+
+    /// Queues consumed now.
+    pub fn consuming_queues(&self) -> BTreeSet<QueueKey> {
         self.active.keys().cloned().collect()
     }
 
@@ -92,40 +111,50 @@ impl Consumers {
     }
 
     /// Starts and cancels consumers so that exactly `desired` is consumed;
-    /// held jobs of dropped models go back to their queues.
-    pub async fn apply(&mut self, desired: &BTreeSet<String>) -> Result<(), BrokerError> {
-        let dropped: Vec<String> = self
+    /// held jobs of dropped queues go back to them.
+    pub async fn apply(&mut self, desired: &BTreeSet<QueueKey>) -> Result<(), BrokerError> {
+        let dropped: Vec<QueueKey> = self
             .active
             .keys()
-            .filter(|m| !desired.contains(*m))
+            .filter(|key| !desired.contains(*key))
             .cloned()
             .collect();
-        for model in dropped {
-            let tag = self.active.remove(&model).expect("active model");
+        for key in dropped {
+            let tag = self.active.remove(&key).expect("active queue");
             self.broker.cancel_consumer(&tag).await?;
             self.cancelling.insert(tag);
-            let (returned, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
-                .into_iter()
-                .partition(|h| h.model == model && !self.should_keep(&h.delivery));
+            let (returned, kept): (Vec<Held>, Vec<Held>) =
+                std::mem::take(&mut self.held).into_iter().partition(|h| {
+                    h.model == key.model && h.sub == key.sub && !self.should_keep(&h.delivery)
+                });
             self.held = kept.into();
             for held in returned {
                 held.delivery.requeue().await;
             }
         }
-        for model in desired {
-            if self.active.contains_key(model) {
+        for key in desired {
+            if self.active.contains_key(key) {
                 continue;
             }
             self.next_tag += 1;
-            let tag = format!("{}.{model}.{}", self.worker_id, self.next_tag);
-            let deliveries = self.broker.start_consumer(model, &tag).await?;
-            let (on_delivery, on_end) = (model.clone(), model.clone());
+            let tag = format!(
+                "{}.{}.{}.{}",
+                self.worker_id,
+                key.model,
+                key.sub.member(),
+                self.next_tag
+            );
+            let deliveries = self
+                .broker
+                .start_consumer(&key.model, &key.sub, &tag)
+                .await?;
+            let (on_delivery, on_end) = (key.clone(), key.clone());
             let events = deliveries
                 .map(move |delivery| (on_delivery.clone(), Some(delivery)))
                 .chain(stream::once(async move { (on_end, None) }))
                 .boxed();
             self.streams.insert(tag.clone(), events);
-            self.active.insert(model.clone(), tag);
+            self.active.insert(key.clone(), tag);
         }
         Ok(())
     }
@@ -142,7 +171,7 @@ impl Consumers {
         if self.streams.is_empty() {
             return std::future::pending().await;
         }
-        let Some((tag, (model, event))) = self.streams.next().await else {
+        let Some((tag, (key, event))) = self.streams.next().await else {
             return std::future::pending().await;
         };
         match event {
@@ -153,16 +182,22 @@ impl Consumers {
                     self.requeues.spawn(async move { delivery.requeue().await });
                 } else {
                     self.held.push_back(Held {
-                        model,
+                        model: key.model,
+                        sub: key.sub,
                         delivery,
                         received: Instant::now(),
                     });
                 }
                 Ok(())
             }
-            Some(Err(source)) => Err(ConsumerLost::Failed { model, source }),
+            Some(Err(source)) => Err(ConsumerLost::Failed {
+                queue: key.sub.queue_name(self.broker.names(), &key.model),
+                source,
+            }),
             None if self.cancelling.remove(&tag) => Ok(()),
-            None => Err(ConsumerLost::CancelledByBroker { model }),
+            None => Err(ConsumerLost::CancelledByBroker {
+                queue: key.sub.queue_name(self.broker.names(), &key.model),
+            }),
         }
     }
 }

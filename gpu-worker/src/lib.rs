@@ -16,6 +16,7 @@
 
 mod amqp;
 mod consumers;
+mod fair;
 mod gpu;
 mod heartbeat;
 mod job;
@@ -25,6 +26,7 @@ mod runtime;
 mod session;
 mod stats;
 mod store;
+mod sub_queues;
 mod worker;
 
 pub use job::{route, Route};

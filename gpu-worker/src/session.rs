@@ -3,7 +3,7 @@
 //! order placement wants (see `placement::choose`).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpuq_common::record::Assignment;
@@ -12,9 +12,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::consumers::Consumers;
+use crate::consumers::{Consumers, Held};
+use crate::fair::{Candidate, FairScheduler};
 use crate::job::{handle_delivery, JobContext};
 use crate::placement::{choose, desired_queues, Affinity, Choice};
+use crate::sub_queues::{queue_keys, KnownSubQueues};
 
 /// Why a worker stops of its own accord (the session sees both causes first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +41,18 @@ pub struct Session<'a> {
     pub tracker: &'a TaskTracker,
     pub shutdown: &'a CancellationToken,
     pub restart: &'a CancellationToken,
+    /// Orders held jobs across tenants; outlives sessions (the shares
+    /// continue across a reconnect).
+    pub fair: &'a Arc<Mutex<FairScheduler>>,
 }
 
 /// How long a free worker waits for a job of a loaded model before starting
 /// one that needs a load: a few broker round trips, against loads of seconds.
 const AFFINITY_GRACE: Duration = Duration::from_millis(50);
+
+/// How soon a worker whose held jobs all belong to tenants at their
+/// `max_running` looks again.
+const LIMITED_RETRY: Duration = Duration::from_millis(100);
 
 /// One broker session: consume the assigned queues, following assignment
 /// changes, and run held jobs (loaded models first) until stop or failure.
@@ -52,6 +61,7 @@ pub async fn consume(
     context: Arc<JobContext>,
     session: Session<'_>,
     assignment: &mut watch::Receiver<Option<Assignment>>,
+    known: &mut watch::Receiver<KnownSubQueues>,
 ) -> SessionEnd {
     let config = Arc::clone(&context.config);
     if let Err(error) = context
@@ -68,7 +78,10 @@ pub async fn consume(
         session.tracker.clone(),
     );
     let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
-    if let Err(error) = consumers.apply(&queues.models).await {
+    if let Err(error) = consumers
+        .apply(&queue_keys(&queues.models, &known.borrow_and_update()))
+        .await
+    {
         return SessionEnd::Lost(error.to_string());
     }
     let publish_queues = |consumers: &Consumers| {
@@ -87,6 +100,7 @@ pub async fn consume(
     let mut permit: Option<OwnedSemaphorePermit> = None;
     let mut free_since: Option<Instant> = None;
     let mut assignment_open = true;
+    let mut known_open = true;
     loop {
         let mut grace_until: Option<Instant> = None;
         if permit.is_some() && !consumers.held.is_empty() {
@@ -111,16 +125,26 @@ pub async fn consume(
             };
             match choice {
                 Choice::Run(index) => {
-                    let job = consumers.held.remove(index).expect("chosen job is held");
-                    let permit = permit.take().expect("free slot");
-                    free_since = None;
-                    publish_queues(&consumers);
-                    let context = Arc::clone(&context);
-                    session.tracker.spawn(async move {
-                        handle_delivery(context, job.model, job.delivery).await;
-                        drop(permit);
-                    });
-                    continue;
+                    let scheduler = Arc::clone(session.fair);
+                    match fair_pick(&consumers.held, index, affinity.is_some(), &scheduler) {
+                        Some(index) => {
+                            let job = consumers.held.remove(index).expect("chosen job is held");
+                            let permit = permit.take().expect("free slot");
+                            free_since = None;
+                            publish_queues(&consumers);
+                            let context = Arc::clone(&context);
+                            let charge = lock(&scheduler).started(&job.sub.tenant, &job.model);
+                            session.tracker.spawn(async move {
+                                let began = Instant::now();
+                                handle_delivery(context, job.model, job.delivery).await;
+                                lock(&scheduler).finished(charge, began.elapsed());
+                                drop(permit);
+                            });
+                            continue;
+                        }
+                        // Every such job's tenant is at its max_running: look again soon.
+                        None => grace_until = Some(now + LIMITED_RETRY),
+                    }
                 }
                 Choice::Wait(until) => grace_until = Some(until),
             }
@@ -135,9 +159,23 @@ pub async fn consume(
                     continue;
                 }
                 queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
-                if queues.models != consumers.consuming() {
+                let keys = queue_keys(&queues.models, &known.borrow());
+                if keys != consumers.consuming_queues() {
                     tracing::info!(models = ?queues.models, main = ?queues.main, "consuming (placement)");
-                    if let Err(error) = consumers.apply(&queues.models).await {
+                    if let Err(error) = consumers.apply(&keys).await {
+                        return SessionEnd::Lost(error.to_string());
+                    }
+                    publish_queues(&consumers);
+                }
+            }
+            changed = known.changed(), if known_open => {
+                if changed.is_err() {
+                    known_open = false;
+                    continue;
+                }
+                let keys = queue_keys(&queues.models, &known.borrow_and_update());
+                if keys != consumers.consuming_queues() {
+                    if let Err(error) = consumers.apply(&keys).await {
                         return SessionEnd::Lost(error.to_string());
                     }
                     publish_queues(&consumers);
@@ -155,4 +193,38 @@ pub async fn consume(
             _ = tokio::time::sleep_until(grace_until.unwrap_or_else(Instant::now)), if grace_until.is_some() => {}
         }
     }
+}
+
+/// The held job a free slot runs: among the jobs of the model placement
+/// chose (`chosen`'s; any model without placement), the one fair share
+/// picks (`crate::fair`); `None` when each of their tenants is at its
+/// `max_running`.
+fn fair_pick(
+    held: &std::collections::VecDeque<Held>,
+    chosen: usize,
+    same_model_only: bool,
+    scheduler: &Mutex<FairScheduler>,
+) -> Option<usize> {
+    let model = held[chosen].model.as_str();
+    let (indices, candidates): (Vec<usize>, Vec<Candidate<'_>>) = held
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !same_model_only || h.model == model)
+        .map(|(index, h)| {
+            let candidate = Candidate {
+                tenant: &h.sub.tenant,
+                level: h.sub.level,
+            };
+            (index, candidate)
+        })
+        .unzip();
+    lock(scheduler).pick(&candidates).map(|pick| indices[pick])
+}
+
+/// The scheduler's lock; its state stays usable even if a holder panicked
+/// (it only orders jobs).
+fn lock(scheduler: &Mutex<FairScheduler>) -> std::sync::MutexGuard<'_, FairScheduler> {
+    scheduler
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

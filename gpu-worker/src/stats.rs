@@ -85,10 +85,12 @@ impl WorkerStats {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Counts a job that ran on `model` and how long it waited and ran.
+    /// Counts a job that ran on `model` for `tenant` (labelled as one of at
+    /// most `max_tenant_labels`) and how long it waited and ran.
     pub fn record_job(
         &self,
         model: &str,
+        tenant: (&str, usize),
         status: &str,
         queue_wait_s: Option<f64>,
         run_s: Option<f64>,
@@ -96,6 +98,9 @@ impl WorkerStats {
         let mut metrics = self.metrics.lock();
         let model = metrics.models.entry(model.to_owned()).or_default();
         *model.jobs.entry(status.to_owned()).or_default() += 1;
+        let by_tenant = model.tenant(tenant.0, tenant.1);
+        *by_tenant.jobs.entry(status.to_owned()).or_default() += 1;
+        by_tenant.run_seconds_sum += run_s.unwrap_or(0.0);
         if let Some(wait) = queue_wait_s {
             model.queue_wait.observe(wait);
         }

@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use gpuq_common::config::RedisConfig;
+use gpuq_common::fair_share::SubQueue;
 use gpuq_common::job_record::{scripts, RecordScripts};
 use gpuq_common::record::{Assignment, JobRecord, WorkerRecord};
 use gpuq_common::redis_link::RedisLink;
@@ -260,6 +263,49 @@ impl Store {
                 None
             }
         }))
+    }
+
+    /// The sub-queues listed for each of `models` (`<ns>:subqueues:<model>`;
+    /// members this version cannot read are skipped).
+    pub async fn sub_queues(
+        &self,
+        models: &[String],
+    ) -> Result<BTreeMap<String, BTreeSet<SubQueue>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for model in models {
+            pipe.smembers(self.names.sub_queues_key(model));
+        }
+        let mut connection = self.connection.clone();
+        let members: Vec<Vec<String>> = pipe.query_async(&mut connection).await?;
+        Ok(models
+            .iter()
+            .cloned()
+            .zip(members)
+            .map(|(model, members)| {
+                let subs = members.iter().filter_map(|m| SubQueue::from_member(m));
+                (model, subs.collect())
+            })
+            .collect())
+    }
+
+    /// How many jobs of each of `tenants` run across the fleet (the
+    /// `processing` count the record scripts keep in `<ns>:tenant_load:<t>`).
+    pub async fn tenants_running(
+        &self,
+        tenants: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let mut pipe = redis::pipe();
+        for tenant in tenants {
+            pipe.hget(self.names.tenant_load_key(tenant), "processing");
+        }
+        let mut connection = self.connection.clone();
+        let counts: Vec<Option<i64>> = pipe.query_async(&mut connection).await?;
+        Ok(tenants
+            .iter()
+            .cloned()
+            .zip(counts)
+            .map(|(tenant, count)| (tenant, count.unwrap_or(0).max(0) as u64))
+            .collect())
     }
 
     /// Notes on the job's record a `reply_to` that got no reply. Written just

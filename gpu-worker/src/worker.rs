@@ -20,12 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::amqp::{Broker, BrokerNodes};
+use crate::fair::FairScheduler;
 use crate::job::{CancelRegistry, JobContext};
 use crate::pool::{Loader, ModelPool};
 use crate::runtime;
 use crate::session::{consume, ExitReason, Session, SessionEnd};
 use crate::stats::WorkerStats;
 use crate::store::{Store, StoreError};
+use crate::sub_queues::KnownSubQueues;
 
 /// Who this worker is and what it may serve; set by the dispatcher or by flags.
 #[derive(Debug, Clone)]
@@ -185,6 +187,18 @@ async fn serve(
         ));
     }
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
+    let fair = Arc::new(std::sync::Mutex::new(FairScheduler::new(
+        config.tenants.clone(),
+    )));
+    let (known_sender, mut known) = watch::channel(KnownSubQueues::new());
+    background.spawn(crate::sub_queues::watch_sub_queues(
+        store.clone(),
+        served_ids.clone(),
+        crate::sub_queues::POLL,
+        known_sender,
+        Arc::clone(&fair),
+        watching.clone(),
+    ));
     let models: HashMap<String, ModelConfig> =
         served.into_iter().map(|m| (m.id.clone(), m)).collect();
     let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts)?;
@@ -230,8 +244,9 @@ async fn serve(
             tracker: &tracker,
             shutdown: &shutdown,
             restart: &restart,
+            fair: &fair,
         };
-        let end = consume(context, session, &mut assignment).await;
+        let end = consume(context, session, &mut assignment, &mut known).await;
         broker.cancel_consumers().await;
         match end {
             SessionEnd::Stop(reason) => {

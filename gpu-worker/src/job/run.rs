@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use gpuq_common::artifacts::{self, ArtifactError, FetchLimits};
 use gpuq_common::registry::ModelConfig;
+use gpuq_common::wire::DEFAULT_TENANT;
 use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, ValueMap};
 
 use super::record::{completed, failed};
@@ -75,8 +76,11 @@ async fn run_model(
         ctx.pool.evict(&model.id).await;
     }
     let outcome = outcome_of(ctx, model, job, result, timeout).await;
+    let tenant = job.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+    let max_labels = ctx.config.tenants.max_labels as usize;
     ctx.stats.record_job(
         &model.id,
+        (tenant, max_labels),
         outcome.status.as_str(),
         queue_wait_s,
         Some(run_s),

@@ -1,0 +1,290 @@
+//! Which held job a free slot runs: fair share across tenants by GPU time,
+//! then priority within a tenant.
+//!
+//! A worker holds jobs from several sub-queues of a model (one per tenant
+//! and priority level; `gpuq_common::fair_share`). Run in arrival order,
+//! they would give a tenant with 2,000 jobs nearly every slot, so picking is
+//! start-time fair queueing on measured run time: each tenant has a virtual
+//! finish time that grows by the GPU time its jobs use divided by its
+//! weight; the next job is the tenant's with the smallest start tag
+//! `max(its finish time, the virtual clock)`, where the clock is the start
+//! tag of the last job started. A tenant that was idle starts level with
+//! the busiest instead of cashing in its idle time, and ties go to the
+//! tenant served least recently. Within the chosen tenant, the highest
+//! priority level first, then arrival order.
+//!
+//! A job is charged its model's estimated run time when it starts (so
+//! concurrent slots do not all pick the same tenant), then corrected by what
+//! it really took. Each worker keeps its own clock: workers that all hold
+//! jobs of the same tenants each give them their shares, so the fleet does.
+//! Nothing here delays a job, except one whose tenant is at its
+//! `tenants.<name>.max_running`: the fleet's count of the tenant's running
+//! jobs is read from Redis every second (`crate::sub_queues`), this
+//! worker's own starts and ends adjust it in between, and a tenant at its
+//! limit is passed over (its jobs stay held) until the count drops. Two
+//! workers starting a job of the same tenant within one read of each other
+//! can exceed the limit by one each until the next read.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gpuq_common::config::TenantsConfig;
+use gpuq_common::fair_share::Level;
+
+/// A held job as the scheduler sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub tenant: &'a str,
+    pub level: Level,
+}
+
+/// What a started job was charged, settled when it ends.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    tenant: String,
+    model: String,
+    estimate_s: f64,
+    weight: f64,
+}
+
+/// Run time assumed for a model before any of its jobs has ended.
+const FIRST_ESTIMATE_S: f64 = 1.0;
+/// Weight of the newest run time in a model's estimate.
+const ESTIMATE_SMOOTHING: f64 = 0.2;
+
+pub struct FairScheduler {
+    tenants: TenantsConfig,
+    /// Virtual finish time per tenant, seconds of GPU time per weight.
+    finish: HashMap<String, f64>,
+    /// Start tag of the last job started.
+    clock: f64,
+    /// When each tenant last started a job (a counter), for ties.
+    last_start: HashMap<String, u64>,
+    starts: u64,
+    /// Estimated run time per model, seconds.
+    estimates: HashMap<String, f64>,
+    /// Running jobs across the fleet of each tenant with `max_running`.
+    running: HashMap<String, u64>,
+}
+
+impl FairScheduler {
+    pub fn new(tenants: TenantsConfig) -> FairScheduler {
+        FairScheduler {
+            tenants,
+            finish: HashMap::new(),
+            clock: 0.0,
+            last_start: HashMap::new(),
+            starts: 0,
+            estimates: HashMap::new(),
+            running: HashMap::new(),
+        }
+    }
+
+    /// Tenants with a `max_running`: the ones whose counts to read.
+    pub fn limited_tenants(&self) -> Vec<String> {
+        let limited = self.tenants.named.iter();
+        limited
+            .filter(|(_, limits)| limits.max_running.is_some())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The fleet's running jobs of the limited tenants, as just read.
+    pub fn set_running(&mut self, running: HashMap<String, u64>) {
+        self.running = running;
+    }
+
+    fn limit(&self, tenant: &str) -> Option<u64> {
+        self.tenants.named.get(tenant).and_then(|t| t.max_running)
+    }
+
+    /// The tenant may start another job (it is under its `max_running`).
+    fn may_start(&self, tenant: &str) -> bool {
+        let running = self.running.get(tenant).copied().unwrap_or(0);
+        self.limit(tenant).is_none_or(|max| running < max)
+    }
+
+    fn start_tag(&self, tenant: &str) -> f64 {
+        self.finish
+            .get(tenant)
+            .copied()
+            .unwrap_or(0.0)
+            .max(self.clock)
+    }
+
+    /// The index of the candidate to run next; `None` when there are none.
+    pub fn pick(&self, candidates: &[Candidate<'_>]) -> Option<usize> {
+        let startable = candidates.iter().map(|c| c.tenant);
+        let tenant = startable.filter(|t| self.may_start(t)).min_by(|a, b| {
+            self.start_tag(a)
+                .total_cmp(&self.start_tag(b))
+                .then_with(|| self.last_start.get(*a).cmp(&self.last_start.get(*b)))
+        })?;
+        // Highest level first; among equals, the first held (max_by_key
+        // would return the last of equals, so compare on reversed index).
+        candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.tenant == tenant)
+            .max_by_key(|(index, c)| (c.level, std::cmp::Reverse(*index)))
+            .map(|(index, _)| index)
+    }
+
+    /// Charges a job's tenant its model's estimated run time.
+    pub fn started(&mut self, tenant: &str, model: &str) -> Charge {
+        let weight = self.tenants.weight(tenant);
+        let estimate_s = self
+            .estimates
+            .get(model)
+            .copied()
+            .unwrap_or(FIRST_ESTIMATE_S);
+        let start = self.start_tag(tenant);
+        self.clock = start;
+        self.finish
+            .insert(tenant.to_owned(), start + estimate_s / weight);
+        self.starts += 1;
+        self.last_start.insert(tenant.to_owned(), self.starts);
+        if self.limit(tenant).is_some() {
+            *self.running.entry(tenant.to_owned()).or_default() += 1;
+        }
+        Charge {
+            tenant: tenant.to_owned(),
+            model: model.to_owned(),
+            estimate_s,
+            weight,
+        }
+    }
+
+    /// Settles a job's charge with the time it really ran, and learns the
+    /// model's run time from it.
+    pub fn finished(&mut self, charge: Charge, ran: Duration) {
+        let ran_s = ran.as_secs_f64();
+        if let Some(running) = self.running.get_mut(&charge.tenant) {
+            *running = running.saturating_sub(1);
+        }
+        if let Some(finish) = self.finish.get_mut(&charge.tenant) {
+            *finish += (ran_s - charge.estimate_s) / charge.weight;
+        }
+        let estimate = self.estimates.entry(charge.model).or_insert(ran_s);
+        *estimate += ESTIMATE_SMOOTHING * (ran_s - *estimate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuq_common::config::TenantLimits;
+
+    fn scheduler(weights: &[(&str, f64)]) -> FairScheduler {
+        let mut tenants = TenantsConfig::default();
+        for (name, weight) in weights {
+            let limits = TenantLimits {
+                weight: *weight,
+                ..TenantLimits::default()
+            };
+            tenants.named.insert((*name).to_owned(), limits);
+        }
+        FairScheduler::new(tenants)
+    }
+
+    fn job(tenant: &str, level: Level) -> Candidate<'_> {
+        Candidate { tenant, level }
+    }
+
+    /// Runs `rounds` jobs of `run` each, one slot, both tenants always
+    /// backlogged; returns how many each ran.
+    fn share(s: &mut FairScheduler, rounds: usize, run: Duration) -> HashMap<String, usize> {
+        let mut ran = HashMap::new();
+        for _ in 0..rounds {
+            let held = [job("a", Level::Normal), job("b", Level::Normal)];
+            let chosen = held[s.pick(&held).unwrap()].tenant;
+            *ran.entry(chosen.to_owned()).or_default() += 1;
+            let charge = s.started(chosen, "m");
+            s.finished(charge, run);
+        }
+        ran
+    }
+
+    #[test]
+    fn backlogged_tenants_share_by_weight() {
+        let mut equal = scheduler(&[]);
+        let ran = share(&mut equal, 100, Duration::from_millis(200));
+        assert_eq!((ran["a"], ran["b"]), (50, 50));
+        let mut weighted = scheduler(&[("a", 3.0)]);
+        let ran = share(&mut weighted, 100, Duration::from_millis(200));
+        assert!((74..=76).contains(&ran["a"]), "{ran:?}");
+    }
+
+    #[test]
+    fn shares_are_of_gpu_time_not_job_count() {
+        // a's jobs take 3x as long: it gets a quarter of the jobs, half the time.
+        let mut s = scheduler(&[]);
+        let mut time = HashMap::<&str, f64>::new();
+        for _ in 0..400 {
+            let held = [job("a", Level::Normal), job("b", Level::Normal)];
+            let chosen = held[s.pick(&held).unwrap()].tenant;
+            let run = if chosen == "a" { 0.3 } else { 0.1 };
+            let charge = s.started(chosen, chosen);
+            s.finished(charge, Duration::from_secs_f64(run));
+            *time.entry(chosen).or_default() += run;
+        }
+        let a_share = time["a"] / (time["a"] + time["b"]);
+        assert!((0.45..=0.55).contains(&a_share), "{a_share}");
+    }
+
+    #[test]
+    fn a_tenant_arriving_late_runs_next_and_does_not_cash_in_idle_time() {
+        let mut s = scheduler(&[]);
+        share(&mut s, 1, Duration::from_millis(200));
+        for _ in 0..50 {
+            let held = [job("a", Level::Normal)];
+            let charge = s.started(held[s.pick(&held).unwrap()].tenant, "m");
+            s.finished(charge, Duration::from_millis(200));
+        }
+        // b held behind a's backlog: b runs next, then they alternate.
+        let held = [
+            job("a", Level::Normal),
+            job("a", Level::Normal),
+            job("b", Level::Normal),
+        ];
+        assert_eq!(s.pick(&held), Some(2));
+        let ran = share(&mut s, 20, Duration::from_millis(200));
+        assert_eq!((ran["a"], ran["b"]), (10, 10));
+    }
+
+    #[test]
+    fn a_tenant_at_its_max_running_is_passed_over_until_a_job_ends() {
+        let mut s = scheduler(&[]);
+        s.tenants.named.insert(
+            "a".into(),
+            TenantLimits {
+                max_running: Some(2),
+                ..TenantLimits::default()
+            },
+        );
+        assert_eq!(s.limited_tenants(), ["a"]);
+        // Another worker runs one of a's jobs.
+        s.set_running([("a".to_owned(), 1)].into());
+        let held = [job("a", Level::High), job("b", Level::Low)];
+        assert_eq!(s.pick(&held), Some(0));
+        let charge = s.started("a", "m");
+        assert_eq!(s.pick(&held), Some(1), "a is at 2 running");
+        assert_eq!(s.pick(&held[..1]), None);
+        s.finished(charge, Duration::from_millis(10));
+        assert_eq!(s.pick(&held[..1]), Some(0));
+    }
+
+    #[test]
+    fn within_a_tenant_the_highest_level_then_arrival_order() {
+        let s = scheduler(&[]);
+        let held = [
+            job("a", Level::Low),
+            job("a", Level::Normal),
+            job("a", Level::High),
+            job("a", Level::High),
+        ];
+        assert_eq!(s.pick(&held), Some(2));
+        assert_eq!(s.pick(&held[..2]), Some(1));
+        assert_eq!(s.pick(&[]), None);
+    }
+}
