@@ -17,7 +17,6 @@ use gpuq_common::config::Config;
 use gpuq_common::names::dead_letter_header;
 use gpuq_common::record::AmqpLink;
 use gpuq_common::topology::Topology;
-use gpuq_common::Names;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
@@ -99,35 +98,46 @@ impl QueueReader {
         })
     }
 
-    /// Ready messages in each of these models' queues.
+    /// Ready messages of each model, summed over its queues (its own and
+    /// its sub-queues). A sub-queue someone deleted counts as empty: its
+    /// failed passive declare closes the channel, which is opened again.
     pub async fn ready_counts(
-        &self,
-        names: &Names,
-        model_ids: impl Iterator<Item = &str>,
+        &mut self,
+        queues: &[(String, Vec<String>)],
     ) -> Result<BTreeMap<String, u64>, BrokerError> {
         let mut depths = BTreeMap::new();
-        for model in model_ids {
-            let queue = self
-                .channel
-                .queue_declare(
-                    names.model_queue(model).into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|source| {
-                    if !self.connection.status().connected() {
-                        lost(self.node);
+        for (model, names) in queues {
+            let mut ready = 0;
+            for (position, queue) in names.iter().enumerate() {
+                let declared = self
+                    .channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await;
+                match declared {
+                    Ok(queue) => ready += u64::from(queue.message_count()),
+                    Err(_) if position > 0 && self.connection.status().connected() => {
+                        tracing::warn!(%queue, "a listed sub-queue does not exist; counted empty");
+                        self.channel = self.connection.create_channel().await?;
                     }
-                    BrokerError::Queue {
-                        model: model.to_owned(),
-                        source,
+                    Err(source) => {
+                        if !self.connection.status().connected() {
+                            lost(self.node);
+                        }
+                        return Err(BrokerError::Queue {
+                            model: model.clone(),
+                            source,
+                        });
                     }
-                })?;
-            depths.insert(model.to_owned(), u64::from(queue.message_count()));
+                }
+            }
+            depths.insert(model.clone(), ready);
         }
         Ok(depths)
     }

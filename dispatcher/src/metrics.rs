@@ -3,6 +3,8 @@
 //!
 //! Metrics:
 //! - `gpuq_jobs_total{worker,model,status}` counter: jobs that ran, by final status
+//! - `gpuq_tenant_jobs_total{worker,model,tenant,status}`, `gpuq_tenant_run_seconds_total{worker,model,tenant}` counters:
+//!   jobs and GPU time by tenant, at most `tenants.max_labels` tenants by name per model, the rest as `other`
 //! - `gpuq_job_queue_wait_seconds{worker,model}` histogram: submission to start
 //! - `gpuq_job_run_seconds{worker,model}` histogram: model run time
 //! - `gpuq_model_loads_total{worker,model}` counter, `gpuq_model_load_seconds_total{worker,model}` counter
@@ -94,9 +96,18 @@ pub fn families(snapshot: &HostSnapshot) -> Vec<MetricFamily> {
     let (mut jobs, mut waits, mut runs, mut loads, mut load_seconds) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut unloads, mut resident) = (vec![], vec![]);
+    let (mut tenant_jobs, mut tenant_seconds) = (vec![], vec![]);
     for worker in &snapshot.workers {
         let w = worker.worker_id.as_str();
         for (model, m) in &worker.metrics.models {
+            for (tenant, t) in &m.tenants {
+                let pairs = [("worker", w), ("model", model), ("tenant", tenant)];
+                tenant_seconds.push(counter(t.run_seconds_sum, &pairs));
+                for (status, count) in &t.jobs {
+                    let pairs = [pairs[0], pairs[1], pairs[2], ("status", status)];
+                    tenant_jobs.push(counter(*count as f64, &pairs));
+                }
+            }
             for (status, count) in &m.jobs {
                 jobs.push(counter(
                     *count as f64,
@@ -149,6 +160,18 @@ pub fn families(snapshot: &HostSnapshot) -> Vec<MetricFamily> {
             "Jobs that ran, by final status.",
             COUNTER,
             jobs,
+        ),
+        family(
+            "gpuq_tenant_jobs_total",
+            "Jobs that ran, by tenant and final status (tenants past tenants.max_labels: `other`).",
+            COUNTER,
+            tenant_jobs,
+        ),
+        family(
+            "gpuq_tenant_run_seconds_total",
+            "GPU time (run time) used by each tenant's jobs: what fair share divides.",
+            COUNTER,
+            tenant_seconds,
         ),
         family(
             "gpuq_job_queue_wait_seconds",

@@ -126,13 +126,18 @@ async fn round(
     broker: &mut Option<QueueReader>,
     history: &mut History,
 ) -> Result<(), RoundError> {
-    let names = config.names();
     let reader = match broker {
         Some(reader) => reader,
         None => broker.insert(QueueReader::connect(config, host_id).await?),
     };
-    let models = config.registry().models().iter().map(|m| m.id.as_str());
-    let ready = reader.ready_counts(&names, models).await?;
+    let models: Vec<String> = config
+        .registry()
+        .models()
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    let queues = store.job_queues(&models).await?;
+    let ready = reader.ready_counts(&queues).await?;
     let now = now_ms();
     let ttl_ms = config.worker.heartbeat_ttl_ms;
     let workers: Vec<WorkerRecord> = store
