@@ -7,6 +7,7 @@
 //! jobs; and the footprint of the dispatcher and of an idle worker. Each figure
 //! is the median of several runs, with min and max.
 
+pub mod fairness;
 pub mod listing;
 pub mod mixed;
 pub mod procfs;

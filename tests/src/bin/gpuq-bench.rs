@@ -3,7 +3,7 @@
 //! `--mixed`, the mixed-workload placement benchmark instead (`bench::mixed`).
 
 use clap::Parser;
-use gpuq_integration_tests::bench::{self, listing, mixed, BenchOptions};
+use gpuq_integration_tests::bench::{self, fairness, listing, mixed, BenchOptions};
 
 /// Measures gpuq on this machine; see docs/benchmarks.md.
 #[derive(Parser, Debug)]
@@ -62,6 +62,16 @@ struct Args {
     /// (`bench::listing`; the figure is 50000).
     #[arg(long)]
     listing: Option<usize>,
+    /// Runs the fair-share and priority benchmark instead (`bench::fairness`),
+    /// with fair share on and then off.
+    #[arg(long)]
+    fairness: bool,
+    /// Multiplies the fairness benchmark's backlogs (1.0: 2,000 jobs).
+    #[arg(long, default_value_t = 1.0)]
+    fairness_scale: f64,
+    /// Run time of the fairness benchmark's synthetic jobs, ms.
+    #[arg(long, default_value_t = 200)]
+    fairness_run_ms: u64,
 }
 
 #[tokio::main]
@@ -73,6 +83,20 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", listing::render(&report));
+        }
+        return Ok(());
+    }
+    if args.fairness {
+        let report = fairness::run(&fairness::FairnessOptions {
+            scale: args.fairness_scale,
+            workers: 4,
+            run_ms: args.fairness_run_ms,
+        })
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", fairness::render(&report));
         }
         return Ok(());
     }

@@ -1,0 +1,233 @@
+//! Fair share and priorities on the default quorum queues (issue 15), on the
+//! real broker and Redis, with the synthetic `sleep` model (it sleeps; no
+//! real model runs). One worker runs one job at a time, so the order in
+//! which jobs start (the model's run log) is the order the worker chose.
+//!
+//! - A flood of one tenant does not hold back another: the small tenant's
+//!   jobs start interleaved with the flood's (and, with
+//!   `tenants.fair_share = false`, after all of it, as before).
+//! - A `high` job submitted behind a backlog on a quorum queue starts next.
+//! - A worker killed while holding jobs of several tenants loses none:
+//!   every job completes, once.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use gpuq_common::amqp::declare_topology;
+use gpuq_common::config::QueueType;
+use gpuq_common::fair_share::SubQueue;
+use gpuq_common::topology::Topology;
+use gpuq_integration_tests::eventually;
+use gpuq_integration_tests::fixtures::ConfigBuilder;
+use gpuq_integration_tests::TestSystem;
+use gpuq_producer::{JobRequest, Producer};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const WAIT: Duration = Duration::from_secs(60);
+const WORKER: &str = "host-a-gpu0-slot0";
+
+/// One host, one worker, a `sleep` model of `run_ms` per job logging each
+/// start to `runs.log`; `extra` is more config (`[tenants]`).
+fn system(runs_dir: &Path, run_ms: u64, extra: &str) -> TestSystem {
+    ConfigBuilder::new()
+        .section(extra)
+        .section("[jobs]\nretry_backoff_s = 1")
+        .host("host-a")
+        .dispatcher("restart_backoff_initial_ms = 100")
+        .gpu(8192)
+        .sleep_model("sleep", 1024, run_ms)
+        .model_keys("timeout_s = 60")
+        .run_log(&runs_dir.join("runs.log"))
+        .system()
+}
+
+/// Tags in the order their jobs started (first start of each).
+fn start_order(runs_dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(runs_dir.join("runs.log")).unwrap_or_default();
+    let mut runs: Vec<(u64, usize, String)> = Vec::new();
+    for (line_no, line) in text.lines().enumerate() {
+        let (tag, at) = line.split_once(' ').unwrap();
+        if !runs.iter().any(|(_, _, t)| t == tag) {
+            runs.push((at.parse().unwrap(), line_no, tag.to_owned()));
+        }
+    }
+    runs.sort();
+    runs.into_iter().map(|(_, _, tag)| tag).collect()
+}
+
+fn job(tenant: &str, tag: &str, priority: Option<u8>) -> JobRequest {
+    let mut request = JobRequest::new("sleep").input("tag", tag.to_owned());
+    request.tenant = Some(tenant.to_owned());
+    request.priority = priority;
+    request
+}
+
+async fn submit_all(producer: &Producer, jobs: Vec<JobRequest>) -> Vec<String> {
+    producer
+        .submit_many(jobs)
+        .await
+        .into_iter()
+        .map(|r| r.expect("submitted"))
+        .collect()
+}
+
+async fn wait_completed(system: &TestSystem, ids: &[String]) {
+    for id in ids {
+        let record = system
+            .wait_for_status(id, &["completed", "failed", "timed_out"], WAIT)
+            .await;
+        assert_eq!(record["status"], "completed", "{id}: {record:?}");
+    }
+}
+
+/// A's flood of 30, then B's 4: positions (0-based) at which B's jobs
+/// started among the flood's starts.
+async fn flood_then_small_tenant(extra: &str) -> Vec<usize> {
+    let runs = tempfile::tempdir().unwrap();
+    let system = system(runs.path(), 60, extra);
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
+        .await;
+    let producer = Producer::connect(system.config.clone()).await.unwrap();
+    // One job each first: both tenants' sub-queues exist and are consumed
+    // before the flood, so what follows is the worker's choice alone.
+    let warm = submit_all(
+        &producer,
+        vec![job("a", "warm-a", None), job("b", "warm-b", None)],
+    )
+    .await;
+    wait_completed(&system, &warm).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let flood: Vec<JobRequest> = (0..30).map(|i| job("a", &format!("a{i}"), None)).collect();
+    let mut ids = submit_all(&producer, flood).await;
+    let small: Vec<JobRequest> = (0..4).map(|i| job("b", &format!("b{i}"), None)).collect();
+    ids.extend(submit_all(&producer, small).await);
+    wait_completed(&system, &ids).await;
+
+    let order: Vec<String> = start_order(runs.path())
+        .into_iter()
+        .filter(|t| !t.starts_with("warm"))
+        .collect();
+    assert_eq!(order.len(), 34, "{order:?}");
+    order
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.starts_with('b'))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_one_tenant_does_not_hold_back_another() {
+    let fair = flood_then_small_tenant("").await;
+    // B's four jobs alternate with A's from the first free slot: all of
+    // them start within the first dozen starts, not after A's 30.
+    assert!(fair.iter().all(|&i| i < 12), "B's starts: {fair:?}");
+
+    let fifo = flood_then_small_tenant("[tenants]\nfair_share = false").await;
+    assert_eq!(fifo, vec![30, 31, 32, 33], "without fair share, B waits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_job_behind_a_backlog_on_a_quorum_queue_starts_next() {
+    let runs = tempfile::tempdir().unwrap();
+    let system = system(runs.path(), 60, "");
+    let _dispatcher = system.dispatcher(&[]);
+    let queue = system.names.model_queue("sleep");
+    system.wait_for_consumers(&queue, 1, WAIT).await;
+    let producer = Producer::connect(system.config.clone()).await.unwrap();
+    let warm = submit_all(&producer, vec![job("default", "warm", Some(9))]).await;
+    wait_completed(&system, &warm).await;
+    let high_queue = format!("{queue}.high");
+    system.wait_for_consumers(&high_queue, 1, WAIT).await;
+    // Declaring it again as a quorum queue (the config's default type) is
+    // accepted: RabbitMQ refuses a declare whose `x-queue-type` differs.
+    assert!(matches!(system.config.queues.queue_type, QueueType::Quorum));
+    let sub = SubQueue::for_job("default", Some(9), true);
+    let again = Topology {
+        exchanges: Vec::new(),
+        queues: vec![Topology::sub_queue(&system.config, "sleep", &sub)],
+    };
+    assert_eq!(again.queues[0].name, high_queue);
+    declare_topology(&system.amqp().await, &again)
+        .await
+        .unwrap();
+
+    let backlog: Vec<JobRequest> = (0..25)
+        .map(|i| job("default", &format!("n{i}"), None))
+        .collect();
+    let mut ids = submit_all(&producer, backlog).await;
+    eventually("the backlog is running", WAIT, || async {
+        start_order(runs.path()).iter().any(|t| t == "n0")
+    })
+    .await;
+    ids.extend(submit_all(&producer, vec![job("default", "urgent", Some(9))]).await);
+    let low = submit_all(&producer, vec![job("default", "later", Some(0))]).await;
+    ids.extend(low);
+    wait_completed(&system, &ids).await;
+
+    let order = start_order(runs.path());
+    let urgent = order.iter().position(|t| t == "urgent").unwrap();
+    let started_before: Vec<&String> = order[..urgent]
+        .iter()
+        .filter(|t| t.starts_with('n'))
+        .collect();
+    // Behind at most the job running and the one the worker held.
+    assert!(started_before.len() <= 3, "{order:?}");
+    // The low job was submitted after it, and never overtakes it.
+    let later = order.iter().position(|t| t == "later").unwrap();
+    assert!(later > urgent, "{order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_holding_jobs_of_several_tenants_loses_none() {
+    let runs = tempfile::tempdir().unwrap();
+    let system = system(runs.path(), 400, "[worker]\nconcurrency = 2");
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
+        .await;
+    let producer = Producer::connect(system.config.clone()).await.unwrap();
+    let mut jobs = Vec::new();
+    for tenant in ["default", "t1", "t2"] {
+        for i in 0..4 {
+            jobs.push(job(tenant, &format!("{tenant}-{i}"), None));
+        }
+    }
+    let ids = submit_all(&producer, jobs).await;
+    // Held and running jobs of the named tenants: their sub-queues are consumed.
+    eventually("jobs of two tenants have run", WAIT, || async {
+        let order = start_order(runs.path());
+        order.iter().any(|t| t.starts_with("t1")) && order.iter().any(|t| t.starts_with("t2"))
+    })
+    .await;
+    let pid: i32 = system
+        .worker_field(WORKER, "pid")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+
+    wait_completed(&system, &ids).await;
+    let mut completions: HashMap<String, u32> = HashMap::new();
+    for id in &ids {
+        let record = system.job_hash(id).await;
+        *completions.entry(record["status"].clone()).or_default() += 1;
+    }
+    assert_eq!(completions.get("completed"), Some(&12), "{completions:?}");
+    let started = start_order(runs.path());
+    assert_eq!(started.len(), 12, "every job ran: {started:?}");
+    for tenant in ["t1", "t2"] {
+        let queue = format!("{}.normal.{tenant}", system.names.model_queue("sleep"));
+        assert_eq!(
+            system.queue_depth(&queue).await.map(|d| d.0),
+            Some(0),
+            "{queue}"
+        );
+    }
+}
