@@ -155,6 +155,17 @@ impl FairScheduler {
         }
     }
 
+    /// Undoes the start of a job its tenant's `max_running` refused (at the
+    /// claim): the tenant counts as at its limit until the next read.
+    pub fn given_back(&mut self, charge: Charge) {
+        if let Some(finish) = self.finish.get_mut(&charge.tenant) {
+            *finish -= charge.estimate_s / charge.weight;
+        }
+        if let Some(limit) = self.limit(&charge.tenant) {
+            self.running.insert(charge.tenant, limit);
+        }
+    }
+
     /// Settles a job's charge with the time it really ran, and learns the
     /// model's run time from it.
     pub fn finished(&mut self, charge: Charge, ran: Duration) {

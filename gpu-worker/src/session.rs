@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpuq_common::record::Assignment;
+use tokio::sync::mpsc::{self, error::SendError};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +102,8 @@ pub async fn consume(
     let mut free_since: Option<Instant> = None;
     let mut assignment_open = true;
     let mut known_open = true;
+    // Jobs handed back unclaimed (their tenant at max_running), to hold again.
+    let (given_back, mut returned) = mpsc::unbounded_channel::<Held>();
     loop {
         let mut grace_until: Option<Instant> = None;
         if permit.is_some() && !consumers.held.is_empty() {
@@ -134,10 +137,25 @@ pub async fn consume(
                             publish_queues(&consumers);
                             let context = Arc::clone(&context);
                             let charge = lock(&scheduler).started(&job.sub.tenant, &job.model);
+                            let given_back = given_back.clone();
                             session.tracker.spawn(async move {
                                 let began = Instant::now();
-                                handle_delivery(context, job.model, job.delivery).await;
-                                lock(&scheduler).finished(charge, began.elapsed());
+                                let (model, sub) = (job.model.clone(), job.sub);
+                                match handle_delivery(context, job.model, job.delivery).await {
+                                    None => lock(&scheduler).finished(charge, began.elapsed()),
+                                    Some(delivery) => {
+                                        lock(&scheduler).given_back(charge);
+                                        let held = Held {
+                                            model,
+                                            sub,
+                                            delivery,
+                                            received: job.received,
+                                        };
+                                        if let Err(SendError(held)) = given_back.send(held) {
+                                            held.delivery.requeue().await; // the session has ended
+                                        }
+                                    }
+                                }
                                 drop(permit);
                             });
                             continue;
@@ -180,6 +198,10 @@ pub async fn consume(
                     }
                     publish_queues(&consumers);
                 }
+            }
+            Some(held) = returned.recv() => {
+                consumers.held.push_front(held);
+                publish_queues(&consumers);
             }
             received = consumers.receive() => {
                 if let Err(error) = received {

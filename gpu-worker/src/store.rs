@@ -46,6 +46,8 @@ pub enum Claim {
     Run { attempt: u32 },
     /// The job already ended (redelivery of a finished job): ack without running.
     AlreadyFinal(JobStatus),
+    /// Its tenant is at `max_running`: not claimed; give the delivery back.
+    TenantBusy,
 }
 
 /// The final state of a job, ready to be stored.
@@ -114,7 +116,11 @@ impl Store {
             other => {
                 let status: String =
                     redis::from_redis_value(other).map_err(redis::RedisError::from)?;
-                Claim::AlreadyFinal(JobStatus::parse(&status).unwrap_or(JobStatus::Completed))
+                if status == "tenant_busy" {
+                    Claim::TenantBusy
+                } else {
+                    Claim::AlreadyFinal(JobStatus::parse(&status).unwrap_or(JobStatus::Completed))
+                }
             }
         })
     }

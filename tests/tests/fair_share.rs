@@ -231,3 +231,51 @@ async fn a_worker_killed_holding_jobs_of_several_tenants_loses_none() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_never_runs_more_than_its_max_running_across_workers() {
+    let runs = tempfile::tempdir().unwrap();
+    let extra = "[tenants.capped]\nmax_running = 1";
+    let system = ConfigBuilder::new()
+        .section(extra)
+        .host("host-a")
+        .dispatcher("workers_per_gpu = 2")
+        .gpu(8192)
+        .sleep_model("sleep", 1024, 300)
+        .model_keys("timeout_s = 60")
+        .run_log(&runs.path().join("runs.log"))
+        .system();
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 2, WAIT)
+        .await;
+    let producer = Producer::connect(system.config.clone()).await.unwrap();
+    let mut jobs: Vec<JobRequest> = (0..6)
+        .map(|i| job("capped", &format!("c{i}"), None))
+        .collect();
+    jobs.extend((0..6).map(|i| job("free", &format!("f{i}"), None)));
+    let ids = submit_all(&producer, jobs).await;
+    wait_completed(&system, &ids).await;
+
+    // The claim refuses a second running job of `capped` in the same step
+    // that counts it: its jobs ran one after another, on either worker.
+    let mut capped = Vec::new();
+    for id in &ids[..6] {
+        let record = system.job_hash(id).await;
+        let at = |field: &str| record[field].parse::<u64>().unwrap();
+        capped.push((
+            at("started_ms"),
+            at("finished_ms"),
+            record["worker"].clone(),
+        ));
+    }
+    capped.sort();
+    for pair in capped.windows(2) {
+        // A few ms of slack: each worker stamps its own clock reading.
+        assert!(
+            pair[1].0 + 20 >= pair[0].1,
+            "two capped jobs overlapped: {capped:?}"
+        );
+    }
+    assert_eq!(start_order(runs.path()).len(), 12, "every job ran once");
+}

@@ -84,6 +84,7 @@ fn run(
                 gpu: "0",
                 metadata_json: None,
                 tenant,
+                max_running: None,
             };
             scripts::claim(names, job_id, now, &by)
         }
@@ -265,6 +266,7 @@ fn the_scripts_record_the_tenant_once_and_index_it() {
         gpu: "0",
         metadata_json: None,
         tenant,
+        max_running: None,
     };
     // Written by the producer: a claim naming another tenant keeps it.
     let fields = [
@@ -378,6 +380,7 @@ fn the_queued_script_refuses_a_tenant_at_max_queued() {
         gpu: "0",
         metadata_json: None,
         tenant: None,
+        max_running: None,
     };
     let _: i64 = scripts
         .invocation(&scripts::claim(&names, "a", 1, &by))

@@ -13,7 +13,8 @@
 //! - [`Script::Queued`]: `1` written, `0` the id exists, or a quota refusal
 //!   (`{'max_queued', queued}`, `{'rate_per_s', retry_after_ms}`), parsed
 //!   as a [`QueuedReply`];
-//! - [`Script::Claim`]: the attempt number (integer), or the final status (string);
+//! - [`Script::Claim`]: the attempt number (integer), the final status
+//!   (string), or `tenant_busy` (the tenant is at its `max_running`);
 //! - [`Script::Finish`]: `"ok"`, or the final status it already had;
 //! - [`Script::Retry`], [`Script::Progress`]: `1` written, `0` refused or ignored;
 //! - [`Script::Cancel`]: `"was_<status>"` (`was_unknown` without a record), or
@@ -83,11 +84,23 @@ fn is_final_lua() -> String {
 /// KEYS as [`queued::QUEUED`]'s first three; ARGV[1] now ms, ARGV[2]
 /// feature, ARGV[3] model, ARGV[4] worker, ARGV[5] host, ARGV[6] gpu,
 /// ARGV[7] job id, ARGV[8] metadata JSON or '', ARGV[9] tenant or '' (kept
-/// when the record has one).
+/// when the record has one), ARGV[10] the tenant's `max_running` or ''.
+/// With a limit, a job not already `processing` (a redelivery of a claimed
+/// job counts already) is refused with `tenant_busy` while the tenant's
+/// `processing` count is at the limit: the check and the count's increment
+/// are one step, so workers cannot race past it.
 const CLAIM: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if gpuq_is_final(status) then return status end
 local old_tenant = redis.call('HGET', KEYS[1], 'tenant')
+if ARGV[10] ~= '' and status ~= 'processing' then
+  local tenant = old_tenant or (ARGV[9] ~= '' and ARGV[9]) or nil
+  local ns = string.match(KEYS[1], '^([^:]+):job:')
+  if tenant and ns then
+    local running = tonumber(redis.call('HGET', ns .. ':tenant_load:' .. tenant, 'processing')) or 0
+    if running >= tonumber(ARGV[10]) then return 'tenant_busy' end
+  end
+end
 local now = ARGV[1]
 redis.call('HSET', KEYS[1], 'status', 'processing', 'feature', ARGV[2], 'model', ARGV[3],
   'worker', ARGV[4], 'host', ARGV[5], 'gpu', ARGV[6], 'started_ms', now, 'progress', '0')
@@ -201,6 +214,8 @@ pub struct Claimant<'a> {
     /// The job's tenant, stored only when the record has none yet (a job
     /// another client published); the event carries the record's.
     pub tenant: Option<&'a str>,
+    /// The tenant's `max_running`: past it the claim is refused.
+    pub max_running: Option<u64>,
 }
 
 pub fn claim(names: &Names, job_id: &str, now_ms: u64, by: &Claimant<'_>) -> ScriptCall {
@@ -221,6 +236,7 @@ pub fn claim(names: &Names, job_id: &str, now_ms: u64, by: &Claimant<'_>) -> Scr
             job_id.to_owned(),
             by.metadata_json.unwrap_or("").to_owned(),
             by.tenant.unwrap_or("").to_owned(),
+            by.max_running.map(|m| m.to_string()).unwrap_or_default(),
         ],
     }
 }

@@ -10,6 +10,7 @@ use gpuq_common::{ErrorCode, JobError, JobStatus, StatusEvent};
 
 use super::record::{failed, with_retries};
 use super::InFlight;
+use crate::amqp::Delivery;
 use crate::store::{Claim, Outcome};
 
 /// Back-off before attempt `attempt + 1`: `retry_backoff_s`, doubling, capped.
@@ -22,11 +23,25 @@ pub fn retry_backoff(jobs: &gpuq_common::config::JobsConfig, attempt: u32) -> Du
     )
 }
 
-impl InFlight<'_> {
-    /// Claims the job in Redis: the job and its attempt number, or `None`
-    /// when the delivery was settled instead (acked: the job had ended;
-    /// requeued: Redis is down).
-    pub(super) async fn claim(self) -> Option<(Self, u32)> {
+/// What a claim did with a job.
+// Moved once, from the claim to `process`: boxing the job would cost an
+// allocation per job on the hot path to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Claimed<'a> {
+    /// Ours to run: the job and its attempt number.
+    Run(InFlight<'a>, u32),
+    /// Acked or requeued: nothing more to do.
+    Settled,
+    /// Not claimed (its tenant is at `max_running`): hold it again.
+    GivenBack(Delivery),
+}
+
+impl<'a> InFlight<'a> {
+    /// Claims the job in Redis: the job and its attempt number; or the
+    /// delivery was settled instead (acked: the job had ended; requeued:
+    /// Redis is down); or, its tenant at `max_running`, the delivery to hold
+    /// until the tenant may run again.
+    pub(super) async fn claim(self) -> Claimed<'a> {
         let ctx = self.ctx;
         let job = &self.job;
         let metadata_json =
@@ -39,6 +54,11 @@ impl InFlight<'_> {
             gpu: &ctx.gpu,
             metadata_json: metadata_json.as_deref(),
             tenant: job.tenant().ok(),
+            max_running: job
+                .tenant()
+                .ok()
+                .and_then(|t| ctx.config.tenants.named.get(t))
+                .and_then(|limits| limits.max_running),
         };
         let claimed = with_retries(self.redis_retry(), || {
             ctx.store.claim(&job.job_id, &claimant)
@@ -47,19 +67,23 @@ impl InFlight<'_> {
         match claimed {
             Ok(Claim::Run { attempt }) => {
                 tracing::debug!(attempt, "job claimed");
-                Some((self, attempt))
+                Claimed::Run(self, attempt)
+            }
+            Ok(Claim::TenantBusy) => {
+                tracing::debug!("tenant at max_running; the job waits");
+                Claimed::GivenBack(self.delivery)
             }
             Ok(Claim::AlreadyFinal(status)) => {
                 tracing::info!(%status, "job already final; acking the redelivery without running it");
                 // Its first delivery may have lost its reply with its connection.
                 self.reply_again().await;
                 self.settle_ack().await;
-                None
+                Claimed::Settled
             }
             Err(error) => {
                 tracing::error!(%error, "cannot claim the job in redis; requeueing it");
                 self.settle_requeue().await;
-                None
+                Claimed::Settled
             }
         }
     }

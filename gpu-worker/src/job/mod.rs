@@ -29,6 +29,7 @@ use gpuq_common::{JobMessage, Names};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use self::attempts::Claimed;
 use self::route::Checked;
 use crate::pool::ModelPool;
 use crate::stats::WorkerStats;
@@ -85,8 +86,14 @@ impl CancelRegistry {
     }
 }
 
-/// Handles one delivery from `model_id`'s queue to its ack (or requeue).
-pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: Delivery) {
+/// Handles one delivery from `model_id`'s queue to its ack (or requeue);
+/// returns it, unclaimed, when its tenant is at `max_running`, for the
+/// session to hold until the tenant may run again.
+pub async fn handle_delivery(
+    ctx: Arc<JobContext>,
+    model_id: String,
+    delivery: Delivery,
+) -> Option<Delivery> {
     let message_id = delivery.message_id();
     let span = tracing::info_span!(
         "job",
@@ -112,7 +119,7 @@ pub async fn handle_delivery(ctx: Arc<JobContext>, model_id: String, delivery: D
         delivery,
         message_id,
     };
-    process(received).instrument(span).await;
+    process(received).instrument(span).await
 }
 
 /// A delivery not yet decoded: it may not be a job at all.
@@ -137,23 +144,33 @@ pub(crate) struct InFlight<'a> {
 }
 
 /// The whole path of one delivery; every branch ends in exactly one settle.
-async fn process(received: Received<'_>) {
+async fn process(received: Received<'_>) -> Option<Delivery> {
     let Some(job) = received.decode().await else {
-        return; // not a job: dead-lettered
+        return None; // not a job: dead-lettered
     };
     let timeout = match job.check() {
         Checked::Run { timeout } => timeout,
-        Checked::Forward { routing_key } => return job.forward(&routing_key).await,
-        Checked::Refused(outcome) => return job.refuse(outcome).await,
+        Checked::Forward { routing_key } => {
+            job.forward(&routing_key).await;
+            return None;
+        }
+        Checked::Refused(outcome) => {
+            job.refuse(outcome).await;
+            return None;
+        }
     };
-    let Some((mut job, attempt)) = job.claim().await else {
-        return; // already final (acked) or Redis is down (requeued)
+    let (mut job, attempt) = match job.claim().await {
+        Claimed::Run(job, attempt) => (job, attempt),
+        Claimed::Settled => return None, // already final (acked) or Redis is down (requeued)
+        Claimed::GivenBack(delivery) => return Some(delivery),
     };
     if let Some(error) = job.out_of_attempts(attempt) {
-        return job.give_up(error, attempt).await;
+        job.give_up(error, attempt).await;
+        return None;
     }
     let outcome = job.run(timeout).await;
     job.conclude(outcome, attempt).await;
+    None
 }
 
 impl InFlight<'_> {
