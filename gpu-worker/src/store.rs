@@ -48,6 +48,9 @@ pub enum Claim {
     AlreadyFinal(JobStatus),
     /// Its tenant is at `max_running`: not claimed; give the delivery back.
     TenantBusy,
+    /// No producer recorded it (published straight to AMQP) and its tenant
+    /// has `max_queued` jobs waiting: not claimed; end it `quota_exceeded`.
+    QuotaExceeded,
 }
 
 /// The final state of a job, ready to be stored.
@@ -118,6 +121,8 @@ impl Store {
                     redis::from_redis_value(other).map_err(redis::RedisError::from)?;
                 if status == "tenant_busy" {
                     Claim::TenantBusy
+                } else if status == "quota_exceeded" {
+                    Claim::QuotaExceeded
                 } else {
                     Claim::AlreadyFinal(JobStatus::parse(&status).unwrap_or(JobStatus::Completed))
                 }

@@ -55,6 +55,11 @@ fn the_functions_on_the_paths_are_defined_where_the_doc_says() {
         ("gpu-worker/src/job/decode.rs", "fn decode"),
         ("gpu-worker/src/job/route.rs", "fn check"),
         ("gpu-worker/src/job/attempts.rs", "fn claim"),
+        ("gpu-worker/src/session.rs", "fn fair_pick"),
+        (
+            "producer/src/producer/sub_queues.rs",
+            "fn declare_sub_queues",
+        ),
         ("gpu-worker/src/job/run.rs", "fn run_model"),
         ("gpu-worker/src/job/attempts.rs", "fn conclude"),
         ("gpu-worker/src/job/route.rs", "fn route"),

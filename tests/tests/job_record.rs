@@ -85,6 +85,7 @@ fn run(
                 metadata_json: None,
                 tenant,
                 max_running: None,
+                max_queued: None,
             };
             scripts::claim(names, job_id, now, &by)
         }
@@ -267,6 +268,7 @@ fn the_scripts_record_the_tenant_once_and_index_it() {
         metadata_json: None,
         tenant,
         max_running: None,
+        max_queued: None,
     };
     // Written by the producer: a claim naming another tenant keeps it.
     let fields = [
@@ -381,6 +383,7 @@ fn the_queued_script_refuses_a_tenant_at_max_queued() {
         metadata_json: None,
         tenant: None,
         max_running: None,
+        max_queued: None,
     };
     let _: i64 = scripts
         .invocation(&scripts::claim(&names, "a", 1, &by))

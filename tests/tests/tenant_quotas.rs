@@ -227,3 +227,46 @@ async fn a_tenant_submits_again_once_its_queued_jobs_have_run() {
     let record: Value = serde_json::from_str(record).unwrap();
     assert_eq!(record["status"], "completed", "{record}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_published_straight_to_amqp_past_max_queued_fails_quota_exceeded() {
+    // `huge` fits no GPU: acme's job on it stays queued, holding the quota.
+    let system = ConfigBuilder::one_host()
+        .section("[tenants.acme]\nmax_queued = 1")
+        .gpu(8192)
+        .echo("echo")
+        .model("huge", "sleep", 999_999)
+        .system();
+    let queued = system.gpuq(&["submit", "huge", "--tenant", "acme"], WAIT);
+    assert!(queued.status.success(), "{queued:?}");
+    assert_eq!(queued_count(&system, "acme").await, 1);
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
+        .await;
+
+    // Published by a client that bypasses the producer: no record, not counted.
+    gpuq_integration_tests::jobs::publish(&system, "echo", "direct-acme", r#", "tenant": "acme""#)
+        .await;
+    gpuq_integration_tests::jobs::publish(&system, "echo", "direct-other", r#", "tenant": "zed""#)
+        .await;
+    let refused = system
+        .wait_for_status("direct-acme", &["completed", "failed"], WAIT)
+        .await;
+    assert_eq!(
+        (refused["status"].as_str(), refused["error_code"].as_str()),
+        ("failed", "quota_exceeded"),
+        "{refused:?}"
+    );
+    assert!(
+        refused["error_message"].contains("max_queued"),
+        "{refused:?}"
+    );
+    let other = system
+        .wait_for_status("direct-other", &["completed", "failed"], WAIT)
+        .await;
+    assert_eq!(
+        other["status"], "completed",
+        "another tenant is not held to acme's quota"
+    );
+}

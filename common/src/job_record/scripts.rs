@@ -14,7 +14,8 @@
 //!   (`{'max_queued', queued}`, `{'rate_per_s', retry_after_ms}`), parsed
 //!   as a [`QueuedReply`];
 //! - [`Script::Claim`]: the attempt number (integer), the final status
-//!   (string), or `tenant_busy` (the tenant is at its `max_running`);
+//!   (string), `tenant_busy` (the tenant is at its `max_running`), or
+//!   `quota_exceeded` (a job no producer recorded, its tenant at `max_queued`);
 //! - [`Script::Finish`]: `"ok"`, or the final status it already had;
 //! - [`Script::Retry`], [`Script::Progress`]: `1` written, `0` refused or ignored;
 //! - [`Script::Cancel`]: `"was_<status>"` (`was_unknown` without a record), or
@@ -84,20 +85,29 @@ fn is_final_lua() -> String {
 /// KEYS as [`queued::QUEUED`]'s first three; ARGV[1] now ms, ARGV[2]
 /// feature, ARGV[3] model, ARGV[4] worker, ARGV[5] host, ARGV[6] gpu,
 /// ARGV[7] job id, ARGV[8] metadata JSON or '', ARGV[9] tenant or '' (kept
-/// when the record has one), ARGV[10] the tenant's `max_running` or ''.
-/// With a limit, a job not already `processing` (a redelivery of a claimed
-/// job counts already) is refused with `tenant_busy` while the tenant's
-/// `processing` count is at the limit: the check and the count's increment
-/// are one step, so workers cannot race past it.
+/// when the record has one), ARGV[10] the tenant's `max_running` or '',
+/// ARGV[11] its `max_queued` or ''.
+/// With `max_running`, a job not already `processing` (a redelivery of a
+/// claimed job counts already) is refused with `tenant_busy` while the
+/// tenant's `processing` count is at the limit: the check and the count's
+/// increment are one step, so workers cannot race past it. With
+/// `max_queued`, a job with no record (published straight to AMQP, never
+/// counted) is refused with `quota_exceeded` while the tenant already has
+/// that many jobs waiting.
 const CLAIM: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if gpuq_is_final(status) then return status end
 local old_tenant = redis.call('HGET', KEYS[1], 'tenant')
-if ARGV[10] ~= '' and status ~= 'processing' then
-  local tenant = old_tenant or (ARGV[9] ~= '' and ARGV[9]) or nil
-  local ns = string.match(KEYS[1], '^([^:]+):job:')
-  if tenant and ns then
-    local running = tonumber(redis.call('HGET', ns .. ':tenant_load:' .. tenant, 'processing')) or 0
+local tenant = old_tenant or (ARGV[9] ~= '' and ARGV[9]) or nil
+local ns = string.match(KEYS[1], '^([^:]+):job:')
+if tenant and ns then
+  local load = ns .. ':tenant_load:' .. tenant
+  if ARGV[11] ~= '' and not status then
+    local queued = tonumber(redis.call('HGET', load, 'queued')) or 0
+    if queued >= tonumber(ARGV[11]) then return 'quota_exceeded' end
+  end
+  if ARGV[10] ~= '' and status ~= 'processing' then
+    local running = tonumber(redis.call('HGET', load, 'processing')) or 0
     if running >= tonumber(ARGV[10]) then return 'tenant_busy' end
   end
 end
@@ -216,6 +226,9 @@ pub struct Claimant<'a> {
     pub tenant: Option<&'a str>,
     /// The tenant's `max_running`: past it the claim is refused.
     pub max_running: Option<u64>,
+    /// The tenant's `max_queued`: a job with no record (published straight
+    /// to AMQP) is refused while the tenant has that many waiting.
+    pub max_queued: Option<u64>,
 }
 
 pub fn claim(names: &Names, job_id: &str, now_ms: u64, by: &Claimant<'_>) -> ScriptCall {
@@ -237,6 +250,7 @@ pub fn claim(names: &Names, job_id: &str, now_ms: u64, by: &Claimant<'_>) -> Scr
             by.metadata_json.unwrap_or("").to_owned(),
             by.tenant.unwrap_or("").to_owned(),
             by.max_running.map(|m| m.to_string()).unwrap_or_default(),
+            by.max_queued.map(|m| m.to_string()).unwrap_or_default(),
         ],
     }
 }

@@ -46,6 +46,8 @@ impl<'a> InFlight<'a> {
         let job = &self.job;
         let metadata_json =
             (!job.metadata.is_empty()).then(|| value_map_to_json_string(&job.metadata));
+        let tenant = job.tenant().ok();
+        let limits = tenant.and_then(|t| ctx.config.tenants.named.get(t));
         let claimant = Claimant {
             feature: &job.feature,
             model: &self.model.id,
@@ -53,12 +55,9 @@ impl<'a> InFlight<'a> {
             host: &ctx.host_id,
             gpu: &ctx.gpu,
             metadata_json: metadata_json.as_deref(),
-            tenant: job.tenant().ok(),
-            max_running: job
-                .tenant()
-                .ok()
-                .and_then(|t| ctx.config.tenants.named.get(t))
-                .and_then(|limits| limits.max_running),
+            tenant,
+            max_running: limits.and_then(|l| l.max_running),
+            max_queued: limits.and_then(|l| l.max_queued),
         };
         let claimed = with_retries(self.redis_retry(), || {
             ctx.store.claim(&job.job_id, &claimant)
@@ -72,6 +71,15 @@ impl<'a> InFlight<'a> {
             Ok(Claim::TenantBusy) => {
                 tracing::debug!("tenant at max_running; the job waits");
                 Claimed::GivenBack(self.delivery)
+            }
+            Ok(Claim::QuotaExceeded) => {
+                let tenant = tenant.unwrap_or_default().to_owned();
+                let error = JobError::new(
+                    ErrorCode::QuotaExceeded,
+                    format!("tenant '{tenant}' has its tenants.{tenant}.max_queued jobs waiting; a job published straight to AMQP past it is not run"),
+                );
+                self.refuse(failed(JobStatus::Failed, error)).await;
+                Claimed::Settled
             }
             Ok(Claim::AlreadyFinal(status)) => {
                 tracing::info!(%status, "job already final; acking the redelivery without running it");
