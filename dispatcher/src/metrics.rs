@@ -329,6 +329,10 @@ mod tests {
         model.jobs.insert("completed".into(), 3);
         model.run.observe(0.02);
         model.loads = 1;
+        let acme = model.tenant("acme", 1);
+        acme.jobs.insert("completed".into(), 2);
+        acme.run_seconds_sum = 1.5;
+        model.tenant("zed", 1).run_seconds_sum = 0.5;
         let mut metrics = WorkerMetrics::default();
         metrics.models.insert("echo".into(), model);
         let worker = WorkerRecord {
@@ -368,6 +372,14 @@ mod tests {
             ),
             "{text}"
         );
+        // One tenant by name (tenants.max_labels = 1 here), the rest as `other`.
+        for line in [
+            r#"gpuq_tenant_jobs_total{worker="h-gpu0-slot0",model="echo",tenant="acme",status="completed"} 2"#,
+            r#"gpuq_tenant_run_seconds_total{worker="h-gpu0-slot0",model="echo",tenant="acme"} 1.5"#,
+            r#"gpuq_tenant_run_seconds_total{worker="h-gpu0-slot0",model="echo",tenant="other"} 0.5"#,
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
         assert!(
             text.contains("gpuq_amqp_reconnects_total{process=\"h-gpu0-slot0\"} 2"),
             "{text}"

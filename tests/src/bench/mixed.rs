@@ -94,6 +94,12 @@ pub struct MixedOptions {
     pub seed: u64,
     /// GPUs, one worker each.
     pub workers: usize,
+    /// Spread the trace's jobs over this many tenants (job i: `t{i % n}`),
+    /// every 20th at priority 9 (0: every job the default tenant's, normal:
+    /// the trace as issue 8 ran it).
+    pub tenants: usize,
+    /// `tenants.fair_share` of both runs.
+    pub fair_share: bool,
     /// Skip the naive run (for iterating on placement; no placement/naive ratio).
     pub skip_naive: bool,
 }
@@ -211,9 +217,16 @@ impl Mode {
 }
 
 /// The config body of one run (`TestSystem` adds namespace and URLs).
-pub fn system_config(mode: Mode, models: &[SyntheticModel], workers: usize) -> String {
+pub fn system_config(
+    mode: Mode,
+    models: &[SyntheticModel],
+    workers: usize,
+    fair_share: bool,
+) -> String {
     let mut text = format!(
         r#"
+[tenants]
+fair_share = {fair_share}
 [worker]
 concurrency = 1
 prefetch = 1

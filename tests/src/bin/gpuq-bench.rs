@@ -55,6 +55,13 @@ struct Args {
     /// GPUs (one worker each) of the mixed benchmark.
     #[arg(long, default_value_t = 4)]
     mixed_workers: usize,
+    /// Spread the mixed trace over this many tenants (every 20th job high
+    /// priority); 0 keeps every job the default tenant's.
+    #[arg(long, default_value_t = 0)]
+    mixed_tenants: usize,
+    /// Runs the mixed benchmark with `tenants.fair_share = false`.
+    #[arg(long)]
+    fair_share_off: bool,
     /// Mixed benchmark without the (slow) naive run.
     #[arg(long)]
     mixed_skip_naive: bool,
@@ -106,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
             seed: args.seed,
             workers: args.mixed_workers,
             skip_naive: args.mixed_skip_naive,
+            tenants: args.mixed_tenants,
+            fair_share: !args.fair_share_off,
         })
         .await?;
         if args.json {

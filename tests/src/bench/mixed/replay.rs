@@ -24,7 +24,7 @@ pub(super) async fn replay(
     options: &MixedOptions,
 ) -> Result<(Vec<JobOutcome>, Vec<WorkerMetrics>, u64)> {
     let models = &MODELS[..];
-    let body = system_config(mode, models, options.workers);
+    let body = system_config(mode, models, options.workers, options.fair_share);
     // TestSystem panics on a config gpuq rejects: check it first, for a plain error.
     Config::parse(&body, None, &ConfigOverrides::default())
         .with_context(|| format!("the {} run's config is rejected", mode.name()))?;
@@ -54,6 +54,10 @@ pub(super) async fn replay(
         let model = &models[job.model];
         let mut request = JobRequest::new(model.id).input("duration_ms", job.duration_ms);
         request.job_id = Some(format!("mix-{}-{i}-{}", mode.name(), &run_tag[..8]));
+        if options.tenants > 0 {
+            request.tenant = Some(format!("t{}", i % options.tenants));
+            request.priority = (i % 20 == 19).then_some(9);
+        }
         let id = producer
             .submit(request)
             .await

@@ -142,7 +142,7 @@ fn figures_follow_their_definitions() {
 #[test]
 fn every_config_is_valid_and_declares_the_workers_and_models() {
     for mode in [Mode::Naive, Mode::Placement] {
-        let text = system_config(mode, &MODELS, 3);
+        let text = system_config(mode, &MODELS, 3, true);
         Config::parse(&text, None, &ConfigOverrides::default()).unwrap();
         assert_eq!(text.matches("[[dispatcher.gpus]]").count(), 3);
         assert_eq!(text.matches("runtime = \"sleep\"").count(), MODELS.len());
