@@ -65,17 +65,11 @@ pub async fn consume(
     known: &mut watch::Receiver<KnownSubQueues>,
 ) -> SessionEnd {
     let config = Arc::clone(&context.config);
-    if let Err(error) = context
-        .broker
-        .set_prefetch(config.worker.effective_prefetch())
-        .await
-    {
-        return SessionEnd::Lost(error.to_string());
-    }
     let mut consumers = Consumers::new(
         Arc::clone(&context.broker),
         &context.worker_id,
         config.queues.delivery_limit,
+        config.worker.effective_prefetch(),
         session.tracker.clone(),
     );
     let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
