@@ -60,10 +60,8 @@ pub struct Consumers {
     /// (one step before the queue's delivery limit dead-letters them).
     keep_from_delivery: u32,
     streams: StreamMap<String, BoxStream<'static, Event>>,
-    /// Consumer tag and prefetch of each consumed queue.
-    active: BTreeMap<QueueKey, (String, u16)>,
-    /// Deliveries held per queue of a model with one queue (`worker.prefetch`).
-    prefetch: u16,
+    /// Consumer tag of each consumed queue.
+    active: BTreeMap<QueueKey, String>,
     /// Tags cancelled and still draining.
     cancelling: BTreeSet<String>,
     next_tag: u64,
@@ -78,7 +76,6 @@ impl Consumers {
         broker: Arc<Broker>,
         worker_id: &str,
         delivery_limit: u32,
-        prefetch: u16,
         requeues: TaskTracker,
     ) -> Consumers {
         Consumers {
@@ -87,7 +84,6 @@ impl Consumers {
             keep_from_delivery: delivery_limit.saturating_sub(1).max(1),
             streams: StreamMap::new(),
             active: BTreeMap::new(),
-            prefetch,
             cancelling: BTreeSet::new(),
             next_tag: 0,
             held: VecDeque::new(),
@@ -114,35 +110,17 @@ impl Consumers {
         waiting
     }
 
-    /// Deliveries a consumer of `key` holds: `worker.prefetch`, one more
-    /// when its model has several queues (sub-queues), so that while the
-    /// worker runs a job of one, each of the others still has a job held
-    /// for the fair scheduler to choose (with exactly `concurrency`, the
-    /// queue of the running job would have none, and tenants would simply
-    /// alternate whatever their weights and levels).
-    fn prefetch_for(&self, key: &QueueKey, desired: &BTreeSet<QueueKey>) -> u16 {
-        let queues = desired.iter().filter(|k| k.model == key.model).count();
-        if queues > 1 {
-            self.prefetch.saturating_add(1)
-        } else {
-            self.prefetch
-        }
-    }
-
-    /// Starts and cancels consumers so that exactly `desired` is consumed,
-    /// each with its prefetch (a consumer whose prefetch changes is
-    /// started again); held jobs of dropped consumers go back to their queues.
+    /// Starts and cancels consumers so that exactly `desired` is consumed;
+    /// held jobs of dropped queues go back to them.
     pub async fn apply(&mut self, desired: &BTreeSet<QueueKey>) -> Result<(), BrokerError> {
         let dropped: Vec<QueueKey> = self
             .active
-            .iter()
-            .filter(|(key, (_, prefetch))| {
-                !desired.contains(*key) || *prefetch != self.prefetch_for(key, desired)
-            })
-            .map(|(key, _)| key.clone())
+            .keys()
+            .filter(|key| !desired.contains(*key))
+            .cloned()
             .collect();
         for key in dropped {
-            let (tag, _) = self.active.remove(&key).expect("active queue");
+            let tag = self.active.remove(&key).expect("active queue");
             self.broker.cancel_consumer(&tag).await?;
             self.cancelling.insert(tag);
             let (returned, kept): (Vec<Held>, Vec<Held>) =
@@ -158,8 +136,6 @@ impl Consumers {
             if self.active.contains_key(key) {
                 continue;
             }
-            let prefetch = self.prefetch_for(key, desired);
-            self.broker.set_prefetch(prefetch).await?;
             self.next_tag += 1;
             let tag = format!(
                 "{}.{}.{}.{}",
@@ -178,7 +154,7 @@ impl Consumers {
                 .chain(stream::once(async move { (on_end, None) }))
                 .boxed();
             self.streams.insert(tag.clone(), events);
-            self.active.insert(key.clone(), (tag, prefetch));
+            self.active.insert(key.clone(), tag);
         }
         Ok(())
     }

@@ -28,6 +28,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use gpuq_common::config::TenantsConfig;
 use gpuq_common::fair_share::Level;
 
@@ -36,16 +38,46 @@ use gpuq_common::fair_share::Level;
 pub struct Candidate<'a> {
     pub tenant: &'a str,
     pub level: Level,
+    pub model: &'a str,
+}
+
+/// What to do with a free slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Run this candidate.
+    Run(usize),
+    /// Wait until then for the next job of the queue whose job just ended
+    /// here: it comes first, and its delivery is on its way.
+    Wait(Instant),
+    /// Every candidate's tenant is at its `max_running`.
+    Blocked,
 }
 
 /// What a started job was charged, settled when it ends.
 #[derive(Debug, Clone)]
 pub struct Charge {
     tenant: String,
+    level: Level,
     model: String,
     estimate_s: f64,
     weight: f64,
 }
+
+/// The queue of the job that ended last here, and when.
+struct Recent {
+    tenant: String,
+    level: Level,
+    model: String,
+    at: Instant,
+}
+
+/// How long a free slot waits for the next job of the queue whose job just
+/// ended, when that queue comes first: a worker holds `worker.prefetch`
+/// deliveries per queue, running ones included, so when a job ends its
+/// queue's next delivery is still a broker round trip away (about a
+/// millisecond), and without the wait tenants would take turns whatever
+/// their weights, and levels too.
+pub const LOOKAHEAD: Duration = Duration::from_millis(20);
 
 /// Run time assumed for a model before any of its jobs has ended.
 const FIRST_ESTIMATE_S: f64 = 1.0;
@@ -65,6 +97,7 @@ pub struct FairScheduler {
     estimates: HashMap<String, f64>,
     /// Running jobs across the fleet of each tenant with `max_running`.
     running: HashMap<String, u64>,
+    recent: Option<Recent>,
 }
 
 impl FairScheduler {
@@ -77,6 +110,7 @@ impl FairScheduler {
             starts: 0,
             estimates: HashMap::new(),
             running: HashMap::new(),
+            recent: None,
         }
     }
 
@@ -112,8 +146,9 @@ impl FairScheduler {
             .max(self.clock)
     }
 
-    /// The index of the candidate to run next; `None` when there are none.
-    pub fn pick(&self, candidates: &[Candidate<'_>]) -> Option<usize> {
+    /// The index of the best candidate; `None` when there are none (or
+    /// every one's tenant is at its `max_running`).
+    fn best(&self, candidates: &[Candidate<'_>]) -> Option<usize> {
         let startable = candidates.iter().map(|c| c.tenant);
         let tenant = startable.filter(|t| self.may_start(t)).min_by(|a, b| {
             self.start_tag(a)
@@ -130,8 +165,41 @@ impl FairScheduler {
             .map(|(index, _)| index)
     }
 
+    /// What a free slot does with these held jobs (of one model, or of
+    /// all without placement) at `now`: run the best, or wait
+    /// [`LOOKAHEAD`] for the next job of the queue whose job just ended
+    /// here when that queue would come before the best held one.
+    pub fn pick(&self, candidates: &[Candidate<'_>], now: Instant) -> Pick {
+        let Some(best) = self.best(candidates) else {
+            return Pick::Blocked;
+        };
+        let Some(recent) = &self.recent else {
+            return Pick::Run(best);
+        };
+        let until = recent.at + LOOKAHEAD;
+        let held_already = candidates.iter().any(|c| {
+            c.tenant == recent.tenant && c.level == recent.level && c.model == recent.model
+        });
+        let same_model = candidates.iter().any(|c| c.model == recent.model);
+        if now >= until || held_already || !same_model || !self.may_start(&recent.tenant) {
+            return Pick::Run(best);
+        }
+        let held = &candidates[best];
+        let first = if held.tenant == recent.tenant {
+            recent.level > held.level
+        } else {
+            // A tie goes to the held job: the recent tenant has just run.
+            self.start_tag(&recent.tenant) < self.start_tag(held.tenant)
+        };
+        if first {
+            Pick::Wait(until)
+        } else {
+            Pick::Run(best)
+        }
+    }
+
     /// Charges a job's tenant its model's estimated run time.
-    pub fn started(&mut self, tenant: &str, model: &str) -> Charge {
+    pub fn started(&mut self, tenant: &str, level: Level, model: &str) -> Charge {
         let weight = self.tenants.weight(tenant);
         let estimate_s = self
             .estimates
@@ -149,6 +217,7 @@ impl FairScheduler {
         }
         Charge {
             tenant: tenant.to_owned(),
+            level,
             model: model.to_owned(),
             estimate_s,
             weight,
@@ -166,9 +235,9 @@ impl FairScheduler {
         }
     }
 
-    /// Settles a job's charge with the time it really ran, and learns the
-    /// model's run time from it.
-    pub fn finished(&mut self, charge: Charge, ran: Duration) {
+    /// Settles a job's charge with the time it really ran (ended at
+    /// `now`), and learns the model's run time from it.
+    pub fn finished(&mut self, charge: Charge, ran: Duration, now: Instant) {
         let ran_s = ran.as_secs_f64();
         if let Some(running) = self.running.get_mut(&charge.tenant) {
             *running = running.saturating_sub(1);
@@ -176,8 +245,14 @@ impl FairScheduler {
         if let Some(finish) = self.finish.get_mut(&charge.tenant) {
             *finish += (ran_s - charge.estimate_s) / charge.weight;
         }
-        let estimate = self.estimates.entry(charge.model).or_insert(ran_s);
+        let estimate = self.estimates.entry(charge.model.clone()).or_insert(ran_s);
         *estimate += ESTIMATE_SMOOTHING * (ran_s - *estimate);
+        self.recent = Some(Recent {
+            tenant: charge.tenant,
+            level: charge.level,
+            model: charge.model,
+            at: now,
+        });
     }
 }
 
@@ -199,7 +274,33 @@ mod tests {
     }
 
     fn job(tenant: &str, level: Level) -> Candidate<'_> {
-        Candidate { tenant, level }
+        Candidate {
+            tenant,
+            level,
+            model: "m",
+        }
+    }
+
+    /// Long after any job ended: the pick among held jobs alone.
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// The candidate run now (no lookahead), if any.
+    fn run(s: &FairScheduler, held: &[Candidate<'_>]) -> Option<usize> {
+        match s.pick(held, later()) {
+            Pick::Run(index) => Some(index),
+            _ => None,
+        }
+    }
+
+    fn ran(s: &mut FairScheduler, tenant: &str, model: &str, run: Duration) {
+        let charge = s.started(tenant, Level::Normal, model);
+        s.finished(charge, run, Instant::now());
+    }
+
+    fn run_now(s: &FairScheduler, held: &[Candidate<'_>]) -> usize {
+        run(s, held).expect("a job to run")
     }
 
     /// Runs `rounds` jobs of `run` each, one slot, both tenants always
@@ -208,10 +309,9 @@ mod tests {
         let mut ran = HashMap::new();
         for _ in 0..rounds {
             let held = [job("a", Level::Normal), job("b", Level::Normal)];
-            let chosen = held[s.pick(&held).unwrap()].tenant;
+            let chosen = held[run_now(s, &held)].tenant;
             *ran.entry(chosen.to_owned()).or_default() += 1;
-            let charge = s.started(chosen, "m");
-            s.finished(charge, run);
+            self::ran(s, chosen, "m", run);
         }
         ran
     }
@@ -233,10 +333,9 @@ mod tests {
         let mut time = HashMap::<&str, f64>::new();
         for _ in 0..400 {
             let held = [job("a", Level::Normal), job("b", Level::Normal)];
-            let chosen = held[s.pick(&held).unwrap()].tenant;
+            let chosen = held[run_now(&s, &held)].tenant;
             let run = if chosen == "a" { 0.3 } else { 0.1 };
-            let charge = s.started(chosen, chosen);
-            s.finished(charge, Duration::from_secs_f64(run));
+            ran(&mut s, chosen, chosen, Duration::from_secs_f64(run));
             *time.entry(chosen).or_default() += run;
         }
         let a_share = time["a"] / (time["a"] + time["b"]);
@@ -248,9 +347,7 @@ mod tests {
         let mut s = scheduler(&[]);
         share(&mut s, 1, Duration::from_millis(200));
         for _ in 0..50 {
-            let held = [job("a", Level::Normal)];
-            let charge = s.started(held[s.pick(&held).unwrap()].tenant, "m");
-            s.finished(charge, Duration::from_millis(200));
+            ran(&mut s, "a", "m", Duration::from_millis(200));
         }
         // b held behind a's backlog: b runs next, then they alternate.
         let held = [
@@ -258,7 +355,7 @@ mod tests {
             job("a", Level::Normal),
             job("b", Level::Normal),
         ];
-        assert_eq!(s.pick(&held), Some(2));
+        assert_eq!(run(&s, &held), Some(2));
         let ran = share(&mut s, 20, Duration::from_millis(200));
         assert_eq!((ran["a"], ran["b"]), (10, 10));
     }
@@ -277,12 +374,12 @@ mod tests {
         // Another worker runs one of a's jobs.
         s.set_running([("a".to_owned(), 1)].into());
         let held = [job("a", Level::High), job("b", Level::Low)];
-        assert_eq!(s.pick(&held), Some(0));
-        let charge = s.started("a", "m");
-        assert_eq!(s.pick(&held), Some(1), "a is at 2 running");
-        assert_eq!(s.pick(&held[..1]), None);
-        s.finished(charge, Duration::from_millis(10));
-        assert_eq!(s.pick(&held[..1]), Some(0));
+        assert_eq!(run(&s, &held), Some(0));
+        let charge = s.started("a", Level::High, "m");
+        assert_eq!(run(&s, &held), Some(1), "a is at 2 running");
+        assert_eq!(s.pick(&held[..1], later()), Pick::Blocked);
+        s.finished(charge, Duration::from_millis(10), Instant::now());
+        assert_eq!(run(&s, &held[..1]), Some(0));
     }
 
     #[test]
@@ -294,8 +391,46 @@ mod tests {
             job("a", Level::High),
             job("a", Level::High),
         ];
-        assert_eq!(s.pick(&held), Some(2));
-        assert_eq!(s.pick(&held[..2]), Some(1));
-        assert_eq!(s.pick(&[]), None);
+        assert_eq!(run(&s, &held), Some(2));
+        assert_eq!(run(&s, &held[..2]), Some(1));
+        assert_eq!(s.pick(&[], later()), Pick::Blocked);
+    }
+
+    #[test]
+    fn a_free_slot_waits_briefly_for_the_queue_that_comes_first() {
+        // heavy (weight 3) just ended a job; only light's is held: heavy's
+        // next delivery is on its way and comes first.
+        let mut s = scheduler(&[("heavy", 3.0)]);
+        ran(&mut s, "light", "m", Duration::from_millis(200));
+        ran(&mut s, "heavy", "m", Duration::from_millis(200));
+        let ended = Instant::now();
+        let light = [job("light", Level::Normal)];
+        assert!(matches!(s.pick(&light, ended), Pick::Wait(until) if until <= ended + LOOKAHEAD));
+        let both = [job("light", Level::Normal), job("heavy", Level::Normal)];
+        assert_eq!(s.pick(&both, ended), Pick::Run(1), "it arrived");
+        assert_eq!(
+            s.pick(&light, ended + LOOKAHEAD),
+            Pick::Run(0),
+            "it did not"
+        );
+        // Another model's jobs never wait for it.
+        let other = [Candidate {
+            tenant: "light",
+            level: Level::Normal,
+            model: "n",
+        }];
+        assert_eq!(s.pick(&other, ended), Pick::Run(0));
+        // Equal weights: the tenant that just ran does not go first.
+        let mut equal = scheduler(&[]);
+        ran(&mut equal, "b", "m", Duration::from_millis(200));
+        ran(&mut equal, "a", "m", Duration::from_millis(200));
+        let b = [job("b", Level::Normal)];
+        assert_eq!(equal.pick(&b, Instant::now()), Pick::Run(0));
+        // Levels: a high job just ended; the normal one held waits for the next high.
+        let mut levels = scheduler(&[]);
+        let charge = levels.started("a", Level::High, "m");
+        levels.finished(charge, Duration::from_millis(200), ended);
+        let normal = [job("a", Level::Normal)];
+        assert_eq!(levels.pick(&normal, ended), Pick::Wait(ended + LOOKAHEAD));
     }
 }

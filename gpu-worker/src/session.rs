@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::consumers::{Consumers, Held};
-use crate::fair::{Candidate, FairScheduler};
+use crate::fair::{Candidate, FairScheduler, Pick};
 use crate::job::{handle_delivery, JobContext};
 use crate::placement::{choose, desired_queues, Affinity, Choice};
 use crate::sub_queues::{queue_keys, KnownSubQueues};
@@ -65,11 +65,17 @@ pub async fn consume(
     known: &mut watch::Receiver<KnownSubQueues>,
 ) -> SessionEnd {
     let config = Arc::clone(&context.config);
+    if let Err(error) = context
+        .broker
+        .set_prefetch(config.worker.effective_prefetch())
+        .await
+    {
+        return SessionEnd::Lost(error.to_string());
+    }
     let mut consumers = Consumers::new(
         Arc::clone(&context.broker),
         &context.worker_id,
         config.queues.delivery_limit,
-        config.worker.effective_prefetch(),
         session.tracker.clone(),
     );
     let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
@@ -123,20 +129,28 @@ pub async fn consume(
             match choice {
                 Choice::Run(index) => {
                     let scheduler = Arc::clone(session.fair);
-                    match fair_pick(&consumers.held, index, affinity.is_some(), &scheduler) {
-                        Some(index) => {
+                    match fair_pick(&consumers.held, index, affinity.is_some(), &scheduler, now) {
+                        Pick::Run(index) => {
                             let job = consumers.held.remove(index).expect("chosen job is held");
                             let permit = permit.take().expect("free slot");
                             free_since = None;
                             publish_queues(&consumers);
                             let context = Arc::clone(&context);
-                            let charge = lock(&scheduler).started(&job.sub.tenant, &job.model);
+                            let charge = lock(&scheduler).started(
+                                &job.sub.tenant,
+                                job.sub.level,
+                                &job.model,
+                            );
                             let given_back = given_back.clone();
                             session.tracker.spawn(async move {
                                 let began = Instant::now();
                                 let (model, sub) = (job.model.clone(), job.sub);
                                 match handle_delivery(context, job.model, job.delivery).await {
-                                    None => lock(&scheduler).finished(charge, began.elapsed()),
+                                    None => lock(&scheduler).finished(
+                                        charge,
+                                        began.elapsed(),
+                                        Instant::now(),
+                                    ),
                                     Some(delivery) => {
                                         lock(&scheduler).given_back(charge);
                                         let held = Held {
@@ -154,8 +168,10 @@ pub async fn consume(
                             });
                             continue;
                         }
+                        // The queue whose job just ended comes first: its next is on its way.
+                        Pick::Wait(until) => grace_until = Some(until),
                         // Every such job's tenant is at its max_running: look again soon.
-                        None => grace_until = Some(now + LIMITED_RETRY),
+                        Pick::Blocked => grace_until = Some(now + LIMITED_RETRY),
                     }
                 }
                 Choice::Wait(until) => grace_until = Some(until),
@@ -213,14 +229,15 @@ pub async fn consume(
 
 /// The held job a free slot runs: among the jobs of the model placement
 /// chose (`chosen`'s; any model without placement), the one fair share
-/// picks (`crate::fair`); `None` when each of their tenants is at its
-/// `max_running`.
+/// picks (`crate::fair`), or a short wait, or none (each of their tenants
+/// is at its `max_running`).
 fn fair_pick(
     held: &std::collections::VecDeque<Held>,
     chosen: usize,
     same_model_only: bool,
     scheduler: &Mutex<FairScheduler>,
-) -> Option<usize> {
+    now: Instant,
+) -> Pick {
     let model = held[chosen].model.as_str();
     let (indices, candidates): (Vec<usize>, Vec<Candidate<'_>>) = held
         .iter()
@@ -230,11 +247,15 @@ fn fair_pick(
             let candidate = Candidate {
                 tenant: &h.sub.tenant,
                 level: h.sub.level,
+                model: &h.model,
             };
             (index, candidate)
         })
         .unzip();
-    lock(scheduler).pick(&candidates).map(|pick| indices[pick])
+    match lock(scheduler).pick(&candidates, now) {
+        Pick::Run(pick) => Pick::Run(indices[pick]),
+        other => other,
+    }
 }
 
 /// The scheduler's lock; its state stays usable even if a holder panicked

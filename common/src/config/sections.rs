@@ -265,8 +265,6 @@ pub struct WorkerConfig {
     /// Jobs one worker runs at once. Default 1.
     pub concurrency: u32,
     /// Deliveries a worker holds per queue (AMQP prefetch); 0 means `concurrency`.
-    /// A model with sub-queues gets one more on each of its queues (see
-    /// gpu-worker's `consumers`), so the fair scheduler has a job of each.
     /// `concurrency + 1` hides the broker round trip between short jobs, at the
     /// price of one job waiting behind a running one. Default 0.
     pub prefetch: u32,
