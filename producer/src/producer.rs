@@ -223,7 +223,7 @@ impl Producer {
                 return results;
             }
         };
-        if let Err(error) = self.declare_sub_queues(&publisher, &prepared).await {
+        if let Err(error) = self.declare_sub_queues(&publisher, &mut prepared).await {
             for (index, _) in &prepared {
                 results[*index] = Err(error.for_each_job());
             }

@@ -181,16 +181,17 @@ impl TestSystem {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
+                // The sub-queues producers declared (listed in Redis): quorum
+                // queues left on the shared broker would pile up run after run.
+                let sub_queues = listed_sub_queues(&redis, &names).await;
                 if let Ok(connection) =
                     gpuq_common::amqp::connect(&amqp_url(), "gpuq-tests-cleanup").await
                 {
                     if let Ok(channel) = connection.create_channel().await {
-                        for queue in &topology.queues {
+                        let queues = topology.queues.iter().map(|q| q.name.clone());
+                        for queue in queues.chain(sub_queues) {
                             let _ = channel
-                                .queue_delete(
-                                    queue.name.as_str().into(),
-                                    QueueDeleteOptions::default(),
-                                )
+                                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                                 .await;
                         }
                         for exchange in &topology.exchanges {
@@ -221,6 +222,35 @@ impl TestSystem {
         });
         let _ = cleaner.join();
     }
+}
+
+/// The names of the sub-queues listed in `<ns>:subqueues:<model>` sets.
+async fn listed_sub_queues(redis: &gpuq_common::config::RedisTarget, names: &Names) -> Vec<String> {
+    let Ok(mut connection) = inspect::redis_connection(redis).await else {
+        return Vec::new();
+    };
+    let prefix = names.sub_queues_key("");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_default();
+    let mut queues = Vec::new();
+    for key in keys {
+        let model = key[prefix.len()..].to_owned();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        queues.extend(
+            members
+                .iter()
+                .filter_map(|m| gpuq_common::fair_share::SubQueue::from_member(m))
+                .map(|sub| sub.queue_name(names, &model)),
+        );
+    }
+    queues
 }
 
 impl Drop for TestSystem {

@@ -311,3 +311,28 @@ async fn a_tenant_never_runs_more_than_its_max_running_across_workers() {
     }
     assert_eq!(start_order(runs.path()).len(), 12, "every job ran once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_sub_queues_new_tenants_share_the_models_queue() {
+    let runs = tempfile::tempdir().unwrap();
+    let system = system(runs.path(), 10, "[tenants]\nmax_sub_queues = 2");
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
+        .await;
+    let producer = Producer::connect(system.config.clone()).await.unwrap();
+    let jobs = ["t1", "t2", "t3", "t4"].map(|t| job(t, t, None)).to_vec();
+    let ids = submit_all(&producer, jobs).await;
+    wait_completed(&system, &ids).await;
+    // Two sub-queues were made; the other tenants' jobs ran from the model's queue.
+    let mut redis = system.redis().await;
+    let listed: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(system.names.sub_queues_key("sleep"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for id in &ids {
+        assert!(system.job_hash(id).await["tenant"].starts_with('t'));
+    }
+}

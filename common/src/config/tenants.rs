@@ -10,6 +10,7 @@
 //! [tenants]
 //! fair_share = true      # per-tenant sub-queues, scheduled by GPU time
 //! max_labels = 20        # tenants named in metrics; the rest are `other`
+//! max_sub_queues = 32    # per model; past it new tenants share the model's queue
 //! [tenants.acme]
 //! weight = 3
 //! max_queued = 5000
@@ -36,6 +37,11 @@ pub struct TenantsConfig {
     /// Tenants named in metric labels; the others count as `other`.
     #[serde(default = "default_max_labels")]
     pub max_labels: u32,
+    /// Sub-queues one model may have (each is a broker queue: a quorum
+    /// queue holds files and a Raft member). Past it, jobs of tenants and
+    /// levels without one wait in the model's own queue (default share).
+    #[serde(default = "default_max_sub_queues")]
+    pub max_sub_queues: u64,
     /// Per-tenant settings, by tenant name.
     #[serde(flatten)]
     pub named: BTreeMap<String, TenantLimits>,
@@ -47,12 +53,16 @@ fn default_fair_share() -> bool {
 fn default_max_labels() -> u32 {
     20
 }
+fn default_max_sub_queues() -> u64 {
+    32
+}
 
 impl Default for TenantsConfig {
     fn default() -> Self {
         TenantsConfig {
             fair_share: default_fair_share(),
             max_labels: default_max_labels(),
+            max_sub_queues: default_max_sub_queues(),
             named: BTreeMap::new(),
         }
     }

@@ -190,12 +190,18 @@ impl Producer {
                 }),
             ),
             _ => {
-                let routing_key = match &message.model {
-                    Some(model) => Names::pinned_routing_key(&message.feature, model),
-                    None => Names::feature_routing_key(&message.feature),
-                };
-                (self.names.jobs_exchange(), routing_key, None)
+                let (exchange, routing_key) = self.exchange_route(message);
+                (exchange, routing_key, None)
             }
         }
+    }
+
+    /// The route through the jobs exchange to the model's own queue.
+    pub(super) fn exchange_route(&self, message: &JobMessage) -> (String, String) {
+        let routing_key = match &message.model {
+            Some(model) => Names::pinned_routing_key(&message.feature, model),
+            None => Names::feature_routing_key(&message.feature),
+        };
+        (self.names.jobs_exchange(), routing_key)
     }
 }

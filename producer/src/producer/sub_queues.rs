@@ -5,7 +5,7 @@
 //! listed in Redis once per process (then remembered), so the common case
 //! costs nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gpuq_common::fair_share::SubQueue;
 use gpuq_common::topology::Topology;
@@ -39,18 +39,28 @@ impl Producer {
     pub(super) async fn declare_sub_queues(
         &self,
         publisher: &Publisher,
-        jobs: &[(usize, PreparedJob)],
+        jobs: &mut [(usize, PreparedJob)],
     ) -> Result<(), DeclareError> {
-        let mut new: BTreeMap<String, &SubQueueTarget> = BTreeMap::new();
+        let mut wanted: BTreeMap<String, SubQueueTarget> = BTreeMap::new();
         {
             let declared = self.sub_queues.lock().expect("sub-queue set lock");
             for target in jobs.iter().filter_map(|(_, job)| job.sub_queue.as_ref()) {
                 let name = target.sub.queue_name(&self.names, &target.model);
                 if !declared.contains(&name) {
-                    new.insert(name, target);
+                    wanted.insert(name, target.clone());
                 }
             }
         }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let refused = self.refused_sub_queues(&wanted).await?;
+        if !refused.is_empty() {
+            self.route_to_model_queue(jobs, &refused);
+            wanted.retain(|name, _| !refused.contains(name));
+        }
+        let new: BTreeMap<String, &SubQueueTarget> =
+            wanted.iter().map(|(name, t)| (name.clone(), t)).collect();
         if new.is_empty() {
             return Ok(());
         }
@@ -79,6 +89,53 @@ impl Producer {
             .expect("sub-queue set lock")
             .extend(new.into_keys());
         Ok(())
+    }
+
+    /// The wanted sub-queues that would take their model past
+    /// `tenants.max_sub_queues` (the first ones, by name, fit): each
+    /// sub-queue is a queue of the broker (a quorum queue holds files and a
+    /// Raft member), so their number is bounded whoever names tenants. Two
+    /// producers adding at the same moment can pass it by their batches.
+    async fn refused_sub_queues(
+        &self,
+        wanted: &BTreeMap<String, SubQueueTarget>,
+    ) -> Result<BTreeSet<String>, DeclareError> {
+        let limit = self.config.tenants.max_sub_queues;
+        let mut room: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut refused = BTreeSet::new();
+        for (name, target) in wanted {
+            let model = target.model.as_str();
+            if !room.contains_key(model) {
+                let listed = self
+                    .store
+                    .sub_queue_count(model)
+                    .await
+                    .map_err(DeclareError::Store)?;
+                room.insert(model, limit.saturating_sub(listed));
+            }
+            let left = room.get_mut(model).expect("room counted");
+            if *left == 0 {
+                tracing::warn!(model, limit, queue = %name, "tenants.max_sub_queues reached: this tenant's jobs wait in the model's own queue");
+                refused.insert(name.clone());
+            } else {
+                *left -= 1;
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Jobs bound for a refused sub-queue go through the jobs exchange to
+    /// the model's own queue instead (the default tenant's share).
+    fn route_to_model_queue(&self, jobs: &mut [(usize, PreparedJob)], refused: &BTreeSet<String>) {
+        for (_, job) in jobs.iter_mut() {
+            let Some(target) = &job.sub_queue else {
+                continue;
+            };
+            if refused.contains(&target.sub.queue_name(&self.names, &target.model)) {
+                (job.exchange, job.routing_key) = self.exchange_route(&job.message);
+                job.sub_queue = None;
+            }
+        }
     }
 
     /// A publish to this sub-queue came back unroutable (someone deleted

@@ -18,6 +18,12 @@ impl Store {
         Ok(())
     }
 
+    /// How many sub-queues one model has listed.
+    pub async fn sub_queue_count(&self, model: &str) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        Ok(connection.scard(self.names.sub_queues_key(model)).await?)
+    }
+
     /// The members of one model's sub-queue set.
     pub async fn sub_queues(&self, model: &str) -> Result<Vec<String>, StoreError> {
         let mut connection = self.connection.clone();
