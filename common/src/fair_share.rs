@@ -118,6 +118,31 @@ impl SubQueue {
     }
 }
 
+/// The sub-queues listed for each of `models`, in one pipelined round
+/// trip (members this version cannot read are skipped): what the workers,
+/// the placing dispatcher and the tests' clean-up read.
+#[cfg(feature = "redis")]
+pub async fn listed<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    names: &Names,
+    models: &[String],
+) -> redis::RedisResult<Vec<(String, Vec<SubQueue>)>> {
+    let mut pipe = redis::pipe();
+    for model in models {
+        pipe.cmd("SMEMBERS").arg(names.sub_queues_key(model));
+    }
+    let members: Vec<Vec<String>> = pipe.query_async(connection).await?;
+    Ok(models
+        .iter()
+        .cloned()
+        .zip(members)
+        .map(|(model, members)| {
+            let subs = members.iter().filter_map(|m| SubQueue::from_member(m));
+            (model, subs.collect())
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gpuq_common::config::RedisTarget;
-use gpuq_common::fair_share::SubQueue;
+use gpuq_common::fair_share;
 use gpuq_common::job_record::{scripts, RecordScripts};
 use gpuq_common::placement_lease;
 use gpuq_common::record::{Assignment, HostRecord, ModelTimings, WorkerRecord};
@@ -169,20 +169,14 @@ impl Store {
         &self,
         models: &[String],
     ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
-        let mut pipe = redis::pipe();
-        for model in models {
-            pipe.smembers(self.names.sub_queues_key(model));
-        }
         let mut connection = self.connection.clone();
-        let members: Vec<Vec<String>> = pipe.query_async(&mut connection).await?;
-        Ok(models
-            .iter()
-            .zip(members)
-            .map(|(model, members)| {
-                let subs = members.iter().filter_map(|m| SubQueue::from_member(m));
-                let mut queues = vec![self.names.model_queue(model)];
-                queues.extend(subs.map(|sub| sub.queue_name(&self.names, model)));
-                (model.clone(), queues)
+        let listed = fair_share::listed(&mut connection, &self.names, models).await?;
+        Ok(listed
+            .into_iter()
+            .map(|(model, subs)| {
+                let mut queues = vec![self.names.model_queue(&model)];
+                queues.extend(subs.iter().map(|sub| sub.queue_name(&self.names, &model)));
+                (model, queues)
             })
             .collect())
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 
 use gpuq_common::config::RedisConfig;
-use gpuq_common::fair_share::SubQueue;
+use gpuq_common::fair_share::{self, SubQueue};
 use gpuq_common::job_record::{scripts, RecordScripts};
 use gpuq_common::record::{Assignment, JobRecord, WorkerRecord};
 use gpuq_common::redis_link::RedisLink;
@@ -282,20 +282,11 @@ impl Store {
         &self,
         models: &[String],
     ) -> Result<BTreeMap<String, BTreeSet<SubQueue>>, StoreError> {
-        let mut pipe = redis::pipe();
-        for model in models {
-            pipe.smembers(self.names.sub_queues_key(model));
-        }
         let mut connection = self.connection.clone();
-        let members: Vec<Vec<String>> = pipe.query_async(&mut connection).await?;
-        Ok(models
-            .iter()
-            .cloned()
-            .zip(members)
-            .map(|(model, members)| {
-                let subs = members.iter().filter_map(|m| SubQueue::from_member(m));
-                (model, subs.collect())
-            })
+        let listed = fair_share::listed(&mut connection, &self.names, models).await?;
+        Ok(listed
+            .into_iter()
+            .map(|(model, subs)| (model, subs.into_iter().collect()))
             .collect())
     }
 

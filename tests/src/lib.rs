@@ -235,22 +235,14 @@ async fn listed_sub_queues(redis: &gpuq_common::config::RedisTarget, names: &Nam
         .query_async(&mut connection)
         .await
         .unwrap_or_default();
-    let mut queues = Vec::new();
-    for key in keys {
-        let model = key[prefix.len()..].to_owned();
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .unwrap_or_default();
-        queues.extend(
-            members
-                .iter()
-                .filter_map(|m| gpuq_common::fair_share::SubQueue::from_member(m))
-                .map(|sub| sub.queue_name(names, &model)),
-        );
-    }
-    queues
+    let models: Vec<String> = keys.iter().map(|k| k[prefix.len()..].to_owned()).collect();
+    let listed = gpuq_common::fair_share::listed(&mut connection, names, &models)
+        .await
+        .unwrap_or_default();
+    listed
+        .iter()
+        .flat_map(|(model, subs)| subs.iter().map(|sub| sub.queue_name(names, model)))
+        .collect()
 }
 
 impl Drop for TestSystem {
