@@ -1,7 +1,8 @@
 //! The dispatcher's background tasks, started once the slots run: the
-//! metrics endpoint, the dead-letter watcher, the artifact janitor and, with
-//! placement on, the placement loop. Each ends on the shutdown token; the
-//! dispatcher closes the returned tracker and waits for it on the way out.
+//! metrics endpoint, the dead-letter watcher, the artifact janitor, with
+//! webhooks on the webhook sender, and with placement on the placement
+//! loop. Each ends on the shutdown token; the dispatcher closes the
+//! returned tracker and waits for it on the way out.
 
 use std::sync::Arc;
 
@@ -22,10 +23,13 @@ pub fn start(
     shutdown: &CancellationToken,
 ) -> TaskTracker {
     let background = TaskTracker::new();
+    // Written by the placement loop while it holds the lease, read at scrape.
+    let backlog = &crate::autoscaling::SharedBacklog::default();
     if !config.dispatcher.metrics_listen.is_empty() {
         let serving = crate::metrics::serve(
             config.dispatcher.metrics_listen.clone(),
             Arc::clone(metrics_view),
+            Arc::clone(backlog),
             store.clone(),
             shutdown.clone(),
         );
@@ -42,6 +46,14 @@ pub fn start(
         shutdown.clone(),
     ));
 
+    if config.webhooks.enabled() {
+        background.spawn(crate::webhooks::run(
+            config.clone(),
+            host_id.to_owned(),
+            shutdown.clone(),
+        ));
+    }
+
     background.spawn(crate::artifact_janitor::run(
         artifacts,
         config.artifacts.ttl(),
@@ -53,6 +65,7 @@ pub fn start(
             config.clone(),
             host_id.to_owned(),
             store.clone(),
+            Arc::clone(backlog),
             shutdown.clone(),
         ));
     }

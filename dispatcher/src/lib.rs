@@ -15,13 +15,17 @@
 //! - `background`: starts the metrics endpoint, dead-letter watcher, janitor
 //!   and placement loop as tracked tasks.
 //! - `artifact_janitor`: deletes artifacts older than `artifacts.ttl_s`.
+//! - `webhooks`: the webhook sender (signed POSTs, tiered retries, dead
+//!   letters), run when `webhooks.allow_hosts` is set.
 //! - `dead_letters`: records the fate of jobs the broker dead-letters (expired, delivery limit).
-//! - `amqp`: owns lapin (topology, ready counts, dead-letter events).
+//! - `amqp`: owns lapin (topology, ready counts, dead-letter events, the
+//!   webhook queues).
 //! - `metrics`: owns prometheus (the host's `/metrics`).
 //! - `store`: owns redis (the host record, dead-lettered jobs).
 
 mod amqp;
 mod artifact_janitor;
+mod autoscaling;
 mod background;
 mod dead_letters;
 mod dispatcher;
@@ -35,6 +39,7 @@ mod slots;
 mod store;
 mod supervisor;
 mod vram_plan;
+mod webhooks;
 
 pub use dispatcher::{plan_report, run, DispatcherError, DispatcherOptions};
 pub use gpu::{GpuInfo, GpuSource};

@@ -10,6 +10,7 @@
 //! - `gpuq_model_loads_total{worker,model}` counter, `gpuq_model_load_seconds_total{worker,model}` counter
 //! - `gpuq_model_unloads_total{worker}` counter, `gpuq_models_resident{worker}` gauge
 //! - `gpuq_worker_restarts_total{worker}` counter, `gpuq_slot_vram_budget_bytes{worker,gpu}` gauge
+//! - the autoscaling gauges of `crate::autoscaling`, on the placing dispatcher only
 //! - `gpuq_gpu_memory_total_bytes{gpu}`, `gpuq_gpu_memory_used_bytes{gpu}` gauges, `gpuq_gpu_utilization_ratio{gpu}` gauge (NVML only)
 
 use gpuq_common::metrics::DurationHistogram;
@@ -28,6 +29,8 @@ pub struct HostSnapshot {
     pub workers: Vec<WorkerRecord>,
     /// The dispatcher's own RabbitMQ node.
     pub amqp: gpuq_common::record::AmqpLink,
+    /// The autoscaling signals, where this dispatcher places (`crate::autoscaling`).
+    pub backlog: Option<crate::autoscaling::FleetBacklog>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -51,7 +54,7 @@ fn counter(value: f64, pairs: &[(&str, &str)]) -> Metric {
     metric
 }
 
-fn gauge(value: f64, pairs: &[(&str, &str)]) -> Metric {
+pub(crate) fn gauge(value: f64, pairs: &[(&str, &str)]) -> Metric {
     let mut gauge = Gauge::default();
     gauge.set_value(value);
     let mut metric = Metric::default();
@@ -81,7 +84,12 @@ fn histogram(h: &DurationHistogram, pairs: &[(&str, &str)]) -> Metric {
     metric
 }
 
-fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+pub(crate) fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    metrics: Vec<Metric>,
+) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_owned());
     family.set_help(help.to_owned());
@@ -232,6 +240,12 @@ pub fn families(snapshot: &HostSnapshot) -> Vec<MetricFamily> {
     ]
     .into_iter()
     .chain(amqp_families(snapshot))
+    .chain(
+        snapshot
+            .backlog
+            .iter()
+            .flat_map(crate::autoscaling::families),
+    )
     .filter(|f| !f.get_metric().is_empty())
     .collect()
 }
@@ -284,6 +298,7 @@ pub type SharedView = std::sync::Arc<parking_lot::Mutex<(Vec<GpuRecord>, Vec<Slo
 pub async fn serve(
     address: String,
     view: SharedView,
+    backlog: crate::autoscaling::SharedBacklog,
     store: crate::store::Store,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
@@ -292,7 +307,7 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (view, store) = (view.clone(), store.clone());
+            let (view, store, backlog) = (view.clone(), store.clone(), backlog.clone());
             async move {
                 let (gpus, slots) = view.lock().clone();
                 let ids: Vec<String> = slots.iter().map(|s| s.worker_id.clone()).collect();
@@ -302,6 +317,7 @@ pub async fn serve(
                     slots,
                     workers,
                     amqp: crate::amqp::link(),
+                    backlog: backlog.lock().clone(),
                 });
                 (
                     [(
@@ -365,6 +381,7 @@ mod tests {
             slots: vec![],
             workers: vec![worker],
             amqp: Default::default(),
+            backlog: None,
         });
         assert!(
             text.contains(

@@ -9,7 +9,8 @@
 //! consumers), every live worker record (models it may serve, loaded models,
 //! jobs running and held), measured model timings; estimate arrivals; run
 //! [`decide`]; write each worker's assignment with an expiry, and announce
-//! the ones that changed on the assignments channel.
+//! the ones that changed on the assignments channel; and keep the
+//! autoscaling gauges (`crate::autoscaling`) from the same snapshot.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use gpuq_common::record::WorkerRecord;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{BrokerError, QueueReader};
+use crate::autoscaling::{self, SharedBacklog};
 use crate::placement_decision::decide;
 use crate::placement_decision::inputs::{assignments, measured_timings, policy, snapshot, History};
 use crate::store::Store;
@@ -31,7 +33,13 @@ const EARLIEST_REPEAT: Duration = Duration::from_millis(100);
 const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs placement rounds until `shutdown`; gives the lease up on the way out.
-pub async fn run(config: Config, host_id: String, store: Store, shutdown: CancellationToken) {
+pub async fn run(
+    config: Config,
+    host_id: String,
+    store: Store,
+    backlog: SharedBacklog,
+    shutdown: CancellationToken,
+) {
     let placement = &config.placement;
     let interval = Duration::from_millis(placement.interval_ms);
     let lease_ttl = interval * 3;
@@ -77,13 +85,22 @@ pub async fn run(config: Config, host_id: String, store: Store, shutdown: Cancel
             }
         }
         if !held {
+            // Only the placing dispatcher exports the autoscaling gauges.
+            backlog.lock().take();
             continue;
         }
         // A RabbitMQ node going down may stop answering mid-round: bounded,
         // so the next round reconnects (to the next node).
         let bounded = tokio::time::timeout(
             ROUND_TIMEOUT,
-            round(&config, &host_id, &store, &mut broker, &mut history),
+            round(
+                &config,
+                &host_id,
+                &store,
+                &mut broker,
+                &mut history,
+                &backlog,
+            ),
         );
         match bounded.await {
             Ok(Ok(())) => {}
@@ -103,6 +120,7 @@ pub async fn run(config: Config, host_id: String, store: Store, shutdown: Cancel
     if let Some(reader) = broker {
         reader.close().await;
     }
+    backlog.lock().take();
     if leading {
         if let Err(error) = store.release_placement_lease(&host_id).await {
             tracing::warn!(%error, "placement lease not released; it will expire");
@@ -125,6 +143,7 @@ async fn round(
     store: &Store,
     broker: &mut Option<QueueReader>,
     history: &mut History,
+    backlog: &SharedBacklog,
 ) -> Result<(), RoundError> {
     let reader = match broker {
         Some(reader) => reader,
@@ -152,6 +171,9 @@ async fn round(
     for model in &decision.unservable {
         tracing::warn!(model = %model, "model has jobs but no live worker can serve it");
     }
+    let oldest = store.oldest_queued(autoscaling::OLDEST_SAMPLE).await?;
+    let (oldest, cut_at) = autoscaling::oldest_by_model(config.registry(), &oldest);
+    *backlog.lock() = Some(autoscaling::compute(&snapshot, &decision, &oldest, cut_at));
     let (assignments, changed) = assignments(&decision, host_id, now, history);
     history.stored_timings.extend(timings.clone());
     store

@@ -181,6 +181,38 @@ impl Store {
             .collect())
     }
 
+    /// The oldest `limit` queued jobs (oldest first) as (created_ms,
+    /// feature, pinned model): the status index, then two fields per record.
+    /// A record gone between the two reads is skipped.
+    pub async fn oldest_queued(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, Option<String>)>, StoreError> {
+        let mut connection = self.connection.clone();
+        let index = self.names.jobs_by_status(JobStatus::Queued.as_str());
+        let stop = limit.saturating_sub(1) as isize;
+        let ids: Vec<(String, f64)> = connection.zrange_withscores(index, 0, stop).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.names.job_key(id))
+                .arg("feature")
+                .arg("model");
+        }
+        let fields: Vec<(Option<String>, Option<String>)> =
+            pipe.query_async(&mut connection).await?;
+        Ok(ids
+            .into_iter()
+            .zip(fields)
+            .filter_map(|((_, created), (feature, model))| {
+                Some((created.max(0.0) as u64, feature?, model))
+            })
+            .collect())
+    }
+
     /// Model timings stored by earlier placements.
     pub async fn model_timings(&self) -> Result<HashMap<String, ModelTimings>, StoreError> {
         let mut connection = self.connection.clone();

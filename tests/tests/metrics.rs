@@ -142,3 +142,76 @@ async fn metrics_count_the_jobs_each_model_ran() {
         "{text}"
     );
 }
+
+/// The placing dispatcher's autoscaling gauges: queued work in GPU-seconds
+/// (jobs × the model's run time), drained over the workers consuming it,
+/// and the fleet's total; back to zero once the jobs are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaling_gauges_show_queued_work_in_gpu_seconds() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let system = ConfigBuilder::one_host()
+        .dispatcher(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .sleep_model("slow", 256, 1_000)
+        .system();
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("slow"), 1, WAIT)
+        .await;
+    for _ in 0..6 {
+        let output = system.gpuq(&["submit", "slow"], WAIT);
+        assert!(output.status.success(), "{output:?}");
+    }
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let series = |name: &str| format!(r#"{name}{{model="slow"}}"#);
+    // Seen while at least three jobs wait.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if sample(&text, &series("gpuq_model_backlog_jobs")).is_some_and(|jobs| jobs >= 3.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let jobs = sample(&text, &series("gpuq_model_backlog_jobs")).expect("backlog gauge");
+    assert!(jobs >= 3.0, "{text}");
+    let seconds = sample(&text, &series("gpuq_model_backlog_seconds")).unwrap();
+    // One second per job, declared (or measured, a little more).
+    let per_job = seconds / jobs;
+    assert!(
+        (0.99..1.5).contains(&per_job),
+        "{per_job} s per job: {text}"
+    );
+    // One worker consumes the model: it drains in the backlog's seconds.
+    let drain = sample(&text, &series("gpuq_model_drain_seconds")).unwrap();
+    assert!((drain - seconds).abs() < 1e-6, "{text}");
+    assert!(sample(&text, &series("gpuq_model_oldest_wait_seconds")).unwrap() > 0.0);
+    let wanted = sample(&text, "gpuq_gpu_seconds_wanted").unwrap();
+    assert!(wanted >= seconds, "queued plus running: {text}");
+
+    for _ in 0..200 {
+        text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if sample(&text, "gpuq_gpu_seconds_wanted") == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sample(&text, &series("gpuq_model_backlog_jobs")),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &series("gpuq_model_drain_seconds")),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "gpuq_gpu_seconds_wanted"),
+        Some(0.0),
+        "{text}"
+    );
+}
