@@ -15,6 +15,11 @@ It turns a prompt into a cube mesh (Wavefront OBJ) whose size comes from the
 Inputs: prompt (string, required), size (number, default 1.0).
 Outputs: mesh (OBJ file bytes), format, vertex_count, face_count, prompt, pid.
 
+Registered under the id `procedural_mesh` (and run by an interpreter with
+numpy and trimesh, such as the project's .venv/bin/python), it serves the
+procedural stand-in of procedural_mesh.py instead: a GLB mesh from a prompt
+and a seed. It is not a generative model.
+
 For gpuq's own failure tests only, the `fault` input makes it misbehave on
 purpose: "crash" (exit mid-job), "hang", "garbage" (invalid protocol output) or
 "error" (a reported input error); settings `crash_on_load` / `fail_load` make
@@ -27,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpuq_adapter import Adapter, AdapterError, debug_write_raw_line, serve  # noqa: E402
+import procedural_mesh  # noqa: E402
 
 CUBE_VERTICES = [(x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
 CUBE_FACES = [(1, 2, 4, 3), (5, 7, 8, 6), (1, 5, 6, 2), (3, 4, 8, 7), (1, 3, 7, 5), (2, 6, 8, 4)]
@@ -38,6 +44,8 @@ class ToyTextToMesh(Adapter):
             os._exit(4)
         if settings.get("fail_load"):
             raise RuntimeError("checkpoint not found (fail_load is set)")
+        if model_id == procedural_mesh.MODEL_ID:
+            procedural_mesh.require_mesh_libraries()
         time.sleep(float(settings.get("load_seconds", 0)))
         self.model_id = model_id
         print(f"toy adapter: loaded {model_id} in pid {os.getpid()}", file=sys.stderr)
@@ -53,6 +61,8 @@ class ToyTextToMesh(Adapter):
             return {}
         if fault == "error":
             raise AdapterError("the toy model refuses this prompt", code="invalid_input")
+        if self.model_id == procedural_mesh.MODEL_ID:
+            return procedural_mesh.generate(inputs, progress)
         prompt = inputs.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise AdapterError("input 'prompt' must be a non-empty string", code="invalid_input")
