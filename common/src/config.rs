@@ -17,6 +17,7 @@ mod sections;
 mod tenants;
 mod tokens;
 mod validate;
+mod webhooks;
 use crate::registry::{ModelConfig, Registry};
 pub use redis_target::{RedisConfig, RedisTarget, SentinelTarget};
 pub use sections::{
@@ -25,6 +26,7 @@ pub use sections::{
 };
 pub use tenants::{TenantLimits, TenantsConfig};
 pub use tokens::{AccessToken, NamedToken, Role, TokenEntry, MIN_TOKEN_LEN};
+pub use webhooks::WebhooksConfig;
 
 /// Environment variable that overrides `amqp_url`.
 pub const ENV_AMQP_URL: &str = "GPUQ_AMQP_URL";
@@ -143,6 +145,10 @@ pub struct Config {
     /// `[tenants]`: fair share, quotas and priority caps per tenant.
     #[serde(default)]
     pub tenants: TenantsConfig,
+    /// `[webhooks]`: allowed hosts, signing secrets and retry limits of job
+    /// webhooks; off while `allow_hosts` is empty.
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
     /// The model registry.
     #[serde(default)]
     pub models: Vec<ModelConfig>,

@@ -13,6 +13,9 @@
 //!   and every Lua script that writes a record.
 //! - [`job_index`]: the per-status, per-feature, per-submitter and per-tenant job indexes,
 //!   kept by the Lua prelude every status-writing script shares.
+//! - [`webhook`]: job webhooks: the request a job carries, the delivery a
+//!   worker publishes, the URL and SSRF address rules, Standard Webhooks
+//!   signing, and the webhook queues as plain data.
 //! - `amqp` (feature `amqp`): declares the topology with lapin.
 //! - `artifacts` (feature `artifacts`): the artifact store (object_store).
 //! - `heartbeat` (feature `redis`): the heartbeat pipeline of worker and host records.
@@ -43,6 +46,7 @@ pub mod record;
 pub mod redis_link;
 pub mod registry;
 pub mod topology;
+pub mod webhook;
 pub mod wire;
 
 pub use config::{Config, ConfigError, ConfigOverrides};

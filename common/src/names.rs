@@ -48,6 +48,23 @@ impl Names {
         format!("{}.dead.events", self.namespace)
     }
 
+    /// Durable queue of webhook deliveries ([`crate::webhook::WebhookDelivery`],
+    /// JSON): workers publish to it, the dispatchers' senders consume it.
+    pub fn webhooks_queue(&self) -> String {
+        format!("{}.webhooks", self.namespace)
+    }
+
+    /// Queue where a failed webhook delivery waits `delay_s` seconds (queue
+    /// TTL) before the broker dead-letters it back to [`Self::webhooks_queue`].
+    pub fn webhooks_retry_queue(&self, delay_s: u64) -> String {
+        format!("{}.webhooks.retry.{delay_s}", self.namespace)
+    }
+
+    /// Webhook deliveries given up on (too old, or refused for good), for people.
+    pub fn webhooks_dead_queue(&self) -> String {
+        format!("{}.webhooks.dead", self.namespace)
+    }
+
     /// Pub/sub channel carrying cancel requests (job ids).
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.namespace)
@@ -239,6 +256,15 @@ pub mod dead_letter_header {
     pub const WORKER: &str = "x-gpuq-worker";
 }
 
+/// Headers the webhook sender puts on a delivery it parks for a retry or
+/// gives up on (the body, a `crate::webhook::WebhookDelivery`, never changes).
+pub mod webhook_header {
+    /// Attempts made so far (an integer); absent before the first.
+    pub const ATTEMPT: &str = "x-gpuq-attempt";
+    /// Why the latest attempt failed.
+    pub const LAST_ERROR: &str = "x-gpuq-last-error";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +292,13 @@ mod tests {
         assert_eq!(names.assignment_key("w"), "gpuq:assignment:w");
         assert_eq!(names.placement_lease(), "gpuq:placement:lease");
         assert_eq!(names.host_lease("host-a"), "gpuq:host:host-a:lease");
+    }
+
+    #[test]
+    fn webhook_queue_names() {
+        let names = Names::new("gpuq");
+        assert_eq!(names.webhooks_queue(), "gpuq.webhooks");
+        assert_eq!(names.webhooks_retry_queue(64), "gpuq.webhooks.retry.64");
+        assert_eq!(names.webhooks_dead_queue(), "gpuq.webhooks.dead");
     }
 }

@@ -128,7 +128,7 @@ impl Topology {
 /// caps it at the cluster's size, and ignores it for an existing queue.
 pub const REPLICAS_ARGUMENT: &str = "x-quorum-initial-group-size";
 
-fn queue_type_arguments(config: &Config) -> Vec<(String, ArgValue)> {
+pub(crate) fn queue_type_arguments(config: &Config) -> Vec<(String, ArgValue)> {
     match config.queues.queue_type {
         QueueType::Quorum => {
             let mut args = vec![("x-queue-type".into(), ArgValue::Str("quorum".into()))];

@@ -5,7 +5,8 @@
 //! value whose key looks secret (`*url*`, `*token*`, `*password*`, `*secret*`,
 //! `*key*`, case-insensitive) is replaced by `***` in the rendered error, whether
 //! it sits on the quoted line, in an inline table, or on the lines of a
-//! multi-line array. The scan is line-based and deliberately over-redacts
+//! multi-line array; so is every value of a table whose name looks secret
+//! (`[webhooks.secrets]`, keyed by host). The scan is line-based and deliberately over-redacts
 //! rather than parse TOML that has just failed to parse.
 
 /// What stands in for a hidden value.
@@ -70,8 +71,15 @@ fn key_and_value(line: &str) -> Option<(&str, &str)> {
 fn secret_values(text: &str) -> Vec<String> {
     let mut secrets = Vec::new();
     let mut in_secret_array = false;
+    let mut in_secret_table = false;
     for line in text.lines() {
         let trimmed = line.trim();
+        if !in_secret_array {
+            if let Some(table) = table_header(trimmed) {
+                in_secret_table = key_looks_secret(table);
+                continue;
+            }
+        }
         if in_secret_array {
             secrets.extend(string_literals(trimmed));
             if trimmed.starts_with(']') || trimmed.ends_with(']') {
@@ -80,7 +88,7 @@ fn secret_values(text: &str) -> Vec<String> {
             continue;
         }
         if let Some((key, value)) = key_and_value(trimmed) {
-            if key_looks_secret(key) {
+            if in_secret_table || key_looks_secret(key) {
                 secrets.extend(string_literals(value));
                 let bare = value.trim_matches(|c| c == '"' || c == '\'');
                 if !bare.is_empty() {
@@ -97,6 +105,21 @@ fn secret_values(text: &str) -> Vec<String> {
     // quoted line that holds them is masked by key instead.
     secrets.retain(|s| s.chars().count() >= MIN_REPLACED_CHARS && s != MASK);
     secrets
+}
+
+/// The name of a `[table]` or `[[array]]` header line.
+fn table_header(line: &str) -> Option<&str> {
+    let line = line.split_once('#').map_or(line, |(before, _)| before).trim_end();
+    let name = line.strip_prefix('[')?.strip_suffix(']')?;
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name)
+        .trim();
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\'' | ' '));
+    (plain && !name.is_empty()).then_some(name)
 }
 
 /// Contents of the string literals of a line (an unterminated one runs to its end).
@@ -208,6 +231,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn webhook_secret_table_values_are_hidden() {
+        let text = "[webhooks.secrets]\n\"hooks.example.com\" = \"whsec_c2VjcmV0\" x\n";
+        let shown = parse_error(text);
+        assert!(!shown.contains("whsec_c2VjcmV0"), "{shown}");
+        let text = "[webhooks.secrets]\n\"a\" = \"whsec_first1\"\n[jobs]\nname = \"visible\" x\n";
+        let shown = parse_error(text);
+        assert!(shown.contains("visible"), "a later table is not secret: {shown}");
     }
 
     #[test]

@@ -70,6 +70,7 @@ impl Config {
             &["file", "s3", "memory"],
         )?;
         self.tenants.validate()?;
+        self.webhooks.validate()?;
         self.validate_gateway_limits()?;
         self.validate_worker()?;
         self.validate_dispatcher()?;
