@@ -1,10 +1,10 @@
-//! Owns lapin in the dispatcher: its three uses of the broker, each on a
+//! Owns lapin in the dispatcher: its four uses of the broker, each on a
 //! connection of its own with small frames (control traffic only):
 //! declaring the topology at start, reading each model's ready count for
-//! placement, and consuming the dead-letter events. Nothing else in the
-//! dispatcher names lapin.
+//! placement, consuming the dead-letter events, and the webhook sender's
+//! queues ([`webhooks`]). Nothing else in the dispatcher names lapin.
 //!
-//! The three share one [`BrokerNodes`] for the process: each reconnects on
+//! The four share one [`BrokerNodes`] for the process: each reconnects on
 //! the next node of the cluster after a loss, and the host record and the
 //! `gpuq_amqp_*` metrics report the node of the latest connection.
 
@@ -20,6 +20,8 @@ use gpuq_common::topology::Topology;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
+
+pub mod webhooks;
 
 /// The broker refused or dropped something; the caller retries or reconnects.
 #[derive(Debug, thiserror::Error)]

@@ -379,11 +379,18 @@ impl Producer {
             .queue_depth(&dead_letter_queue)
             .await?
             .map(|d| d.messages);
+        let webhook_dead_letters = self
+            .publisher()
+            .await?
+            .queue_depth(&self.names.webhooks_dead_queue())
+            .await?
+            .map(|d| d.messages);
         Ok(SystemStatus {
             hosts,
             workers,
             queues,
             dead_letters,
+            webhook_dead_letters,
         })
     }
 

@@ -45,6 +45,9 @@ pub struct SystemStatus {
     pub queues: Vec<QueueStatus>,
     /// Messages in the dead-letter queue.
     pub dead_letters: Option<u32>,
+    /// Webhook deliveries given up on (`<ns>.webhooks.dead`); `None` when
+    /// the queue does not exist (no dispatcher has had webhooks on).
+    pub webhook_dead_letters: Option<u32>,
 }
 
 fn table(header: &[&str]) -> Table {
@@ -270,5 +273,10 @@ impl SystemStatus {
             "\ndead-letter queue: {} message(s)\n",
             opt(self.dead_letters)
         ));
+        if let Some(webhooks) = self.webhook_dead_letters {
+            out.push_str(&format!(
+                "webhook dead-letter queue: {webhooks} message(s)\n"
+            ));
+        }
     }
 }
