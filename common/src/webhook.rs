@@ -121,7 +121,9 @@ pub enum WebhookError {
     BadSecret,
     #[error("invalid webhooks.allow_hosts entry '{entry}': {reason}")]
     BadHostEntry { entry: String, reason: &'static str },
-    #[error("unknown webhook event '{0}': use processing, completed, failed, cancelled or timed_out")]
+    #[error(
+        "unknown webhook event '{0}': use processing, completed, failed, cancelled or timed_out"
+    )]
     UnknownEvent(String),
     #[error("webhook host '{host}' has address {ip}, which is not public (loopback, private, link-local, ...); list the host exactly in webhooks.allow_hosts to allow it")]
     AddressRefused { host: String, ip: IpAddr },

@@ -109,7 +109,10 @@ fn secret_values(text: &str) -> Vec<String> {
 
 /// The name of a `[table]` or `[[array]]` header line.
 fn table_header(line: &str) -> Option<&str> {
-    let line = line.split_once('#').map_or(line, |(before, _)| before).trim_end();
+    let line = line
+        .split_once('#')
+        .map_or(line, |(before, _)| before)
+        .trim_end();
     let name = line.strip_prefix('[')?.strip_suffix(']')?;
     let name = name
         .strip_prefix('[')
@@ -240,7 +243,10 @@ mod tests {
         assert!(!shown.contains("whsec_c2VjcmV0"), "{shown}");
         let text = "[webhooks.secrets]\n\"a\" = \"whsec_first1\"\n[jobs]\nname = \"visible\" x\n";
         let shown = parse_error(text);
-        assert!(shown.contains("visible"), "a later table is not secret: {shown}");
+        assert!(
+            shown.contains("visible"),
+            "a later table is not secret: {shown}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! max_age_s = 86400           # retry for this long, then dead-letter
 //! timeout_ms = 10000          # response timeout per attempt
 //! max_response_bytes = 65536  # response body read limit
+//! retry_delays_s = [1, 4, 16, 64, 256, 1024, 3600]  # retry tiers, seconds
 //! [webhooks.secrets]          # per host or host:port, over `secret`
 //! "hooks.example.com" = "whsec_..."
 //! [webhooks.default]          # for jobs that name no webhook
@@ -59,6 +60,12 @@ pub struct WebhooksConfig {
     /// Most bytes of a response body read, bytes. Default 65536.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: u64,
+    /// The retry tiers, seconds, increasing: the `n`th failed attempt waits
+    /// the `n`th or the next tier (at random), the last one past the end.
+    /// Each tier is a queue, `<ns>.webhooks.retry.<s>`. Default
+    /// `crate::webhook::queues::RETRY_TIERS_S` (1 s to 1 h, times 4).
+    #[serde(default = "default_retry_delays_s")]
+    pub retry_delays_s: Vec<u64>,
     /// The webhook of jobs that name none (`[webhooks.default]`: `url`,
     /// `events`); none by default.
     #[serde(default, deserialize_with = "default_webhook")]
@@ -74,11 +81,18 @@ fn default_timeout_ms() -> u64 {
 fn default_max_response_bytes() -> u64 {
     65_536
 }
+fn default_retry_delays_s() -> Vec<u64> {
+    crate::webhook::queues::RETRY_TIERS_S.to_vec()
+}
 
 /// Longest allowed `webhooks.timeout_ms` (5 minutes).
 const MAX_TIMEOUT_MS: u64 = 300_000;
 /// Largest allowed `webhooks.max_response_bytes` (16 MiB).
 const MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// Most retry tiers (each is a queue of the broker).
+const MAX_RETRY_TIERS: usize = 16;
+/// Longest retry tier, seconds (a day).
+const MAX_RETRY_DELAY_S: u64 = 86_400;
 
 /// `[webhooks.default]` as written: unknown keys refused.
 #[derive(Deserialize)]
@@ -107,6 +121,7 @@ impl Default for WebhooksConfig {
             max_age_s: default_max_age_s(),
             timeout_ms: default_timeout_ms(),
             max_response_bytes: default_max_response_bytes(),
+            retry_delays_s: default_retry_delays_s(),
             default: None,
         }
     }
@@ -128,6 +143,7 @@ impl fmt::Debug for WebhooksConfig {
             .field("max_age_s", &self.max_age_s)
             .field("timeout_ms", &self.timeout_ms)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("retry_delays_s", &self.retry_delays_s)
             .field("default", &self.default.as_ref().map(|d| &d.events))
             .finish()
     }
@@ -160,6 +176,7 @@ impl WebhooksConfig {
                 format!("must be at most {MAX_RESPONSE_BYTES} (16 MiB)"),
             ));
         }
+        self.validate_retry_delays()?;
         self.validate_secrets()?;
         self.validate_hosts()?;
         if let Some(default) = &self.default {
@@ -167,6 +184,20 @@ impl WebhooksConfig {
                 .map_err(|error| invalid("webhooks.default.events", error.to_string()))?;
             check_url(self, &default.url)
                 .map_err(|error| invalid("webhooks.default.url", error.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// 1 to 16 tiers, each 1 s to a day, increasing.
+    fn validate_retry_delays(&self) -> Result<(), ConfigError> {
+        let delays = &self.retry_delays_s;
+        let in_range = delays.iter().all(|d| (1..=MAX_RETRY_DELAY_S).contains(d));
+        let increasing = delays.windows(2).all(|pair| pair[0] < pair[1]);
+        if delays.is_empty() || delays.len() > MAX_RETRY_TIERS || !in_range || !increasing {
+            return Err(invalid(
+                "webhooks.retry_delays_s",
+                format!("must be 1 to {MAX_RETRY_TIERS} increasing delays of 1 to {MAX_RETRY_DELAY_S} seconds"),
+            ));
         }
         Ok(())
     }
@@ -198,7 +229,10 @@ impl WebhooksConfig {
             let key = format!("webhooks.allow_hosts[{i}]");
             let pattern = HostPattern::parse(entry).map_err(|e| invalid(&key, e.to_string()))?;
             let any_port = match &pattern {
-                HostPattern::Exact { host, port: Some(_) } => Some(HostPattern::Exact {
+                HostPattern::Exact {
+                    host,
+                    port: Some(_),
+                } => Some(HostPattern::Exact {
                     host: host.clone(),
                     port: None,
                 }),

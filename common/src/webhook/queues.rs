@@ -11,8 +11,9 @@
 use crate::config::{Config, QueueType};
 use crate::topology::{queue_type_arguments, ArgValue, QueueSpec};
 
-/// The retry delays, seconds: attempt `n` waits one of the tiers for
-/// `4^(n-1)` and `4^n` seconds, chosen at random, at most the last.
+/// The default retry tiers (`webhooks.retry_delays_s`), seconds: attempt
+/// `n` waits one of the tiers for `4^(n-1)` and `4^n` seconds, chosen at
+/// random, at most the last (an hour).
 pub const RETRY_TIERS_S: [u64; 7] = [1, 4, 16, 64, 256, 1024, 3600];
 
 /// Every webhook queue, for `crate::amqp::declare_topology` (no exchange:
@@ -29,7 +30,10 @@ pub fn queue_specs(config: &Config) -> Vec<QueueSpec> {
     };
     let dead_lettered_to = |queue: String| {
         let mut args = queue_type_arguments(config);
-        args.push(("x-dead-letter-exchange".into(), ArgValue::Str(String::new())));
+        args.push((
+            "x-dead-letter-exchange".into(),
+            ArgValue::Str(String::new()),
+        ));
         args.push(("x-dead-letter-routing-key".into(), ArgValue::Str(queue)));
         if quorum {
             args.push((
@@ -50,7 +54,7 @@ pub fn queue_specs(config: &Config) -> Vec<QueueSpec> {
         ));
     }
     let mut specs = vec![spec(names.webhooks_queue(), main)];
-    for delay_s in RETRY_TIERS_S {
+    for &delay_s in &config.webhooks.retry_delays_s {
         let mut args = dead_lettered_to(names.webhooks_queue());
         let ttl_ms = i64::try_from(delay_s * 1000).unwrap_or(i64::MAX);
         args.push(("x-message-ttl".into(), ArgValue::Int(ttl_ms)));
@@ -69,7 +73,10 @@ mod tests {
     use crate::config::ConfigOverrides;
 
     fn arg<'a>(spec: &'a QueueSpec, key: &str) -> Option<&'a ArgValue> {
-        spec.arguments.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        spec.arguments
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     #[test]
@@ -81,6 +88,22 @@ mod tests {
         assert_eq!(names[1], "t.webhooks.retry.1");
         assert_eq!(names[7], "t.webhooks.retry.3600");
         assert_eq!(names[8], "t.webhooks.dead");
+        let short = Config::parse(
+            "[webhooks]\nretry_delays_s = [1, 2]",
+            None,
+            &ConfigOverrides::default(),
+        )
+        .unwrap();
+        let short: Vec<String> = queue_specs(&short).into_iter().map(|s| s.name).collect();
+        assert_eq!(
+            short,
+            [
+                "gpuq.webhooks",
+                "gpuq.webhooks.retry.1",
+                "gpuq.webhooks.retry.2",
+                "gpuq.webhooks.dead"
+            ]
+        );
         let tier = &specs[3];
         assert_eq!(tier.name, "t.webhooks.retry.16");
         assert_eq!(arg(tier, "x-message-ttl"), Some(&ArgValue::Int(16_000)));
@@ -96,10 +119,16 @@ mod tests {
             arg(&specs[0], "x-dead-letter-routing-key"),
             Some(&ArgValue::Str("t.webhooks.dead".into()))
         );
-        let classic = Config::parse("[queues]\ntype = \"classic\"", None, &ConfigOverrides::default())
-            .unwrap();
+        let classic = Config::parse(
+            "[queues]\ntype = \"classic\"",
+            None,
+            &ConfigOverrides::default(),
+        )
+        .unwrap();
         let specs = queue_specs(&classic);
-        assert!(specs.iter().all(|s| arg(s, "x-dead-letter-strategy").is_none()));
+        assert!(specs
+            .iter()
+            .all(|s| arg(s, "x-dead-letter-strategy").is_none()));
         assert!(arg(&specs[0], "x-delivery-limit").is_none());
     }
 }

@@ -91,7 +91,12 @@ mod tests {
 
     #[test]
     fn webhook_secrets_must_be_whsec_base64() {
-        for bad in ["", "whsec_", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_not base64!"] {
+        for bad in [
+            "",
+            "whsec_",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_not base64!",
+        ] {
             assert_eq!(signing_key(bad), Err(WebhookError::BadSecret), "{bad:?}");
         }
         assert_eq!(signing_key("whsec_AAEC").unwrap(), vec![0, 1, 2]);

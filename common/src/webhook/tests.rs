@@ -46,7 +46,11 @@ fn webhook_urls_with_user_info_are_refused() {
         "https://user@hooks.example.com/",
         "https://:pass@hooks.example.com/",
     ] {
-        assert_eq!(check_url(&config, url), Err(WebhookError::UserInfo), "{url}");
+        assert_eq!(
+            check_url(&config, url),
+            Err(WebhookError::UserInfo),
+            "{url}"
+        );
     }
 }
 
@@ -82,11 +86,20 @@ fn webhook_hosts_must_be_listed() {
 fn webhook_hosts_need_a_secret_and_the_most_specific_wins() {
     let mut config = allowing(&["a.example", "b.example:8443", "*.c.example"]);
     config.secret.clear();
-    config.secrets.insert("a.example".into(), "whsec_AAEC".into());
-    config.secrets.insert("b.example".into(), "whsec_AAED".into());
-    config.secrets.insert("b.example:8443".into(), "whsec_AAEE".into());
+    config
+        .secrets
+        .insert("a.example".into(), "whsec_AAEC".into());
+    config
+        .secrets
+        .insert("b.example".into(), "whsec_AAED".into());
+    config
+        .secrets
+        .insert("b.example:8443".into(), "whsec_AAEE".into());
     let url = |u: &str| url::Url::parse(u).unwrap();
-    assert_eq!(secret_for(&config, &url("https://a.example/")), Some("whsec_AAEC"));
+    assert_eq!(
+        secret_for(&config, &url("https://a.example/")),
+        Some("whsec_AAEC")
+    );
     assert_eq!(
         secret_for(&config, &url("https://b.example:8443/")),
         Some("whsec_AAEE")
@@ -95,8 +108,13 @@ fn webhook_hosts_need_a_secret_and_the_most_specific_wins() {
         check_url(&config, "https://x.c.example/"),
         Err(WebhookError::NoSecret("x.c.example".into()))
     );
-    config.secrets.insert("*.c.example".into(), "whsec_AAEF".into());
-    assert_eq!(secret_for(&config, &url("https://x.c.example/")), Some("whsec_AAEF"));
+    config
+        .secrets
+        .insert("*.c.example".into(), "whsec_AAEF".into());
+    assert_eq!(
+        secret_for(&config, &url("https://x.c.example/")),
+        Some("whsec_AAEF")
+    );
 }
 
 #[test]
@@ -153,7 +171,12 @@ fn webhook_private_addresses_are_refused_unless_listed_exactly() {
         assert!(!address_allowed(&config, false, ip(refused)), "{refused}");
         assert!(address_allowed(&config, true, ip(refused)), "{refused}");
     }
-    for public in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+    for public in [
+        "8.8.8.8",
+        "1.1.1.1",
+        "2606:4700:4700::1111",
+        "::ffff:8.8.8.8",
+    ] {
         assert!(address_allowed(&config, false, ip(public)), "{public}");
     }
 }
@@ -199,7 +222,16 @@ fn webhook_host_entries_are_parsed() {
             port: Some(8080)
         })
     );
-    for bad in ["", "https://a.example", "a.example/path", "a:b", "::1", "*.", "a..b", "a:0"] {
+    for bad in [
+        "",
+        "https://a.example",
+        "a.example/path",
+        "a:b",
+        "::1",
+        "*.",
+        "a..b",
+        "a:0",
+    ] {
         assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
     }
 }
@@ -215,8 +247,14 @@ fn webhook_delivery_round_trips_as_json() {
     );
     assert_eq!(delivery.id, "j-1.completed");
     let json = serde_json::to_string(&delivery).unwrap();
-    assert_eq!(serde_json::from_str::<WebhookDelivery>(&json).unwrap(), delivery);
+    assert_eq!(
+        serde_json::from_str::<WebhookDelivery>(&json).unwrap(),
+        delivery
+    );
     let request: WebhookRequest = serde_json::from_str(r#"{"url":"https://a/"}"#).unwrap();
     assert!(request.events.is_empty());
-    assert_eq!(serde_json::to_string(&request).unwrap(), r#"{"url":"https://a/"}"#);
+    assert_eq!(
+        serde_json::to_string(&request).unwrap(),
+        r#"{"url":"https://a/"}"#
+    );
 }

@@ -91,10 +91,16 @@ impl WebhookPublisher {
     ) -> Result<(), PublishError> {
         let mut headers = FieldTable::default();
         let attempts = i64::try_from(attempts).unwrap_or(i64::MAX);
-        headers.insert(webhook_header::ATTEMPT.into(), AMQPValue::LongLongInt(attempts));
+        headers.insert(
+            webhook_header::ATTEMPT.into(),
+            AMQPValue::LongLongInt(attempts),
+        );
         if let Some(error) = last_error {
             let error = truncated(error, MAX_ERROR_HEADER_BYTES);
-            headers.insert(webhook_header::LAST_ERROR.into(), AMQPValue::LongString(error.into()));
+            headers.insert(
+                webhook_header::LAST_ERROR.into(),
+                AMQPValue::LongString(error.into()),
+            );
         }
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
@@ -136,7 +142,8 @@ impl WebhookLink {
         host_id: &str,
         prefetch: u16,
     ) -> Result<WebhookLink, BrokerError> {
-        let (connection, node) = connect(config, &format!("gpuq-dispatcher {host_id} webhooks")).await?;
+        let (connection, node) =
+            connect(config, &format!("gpuq-dispatcher {host_id} webhooks")).await?;
         let topology = Topology {
             exchanges: Vec::new(),
             queues: gpuq_common::webhook::queues::queue_specs(config),

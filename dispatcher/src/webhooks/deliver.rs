@@ -93,7 +93,7 @@ fn next(config: &Config, delivery: &WebhookDelivery, attempt: u64, error: &SendE
     if error.is_permanent() {
         return Next::GiveUp;
     }
-    next_step_now(delivery.created_ms, config.webhooks.max_age_s, attempt)
+    next_step_now(&config.webhooks, delivery.created_ms, attempt)
 }
 
 /// Publishes the failed delivery to `queue`, then acks the original; on a
@@ -107,7 +107,13 @@ async fn settle(
     last_error: &str,
 ) {
     let published = publisher
-        .publish(queue, message.body(), message_id, attempts, Some(last_error))
+        .publish(
+            queue,
+            message.body(),
+            message_id,
+            attempts,
+            Some(last_error),
+        )
         .await;
     match published {
         Ok(()) => message.ack().await,

@@ -45,7 +45,10 @@ pub async fn run(config: Config, host_id: String, shutdown: CancellationToken) {
         };
         match connected {
             Ok(Ok(link)) => {
-                tracing::info!("webhook sender consuming {}", config.names().webhooks_queue());
+                tracing::info!(
+                    "webhook sender consuming {}",
+                    config.names().webhooks_queue()
+                );
                 session(&config, link, &shutdown).await;
             }
             Ok(Err(error)) => tracing::warn!(%error, "webhook sender cannot connect; retrying"),

@@ -189,7 +189,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, SendError::Refused(WebhookError::AddressRefused { .. })),
+            matches!(
+                error,
+                SendError::Refused(WebhookError::AddressRefused { .. })
+            ),
             "{error}"
         );
         assert!(error.is_permanent());
@@ -203,9 +206,12 @@ mod tests {
     /// connect, which fails (nothing listens on port 9) and is retried.
     #[tokio::test]
     async fn webhook_to_an_exactly_listed_loopback_host_is_attempted() {
-        let error = post(&config(&["127.0.0.1:9"]), &delivery("http://127.0.0.1:9/hook"))
-            .await
-            .unwrap_err();
+        let error = post(
+            &config(&["127.0.0.1:9"]),
+            &delivery("http://127.0.0.1:9/hook"),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(error, SendError::Http(_)), "{error}");
         assert!(!error.is_permanent());
         assert!(!error.to_string().contains("/hook"), "no url: {error}");

@@ -42,7 +42,10 @@ fn a_full_webhooks_section_loads() {
     let default = webhooks.default.as_ref().unwrap();
     assert_eq!(default.events, ["completed", "failed"]);
     let debug = format!("{webhooks:?}");
-    assert!(!debug.contains("MfKQ9r8G") && !debug.contains("AAEC"), "{debug}");
+    assert!(
+        !debug.contains("MfKQ9r8G") && !debug.contains("AAEC"),
+        "{debug}"
+    );
     assert!(debug.contains("hooks.example.com"), "{debug}");
 }
 
@@ -50,7 +53,10 @@ fn a_full_webhooks_section_loads() {
 fn webhook_secrets_must_be_whsec_base64_and_are_never_shown() {
     let (key, message) = refused("secret = \"hunter2-not-whsec\"");
     assert_eq!(key, "webhooks.secret");
-    assert!(message.contains("whsec_") && !message.contains("hunter2"), "{message}");
+    assert!(
+        message.contains("whsec_") && !message.contains("hunter2"),
+        "{message}"
+    );
     let (key, message) = refused("[webhooks.secrets]\n\"a.example\" = \"whsec_!!not-base64!!\"");
     assert_eq!(key, "webhooks.secrets.\"a.example\"");
     assert!(!message.contains("not-base64"), "{message}");
@@ -67,7 +73,9 @@ fn every_allowed_webhook_host_needs_a_secret() {
     parse("allow_hosts = [\"b.example:8443\"]\n[webhooks.secrets]\n\"b.example\" = \"whsec_AAEC\"")
         .unwrap();
     parse(&format!("allow_hosts = [\"*\"]\nsecret = \"{SECRET}\"")).unwrap();
-    let (key, _) = refused(&format!("allow_hosts = [\"https://a.example/x\"]\nsecret = \"{SECRET}\""));
+    let (key, _) = refused(&format!(
+        "allow_hosts = [\"https://a.example/x\"]\nsecret = \"{SECRET}\""
+    ));
     assert_eq!(key, "webhooks.allow_hosts[0]");
 }
 
@@ -77,20 +85,36 @@ fn webhook_limits_and_the_default_webhook_are_checked() {
     assert_eq!(key, "webhooks.max_age_s");
     let (key, _) = refused("timeout_ms = 0");
     assert_eq!(key, "webhooks.timeout_ms");
+    for delays in ["[]", "[0, 4]", "[4, 4]", "[16, 4]", "[100000]"] {
+        let (key, _) = refused(&format!("retry_delays_s = {delays}"));
+        assert_eq!(key, "webhooks.retry_delays_s", "{delays}");
+    }
+    let config = parse("retry_delays_s = [1, 2]").unwrap();
+    assert_eq!(config.webhooks.retry_delays_s, [1, 2]);
     let (key, message) = refused("[webhooks.default]\nurl = \"https://a.example/\"");
     assert_eq!(key, "webhooks.default.url");
     assert!(message.contains("allow_hosts is empty"), "{message}");
     let on = format!("allow_hosts = [\"a.example\"]\nsecret = \"{SECRET}\"\n");
-    let (key, message) = refused(&format!("{on}[webhooks.default]\nurl = \"http://a.example/\""));
+    let (key, message) = refused(&format!(
+        "{on}[webhooks.default]\nurl = \"http://a.example/\""
+    ));
     assert_eq!(key, "webhooks.default.url");
     assert!(message.contains("allow_http"), "{message}");
     let (key, _) = refused(&format!(
         "{on}[webhooks.default]\nurl = \"https://a.example/\"\nevents = [\"queued\"]"
     ));
     assert_eq!(key, "webhooks.default.events");
-    let unknown = parse(&format!("{on}[webhooks.default]\nurl = \"https://a.example/\"\nevent = []"));
-    assert!(matches!(unknown, Err(ConfigError::Parse { .. })), "{unknown:?}");
-    parse(&format!("{on}[webhooks.default]\nurl = \"https://a.example/hook\"")).unwrap();
+    let unknown = parse(&format!(
+        "{on}[webhooks.default]\nurl = \"https://a.example/\"\nevent = []"
+    ));
+    assert!(
+        matches!(unknown, Err(ConfigError::Parse { .. })),
+        "{unknown:?}"
+    );
+    parse(&format!(
+        "{on}[webhooks.default]\nurl = \"https://a.example/hook\""
+    ))
+    .unwrap();
 }
 
 #[test]
