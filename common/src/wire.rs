@@ -72,6 +72,10 @@ pub struct JobMessage {
     /// other publishers are trusted to set it (see [`JobMessage::tenant`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Where to POST the job's status changes (signed, at least once: see
+    /// `crate::webhook`); absent: `webhooks.default`, if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::webhook::WebhookRequest>,
 }
 
 /// Lifecycle state of a job, as stored in Redis and sent in events.

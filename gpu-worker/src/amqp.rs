@@ -228,6 +228,22 @@ impl Broker {
         }
     }
 
+    /// Publishes a webhook delivery to `<ns>.webhooks` (persistent,
+    /// confirmed); `false` when no such queue exists (no sender declared it).
+    pub async fn publish_webhook(
+        &self,
+        delivery: &gpuq_common::webhook::WebhookDelivery,
+    ) -> Result<bool, BrokerError> {
+        let body = serde_json::to_vec(delivery).expect("a webhook delivery serializes");
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(delivery.id.as_str().into());
+        let queue = self.names.webhooks_queue();
+        self.publish_confirmed("", &queue, &body, properties, true)
+            .await
+    }
+
     /// Sends a job's reply to its `reply_to` queue (RPC style).
     pub async fn reply(
         &self,

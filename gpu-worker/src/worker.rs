@@ -202,7 +202,14 @@ async fn serve(
     let models: HashMap<String, ModelConfig> =
         served.into_iter().map(|m| (m.id.clone(), m)).collect();
     let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts)?;
-    let topology = Topology::for_config(config);
+    let mut topology = Topology::for_config(config);
+    // With webhooks on, the worker declares their queues too: a job that
+    // ends before any dispatcher's sender has declared them keeps its webhook.
+    if config.webhooks.enabled() {
+        topology
+            .queues
+            .extend(gpuq_common::webhook::queues::queue_specs(config));
+    }
     let restart = CancellationToken::new();
     let cancels = Arc::new(CancelRegistry::default());
     background.spawn(listen_for_cancels(

@@ -116,6 +116,12 @@ pub struct SubmitArgs {
     /// The tenant the job belongs to (default `jobs.default_tenant`).
     #[arg(long)]
     pub tenant: Option<String>,
+    /// POST the job's status changes here, signed (see `[webhooks]`).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// A status the webhook is sent for (repeat; default: the final ones).
+    #[arg(long = "webhook-event", value_name = "STATUS", requires = "webhook")]
+    pub webhook_events: Vec<String>,
     /// Use this job id (the idempotency key) instead of a new one.
     #[arg(long)]
     pub job_id: Option<String>,
@@ -324,6 +330,12 @@ async fn submit(producer: &Producer, args: SubmitArgs) -> anyhow::Result<i32> {
     }
     request.model = args.model;
     request.tenant = args.tenant;
+    request.webhook = args
+        .webhook
+        .map(|url| gpuq_common::webhook::WebhookRequest {
+            url,
+            events: args.webhook_events,
+        });
     request.job_id = args.job_id;
     request.priority = args.priority;
     request.timeout_s = args.timeout_s;

@@ -44,6 +44,8 @@ pub struct JobRequest {
     pub submitted_by: Option<String>,
     /// The tenant the job belongs to; default `jobs.default_tenant`.
     pub tenant: Option<String>,
+    /// Where to POST the job's status changes (checked against `[webhooks]`).
+    pub webhook: Option<gpuq_common::webhook::WebhookRequest>,
 }
 
 impl JobRequest {

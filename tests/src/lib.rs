@@ -15,6 +15,7 @@ mod inspect;
 pub mod jobs;
 mod process;
 mod servers;
+pub mod webhook_receiver;
 
 pub use process::ProcessGuard;
 pub use servers::{MotoS3, PrivateRedis};
@@ -173,6 +174,15 @@ impl TestSystem {
     fn cleanup(&self) {
         let names = self.names.clone();
         let topology = Topology::for_config(&self.config);
+        // The webhook queues a dispatcher's sender declared (when webhooks are on).
+        let webhook_queues: Vec<String> = if self.config.webhooks.enabled() {
+            gpuq_common::webhook::queues::queue_specs(&self.config)
+                .into_iter()
+                .map(|q| q.name)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let redis = self.config.redis.target().clone();
         // Drop may run inside a runtime: do the async clean-up on a thread of its own.
         let cleaner = std::thread::spawn(move || {
@@ -189,7 +199,7 @@ impl TestSystem {
                 {
                     if let Ok(channel) = connection.create_channel().await {
                         let queues = topology.queues.iter().map(|q| q.name.clone());
-                        for queue in queues.chain(sub_queues) {
+                        for queue in queues.chain(sub_queues).chain(webhook_queues) {
                             let _ = channel
                                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                                 .await;

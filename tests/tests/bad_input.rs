@@ -93,6 +93,13 @@ async fn each_kind_of_bad_message_gets_a_recorded_error() {
         ),
         (
             "echo",
+            br#"{"feature": "echo", "webhook": "not an object"}"#.to_vec(),
+            None,
+            "bad-webhook",
+            "malformed_message",
+        ),
+        (
+            "echo",
             br#"{"feature": "echo", "priority": 77}"#.to_vec(),
             None,
             "bad-priority",

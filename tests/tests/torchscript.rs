@@ -85,6 +85,7 @@ async fn a_tensor_job_runs_on_the_torchscript_module_and_its_output_lands_in_red
         queue_timeout_s: None,
         submitted_by: None,
         tenant: None,
+        webhook: None,
     };
     let body = Encoding::Msgpack.encode(&job).unwrap();
     system

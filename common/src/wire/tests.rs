@@ -21,6 +21,7 @@ fn sample_job() -> JobMessage {
         queue_timeout_s: Some(60),
         submitted_by: Some("alice".into()),
         tenant: Some("acme".into()),
+        webhook: None,
     }
 }
 

@@ -8,6 +8,7 @@ use gpuq_common::job_record::scripts::Claimant;
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{ErrorCode, JobError, JobStatus, StatusEvent};
 
+use super::notify::Announced;
 use super::record::{failed, with_retries};
 use super::InFlight;
 use crate::amqp::Delivery;
@@ -66,6 +67,16 @@ impl<'a> InFlight<'a> {
         match claimed {
             Ok(Claim::Run { attempt }) => {
                 tracing::debug!(attempt, "job claimed");
+                let processing = Announced {
+                    status: JobStatus::Processing,
+                    error: None,
+                    result: None,
+                    attempt: Some(attempt),
+                };
+                // Best effort: a `processing` webhook never holds the job back.
+                if let Err(error) = self.notify(processing).await {
+                    tracing::warn!(%error, "processing webhook not queued");
+                }
                 Claimed::Run(self, attempt)
             }
             Ok(Claim::TenantBusy) => {
@@ -85,6 +96,7 @@ impl<'a> InFlight<'a> {
                 tracing::info!(%status, "job already final; acking the redelivery without running it");
                 // Its first delivery may have lost its reply with its connection.
                 self.reply_again().await;
+                self.notify_again(status).await;
                 self.settle_ack().await;
                 Claimed::Settled
             }

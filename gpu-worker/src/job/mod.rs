@@ -10,6 +10,7 @@
 //! | claim, retry, give up | `job/attempts.rs` | the attempt count and its limits |
 //! | run | `job/run.rs` | the model pool, artifacts, cancel and timeout |
 //! | record, reply, ack (or forward) | `job/record.rs`, `job/reply.rs` | the outcome's Redis write, the RPC reply |
+//! | webhook (between record and ack) | `job/notify.rs` | the job's `WebhookDelivery` |
 //!
 //! The order is the guarantee: the outcome is stored in Redis *before* the ack,
 //! so a worker dying at any point leaves either a redelivery or a recorded
@@ -188,6 +189,7 @@ impl InFlight<'_> {
 
 mod attempts;
 mod decode;
+mod notify;
 mod record;
 mod reply;
 mod route;

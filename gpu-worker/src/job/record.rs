@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use gpuq_common::{now_ms, ErrorCode, JobError, JobStatus, StatusEvent, ValueMap};
 
+use super::notify::{result_json, Announced};
 use super::InFlight;
 use crate::store::{Outcome, StoreError};
 
@@ -73,6 +74,19 @@ impl InFlight<'_> {
             Ok(false) => tracing::info!("job already ended elsewhere; outcome dropped"),
             Err(error) => {
                 tracing::error!(%error, "cannot record the outcome in redis; requeueing the job");
+                return self.settle_requeue().await;
+            }
+        }
+        // Stored, not acked: a webhook lost here is published by the redelivery.
+        if matches!(stored, Ok(true)) {
+            let announced = Announced {
+                status: outcome.status,
+                error: outcome.error.as_ref(),
+                result: result_json(outcome.result.as_ref()),
+                attempt,
+            };
+            if let Err(error) = self.notify(announced).await {
+                tracing::error!(%error, "webhook not queued; requeueing the job (its outcome is stored)");
                 return self.settle_requeue().await;
             }
         }

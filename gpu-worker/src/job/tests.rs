@@ -42,6 +42,7 @@ fn job(feature: &str, model: Option<&str>) -> JobMessage {
         queue_timeout_s: None,
         submitted_by: None,
         tenant: None,
+        webhook: None,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct SubmitBody {
     /// Admin tokens only: the tenant the job belongs to (default: the
     /// token's name). See `auth::submission_tenant`.
     tenant: Option<String>,
+    /// `{url, events?}`: where to POST the job's status changes.
+    webhook: Option<gpuq_common::webhook::WebhookRequest>,
 }
 
 fn to_values(map: serde_json::Map<String, JsonValue>, what: &str) -> Result<ValueMap, ApiError> {
@@ -111,6 +113,7 @@ pub async fn submit(
     request.job_id = job_id;
     request.submitted_by = identity.submitter().map(str::to_owned);
     request.tenant = Some(tenant);
+    request.webhook = body.webhook;
     auth::check_input_artifacts(&state, &identity, &request.inputs).await?;
     match producer.submit(request).await {
         Ok(id) => Ok((

@@ -8,6 +8,7 @@
 
 use gpuq_common::artifacts::FetchLimits;
 use gpuq_common::fair_share::SubQueue;
+use gpuq_common::webhook::{check_events, check_url, WebhookRequest};
 use gpuq_common::wire::{
     validate_job_id, validate_tenant, Encoding, DEFAULT_TENANT, SCHEMA_VERSION,
 };
@@ -84,6 +85,24 @@ impl Producer {
         Ok(())
     }
 
+    /// A job's webhook must pass the URL rules of `[webhooks]` (https, an
+    /// allowed host with a secret) and name known events; refused at submit,
+    /// never discovered when the job ends.
+    fn check_webhook(
+        &self,
+        webhook: Option<WebhookRequest>,
+    ) -> Result<Option<WebhookRequest>, SubmitError> {
+        let Some(webhook) = webhook else {
+            return Ok(None);
+        };
+        let invalid = |e: gpuq_common::webhook::WebhookError| {
+            SubmitError::Invalid(JobError::new(ErrorCode::InvalidParameter, e.to_string()))
+        };
+        check_url(&self.config.webhooks, &webhook.url).map_err(invalid)?;
+        check_events(&webhook.events).map_err(invalid)?;
+        Ok(Some(webhook))
+    }
+
     /// Checks a request and builds its message, body and AMQP properties.
     pub(super) fn prepare(
         &self,
@@ -121,6 +140,7 @@ impl Producer {
             &FetchLimits::from_config(&self.config),
         )
         .map_err(|e| SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string())))?;
+        let webhook = self.check_webhook(request.webhook)?;
         let mut message = JobMessage {
             schema_version: SCHEMA_VERSION,
             job_id,
@@ -137,6 +157,7 @@ impl Producer {
                 .filter(|s| *s > 0),
             submitted_by: request.submitted_by,
             tenant: Some(tenant),
+            webhook,
         };
         let body = Encoding::Msgpack.encode(&message).map_err(|e| {
             SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string()))
