@@ -99,7 +99,7 @@ pub fn compute(
         let workers = decision
             .assignments
             .values()
-            .filter(|models| models.iter().any(|m| *m == model.id))
+            .filter(|models| models.contains(&model.id))
             .count() as u64;
         let seconds = model.waiting as f64 * run_s;
         let drain_seconds = match (model.waiting, workers) {
