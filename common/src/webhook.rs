@@ -22,6 +22,7 @@ use crate::wire::JobStatus;
 
 mod address;
 mod hosts;
+pub mod payload;
 pub mod queues;
 pub mod signing;
 

@@ -188,6 +188,20 @@ impl DeadLetter {
     pub async fn ack(&self) {
         let _ = self.delivery.ack(BasicAckOptions::default()).await;
     }
+
+    /// Back to the queue, to be handled again (a step after the record failed).
+    pub async fn requeue(&self) {
+        let options = lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        let _ = self.delivery.nack(options).await;
+    }
+
+    /// Delivered before (a watcher died or requeued it mid-way).
+    pub fn redelivered(&self) -> bool {
+        self.delivery.redelivered
+    }
 }
 
 /// The dead-letter events this dispatcher consumes, on a connection of its own.
@@ -196,6 +210,8 @@ pub struct DeadLetterFeed {
     _connection: Connection,
     node: NodeIndex,
     letters: BoxStream<'static, Result<DeadLetter, BrokerError>>,
+    /// Publishes the webhooks of jobs the watcher ends (with webhooks on).
+    pub webhooks: Option<webhooks::WebhookPublisher>,
 }
 
 impl DeadLetterFeed {
@@ -231,10 +247,15 @@ pub async fn dead_letters(config: &Config, host_id: &str) -> Result<DeadLetterFe
                 .map_err(BrokerError::from)
         })
         .boxed();
+    let webhooks = match config.webhooks.enabled() {
+        true => Some(webhooks::WebhookPublisher::open(&connection, config).await?),
+        false => None,
+    };
     Ok(DeadLetterFeed {
         _connection: connection,
         node,
         letters,
+        webhooks,
     })
 }
 

@@ -235,3 +235,47 @@ async fn a_disallowed_webhook_from_amqp_is_dead_lettered_and_the_job_completes()
     })
     .await;
 }
+
+/// A job the broker ends (its queue timeout expired: no GPU fits its model)
+/// sends its webhook from the dispatcher that records the dead letter; the
+/// webhook is the tenant's default, since the job names none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_broker_times_out_sends_its_tenant_s_default_webhook() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = WebhookReceiver::new(port, SECRET, &dir.path().join("log"));
+    receiver.start(0);
+    let system = ConfigBuilder::one_host()
+        .echo("echo")
+        .model("huge", "sleep", 999_999)
+        .section(&format!(
+            "[webhooks]\nallow_http = true\nallow_hosts = [\"127.0.0.1:{port}\"]\n\
+             secret = \"{SECRET}\"\nretry_delays_s = [1, 2]\n\
+             [tenants.acme]\nwebhook = {{ url = \"http://127.0.0.1:{port}/acme\" }}\n"
+        ))
+        .system();
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
+        .await;
+    let output = system.gpuq(
+        &[
+            "submit",
+            "huge",
+            "--tenant",
+            "acme",
+            "--queue-timeout-s",
+            "1",
+        ],
+        WAIT,
+    );
+    assert!(output.status.success(), "{output:?}");
+    let job = gpuq_integration_tests::first_line(&output);
+    let requests = wait_for_requests(&receiver, 1).await;
+    assert_eq!(requests[0]["verified"], true);
+    assert_eq!(requests[0]["id"], format!("{job}.timed_out"));
+    let payload = body(&requests[0]);
+    assert_eq!(payload["type"], "job.timed_out", "{payload}");
+    assert_eq!(payload["data"]["tenant"], "acme");
+    assert_eq!(payload["data"]["error"]["code"], "timeout");
+}

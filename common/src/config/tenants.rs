@@ -17,6 +17,7 @@
 //! rate_per_s = 50
 //! burst = 100
 //! max_priority = 6
+//! webhook = { url = "https://hooks.acme.example/gpuq" }  # for jobs naming none
 //! ```
 
 use std::collections::BTreeMap;
@@ -94,6 +95,10 @@ pub struct TenantLimits {
     /// lowered to it, and the record says so.
     #[serde(default)]
     pub max_priority: Option<u8>,
+    /// The webhook of this tenant's jobs that name none (`url`, `events`),
+    /// before `webhooks.default`; checked against `[webhooks]` at load.
+    #[serde(default)]
+    pub webhook: Option<crate::webhook::WebhookRequest>,
 }
 
 fn default_weight() -> f64 {
@@ -109,6 +114,7 @@ impl Default for TenantLimits {
             rate_per_s: None,
             burst: None,
             max_priority: None,
+            webhook: None,
         }
     }
 }
@@ -130,6 +136,21 @@ impl TenantsConfig {
     /// A tenant's weight (1 for an unnamed one).
     pub fn weight(&self, tenant: &str) -> f64 {
         self.named.get(tenant).map_or(1.0, |t| t.weight)
+    }
+
+    /// A tenant's default webhook, checked like a job's.
+    pub(super) fn validate_webhooks(
+        &self,
+        webhooks: &super::WebhooksConfig,
+    ) -> Result<(), ConfigError> {
+        for (name, limits) in &self.named {
+            if let Some(webhook) = &limits.webhook {
+                crate::webhook::check_url(webhooks, &webhook.url)
+                    .and_then(|_| crate::webhook::check_events(&webhook.events))
+                    .map_err(|e| invalid(format!("tenants.{name}.webhook"), e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -210,5 +231,32 @@ mod tests {
             assert!(error.contains(key), "{text}: {error}");
         }
         assert!(parse("[tenants.a]\nwieght = 2").is_err());
+    }
+
+    #[test]
+    fn a_tenant_s_default_webhook_is_checked_like_a_job_s() {
+        let webhooks = "[webhooks]\nallow_hosts = [\"hooks.example.com\"]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        let ok = format!(
+            "{webhooks}[tenants.a]\nwebhook = {{ url = \"https://hooks.example.com/a\" }}\n"
+        );
+        let config = parse(&ok).unwrap();
+        let webhook = config.tenants.limits("a").webhook.unwrap();
+        assert_eq!(webhook.url, "https://hooks.example.com/a");
+        for (tenant, reason) in [
+            (
+                "url = \"https://evil.example.com/a\"",
+                "not in webhooks.allow_hosts",
+            ),
+            ("url = \"http://hooks.example.com/a\"", "scheme"),
+            (
+                "url = \"https://hooks.example.com/a\", events = [\"done\"]",
+                "unknown webhook event",
+            ),
+        ] {
+            let text = format!("{webhooks}[tenants.a]\nwebhook = {{ {tenant} }}\n");
+            let error = parse(&text).unwrap_err();
+            assert!(error.contains("tenants.a.webhook"), "{error}");
+            assert!(error.contains(reason), "{error}");
+        }
     }
 }

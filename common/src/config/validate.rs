@@ -71,6 +71,7 @@ impl Config {
         )?;
         self.tenants.validate()?;
         self.webhooks.validate()?;
+        self.tenants.validate_webhooks(&self.webhooks)?;
         self.validate_gateway_limits()?;
         self.validate_worker()?;
         self.validate_dispatcher()?;

@@ -126,6 +126,20 @@ impl WebhookPublisher {
     }
 }
 
+impl WebhookPublisher {
+    /// A confirmed publisher on a channel of its own of `connection`.
+    pub async fn open(connection: &Connection, config: &Config) -> Result<Self, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(WebhookPublisher {
+            channel,
+            confirm_timeout: Duration::from_millis(config.amqp.publish_timeout_ms),
+        })
+    }
+}
+
 /// The sender's connection: the consumer of `<ns>.webhooks` and the publisher.
 pub struct WebhookLink {
     connection: Connection,
@@ -149,10 +163,7 @@ impl WebhookLink {
             queues: gpuq_common::webhook::queues::queue_specs(config),
         };
         declare_topology(&connection, &topology).await?;
-        let publish_channel = connection.create_channel().await?;
-        publish_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let publisher = WebhookPublisher::open(&connection, config).await?;
         let consume_channel = connection.create_channel().await?;
         consume_channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -176,10 +187,7 @@ impl WebhookLink {
             connection,
             node,
             messages,
-            publisher: WebhookPublisher {
-                channel: publish_channel,
-                confirm_timeout: Duration::from_millis(config.amqp.publish_timeout_ms),
-            },
+            publisher,
         })
     }
 

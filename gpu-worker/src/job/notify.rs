@@ -11,17 +11,14 @@
 //! a sender) the delivery is dropped with a WARN, and the job ends as it
 //! would have.
 
+use gpuq_common::webhook::payload::JobEvent;
 use gpuq_common::webhook::{WebhookDelivery, WebhookRequest};
 use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, JobError, JobStatus, ValueMap};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::InFlight;
 use crate::amqp::BrokerError;
-
-/// Largest result carried in a webhook's payload, bytes of JSON; a larger
-/// one is left out (`result_omitted`), for the receiver to fetch.
-const MAX_RESULT_JSON: usize = 64 * 1024;
 
 /// What a webhook says about the job.
 pub(super) struct Announced<'a> {
@@ -33,12 +30,15 @@ pub(super) struct Announced<'a> {
 }
 
 impl InFlight<'_> {
-    /// The job's webhook: its own, else `webhooks.default`.
+    /// The job's webhook: its own, else its tenant's, else `webhooks.default`.
     fn webhook(&self) -> Option<&WebhookRequest> {
+        let config = &self.ctx.config;
+        let tenant = self.job.tenant().ok();
         self.job
             .webhook
             .as_ref()
-            .or(self.ctx.config.webhooks.default.as_ref())
+            .or_else(|| config.tenants.named.get(tenant?)?.webhook.as_ref())
+            .or(config.webhooks.default.as_ref())
     }
 
     /// Publishes the webhook for `announced.status` if the job's webhook
@@ -90,33 +90,21 @@ impl InFlight<'_> {
         }
     }
 
-    /// The POSTed JSON: `{"type": "job.<status>", "timestamp_ms", "data": {...}}`.
+    /// The POSTed JSON (`gpuq_common::webhook::payload`).
     fn payload(&self, announced: &Announced<'_>) -> Value {
-        let job = &self.job;
-        let mut data = json!({
-            "job_id": job.job_id,
-            "status": announced.status.as_str(),
-            "feature": job.feature,
-            "model": self.model.id,
-            "tenant": self.tenant(),
-            "attempt": announced.attempt,
-            "worker": self.ctx.worker_id,
-        });
-        if let Some(error) = announced.error {
-            data["error"] = json!({"code": error.code.to_string(), "message": error.message});
+        let tenant = self.tenant();
+        JobEvent {
+            job_id: &self.job.job_id,
+            status: announced.status,
+            feature: &self.job.feature,
+            model: Some(&self.model.id),
+            tenant: tenant.as_deref(),
+            attempt: announced.attempt,
+            worker: Some(&self.ctx.worker_id),
+            error: announced.error,
+            result: announced.result.as_ref(),
         }
-        if let Some(result) = &announced.result {
-            if result.to_string().len() <= MAX_RESULT_JSON {
-                data["result"] = result.clone();
-            } else {
-                data["result_omitted"] = json!(true);
-            }
-        }
-        json!({
-            "type": format!("job.{}", announced.status.as_str()),
-            "timestamp_ms": now_ms(),
-            "data": data,
-        })
+        .payload(now_ms())
     }
 }
 
