@@ -6,11 +6,15 @@
 //! `{"error": {"code", "message"}}` with a stable code. With bearer tokens
 //! configured, nothing but `/healthz` answers without one, and a token's role
 //! decides what it sees ([`auth`]); without tokens it listens only on loopback
-//! unless `gateway.allow_anonymous` says otherwise. `/` is a one-page live
-//! dashboard (no build step) over these routes.
+//! unless `gateway.allow_anonymous` says otherwise. `/` is a live dashboard
+//! with 15 minutes of history charts ([`history`]) and `/jobs/{id}` a page per
+//! job, both plain scripts over these routes, served from the binary
+//! ([`assets`]; no build step, no CDN).
 
+mod assets;
 mod auth;
 mod error;
+mod history;
 mod metrics;
 mod routes;
 mod server;
@@ -22,6 +26,8 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::producer::{Producer, ProducerError};
 pub use error::ApiError;
@@ -38,6 +44,8 @@ struct AppState {
     streams: Arc<tokio::sync::Semaphore>,
     /// Cancelled at shutdown: event streams end on it.
     shutdown: CancellationToken,
+    /// The dashboard's last 15 minutes, filled by [`history::sampler`].
+    history: history::History,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,16 +61,25 @@ pub enum GatewayError {
     Anonymous(#[from] auth::AnonymousExposure),
 }
 
-/// The gateway's routes over a connected producer.
-fn router(producer: Producer, warning: Option<String>, shutdown: CancellationToken) -> Router {
-    let config = producer.config().gateway.clone();
-    let state = Arc::new(AppState {
-        producer,
+fn app_state(
+    producer: Producer,
+    warning: Option<String>,
+    shutdown: CancellationToken,
+) -> Arc<AppState> {
+    let config = &producer.config().gateway;
+    Arc::new(AppState {
         tokens: auth::Tokens::new(config.access_tokens()),
         warning,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams as usize)),
         shutdown,
-    });
+        history: history::History::default(),
+        producer,
+    })
+}
+
+/// The gateway's routes over a connected producer.
+fn router(state: Arc<AppState>) -> Router {
+    let config = state.producer.config().gateway.clone();
     let api = Router::new()
         .route(
             "/v1/jobs",
@@ -76,13 +93,12 @@ fn router(producer: Producer, warning: Option<String>, shutdown: CancellationTok
         )
         .route("/v1/artifacts/{id}", get(routes::download_artifact))
         .route("/v1/events", get(streams::all_events))
-        .route(
-            "/",
-            get(|| async { axum::response::Html(include_str!("dashboard.html")) }),
-        )
+        .route("/", get(assets::dashboard))
+        .route("/jobs/{id}", get(assets::job_page))
         .route("/v1/models", get(routes::models))
         .route("/v1/features", get(routes::features))
         .route("/v1/system", get(routes::system))
+        .route("/v1/history", get(history::route))
         .route("/readyz", get(routes::ready))
         .route("/metrics", get(metrics::render))
         .route(
@@ -100,6 +116,7 @@ fn router(producer: Producer, warning: Option<String>, shutdown: CancellationTok
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/assets/{name}", get(assets::asset))
         .merge(api)
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
@@ -137,7 +154,26 @@ pub async fn serve(producer: Producer, shutdown: CancellationToken) -> Result<()
         "gateway listening"
     );
     let header_timeout = Duration::from_secs(config.header_timeout_s);
-    let router = router(producer, warning, shutdown.clone());
-    server::serve_connections(listener, router, header_timeout, shutdown).await;
+    let state = app_state(producer, warning, shutdown.clone());
+    let background = TaskTracker::new();
+    let sampled = Arc::clone(&state);
+    let sampler_shutdown = shutdown.clone();
+    background.spawn(
+        async move {
+            let interval = history::SAMPLE_INTERVAL;
+            history::sampler::run(
+                &sampled.producer,
+                &sampled.history,
+                interval,
+                sampler_shutdown,
+            )
+            .await;
+        }
+        .instrument(tracing::info_span!("history_sampler")),
+    );
+    background.close();
+    server::serve_connections(listener, router(state), header_timeout, shutdown).await;
+    // The sampler ends on the same token, between two samples at most.
+    background.wait().await;
     Ok(())
 }
