@@ -1,181 +1,43 @@
 //! The dashboard in a real headless Chromium (driven through chromedriver's
-//! WebDriver API): the page loads, shows the hosts of a running system, and a
-//! job submitted while it is open appears and turns completed without a reload.
-//! Also saves the screenshot shown in the README (docs/dashboard.png).
+//! WebDriver API): the page loads, shows the hosts of a running system, a
+//! job submitted while it is open appears and turns completed without a
+//! reload, links to its job page, and after a burst of jobs the history
+//! charts draw the queue that formed and the jobs that finished. Also saves
+//! the screenshot shown in the README (docs/dashboard.png).
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod browser_support;
 
+use browser_support::{Browser, WAIT};
 use gpuq_integration_tests::fixtures::ConfigBuilder;
+use gpuq_integration_tests::TestSystem;
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// chromedriver on a free port. Dropping it ends the browser session (so
-/// Chromium exits even when the test failed), then stops chromedriver by pid.
-struct Driver {
-    child: Child,
-    base: String,
-    port: u16,
-    session: Option<String>,
+/// The y coordinates of the series `series` of chart `chart`, or null
+/// while it is not drawn. A series that reached above 0 is not flat.
+fn series_script(chart: &str, series: &str) -> String {
+    format!(
+        "const line = document.querySelector('#chart-{chart} [data-series=\"{series}\"]');
+         if (!line) return null;
+         const ys = (line.getAttribute('points') || line.getAttribute('d').replace(/[MLZ]/g, ' '))
+           .trim().split(/\\s+/).map((p) => +p.split(',')[1]);
+         return {{count: ys.length, low: Math.min(...ys), high: Math.max(...ys)}};"
+    )
 }
 
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(session) = &self.session {
-            use std::io::{Read, Write};
-            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                // Bounded: chromedriver may keep the connection open after answering.
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let request = format!("DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-                let _ = stream.write_all(request.as_bytes());
-                let _ = stream.read_to_end(&mut Vec::new());
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn webdriver(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    body: Value,
-) -> Value {
-    let mut request = client.request(method, url);
-    if !body.is_null() {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let reply: Value = response.json().await.unwrap();
-    assert!(
-        reply["value"]["error"].is_null(),
-        "webdriver {url}: {reply}"
+/// Waits until series `series` of chart `chart` has left its baseline.
+async fn wait_for_rise(browser: &Browser, chart: &str, series: &str) -> Value {
+    let script = format!(
+        "const s = (() => {{ {} }})(); return s && s.high - s.low > 1 ? s : null;",
+        series_script(chart, series)
     );
-    reply["value"].clone()
+    browser
+        .wait_for(&format!("chart {chart} series {series} rising"), &script)
+        .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_hosts_and_a_job_turning_completed_live() {
-    // The screenshot's scenario: one 24 GiB GPU split in two workers.
-    let system = ConfigBuilder::new()
-        .host("gpu-host-1")
-        .dispatcher("workers_per_gpu = 2")
-        .gpu_named(24576, "declared-24g")
-        .echo("echo")
-        .model("sleep", "sleep", 4096)
-        .system();
-    let _dispatcher = system.dispatcher(&[]);
-    system
-        .wait_for_consumers(&system.names.model_queue("sleep"), 2, WAIT)
-        .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _gateway = system.spawn("gpuq", &["serve", "--listen", &format!("127.0.0.1:{port}")]);
-    for args in [
-        vec!["submit", "echo", "--input", "prompt=wooden chair", "--wait"],
-        vec![
-            "submit",
-            "sleep",
-            "--input",
-            "fail=true",
-            "--input",
-            "duration_ms=10",
-            "--wait",
-        ],
-    ] {
-        system.gpuq(&args, WAIT);
-    }
-
-    let driver_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={driver_port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver (Debian's chromium-driver; scripts/test.sh installs it)");
-    let mut driver = Driver {
-        child,
-        base: format!("http://127.0.0.1:{driver_port}"),
-        port: driver_port,
-        session: None,
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    while client
-        .get(format!("{}/status", driver.base))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let session = webdriver(
-        &client,
-        reqwest::Method::POST,
-        &format!("{}/session", driver.base),
-        json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
-        }}}}),
-    )
-    .await;
-    let session_id = session["sessionId"].as_str().unwrap().to_owned();
-    driver.session = Some(session_id.clone());
-    let session = format!("{}/session/{session_id}", driver.base);
-    webdriver(
-        &client,
-        reqwest::Method::POST,
-        &format!("{session}/url"),
-        json!({"url": format!("http://127.0.0.1:{port}/")}),
-    )
-    .await;
-
-    let text_of = |id: &'static str| {
-        let (client, session) = (client.clone(), session.clone());
-        async move {
-            let script = format!("return document.getElementById('{id}').innerText");
-            webdriver(
-                &client,
-                reqwest::Method::POST,
-                &format!("{session}/execute/sync"),
-                json!({"script": script, "args": []}),
-            )
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-        }
-    };
-    let wait_for = |id: &'static str, needle: String| async move {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = text_of(id).await;
-            if text.contains(&needle) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "#{id} never showed {needle:?}: {text}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let gpus = wait_for("gpus", "gpu-host-1".into()).await;
-    assert!(gpus.contains("declared-24g"), "{gpus}");
-    wait_for("workers", "gpu-host-1-gpu0-slot1".into()).await;
-    wait_for("live", "live".into()).await;
-
-    // Submitted while the page is open: appears, then turns completed.
+/// Submitted while the page is open: appears, then turns completed, and
+/// links to its page; an earlier failed job shows its error.
+async fn a_job_turns_completed_live(browser: &Browser, system: &TestSystem) {
     let output = system.gpuq(
         &[
             "submit",
@@ -188,43 +50,109 @@ async fn the_dashboard_shows_hosts_and_a_job_turning_completed_live() {
         WAIT,
     );
     assert!(output.status.success());
-    wait_for("jobs", "dashboard-live-job".into()).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let jobs = text_of("jobs").await;
-        if jobs
-            .lines()
-            .any(|l| l.starts_with("dashboard-live-job") && l.contains("completed"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job never turned completed on the page: {jobs}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let jobs = text_of("jobs").await;
+    browser.wait_for_text("jobs", "dashboard-live-job").await;
+    browser
+        .wait_for(
+            "the job turning completed on the page",
+            "return document.getElementById('jobs').innerText.split('\\n')
+               .some((l) => l.startsWith('dashboard-live-job') && l.includes('completed'))",
+        )
+        .await;
+    let jobs = browser.text_of("jobs").await;
     assert!(
         jobs.contains("model_failed"),
         "the failed job and its error show too: {jobs}"
     );
+    let link = browser
+        .run("return document.querySelector('#jobs a[href=\"/jobs/dashboard-live-job\"]') != null")
+        .await;
+    assert_eq!(link, json!(true), "the job links to its page");
+}
 
-    // The screenshot for the README.
-    let png = webdriver(
-        &client,
-        reqwest::Method::GET,
-        &format!("{session}/screenshot"),
-        Value::Null,
-    )
-    .await;
-    use base64::Engine;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(png.as_str().unwrap())
-        .unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
-    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png");
-    if std::env::var_os("GPUQ_UPDATE_SCREENSHOT").is_some() {
-        std::fs::write(&docs, &png).unwrap();
+/// A burst: 24 jobs of 500 ms on two workers keep the queue non-empty for
+/// about 6 s, three samples at 2 s; the charts draw the queue, the jobs
+/// finishing, the busy workers and the GPU's memory.
+async fn a_burst_is_charted(browser: &Browser, port: u16) {
+    let client = reqwest::Client::new();
+    for i in 0..24 {
+        let body = json!({"feature": "sleep", "inputs": {"duration_ms": 500}, "job_id": format!("burst-{i}")});
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
     }
+    let queued = wait_for_rise(browser, "queued", "sleep").await;
+    let finished = wait_for_rise(browser, "finished", "completed").await;
+    let busy = wait_for_rise(browser, "workers", "busy").await;
+    assert!(queued["count"].as_u64().unwrap() >= 2, "{queued}");
+    assert!(finished["count"].as_u64().unwrap() >= 2, "{finished}");
+    assert!(busy["count"].as_u64().unwrap() >= 2, "{busy}");
+    // The GPU's memory: a stacked area per use, and a legend naming them.
+    let gpu = browser
+        .wait_for(
+            "the GPU memory chart",
+            "const box = document.querySelector('#history-gpus [data-gpu=\"gpu-host-1/0\"]');
+             return box && box.querySelectorAll('svg path[data-series]').length === 3 ? box.innerText : null",
+        )
+        .await;
+    let gpu = gpu.as_str().unwrap();
+    assert!(
+        gpu.contains("gpuq") && gpu.contains("others") && gpu.contains("free"),
+        "{gpu}"
+    );
+    // Every burst job done, so the picture shows the queue drained.
+    browser
+        .wait_for(
+            "the burst's last job completed",
+            "return document.getElementById('jobs').innerText.includes('burst-23')
+               && !/burst-\\d+\\s.*(queued|processing)/.test(document.getElementById('jobs').innerText)",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_hosts_jobs_live_and_charts_a_burst() {
+    // The screenshot's scenario: one 24 GiB GPU split in two workers.
+    let system = ConfigBuilder::new()
+        .host("gpu-host-1")
+        .dispatcher("workers_per_gpu = 2")
+        .gpu_named(24576, "declared-24g")
+        .echo("echo")
+        .model("sleep", "sleep", 4096)
+        .system();
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 2, WAIT)
+        .await;
+    let port = gpuq_integration_tests::http::free_port();
+    let _gateway = system.spawn("gpuq", &["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    system.gpuq(
+        &["submit", "echo", "--input", "prompt=wooden chair", "--wait"],
+        WAIT,
+    );
+    let failing = [
+        "--input",
+        "fail=true",
+        "--input",
+        "duration_ms=10",
+        "--wait",
+    ];
+    system.gpuq(&[&["submit", "sleep"][..], &failing].concat(), WAIT);
+
+    let browser = Browser::start(1280, 1500).await;
+    browser.open(&format!("http://127.0.0.1:{port}/")).await;
+    let gpus = browser.wait_for_text("gpus", "gpu-host-1").await;
+    assert!(gpus.contains("declared-24g"), "{gpus}");
+    browser
+        .wait_for_text("workers", "gpu-host-1-gpu0-slot1")
+        .await;
+    browser.wait_for_text("live", "live").await;
+    a_job_turns_completed_live(&browser, &system).await;
+    a_burst_is_charted(&browser, port).await;
+    // One more sample, so the charts end at the drained queue.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    browser.screenshot("dashboard.png").await;
 }
