@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::names::Names;
 
+mod gpu;
 mod redact;
 mod redis_target;
 mod sections;
@@ -19,6 +20,7 @@ mod tokens;
 mod validate;
 mod webhooks;
 use crate::registry::{ModelConfig, Registry};
+pub use gpu::{GpuConfig, VramSourceKind};
 pub use redis_target::{RedisConfig, RedisTarget, SentinelTarget};
 pub use sections::{
     AmqpConfig, ArtifactsConfig, DeclaredGpu, DispatcherConfig, GatewayConfig, JobsConfig,
@@ -145,6 +147,9 @@ pub struct Config {
     /// `[tenants]`: fair share, quotas and priority caps per tenant.
     #[serde(default)]
     pub tenants: TenantsConfig,
+    /// `[gpu]`: measured VRAM (sampling, trust threshold, margin).
+    #[serde(default)]
+    pub gpu: GpuConfig,
     /// `[webhooks]`: allowed hosts, signing secrets and retry limits of job
     /// webhooks; off while `allow_hosts` is empty.
     #[serde(default)]

@@ -13,6 +13,8 @@
 //!   and every Lua script that writes a record.
 //! - [`job_index`]: the per-status, per-feature, per-submitter and per-tenant job indexes,
 //!   kept by the Lua prelude every status-writing script shares.
+//! - [`vram`]: measured VRAM per model: the decaying peak histograms
+//!   workers write and the admitted figure every process uses.
 //! - [`webhook`]: job webhooks: the request a job carries, the delivery a
 //!   worker publishes, the URL and SSRF address rules, Standard Webhooks
 //!   signing, and the webhook queues as plain data.
@@ -46,6 +48,7 @@ pub mod record;
 pub mod redis_link;
 pub mod registry;
 pub mod topology;
+pub mod vram;
 pub mod webhook;
 pub mod wire;
 

@@ -203,6 +203,12 @@ impl Names {
         format!("{}:idle", self.namespace)
     }
 
+    /// Hash of measured model VRAM, `<model>/<worker>` to JSON
+    /// [`crate::vram::ModelVram`] (each field written by its worker only).
+    pub fn model_vram(&self) -> String {
+        format!("{}:model_vram", self.namespace)
+    }
+
     /// Hash of measured model timings, model id to JSON [`crate::record::ModelTimings`].
     pub fn model_timings(&self) -> String {
         format!("{}:model_timings", self.namespace)

@@ -34,6 +34,10 @@ pub struct ModelConfig {
     /// The feature's default model (at most one per feature).
     #[serde(default)]
     pub default: bool,
+    /// The input whose value classes a job's VRAM peak (e.g. `resolution`);
+    /// default: the inputs' size in bytes (`crate::vram::size_class`).
+    #[serde(default)]
+    pub vram_size_input: Option<String>,
     /// Runtime-specific settings.
     #[serde(default)]
     pub params: toml::Table,
@@ -110,6 +114,12 @@ pub struct SleepParams {
     /// injection for gpuq's own tests). Without it that input is `invalid_input`,
     /// so no client can kill a worker. Default false; no shipped config sets it.
     pub allow_crash_inputs: bool,
+    /// Synthetic GPU memory held while loaded, MiB, reported through the
+    /// scripted VRAM source (`gpu.vram_source = "scripted"`). Default 0.
+    pub vram_resident_mib: u64,
+    /// Synthetic peak while a job runs, MiB (resident included); a job's
+    /// `vram_peak_mib` input overrides it. Default: the resident size.
+    pub vram_peak_mib: u64,
 }
 
 /// Params of the `torchscript` runtime.
@@ -256,6 +266,14 @@ impl ModelConfig {
             load_ms: 0,
             run_log: None,
             allow_crash_inputs: false,
+            vram_resident_mib: 0,
+            vram_peak_mib: 0,
+        };
+        let mib = |value: &toml::Value, name: &str| {
+            value
+                .as_integer()
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| format!("'{name}' must be a non-negative integer (MiB)"))
         };
         for (name, value) in &self.params {
             match name.as_str() {
@@ -274,6 +292,8 @@ impl ModelConfig {
                 "run_log" => {
                     params.run_log = Some(value.as_str().ok_or("'run_log' must be a file path")?.to_owned());
                 }
+                "vram_resident_mib" => params.vram_resident_mib = mib(value, name)?,
+                "vram_peak_mib" => params.vram_peak_mib = mib(value, name)?,
                 "allow_crash_inputs" => {
                     params.allow_crash_inputs = value
                         .as_bool()
@@ -291,7 +311,7 @@ impl ModelConfig {
                 }
                 other => {
                     return Err(format!(
-                        "runtime 'sleep' has no param '{other}' (known: allow_crash_inputs, duration_ms, fail_rate, load_ms, run_log)"
+                        "runtime 'sleep' has no param '{other}' (known: allow_crash_inputs, duration_ms, fail_rate, load_ms, run_log, vram_peak_mib, vram_resident_mib)"
                     ).into())
                 }
             }

@@ -10,7 +10,7 @@
 //! record and releases the host lease. A worker whose heartbeat goes stale is
 //! killed and restarted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use gpuq_common::config::Config;
 use gpuq_common::process::LogFormat;
 use gpuq_common::record::HostRecord;
+use gpuq_common::registry::Registry;
+use gpuq_common::vram::{admitted_models, ModelVram};
 use gpuq_common::{now_ms, redact_url, ConfigOverrides};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -93,11 +95,14 @@ fn worker_binary(options: &DispatcherOptions, config: &Config) -> Result<PathBuf
     }
 }
 
+/// Plans the slots with each model's admitted VRAM: its declaration, or
+/// what it was measured to use once known (`gpuq_common::vram`).
 fn make_plan(
     host_id: &str,
     gpus: &[GpuInfo],
     config: &Config,
     options: &DispatcherOptions,
+    learned: &BTreeMap<String, ModelVram>,
 ) -> Result<Plan, DispatcherError> {
     if let Some(unknown) = options
         .models
@@ -107,11 +112,16 @@ fn make_plan(
     {
         return Err(DispatcherError::UnknownModel(unknown.clone()));
     }
+    let admitted = Registry::new(&admitted_models(
+        config.registry().models(),
+        learned,
+        &config.gpu,
+    ));
     let plan = plan(
         host_id,
         gpus,
         &config.dispatcher,
-        config.registry(),
+        &admitted,
         options.models.as_deref(),
     )?;
     if plan.slots.iter().all(|s| s.models.is_empty()) {
@@ -208,7 +218,8 @@ pub fn plan_report(
             gpu.processes.len(),
         ));
     }
-    let plan = make_plan(&host_id, &gpus.list, config, options)?;
+    // A dry run reads no Redis: declared VRAM.
+    let plan = make_plan(&host_id, &gpus.list, config, options, &BTreeMap::new())?;
     out.push_str("plan:\n");
     out.push_str(&plan.describe());
     out.push('\n');
@@ -241,12 +252,12 @@ pub async fn run(
         }
     })?;
     let mut gpus = Gpus::discover(&config, &options)?;
-    let mut current_plan = make_plan(&host_id, &gpus.list, &config, &options)?;
-    tracing::info!(host = %host_id, gpus = gpus.list.len(), "plan:\n{}", current_plan.describe());
-
     tracing::info!(amqp = %redact_url(&config.amqp_url), redis = %config.redis.target(), "connecting");
-    crate::amqp::declare(&config, &host_id).await?;
     let store = Store::connect(config.redis.target(), config.names()).await?;
+    let learned = store.learned_vram().await.unwrap_or_default();
+    let mut current_plan = make_plan(&host_id, &gpus.list, &config, &options, &learned)?;
+    tracing::info!(host = %host_id, gpus = gpus.list.len(), "plan:\n{}", current_plan.describe());
+    crate::amqp::declare(&config, &host_id).await?;
     // Opened (and a local directory checked) before any worker starts.
     let artifacts = gpuq_common::artifacts::ArtifactStore::open(&config.artifacts)?;
     // Held from here until the workers are stopped; nothing below fails before then.
@@ -359,7 +370,9 @@ async fn reload(options: &DispatcherOptions, host_id: &str, gpus: &[GpuInfo]) ->
     let result = async {
         let config =
             Config::load(&options.config_path, &options.overrides).map_err(|e| e.to_string())?;
-        let plan = make_plan(host_id, gpus, &config, options).map_err(|e| e.to_string())?;
+        // Declared VRAM: workers still refuse models measured past their budget.
+        let plan = make_plan(host_id, gpus, &config, options, &BTreeMap::new())
+            .map_err(|e| e.to_string())?;
         crate::amqp::declare(&config, host_id)
             .await
             .map_err(|e| e.to_string())?;

@@ -7,7 +7,8 @@
 //! Rounds run every `placement.interval_ms`, and at once when a worker
 //! announces it ran out of jobs. Each round: read the queue depths (passive declares: ready messages and
 //! consumers), every live worker record (models it may serve, loaded models,
-//! jobs running and held), measured model timings; estimate arrivals; run
+//! jobs running and held), measured model timings and VRAM (a model is
+//! placed by its admitted VRAM, `gpuq_common::vram`); estimate arrivals; run
 //! [`decide`]; write each worker's assignment with an expiry, and announce
 //! the ones that changed on the assignments channel; and keep the
 //! autoscaling gauges (`crate::autoscaling`) from the same snapshot.
@@ -25,6 +26,7 @@ use crate::autoscaling::{self, SharedBacklog};
 use crate::placement_decision::decide;
 use crate::placement_decision::inputs::{assignments, measured_timings, policy, snapshot, History};
 use crate::store::Store;
+use gpuq_common::vram::admitted_mib;
 
 /// Shortest gap between two rounds triggered by idle workers.
 const EARLIEST_REPEAT: Duration = Duration::from_millis(100);
@@ -166,7 +168,12 @@ async fn round(
         .filter(|w| now.saturating_sub(w.heartbeat_ms) < ttl_ms)
         .collect();
     let timings = measured_timings(&workers);
-    let snapshot = snapshot(config, now, &ready, &workers, &timings, history);
+    let learned = store.learned_vram().await?;
+    let mut snapshot = snapshot(config, now, &ready, &workers, &timings, history);
+    // Models are placed by what they were measured to use, where known.
+    for model in &mut snapshot.models {
+        model.vram_mib = admitted_mib(model.vram_mib, learned.get(&model.id), &config.gpu);
+    }
     let decision = decide(&snapshot, &policy(config));
     for model in &decision.unservable {
         tracing::warn!(model = %model, "model has jobs but no live worker can serve it");

@@ -181,6 +181,14 @@ impl Store {
             .collect())
     }
 
+    /// Every worker's measured VRAM, merged per model (`gpuq_common::vram`).
+    pub async fn learned_vram(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, gpuq_common::vram::ModelVram>, StoreError> {
+        let mut connection = self.connection.clone();
+        Ok(gpuq_common::vram::learned(&mut connection, &self.names).await?)
+    }
+
     /// The oldest `limit` queued jobs (oldest first) as (created_ms,
     /// feature, pinned model): the status index, then two fields per record.
     /// A record gone between the two reads is skipped.

@@ -10,7 +10,10 @@
 //!   consumed now; `session`: one broker session's consume loop.
 //! - `pool`: model residency within the VRAM budget (load on use, LRU eviction).
 //! - `amqp`: owns lapin (consume and publish channels). `store`: owns redis.
-//! - `gpu`: owns nvml-wrapper (free memory before a load).
+//! - `gpu`: owns nvml-wrapper (free memory before a load, the process's use).
+//! - `vram`: measured VRAM: readings while models load and jobs run, this
+//!   worker's peak histograms in Redis, and a restart when a served model
+//!   outgrows the budget.
 //! - `stats`: live counters for the heartbeat; `heartbeat`: the worker's
 //!   Redis record, written on a tick and on every change.
 
@@ -27,6 +30,7 @@ mod session;
 mod stats;
 mod store;
 mod sub_queues;
+mod vram;
 mod worker;
 
 pub use job::{route, Route};

@@ -96,6 +96,11 @@ impl Drop for Lease {
 }
 
 impl ModelPool {
+    /// The worker's VRAM budget, MiB (`None`: no limit).
+    pub fn budget_mib(&self) -> Option<u64> {
+        self.budget_mib
+    }
+
     pub fn new(
         budget_mib: Option<u64>,
         max_models: usize,

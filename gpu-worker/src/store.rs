@@ -363,6 +363,32 @@ impl Store {
         Ok(())
     }
 
+    /// Every worker's measured VRAM, merged per model.
+    pub async fn learned_vram(
+        &self,
+    ) -> Result<BTreeMap<String, gpuq_common::vram::ModelVram>, StoreError> {
+        let mut connection = self.connection.clone();
+        Ok(gpuq_common::vram::learned(&mut connection, &self.names).await?)
+    }
+
+    /// This worker's own measured VRAM fields, by model.
+    pub async fn own_vram(
+        &self,
+        worker_id: &str,
+    ) -> Result<BTreeMap<String, gpuq_common::vram::ModelVram>, StoreError> {
+        let mut connection = self.connection.clone();
+        Ok(gpuq_common::vram::own(&mut connection, &self.names, worker_id).await?)
+    }
+
+    /// Writes one of this worker's measured VRAM fields (`<model>/<worker>`).
+    pub async fn write_vram(&self, field: &str, json: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        connection
+            .hset::<_, _, _, ()>(self.names.model_vram(), field, json)
+            .await?;
+        Ok(())
+    }
+
     /// Writes the worker's record and renews its expiry.
     pub async fn heartbeat(&self, record: &WorkerRecord, ttl: Duration) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();

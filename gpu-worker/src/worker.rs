@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gpuq_common::config::Config;
+use gpuq_common::config::{Config, VramSourceKind};
 use gpuq_common::record::AmqpLink;
 use gpuq_common::redact_url;
 use gpuq_common::registry::{ModelConfig, Registry};
 use gpuq_common::topology::Topology;
+use gpuq_common::vram::admitted_models;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +29,7 @@ use crate::session::{consume, ExitReason, Session, SessionEnd};
 use crate::stats::WorkerStats;
 use crate::store::{Store, StoreError};
 use crate::sub_queues::KnownSubQueues;
+use crate::vram::VramMeter;
 
 /// Who this worker is and what it may serve; set by the dispatcher or by flags.
 #[derive(Debug, Clone)]
@@ -100,17 +102,24 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<ExitReason, WorkerError> {
     let config = Arc::new(config);
+    let names = config.names();
+    tracing::info!(amqp = %redact_url(&config.amqp_nodes().join(",")), redis = %config.redis.target(), "connecting");
+    let store = Store::connect(&config.redis, names.clone(), config.jobs.finished_ttl_s).await?;
+    // Models are admitted by what they were measured to use, where known.
+    let learned = store.learned_vram().await.unwrap_or_default();
+    let admitted = Registry::new(&admitted_models(
+        config.registry().models(),
+        &learned,
+        &config.gpu,
+    ));
     let (served, refused) = select_models(
-        config.registry(),
+        &admitted,
         options.vram_budget_mib,
         options.models.as_deref(),
     )?;
     for reason in &refused {
         tracing::info!("not consuming: {reason}");
     }
-    let names = config.names();
-    tracing::info!(amqp = %redact_url(&config.amqp_nodes().join(",")), redis = %config.redis.target(), "connecting");
-    let store = Store::connect(&config.redis, names.clone(), config.jobs.finished_ttl_s).await?;
     // Heartbeat from here on, so the dispatcher sees a live worker while models load.
     let stats = Arc::new(WorkerStats::default());
     let served_ids: Vec<String> = served.iter().map(|m| m.id.clone()).collect();
@@ -211,6 +220,25 @@ async fn serve(
             .extend(gpuq_common::webhook::queues::queue_specs(config));
     }
     let restart = CancellationToken::new();
+    let vram = VramMeter::open(
+        config,
+        &options.worker_id,
+        options.cuda_visible_devices.as_deref(),
+        store.clone(),
+    )
+    .await;
+    if config.gpu.vram_source == VramSourceKind::Scripted {
+        // Synthetic models' allocations fail past the budget, as CUDA's would.
+        crate::vram::scripted::set_capacity(options.vram_budget_mib.unwrap_or(0));
+    }
+    background.spawn(crate::vram::watch_learned(
+        Arc::clone(config),
+        store.clone(),
+        models.values().cloned().collect(),
+        options.vram_budget_mib,
+        restart.clone(),
+        watching.clone(),
+    ));
     let cancels = Arc::new(CancelRegistry::default());
     background.spawn(listen_for_cancels(
         store.clone(),
@@ -244,6 +272,7 @@ async fn serve(
             cancels: Arc::clone(&cancels),
             stats: Arc::clone(&stats),
             restart: restart.clone(),
+            vram: vram.clone(),
         });
         let session = Session {
             served: &served_ids,

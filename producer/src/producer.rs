@@ -381,18 +381,25 @@ impl Producer {
             .queue_depth(&dead_letter_queue)
             .await?
             .map(|d| d.messages);
-        let webhook_dead_letters = self
-            .publisher()
-            .await?
-            .queue_depth(&self.names.webhooks_dead_queue())
-            .await?
-            .map(|d| d.messages);
+        // Only with webhooks on: a passive declare of a missing queue closes
+        // a channel (and lapin logs it) on every call.
+        let webhook_dead_letters = if self.config.webhooks.enabled() {
+            self.publisher()
+                .await?
+                .queue_depth(&self.names.webhooks_dead_queue())
+                .await?
+                .map(|d| d.messages)
+        } else {
+            None
+        };
+        let learned = self.store.learned_vram().await?;
         Ok(SystemStatus {
             hosts,
             workers,
             queues,
             dead_letters,
             webhook_dead_letters,
+            vram: crate::system::vram::statuses(&self.config, &learned),
         })
     }
 

@@ -373,6 +373,14 @@ impl Store {
         Ok(hashes.iter().filter_map(WorkerRecord::from_hash).collect())
     }
 
+    /// Every worker's measured VRAM, merged per model.
+    pub async fn learned_vram(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, gpuq_common::vram::ModelVram>, StoreError> {
+        let mut connection = self.connection.clone();
+        Ok(gpuq_common::vram::learned(&mut connection, &self.names).await?)
+    }
+
     /// Live host records; ids whose record expired are dropped from the index.
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let hashes = self

@@ -5,6 +5,8 @@ use gpuq_common::now_ms;
 use gpuq_common::record::{HostRecord, WorkerRecord};
 use serde::Serialize;
 
+pub mod vram;
+
 /// One model's queue.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStatus {
@@ -48,6 +50,8 @@ pub struct SystemStatus {
     /// Webhook deliveries given up on (`<ns>.webhooks.dead`); `None` when
     /// the queue does not exist (no dispatcher has had webhooks on).
     pub webhook_dead_letters: Option<u32>,
+    /// Each model's VRAM: declared, measured, admitted.
+    pub vram: Vec<vram::VramStatus>,
 }
 
 fn table(header: &[&str]) -> Table {
@@ -77,6 +81,7 @@ impl SystemStatus {
         self.render_workers(&mut out);
         self.render_broker_links(&mut out);
         self.render_queues(&mut out);
+        vram::render(&self.vram, &mut out);
         out
     }
 

@@ -70,6 +70,7 @@ impl Config {
             &["file", "s3", "memory"],
         )?;
         self.tenants.validate()?;
+        self.gpu.validate()?;
         self.webhooks.validate()?;
         self.tenants.validate_webhooks(&self.webhooks)?;
         self.validate_gateway_limits()?;

@@ -56,6 +56,8 @@ pub struct JobContext {
     pub stats: Arc<WorkerStats>,
     /// Cancelled when a model thread is stuck and the process must be restarted.
     pub restart: CancellationToken,
+    /// Measures what models use on the GPU; `None` where it cannot be read.
+    pub vram: Option<Arc<crate::vram::VramMeter>>,
 }
 
 /// Cancel tokens of running jobs, by job id; fed by the cancel channel.

@@ -34,6 +34,8 @@ async fn run_model(
     timeout: Duration,
 ) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
+    let meter = ctx.vram.as_deref();
+    let before_load = meter.and_then(|m| m.used_mib());
     let lease = match ctx.pool.acquire(model).await {
         Ok(lease) => lease,
         Err(error) => {
@@ -41,10 +43,16 @@ async fn run_model(
             return failed(JobStatus::Failed, error.to_job_error());
         }
     };
+    if let (Some(meter), Some(before), Some(_)) = (meter, before_load, lease.loaded_in) {
+        if let Some(after) = meter.used_mib() {
+            meter.record_load(model, before, after).await;
+        }
+    }
     let limits = FetchLimits::from_config(&ctx.config);
     if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs, &limits).await {
         return failed(JobStatus::Failed, artifact_error(error));
     }
+    let size_class = gpuq_common::vram::size_class(&inputs, model.vram_size_input.as_deref());
     if let Some(load) = lease.loaded_in {
         ctx.stats.record_load(&model.id, load.as_secs_f64());
     }
@@ -54,9 +62,15 @@ async fn run_model(
     let run_started = std::time::Instant::now();
     let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
     let cancel = ctx.cancels.register(&job.job_id);
-    let result = tokio::select! {
-        result = lease.runtime.run(inputs, timeout, progress) => result,
-        _ = cancel.cancelled() => Err(RunError::Cancelled),
+    let running = async {
+        tokio::select! {
+            result = lease.runtime.run(inputs, timeout, progress) => result,
+            _ = cancel.cancelled() => Err(RunError::Cancelled),
+        }
+    };
+    let (result, process_peak) = match meter {
+        Some(meter) => meter.measure(running).await,
+        None => (running.await, None),
     };
     ctx.cancels.forget(&job.job_id);
     if result == Err(RunError::Cancelled) {
@@ -76,6 +90,15 @@ async fn run_model(
         ctx.pool.evict(&model.id).await;
     }
     let outcome = outcome_of(ctx, model, job, result, timeout).await;
+    if let (Some(meter), Some(peak)) = (meter, process_peak) {
+        let out_of_memory = outcome
+            .error
+            .as_ref()
+            .is_some_and(|e| e.code == ErrorCode::OutOfMemory);
+        // It needed more than the worker had: at least its budget.
+        let oom_above = out_of_memory.then(|| ctx.pool.budget_mib().unwrap_or(peak));
+        meter.record_job(model, &size_class, peak, oom_above).await;
+    }
     let tenant = job.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
     let max_labels = ctx.config.tenants.max_labels as usize;
     ctx.stats.record_job(

@@ -120,7 +120,9 @@ pub async fn load(model: &ModelConfig) -> Result<Arc<dyn Runtime>, LoadError> {
         .map_err(|reason| LoadError::new(&model.id, reason.to_string()))?;
     Ok(match params {
         RuntimeParams::Echo => Arc::new(synthetic::EchoModel),
-        RuntimeParams::Sleep(params) => Arc::new(synthetic::SleepModel::load(params).await),
+        RuntimeParams::Sleep(params) => {
+            Arc::new(synthetic::SleepModel::load(&model.id, params).await?)
+        }
         RuntimeParams::Adapter(params) => {
             Arc::new(adapter::AdapterModel::load(model, params).await?)
         }

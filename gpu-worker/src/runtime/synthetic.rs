@@ -9,7 +9,8 @@
 //!   operator set `params.allow_crash_inputs`: crash injection is for gpuq's own
 //!   tests, and without the switch any client could kill workers at will. With
 //!   `run_log`, each run appends `<tag input> <start ms>` to a file, so tests
-//!   count real runs.
+//!   count real runs. With `vram_resident_mib` / `vram_peak_mib` it reports
+//!   synthetic GPU memory through the scripted VRAM source (`crate::vram`).
 
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use futures_util::FutureExt;
 use gpuq_common::registry::SleepParams;
 use gpuq_common::{ErrorCode, JobError, Value, ValueMap};
 
-use super::{run_blocking, Progress, RunError, Runtime};
+use super::{run_blocking, LoadError, Progress, RunError, Runtime};
+use crate::vram::scripted;
 
 pub struct EchoModel;
 
@@ -113,11 +115,32 @@ pub fn validate_sleep(params: &SleepParams, inputs: &ValueMap) -> Result<(), Job
 }
 
 impl SleepModel {
-    /// "Loads" by waiting `load_ms`, as a real model's load would.
-    pub async fn load(params: SleepParams) -> SleepModel {
+    /// "Loads" by waiting `load_ms`, as a real model's load would, and
+    /// holds `vram_resident_mib` of scripted VRAM (`crate::vram::scripted`).
+    pub async fn load(model_id: &str, params: SleepParams) -> Result<SleepModel, LoadError> {
         tokio::time::sleep(Duration::from_millis(params.load_ms)).await;
-        SleepModel { params }
+        if !scripted::allocate(params.vram_resident_mib) {
+            let mut error = LoadError::new(
+                model_id,
+                format!(
+                    "synthetic: {} MiB of scripted VRAM is more than the worker has left",
+                    params.vram_resident_mib
+                ),
+            );
+            error.code = ErrorCode::OutOfMemory;
+            return Err(error);
+        }
+        Ok(SleepModel { params })
     }
+}
+
+/// The job's synthetic peak, MiB: its `vram_peak_mib` input, else the param.
+fn peak_mib(params: &SleepParams, inputs: &ValueMap) -> u64 {
+    inputs
+        .get("vram_peak_mib")
+        .and_then(Value::as_u64)
+        .unwrap_or(params.vram_peak_mib)
+        .max(params.vram_resident_mib)
 }
 
 impl Runtime for SleepModel {
@@ -140,10 +163,19 @@ impl Runtime for SleepModel {
                 tracing::error!("synthetic sleep model aborting the worker process on purpose");
                 std::process::abort();
             }
+            // The job's scripted working memory, beyond the resident size.
+            let extra = peak_mib(&params, &inputs) - params.vram_resident_mib;
+            if !scripted::allocate(extra) {
+                return Err(RunError::ModelBroken(JobError::new(
+                    ErrorCode::OutOfMemory,
+                    format!("synthetic: the job's {extra} MiB of scripted VRAM is more than the worker has left"),
+                )));
+            }
             // Report progress half-way, as a long model would.
             std::thread::sleep(Duration::from_millis(duration_ms / 2));
             progress(0.5);
             std::thread::sleep(Duration::from_millis(duration_ms - duration_ms / 2));
+            scripted::free(extra);
             let unlucky = params.fail_rate > 0.0 && rand::random::<f64>() < params.fail_rate;
             if forced_failure(&inputs).map_err(RunError::Job)? || unlucky {
                 return Err(RunError::Job(JobError::new(
@@ -159,6 +191,7 @@ impl Runtime for SleepModel {
     }
 
     fn unload(&self) -> BoxFuture<'_, ()> {
+        scripted::free(self.params.vram_resident_mib);
         async {}.boxed()
     }
 }
@@ -176,6 +209,8 @@ mod tests {
                 load_ms: 0,
                 run_log: None,
                 allow_crash_inputs: false,
+                vram_resident_mib: 0,
+                vram_peak_mib: 0,
             },
         }
     }

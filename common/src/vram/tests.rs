@@ -1,0 +1,124 @@
+use super::*;
+
+fn gpu(min_samples: u64) -> GpuConfig {
+    GpuConfig {
+        min_samples,
+        vram_margin_mib: 500,
+        ..GpuConfig::default()
+    }
+}
+
+#[test]
+fn quantiles_track_the_peaks_within_the_bucket_resolution() {
+    let mut histogram = PeakHistogram::default();
+    // 98 jobs near 4 GiB, two at 9 GiB: p50 ~4 GiB, p99 catches the tail.
+    for i in 0..100u64 {
+        histogram.observe(if i % 50 == 49 { 9_000 } else { 4_000 + i });
+    }
+    assert_eq!(histogram.samples, 100);
+    assert_eq!(histogram.max_mib, 9_000);
+    assert!(
+        (4_000..=4_300).contains(&histogram.p50_mib),
+        "{histogram:?}"
+    );
+    assert!(
+        (9_000..=9_000).contains(&histogram.p99_mib),
+        "{histogram:?}"
+    );
+    // Every bound is within 5 % above the peaks it holds.
+    for bucket in histogram.buckets.keys() {
+        assert!(*bucket >= 4_000, "{bucket}");
+    }
+}
+
+#[test]
+fn older_peaks_fade_so_a_new_input_mix_shows() {
+    let mut histogram = PeakHistogram::default();
+    for _ in 0..500 {
+        histogram.observe(2_000);
+    }
+    assert!(histogram.p99_mib <= 2_100);
+    for _ in 0..300 {
+        histogram.observe(6_000);
+    }
+    // 300 new samples at DECAY 0.99 outweigh the 500 old ones by far.
+    assert!(histogram.p50_mib >= 6_000, "{histogram:?}");
+    assert_eq!(histogram.samples, 800);
+    // The buckets stay bounded: tiny weights are dropped.
+    assert!(histogram.buckets.len() <= 2);
+}
+
+#[test]
+fn admission_trusts_the_measurement_only_after_min_samples() {
+    let mut vram = ModelVram::new("mesh", "w1", 2_000);
+    for _ in 0..4 {
+        vram.observe("bytes<=1KiB", 6_000, 1);
+    }
+    assert_eq!(admitted_mib(2_000, Some(&vram), &gpu(5)), 2_000);
+    assert!(!vram.over_declared(&gpu(5)));
+    vram.observe("bytes<=1KiB", 6_000, 2);
+    let admitted = admitted_mib(2_000, Some(&vram), &gpu(5));
+    assert!((6_500..=6_800).contains(&admitted), "{admitted}");
+    assert!(vram.over_declared(&gpu(5)));
+    // A model that uses less than declared keeps its declaration.
+    let mut small = ModelVram::new("seg", "w1", 8_000);
+    for _ in 0..5 {
+        small.observe("c", 1_000, 1);
+    }
+    assert_eq!(admitted_mib(8_000, Some(&small), &gpu(5)), 8_000);
+    assert_eq!(admitted_mib(8_000, None, &gpu(5)), 8_000);
+}
+
+#[test]
+fn workers_fields_merge_per_model() {
+    let mut a = ModelVram::new("mesh", "w1", 2_000);
+    let mut b = ModelVram::new("mesh", "w2", 2_000);
+    let mut c = ModelVram::new("seg", "w1", 500);
+    for _ in 0..3 {
+        a.observe("resolution=512", 3_000, 10);
+        b.observe("resolution=1024", 7_000, 20);
+        c.observe("x", 400, 5);
+    }
+    b.observe_out_of_memory("resolution=2048", 16_001, 30);
+    b.resident_mib = Some(1_500);
+    let fields: BTreeMap<String, String> = [&a, &b, &c]
+        .iter()
+        .map(|v| (v.field(), serde_json::to_string(v).unwrap()))
+        .chain([("junk/w9".to_owned(), "not json".to_owned())])
+        .collect();
+    let merged = merge(&fields);
+    let mesh = &merged["mesh"];
+    assert_eq!(mesh.worker, "*");
+    assert_eq!(mesh.peaks.samples, 7);
+    assert_eq!(mesh.peaks.max_mib, 16_001);
+    assert_eq!(mesh.out_of_memory, 1);
+    assert_eq!(mesh.resident_mib, Some(1_500));
+    assert_eq!(mesh.classes.len(), 3);
+    assert_eq!(mesh.classes["resolution=1024"].samples, 3);
+    assert_eq!(merged["seg"].peaks.samples, 3);
+    // Human-readable: the summary is in the stored JSON.
+    let json = serde_json::to_string(&a).unwrap();
+    assert!(json.contains("\"p99_mib\":3"), "{json}");
+}
+
+#[test]
+fn size_classes_come_from_the_declared_input_or_the_bytes() {
+    let mut inputs = ValueMap::new();
+    inputs.insert("resolution".into(), Value::from(1024));
+    inputs.insert("image".into(), Value::Binary(vec![0; 300_000]));
+    assert_eq!(size_class(&inputs, Some("resolution")), "resolution=1024");
+    assert_eq!(size_class(&inputs, None), "bytes<=512KiB");
+    assert_eq!(size_class(&ValueMap::new(), None), "bytes<=1KiB");
+    inputs.insert("video".into(), Value::Binary(vec![0; 3 << 20]));
+    assert_eq!(size_class(&inputs, Some("missing")), "bytes<=4MiB");
+}
+
+#[test]
+fn classes_are_bounded() {
+    let mut vram = ModelVram::new("m", "w", 1);
+    for i in 0..40 {
+        vram.observe(&format!("class{i}"), 10, 1);
+    }
+    assert_eq!(vram.classes.len(), MAX_CLASSES + 1);
+    assert!(vram.classes["other"].samples >= 24);
+}

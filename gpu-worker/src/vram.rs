@@ -1,0 +1,193 @@
+//! The worker's side of measured VRAM (`gpuq_common::vram`): read the
+//! process's GPU memory while models load and jobs run, keep this worker's
+//! peak histograms per model, write them to Redis, and watch what every
+//! worker learned.
+//!
+//! A job's peak is the process's highest reading while it ran (sampled every
+//! `gpu.sample_ms`, plus one reading at its end) minus what the other loaded
+//! models use at rest, so a model sharing the worker is not charged for
+//! them. A model's resident size is the reading after its load minus the
+//! reading before it.
+//!
+//! When the learned figure of a model this worker serves outgrows the
+//! worker's budget, the worker restarts: at start it serves only the models
+//! whose admitted VRAM fits ([`crate::worker::select_models`] over the
+//! admitted registry), and placement, which reads the same figures, stops
+//! sending it that model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpuq_common::config::{Config, VramSourceKind};
+use gpuq_common::now_ms;
+use gpuq_common::registry::ModelConfig;
+use gpuq_common::vram::{admitted_mib, ModelVram};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::gpu::VramSource;
+use crate::store::Store;
+
+pub mod scripted;
+
+/// Measures and records one worker's VRAM use.
+pub struct VramMeter {
+    source: Box<dyn VramSource>,
+    sample: Duration,
+    worker_id: String,
+    store: Store,
+    /// This worker's measurements, by model (its own Redis fields).
+    own: Mutex<BTreeMap<String, ModelVram>>,
+}
+
+impl VramMeter {
+    /// A meter on the configured source; `None` where it cannot be read
+    /// (no NVML): nothing is measured, declarations stay in force.
+    pub async fn open(
+        config: &Config,
+        worker_id: &str,
+        cuda_visible_devices: Option<&str>,
+        store: Store,
+    ) -> Option<Arc<VramMeter>> {
+        let source: Box<dyn VramSource> = match config.gpu.vram_source {
+            VramSourceKind::Scripted => Box::new(scripted::ScriptedVram),
+            VramSourceKind::Nvml => Box::new(crate::gpu::NvmlVram::open(
+                cuda_visible_devices,
+                std::process::id(),
+            )?),
+        };
+        // Continue this worker's histograms across restarts.
+        let own = store.own_vram(worker_id).await.unwrap_or_default();
+        Some(Arc::new(VramMeter {
+            source,
+            sample: Duration::from_millis(config.gpu.sample_ms),
+            worker_id: worker_id.to_owned(),
+            store,
+            own: Mutex::new(own),
+        }))
+    }
+
+    pub fn used_mib(&self) -> Option<u64> {
+        self.source.used_mib()
+    }
+
+    /// Runs `work`, reading the process's memory every `gpu.sample_ms`;
+    /// returns its output and the highest reading (including one at the end).
+    pub async fn measure<F: Future>(&self, work: F) -> (F::Output, Option<u64>) {
+        let mut peak = self.used_mib();
+        let mut ticker = tokio::time::interval(self.sample);
+        tokio::pin!(work);
+        let output = loop {
+            tokio::select! {
+                output = &mut work => break output,
+                _ = ticker.tick() => peak = peak.max(self.used_mib()),
+            }
+        };
+        (output, peak.max(self.used_mib()))
+    }
+
+    /// Records a model's resident size after a load.
+    pub async fn record_load(&self, model: &ModelConfig, before_mib: u64, after_mib: u64) {
+        let resident = after_mib.saturating_sub(before_mib);
+        let json = {
+            let mut own = self.own.lock();
+            let vram = self.entry(&mut own, model);
+            vram.resident_mib = Some(resident);
+            vram.updated_ms = now_ms();
+            serde_json::to_string(vram)
+        };
+        self.write(model, json).await;
+    }
+
+    /// Records a job's peak (the process's, less the other loaded models'
+    /// resident sizes) in its size class; an `out_of_memory` job counts as
+    /// needing more than `oom_above_mib`.
+    pub async fn record_job(
+        &self,
+        model: &ModelConfig,
+        class: &str,
+        process_peak_mib: u64,
+        oom_above_mib: Option<u64>,
+    ) {
+        let json = {
+            let mut own = self.own.lock();
+            let others: u64 = own
+                .iter()
+                .filter(|(id, _)| **id != model.id)
+                .filter_map(|(_, v)| v.resident_mib)
+                .sum();
+            let peak = process_peak_mib.saturating_sub(others);
+            let vram = self.entry(&mut own, model);
+            match oom_above_mib {
+                Some(above) => vram.observe_out_of_memory(class, peak.max(above + 1), now_ms()),
+                None => vram.observe(class, peak, now_ms()),
+            }
+            serde_json::to_string(vram)
+        };
+        self.write(model, json).await;
+    }
+
+    fn entry<'a>(
+        &self,
+        own: &'a mut BTreeMap<String, ModelVram>,
+        model: &ModelConfig,
+    ) -> &'a mut ModelVram {
+        own.entry(model.id.clone())
+            .or_insert_with(|| ModelVram::new(&model.id, &self.worker_id, model.vram_mib))
+    }
+
+    async fn write(&self, model: &ModelConfig, json: serde_json::Result<String>) {
+        let field = format!("{}/{}", model.id, self.worker_id);
+        match json {
+            Ok(json) => {
+                if let Err(error) = self.store.write_vram(&field, &json).await {
+                    tracing::warn!(%error, model = %model.id, "measured vram not written");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "measured vram not encoded"),
+        }
+    }
+}
+
+/// Every `interval`, reads what all workers learned: logs once per model a
+/// measured p99 over 120 % of its declaration, and restarts the worker
+/// (`restart`) when a served model's admitted VRAM no longer fits `budget`.
+pub async fn watch_learned(
+    config: Arc<Config>,
+    store: Store,
+    served: Vec<ModelConfig>,
+    budget_mib: Option<u64>,
+    restart: CancellationToken,
+    stop: CancellationToken,
+) {
+    let interval = Duration::from_millis(config.worker.heartbeat_interval_ms.max(100));
+    let mut warned = BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let Ok(learned) = store.learned_vram().await else {
+            continue;
+        };
+        for model in &served {
+            let Some(vram) = learned.get(&model.id) else {
+                continue;
+            };
+            let declared = config.registry().model(&model.id).map_or(0, |m| m.vram_mib);
+            if vram.over_declared(&config.gpu) && warned.insert(model.id.clone()) {
+                tracing::warn!(model = %model.id, declared_mib = declared, p99_mib = vram.peaks.p99_mib,
+                    "measured VRAM p99 is over 120 % of the declaration; admission uses the measurement");
+            }
+            let admitted = admitted_mib(declared, Some(vram), &config.gpu);
+            if budget_mib.is_some_and(|budget| admitted > budget) {
+                tracing::warn!(model = %model.id, admitted_mib = admitted, budget_mib = ?budget_mib,
+                    "measured VRAM no longer fits this worker; restarting without the model");
+                restart.cancel();
+                return;
+            }
+        }
+    }
+}
