@@ -237,6 +237,9 @@ pub mod job_field {
     pub const ERROR_MESSAGE: &str = "error_message";
     pub const RESULT: &str = "result";
     pub const METADATA: &str = "metadata";
+    /// The job's inputs as JSON, when the producer recorded them
+    /// (`jobs.record_inputs_max_bytes`).
+    pub const INPUTS: &str = "inputs";
     /// Name of the gateway token that submitted the job (absent for other publishers).
     pub const SUBMITTED_BY: &str = "submitted_by";
     /// The tenant the job belongs to (`default` when it named none); absent

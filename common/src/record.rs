@@ -53,6 +53,10 @@ pub struct JobRecord {
     /// The priority it asked for, when its tenant's `max_priority` lowered it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority_lowered_from: Option<u8>,
+    /// Its inputs as JSON (bytes as `$bytes`), when the producer recorded
+    /// them (`jobs.record_inputs_max_bytes`); left out of listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<serde_json::Value>,
 }
 
 impl JobRecord {
@@ -94,6 +98,9 @@ impl JobRecord {
             tenant: text(hash, job_field::TENANT),
             priority: parse_num(hash, job_field::PRIORITY),
             priority_lowered_from: parse_num(hash, job_field::PRIORITY_LOWERED_FROM),
+            inputs: hash
+                .get(job_field::INPUTS)
+                .and_then(|r| serde_json::from_str(r).ok()),
         })
     }
 

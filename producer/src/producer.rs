@@ -240,6 +240,7 @@ impl Producer {
                 created_ms,
                 metadata_json: (!job.message.metadata.is_empty())
                     .then(|| value_map_to_json_string(&job.message.metadata)),
+                inputs_json: job.inputs_json.as_deref(),
                 submitted_by: job.message.submitted_by.as_deref(),
                 tenant: job.message.tenant.as_deref(),
                 quota: job.message.tenant.as_deref().map_or(Quota::NONE, |tenant| {

@@ -54,6 +54,8 @@ pub struct QueuedJob<'a> {
     pub model: Option<&'a str>,
     pub created_ms: u64,
     pub metadata_json: Option<String>,
+    /// Its inputs as JSON, when the producer keeps them in the record.
+    pub inputs_json: Option<&'a str>,
     /// Name of the gateway token that submitted it.
     pub submitted_by: Option<&'a str>,
     /// The tenant it belongs to (checked by `prepare`).
@@ -154,6 +156,9 @@ impl Store {
             }
             if let Some(metadata) = &job.metadata_json {
                 fields.push((job_field::METADATA, metadata.clone()));
+            }
+            if let Some(inputs) = job.inputs_json {
+                fields.push((job_field::INPUTS, inputs.to_owned()));
             }
             if let Some(submitted_by) = job.submitted_by {
                 fields.push((job_field::SUBMITTED_BY, submitted_by.to_owned()));

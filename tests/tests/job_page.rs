@@ -206,9 +206,22 @@ async fn obj_ply_png_and_text(browser: &Browser, gateway: &Gateway) {
         .await;
     assert_eq!(escaped, json!(true), "record text is never parsed as HTML");
     assert!(browser.text_of("result").await.contains("<b>not bold</b>"));
-    // Re-submit needs the inputs in the record; the button says when they are not there.
-    let has_inputs = record.get("inputs").is_some();
-    assert_eq!(buttons(browser).await, json!([["resubmit", !has_inputs]]));
+    // Small inputs are kept in the record (`jobs.record_inputs_max_bytes`),
+    // so an admin can re-submit: a new job with the same inputs, whose page opens.
+    assert!(record["inputs"].is_object(), "{record}");
+    assert_eq!(buttons(browser).await, json!([["resubmit", false]]));
+    browser
+        .run("document.getElementById('resubmit').click(); return true")
+        .await;
+    let moved = format!(
+        "const p = decodeURIComponent(location.pathname); return p.startsWith('/jobs/') && p !== '/jobs/{echo_job}' ? p.slice(6) : null"
+    );
+    let again = browser.wait_for("the re-submitted job's page", &moved).await;
+    let again = again.as_str().expect("a job id").to_owned();
+    let resubmitted = gateway.wait_final_as(&again, Some(OPS)).await;
+    assert_eq!(resubmitted["status"], "completed", "{resubmitted}");
+    assert_eq!(resubmitted["inputs"], record["inputs"]);
+    assert_eq!(resubmitted["result"], record["result"]);
 }
 
 /// An admin cancels a running job from its page.

@@ -110,6 +110,12 @@ pub struct JobsConfig {
     /// its tenant is the token's name). 1 to 64 of `A-Za-z0-9._-`.
     /// Default `default`.
     pub default_tenant: String,
+    /// Inputs the gpuq producer copies into the job's record (field
+    /// `inputs`, JSON) when their JSON is at most this many bytes, so the job
+    /// page shows them and an admin can re-submit the job; larger inputs
+    /// are left out of the record (they still travel in the message).
+    /// 0: never. Default 65536.
+    pub record_inputs_max_bytes: usize,
 }
 
 impl Default for JobsConfig {
@@ -124,6 +130,7 @@ impl Default for JobsConfig {
             max_artifact_refs: 16,
             reply_prefix: "gpuq.reply.".into(),
             default_tenant: crate::wire::DEFAULT_TENANT.into(),
+            record_inputs_max_bytes: 65_536,
         }
     }
 }

@@ -10,7 +10,8 @@ use gpuq_common::artifacts::FetchLimits;
 use gpuq_common::fair_share::SubQueue;
 use gpuq_common::webhook::{check_events, check_url, WebhookRequest};
 use gpuq_common::wire::{
-    validate_job_id, validate_tenant, Encoding, DEFAULT_TENANT, SCHEMA_VERSION,
+    validate_job_id, validate_tenant, value_map_to_json_string, Encoding, DEFAULT_TENANT,
+    SCHEMA_VERSION,
 };
 use gpuq_common::{ErrorCode, JobError, JobMessage, Names, ValueMap};
 
@@ -45,6 +46,8 @@ pub(super) struct PreparedJob {
     /// The priority the request asked for, when its tenant's `max_priority`
     /// lowered it (the message carries the lowered one).
     pub(super) priority_lowered_from: Option<u8>,
+    /// The inputs as JSON for the record, when small enough.
+    pub(super) inputs_json: Option<String>,
 }
 
 /// A sub-queue a job is published to (see `gpuq_common::fair_share`).
@@ -162,7 +165,12 @@ impl Producer {
         let body = Encoding::Msgpack.encode(&message).map_err(|e| {
             SubmitError::Invalid(JobError::new(ErrorCode::InvalidInput, e.to_string()))
         })?;
-        // The body carries the inputs now; holding them twice until the confirm is waste.
+        // A small copy for the record (job page, re-submit); then the body
+        // carries the inputs: holding them twice until the confirm is waste.
+        let limit = self.config.jobs.record_inputs_max_bytes;
+        let inputs_json = (limit > 0)
+            .then(|| value_map_to_json_string(&message.inputs))
+            .filter(|json| json.len() <= limit);
         message.inputs = ValueMap::new();
         if body.len() as u64 > self.config.queues.max_message_bytes {
             return Err(SubmitError::Invalid(JobError::new(
@@ -184,6 +192,7 @@ impl Producer {
             sub_queue,
             properties,
             priority_lowered_from,
+            inputs_json,
         })
     }
 
