@@ -216,7 +216,9 @@ async fn obj_ply_png_and_text(browser: &Browser, gateway: &Gateway) {
     let moved = format!(
         "const p = decodeURIComponent(location.pathname); return p.startsWith('/jobs/') && p !== '/jobs/{echo_job}' ? p.slice(6) : null"
     );
-    let again = browser.wait_for("the re-submitted job's page", &moved).await;
+    let again = browser
+        .wait_for("the re-submitted job's page", &moved)
+        .await;
     let again = again.as_str().expect("a job id").to_owned();
     let resubmitted = gateway.wait_final_as(&again, Some(OPS)).await;
     assert_eq!(resubmitted["status"], "completed", "{resubmitted}");
