@@ -103,6 +103,15 @@ async fn a_burst_is_charted(browser: &Browser, port: u16) {
         gpu.contains("gpuq") && gpu.contains("others") && gpu.contains("free"),
         "{gpu}"
     );
+    // Each model's VRAM, declared (nothing measured yet: no GPU here).
+    let vram = browser
+        .wait_for(
+            "the model VRAM table",
+            "const row = document.querySelector('#vram tr[data-model=\"sleep\"]'); return row ? row.innerText : null",
+        )
+        .await;
+    let vram = vram.as_str().unwrap();
+    assert!(vram.contains("4096"), "declared and admitted: {vram}");
     // Every burst job done, so the picture shows the queue drained.
     browser
         .wait_for(

@@ -100,10 +100,10 @@ async fn two_thousand_idle_streams_cost_bounded_memory_and_one_subscription() {
     // 10,000 events of about 300 bytes each reach 2,001 clients that never read.
     flood(&system, 10_000, 200).await;
     // Normal requests keep answering while the streams are stuck.
-    let (status, _, _) = gateway
+    let (status, body, _) = gateway
         .call(Method::GET, "/v1/jobs?limit=1", None, None)
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     let (status, body, _) = gateway.call(Method::GET, "/v1/features", None, None).await;
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -307,7 +307,11 @@ async fn access_token_in_the_query_is_percent_decoded() {
         )
         .await;
     assert_eq!(status, 200);
-    assert!(page.as_str().unwrap_or_default().contains("EventSource"));
+    // The dashboard page itself (its script is served from /assets).
+    assert!(page
+        .as_str()
+        .unwrap_or_default()
+        .contains("/assets/dashboard.js"));
 }
 
 fn url_encode(text: &str) -> String {

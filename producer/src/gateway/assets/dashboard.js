@@ -35,6 +35,14 @@ function renderSystem(system) {
     `<tr><td>${text(q.model)}</td><td>${text(q.feature)}</td><td>${q.messages ?? "–"}</td>
      <td class="${q.consumers ? "" : "warn"}">${q.consumers ?? "–"}${q.consumers ? "" : " (no worker serves it)"}</td>
      <td>${text((q.sub_queues || []).map((s) => `${s.tenant}/${s.level} ${s.messages}`).join(", ") || "–")}</td></tr>`).join("");
+  // Measured VRAM (issue 17): flagged where the p99 is over 120 % of the declaration.
+  document.getElementById("vram").innerHTML = (system.vram || []).map((v) => {
+    const m = v.measured;
+    const peaks = m ? `${m.peaks.p50_mib} / ${m.peaks.p99_mib} / ${m.peaks.max_mib}` : "–";
+    return `<tr data-model="${text(v.model)}"><td>${text(v.model)}</td><td>${v.declared_mib}</td>
+      <td class="${v.over_declared ? "warn" : ""}">${v.admitted_mib}${v.over_declared ? " (measured over 120 % of declared)" : ""}</td>
+      <td>${m && m.resident_mib != null ? m.resident_mib : "–"}</td><td>${peaks}</td><td>${m ? m.peaks.samples : 0}</td><td>${m ? m.out_of_memory : 0}</td></tr>`;
+  }).join("");
 }
 
 function renderJobs() {
