@@ -216,4 +216,64 @@ mod tests {
         assert!(!error.is_permanent());
         assert!(!error.to_string().contains("/hook"), "no url: {error}");
     }
+
+    /// A one-shot HTTP server on loopback answering `reply` (after `delay`);
+    /// returns its port.
+    async fn answering(reply: Vec<u8>, delay: Duration) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 64 * 1024];
+            let _ = socket.read(&mut request).await;
+            tokio::time::sleep(delay).await;
+            let _ = socket.write_all(&reply).await;
+            let _ = socket.shutdown().await;
+        });
+        port
+    }
+
+    /// A redirect is an answer like any non-2xx (retried), never followed.
+    #[tokio::test]
+    async fn webhook_redirects_are_not_followed() {
+        let reply = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\n\r\n";
+        let port = answering(reply.to_vec(), Duration::ZERO).await;
+        let host = format!("127.0.0.1:{port}");
+        let url = format!("http://{host}/hook");
+        let error = post(&config(&[&host]), &delivery(&url)).await.unwrap_err();
+        assert!(
+            matches!(error, SendError::Status { status: 307, .. }),
+            "{error}"
+        );
+        assert!(!error.is_permanent());
+    }
+
+    /// A huge 2xx body is read only up to `max_response_bytes`; a slow
+    /// answer past `timeout_ms` is a (retried) failure.
+    #[tokio::test]
+    async fn webhook_answers_are_bounded_in_size_and_time() {
+        let mut huge =
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 10000000\r\n\r\n".to_vec();
+        huge.extend(std::iter::repeat_n(b'x', 1 << 20));
+        let port = answering(huge, Duration::ZERO).await;
+        let host = format!("127.0.0.1:{port}");
+        let mut bounded = config(&[&host]);
+        bounded.max_response_bytes = 100;
+        let url = format!("http://{host}/hook");
+        match post(&bounded, &delivery(&url)).await.unwrap_err() {
+            SendError::Status { status: 500, body } => assert!(body.len() <= 100, "{}", body.len()),
+            other => panic!("{other}"),
+        }
+        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec();
+        let port = answering(reply, Duration::from_secs(3)).await;
+        let host = format!("127.0.0.1:{port}");
+        let mut quick = config(&[&host]);
+        quick.timeout_ms = 300;
+        let url = format!("http://{host}/hook");
+        let started = std::time::Instant::now();
+        let error = post(&quick, &delivery(&url)).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{error}");
+        assert!(!error.is_permanent(), "{error}");
+    }
 }
