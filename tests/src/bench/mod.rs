@@ -8,6 +8,7 @@
 //! is the median of several runs, with min and max.
 
 pub mod fairness;
+mod latency;
 pub mod listing;
 pub mod mixed;
 pub mod procfs;
@@ -307,27 +308,8 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<Figure>> {
         figures.push(Figure::new(&format!("CPU per job: {name}"), "µs", values));
     }
 
-    // 3: sequential submit-and-wait latency.
-    let mut latency = Vec::with_capacity(options.latency_samples);
-    for i in 0..options.latency_samples {
-        let mut request = JobRequest::new("echo").input("i", i as u64);
-        request.job_id = Some(format!("lat-{i}-{}", uuid::Uuid::new_v4().simple()));
-        let started = Instant::now();
-        let id = echo.producer.submit(request).await?;
-        let record = echo.producer.wait(&id, Duration::from_secs(30)).await?;
-        if !record.is_some_and(|r| r.status == Some(gpuq_common::JobStatus::Completed)) {
-            bail!("latency job {id} did not complete");
-        }
-        latency.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    latency.sort_by(f64::total_cmp);
-    for p in [50.0, 95.0, 99.0] {
-        figures.push(Figure::new(
-            &format!("latency p{p}"),
-            "ms",
-            vec![percentile(&latency, p)],
-        ));
-    }
+    // 3: sequential submit-and-wait latency, per run.
+    figures.extend(latency::figures(&echo, options).await?);
 
     // 5 (dispatcher half): footprint after all that work.
     let dispatcher_hwm = procfs::memory_mib(echo.dispatcher.pid(), "VmHWM").unwrap_or(f64::NAN);
