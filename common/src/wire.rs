@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the message schema this build writes and the highest it reads.
+/// The message schema version this build writes, and the highest it reads.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Content type of msgpack bodies (`application/x-msgpack` is accepted too).
 pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
@@ -35,8 +35,7 @@ pub struct JobMessage {
     /// Schema version of this body; absent means 1. Newer versions are refused.
     #[serde(default = "default_schema_version")]
     pub schema_version: u32,
-    /// The job's id, also its idempotency key. May be omitted when the AMQP
-    /// `message_id` property carries it.
+    /// The job's id and idempotency key; may be left to AMQP `message_id`.
     #[serde(default)]
     pub job_id: String,
     /// Feature name, e.g. `text_to_textured_mesh`.
@@ -72,8 +71,7 @@ pub struct JobMessage {
     /// other publishers are trusted to set it (see [`JobMessage::tenant`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
-    /// Where to POST the job's status changes (signed, at least once: see
-    /// `crate::webhook`); absent: `webhooks.default`, if configured.
+    /// Where to POST its status changes (`crate::webhook`); absent: the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<crate::webhook::WebhookRequest>,
 }
@@ -444,9 +442,8 @@ impl JobReply {
 mod json;
 mod tenant;
 use json::decode_bytes_markers;
-pub use json::{
-    value_from_json, value_map_to_json_string, value_to_json, JsonValueError, BYTES_KEY,
-};
+pub use json::{value_from_json, value_map_to_json_string, value_to_json};
+pub use json::{JsonValueError, BYTES_KEY};
 pub use tenant::{validate_tenant, DEFAULT_TENANT, MAX_TENANT_LEN};
 
 #[cfg(test)]
