@@ -46,7 +46,7 @@ pub struct JobMessage {
     /// Named inputs, interpreted by the model.
     #[serde(default)]
     pub inputs: ValueMap,
-    /// 0 (lowest) to 9; honoured by classic queues only (see docs/protocol.md).
+    /// 0 (lowest) to 9: its priority level (low, normal, high; docs/protocol.md 1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
     /// Run-time limit in seconds; absent means the model's `timeout_s`.
