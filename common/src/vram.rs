@@ -234,6 +234,20 @@ pub fn admitted_mib(declared_mib: u64, learned: Option<&ModelVram>, gpu: &GpuCon
     }
 }
 
+/// The VRAM a model is packed with beside others (a worker's residency
+/// pool, placement's "fits beside"): once measured, `p99 + margin`, which
+/// may be below the declaration (two models whose measured peaks fit
+/// together share a worker even if their declarations do not); before,
+/// the declaration. Never above [`admitted_mib`].
+pub fn packed_mib(declared_mib: u64, learned: Option<&ModelVram>, gpu: &GpuConfig) -> u64 {
+    match learned {
+        Some(vram) if vram.peaks.samples >= gpu.min_samples => {
+            vram.peaks.p99_mib + gpu.vram_margin_mib
+        }
+        _ => declared_mib,
+    }
+}
+
 /// The registry's models with `vram_mib` replaced by [`admitted_mib`].
 pub fn admitted_models(
     models: &[crate::registry::ModelConfig],

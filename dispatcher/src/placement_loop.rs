@@ -26,7 +26,7 @@ use crate::autoscaling::{self, SharedBacklog};
 use crate::placement_decision::decide;
 use crate::placement_decision::inputs::{assignments, measured_timings, policy, snapshot, History};
 use crate::store::Store;
-use gpuq_common::vram::admitted_mib;
+use gpuq_common::vram::{admitted_mib, packed_mib};
 
 /// Shortest gap between two rounds triggered by idle workers.
 const EARLIEST_REPEAT: Duration = Duration::from_millis(100);
@@ -172,7 +172,9 @@ async fn round(
     let mut snapshot = snapshot(config, now, &ready, &workers, &timings, history);
     // Models are placed by what they were measured to use, where known.
     for model in &mut snapshot.models {
-        model.vram_mib = admitted_mib(model.vram_mib, learned.get(&model.id), &config.gpu);
+        let measured = learned.get(&model.id);
+        model.packed_mib = packed_mib(model.vram_mib, measured, &config.gpu);
+        model.vram_mib = admitted_mib(model.vram_mib, measured, &config.gpu);
     }
     let decision = decide(&snapshot, &policy(config));
     for model in &decision.unservable {

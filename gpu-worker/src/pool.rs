@@ -65,6 +65,11 @@ pub struct ModelPool {
     /// Lease releases (a `Drop` cannot await the pool lock); `unload_all`
     /// waits for them.
     releases: TaskTracker,
+    /// Measured needs, MiB, by model (`crate::vram`), over the figure a
+    /// model comes with; applied to loads from then on.
+    packed: SyncMutex<std::collections::HashMap<String, u64>>,
+    /// The process's GPU memory, MiB, read around each load (`crate::vram`).
+    usage: SyncMutex<Option<FreeMemoryProbe>>,
 }
 
 /// A model in use by one job; returns it to the pool when dropped.
@@ -74,6 +79,9 @@ pub struct Lease {
     pub runtime: Arc<dyn Runtime>,
     /// How long loading took, when this acquire loaded the model.
     pub loaded_in: Option<std::time::Duration>,
+    /// What the load added to the process's GPU memory, MiB (read right
+    /// before and after the loader, after any eviction), where measured.
+    pub resident_mib: Option<u64>,
 }
 
 impl Drop for Lease {
@@ -116,7 +124,33 @@ impl ModelPool {
             idle: Notify::new(),
             snapshot: SyncMutex::new((Vec::new(), PoolStats::default())),
             releases: TaskTracker::new(),
+            packed: SyncMutex::new(std::collections::HashMap::new()),
+            usage: SyncMutex::new(None),
         })
+    }
+
+    /// Reads the process's GPU memory around each load from now on.
+    pub fn set_usage_probe(&self, probe: FreeMemoryProbe) {
+        *self.usage.lock() = Some(probe);
+    }
+
+    fn usage_mib(&self) -> Option<u64> {
+        let probe = self.usage.lock().clone();
+        probe.and_then(|read| read())
+    }
+
+    /// Sets the models' measured needs (what all workers learned).
+    pub fn set_packed(&self, figures: std::collections::HashMap<String, u64>) {
+        *self.packed.lock() = figures;
+    }
+
+    /// What a model is accounted with: its measured need where known.
+    fn need(&self, model: &ModelConfig) -> u64 {
+        self.packed
+            .lock()
+            .get(&model.id)
+            .copied()
+            .unwrap_or(model.vram_mib)
     }
 
     /// Resident models and counters, without waiting for a load in progress.
@@ -152,13 +186,11 @@ impl ModelPool {
 
     /// The model, loaded if needed, reserved for one job.
     pub async fn acquire(self: &Arc<Self>, model: &ModelConfig) -> Result<Lease, LoadError> {
-        if let Some(budget) = self.budget_mib.filter(|b| model.vram_mib > *b) {
+        let need = self.need(model);
+        if let Some(budget) = self.budget_mib.filter(|b| need > *b) {
             return Err(LoadError::new(
                 &model.id,
-                format!(
-                    "needs {} MiB, more than this worker's budget of {budget} MiB",
-                    model.vram_mib
-                ),
+                format!("needs {need} MiB, more than this worker's budget of {budget} MiB"),
             ));
         }
         loop {
@@ -172,7 +204,7 @@ impl ModelPool {
                 self.publish(&residents, |_| {});
                 return Ok(self.lease(&model.id, runtime, None));
             }
-            while !self.fits(&residents, model.vram_mib) {
+            while !self.fits(&residents, need) {
                 let Some(victim) = residents
                     .iter()
                     .enumerate()
@@ -187,13 +219,14 @@ impl ModelPool {
                 evicted.runtime.unload().await;
                 self.publish(&residents, |stats| stats.unloads += 1);
             }
-            if !self.fits(&residents, model.vram_mib) {
+            if !self.fits(&residents, need) {
                 // Every resident model is running a job: wait for one to finish.
                 drop(residents);
                 idle.await;
                 continue;
             }
-            self.check_free_memory(model)?;
+            self.check_free_memory(model, need)?;
+            let before = self.usage_mib();
             let started = Instant::now();
             let loaded = (self.loader)(model.clone()).await;
             let runtime = match loaded {
@@ -207,7 +240,7 @@ impl ModelPool {
             tracing::info!(model = %model.id, load_ms, "model loaded");
             residents.push(Resident {
                 model_id: model.id.clone(),
-                vram_mib: model.vram_mib,
+                vram_mib: need,
                 runtime: Arc::clone(&runtime),
                 in_use: 1,
                 last_used: Instant::now(),
@@ -221,23 +254,24 @@ impl ModelPool {
                 .sum::<u64>()
                 <= b));
             self.publish(&residents, |stats| stats.loads += 1);
-            return Ok(self.lease(&model.id, runtime, Some(started.elapsed())));
+            let mut lease = self.lease(&model.id, runtime, Some(started.elapsed()));
+            lease.resident_mib = before
+                .zip(self.usage_mib())
+                .map(|(before, after)| after.saturating_sub(before));
+            return Ok(lease);
         }
     }
 
-    fn check_free_memory(&self, model: &ModelConfig) -> Result<(), LoadError> {
+    fn check_free_memory(&self, model: &ModelConfig, need: u64) -> Result<(), LoadError> {
         let Some(free_mib) = self.free_memory.as_ref().and_then(|probe| probe()) else {
             return Ok(());
         };
-        if free_mib < model.vram_mib {
+        if free_mib < need {
             return Err(LoadError {
                 code: ErrorCode::OutOfMemory,
                 ..LoadError::new(
                     &model.id,
-                    format!(
-                        "the GPU has {free_mib} MiB free, the model needs {} MiB",
-                        model.vram_mib
-                    ),
+                    format!("the GPU has {free_mib} MiB free, the model needs {need} MiB"),
                 )
             });
         }
@@ -255,6 +289,7 @@ impl ModelPool {
             model_id: model_id.to_owned(),
             runtime,
             loaded_in,
+            resident_mib: None,
         }
     }
 

@@ -7,7 +7,7 @@
 //! `gpu.sample_ms`, plus one reading at its end) minus what the other loaded
 //! models use at rest, so a model sharing the worker is not charged for
 //! them. A model's resident size is the reading after its load minus the
-//! reading before it.
+//! reading right before it, after any eviction (taken by the pool).
 //!
 //! When the learned figure of a model this worker serves outgrows the
 //! worker's budget, the worker restarts: at start it serves only the models
@@ -23,11 +23,12 @@ use std::time::Duration;
 use gpuq_common::config::{Config, VramSourceKind};
 use gpuq_common::now_ms;
 use gpuq_common::registry::ModelConfig;
-use gpuq_common::vram::{admitted_mib, ModelVram};
+use gpuq_common::vram::{admitted_mib, packed_mib, ModelVram};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::gpu::VramSource;
+use crate::pool::ModelPool;
 use crate::store::Store;
 
 pub mod scripted;
@@ -40,6 +41,8 @@ pub struct VramMeter {
     store: Store,
     /// This worker's measurements, by model (its own Redis fields).
     own: Mutex<BTreeMap<String, ModelVram>>,
+    /// Each model's declared `vram_mib` (the served copies carry the packed figure).
+    declared: BTreeMap<String, u64>,
 }
 
 impl VramMeter {
@@ -66,6 +69,12 @@ impl VramMeter {
             worker_id: worker_id.to_owned(),
             store,
             own: Mutex::new(own),
+            declared: config
+                .registry()
+                .models()
+                .iter()
+                .map(|m| (m.id.clone(), m.vram_mib))
+                .collect(),
         }))
     }
 
@@ -88,9 +97,8 @@ impl VramMeter {
         (output, peak.max(self.used_mib()))
     }
 
-    /// Records a model's resident size after a load.
-    pub async fn record_load(&self, model: &ModelConfig, before_mib: u64, after_mib: u64) {
-        let resident = after_mib.saturating_sub(before_mib);
+    /// Records a model's resident size, measured around its load.
+    pub async fn record_load(&self, model: &ModelConfig, resident: u64) {
         let json = {
             let mut own = self.own.lock();
             let vram = self.entry(&mut own, model);
@@ -134,8 +142,16 @@ impl VramMeter {
         own: &'a mut BTreeMap<String, ModelVram>,
         model: &ModelConfig,
     ) -> &'a mut ModelVram {
-        own.entry(model.id.clone())
-            .or_insert_with(|| ModelVram::new(&model.id, &self.worker_id, model.vram_mib))
+        let declared = self
+            .declared
+            .get(&model.id)
+            .copied()
+            .unwrap_or(model.vram_mib);
+        let vram = own
+            .entry(model.id.clone())
+            .or_insert_with(|| ModelVram::new(&model.id, &self.worker_id, declared));
+        vram.declared_mib = declared;
+        vram
     }
 
     async fn write(&self, model: &ModelConfig, json: serde_json::Result<String>) {
@@ -151,17 +167,21 @@ impl VramMeter {
     }
 }
 
-/// Every `interval`, reads what all workers learned: logs once per model a
-/// measured p99 over 120 % of its declaration, and restarts the worker
-/// (`restart`) when a served model's admitted VRAM no longer fits `budget`.
+/// Every `interval`, reads what all workers learned: gives the residency
+/// pool each served model's measured need (`packed_mib`, which may be below
+/// the declaration: two models whose measured peaks fit together then stay
+/// loaded side by side), logs once per model a measured p99 over 120 % of
+/// its declaration, and restarts the worker (`restart`) when a served
+/// model's admitted VRAM no longer fits the pool's budget.
 pub async fn watch_learned(
     config: Arc<Config>,
     store: Store,
     served: Vec<ModelConfig>,
-    budget_mib: Option<u64>,
+    pool: Arc<ModelPool>,
     restart: CancellationToken,
     stop: CancellationToken,
 ) {
+    let budget_mib = pool.budget_mib();
     let interval = Duration::from_millis(config.worker.heartbeat_interval_ms.max(100));
     let mut warned = BTreeSet::new();
     loop {
@@ -172,6 +192,16 @@ pub async fn watch_learned(
         let Ok(learned) = store.learned_vram().await else {
             continue;
         };
+        pool.set_packed(
+            served
+                .iter()
+                .filter_map(|model| {
+                    let declared = config.registry().model(&model.id)?.vram_mib;
+                    let packed = packed_mib(declared, learned.get(&model.id), &config.gpu);
+                    Some((model.id.clone(), packed))
+                })
+                .collect(),
+        );
         for model in &served {
             let Some(vram) = learned.get(&model.id) else {
                 continue;

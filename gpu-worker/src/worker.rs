@@ -227,6 +227,10 @@ async fn serve(
         store.clone(),
     )
     .await;
+    if let Some(meter) = &vram {
+        let meter = Arc::clone(meter);
+        pool.set_usage_probe(Arc::new(move || meter.used_mib()));
+    }
     if config.gpu.vram_source == VramSourceKind::Scripted {
         // Synthetic models' allocations fail past the budget, as CUDA's would.
         crate::vram::scripted::set_capacity(options.vram_budget_mib.unwrap_or(0));
@@ -235,7 +239,7 @@ async fn serve(
         Arc::clone(config),
         store.clone(),
         models.values().cloned().collect(),
-        options.vram_budget_mib,
+        Arc::clone(&pool),
         restart.clone(),
         watching.clone(),
     ));

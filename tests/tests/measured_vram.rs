@@ -109,3 +109,76 @@ async fn a_model_measured_above_its_declaration_is_placed_only_where_it_fits() {
         assert_eq!(record["worker"], BIG, "{id}: {record:?}");
     }
 }
+
+/// Two models declared at 5000 MiB each do not fit a 7680 MiB worker
+/// together, so each job of the other evicts one; measured at 2000 MiB
+/// (packed at 2256 with the margin), they then stay loaded side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_measured_below_their_declarations_stay_loaded_side_by_side() {
+    const WORKER: &str = "host-a-gpu0-slot0";
+    let params = "duration_ms = 20\nvram_resident_mib = 1500\nvram_peak_mib = 2000";
+    let system = ConfigBuilder::new()
+        .host("host-a")
+        .gpu(8192)
+        .section(
+            "[gpu]\nvram_source = \"scripted\"\nmin_samples = 3\nsample_ms = 10\nvram_margin_mib = 256\n",
+        )
+        .model("a", "sleep", 5000)
+        .params(params)
+        .model("b", "sleep", 5000)
+        .params(params)
+        .system();
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("b"), 1, WAIT)
+        .await;
+    let run = |model: &'static str| {
+        let output = system.gpuq(&["submit", model, "--wait"], WAIT);
+        assert!(output.status.success(), "{model}: {output:?}");
+    };
+    let loads = || async {
+        let loads = system.worker_field(WORKER, "model_loads").await;
+        loads.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+    };
+    // Before min_samples, by declaration: every switch is a load.
+    for _ in 0..2 {
+        run("a");
+        run("b");
+    }
+    eventually("four loads recorded", WAIT, || async { loads().await >= 4 }).await;
+    assert_eq!(loads().await, 4, "each switch loaded");
+    run("a");
+    run("b");
+    eventually("both measured", WAIT, || async {
+        let output = system.gpuq(&["system", "--json"], WAIT);
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        status["vram"].as_array().is_some_and(|models| {
+            models
+                .iter()
+                .all(|m| m["measured"]["peaks"]["samples"].as_u64() >= Some(3))
+        })
+    })
+    .await;
+    // The worker reads the learned figures every heartbeat interval.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run("a");
+    run("b");
+    let before = loads().await;
+    for _ in 0..3 {
+        run("a");
+        run("b");
+    }
+    assert_eq!(loads().await, before, "no load once both fit side by side");
+    let resident = system
+        .worker_field(WORKER, "resident_models")
+        .await
+        .unwrap_or_default();
+    assert!(
+        resident.contains("\"a\"") && resident.contains("\"b\""),
+        "{resident}"
+    );
+    // What the measurements freed: 2 × (5000 declared − 2256 packed).
+    let text = system.gpuq(&["system"], WAIT);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("free 5488 MiB"), "{text}");
+}

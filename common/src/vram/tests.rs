@@ -67,6 +67,14 @@ fn admission_trusts_the_measurement_only_after_min_samples() {
     }
     assert_eq!(admitted_mib(8_000, Some(&small), &gpu(5)), 8_000);
     assert_eq!(admitted_mib(8_000, None, &gpu(5)), 8_000);
+    // Packed beside others by its measured need, below the declaration.
+    assert_eq!(packed_mib(8_000, Some(&small), &gpu(5)), 1_000 + 500);
+    assert_eq!(packed_mib(8_000, None, &gpu(5)), 8_000);
+    assert_eq!(
+        packed_mib(8_000, Some(&small), &gpu(6)),
+        8_000,
+        "too few samples"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ fn model(id: &str, waiting: u64, running: u64, run_ms: u64) -> ModelState {
     ModelState {
         id: id.into(),
         vram_mib: 1_000,
+        packed_mib: 1_000,
         load_ms: 5_000,
         run_ms,
         waiting,

@@ -9,7 +9,9 @@ use super::{Planner, WorkerState};
 
 impl Planner<'_> {
     fn fits_beside(&self, worker: &WorkerState, main: &str, other: &str) -> bool {
-        let vram = |id: &str| self.model(id).map_or(0, |m| m.vram_mib);
+        // Measured needs where known: two models whose measured peaks fit
+        // together share a worker even if their declarations do not.
+        let vram = |id: &str| self.model(id).map_or(0, |m| m.packed_mib);
         worker.max_models >= 2
             && worker
                 .budget_mib

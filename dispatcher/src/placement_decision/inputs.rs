@@ -163,6 +163,7 @@ fn model_states(
         models.push(ModelState {
             id: id.clone(),
             vram_mib: model.vram_mib,
+            packed_mib: model.vram_mib,
             load_ms: timing.load_ms,
             run_ms: timing.run_ms,
             waiting,

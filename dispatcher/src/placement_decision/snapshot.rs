@@ -8,7 +8,12 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelState {
     pub id: String,
+    /// What it is admitted with (`gpuq_common::vram::admitted_mib`): a
+    /// worker whose budget is smaller cannot serve it.
     pub vram_mib: u64,
+    /// What it takes beside another model (`gpuq_common::vram::packed_mib`):
+    /// the measured need, which may be below `vram_mib`.
+    pub packed_mib: u64,
     /// Expected load time: measured where it has been, else an estimate.
     pub load_ms: u64,
     /// Expected run time of one job.

@@ -14,6 +14,7 @@ fn model(id: &str, waiting: u64, run_ms: u64, load_ms: u64) -> ModelState {
     ModelState {
         id: id.into(),
         vram_mib: 6_000,
+        packed_mib: 6_000,
         load_ms,
         run_ms,
         waiting,

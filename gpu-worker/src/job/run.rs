@@ -35,7 +35,6 @@ async fn run_model(
 ) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
     let meter = ctx.vram.as_deref();
-    let before_load = meter.and_then(|m| m.used_mib());
     let lease = match ctx.pool.acquire(model).await {
         Ok(lease) => lease,
         Err(error) => {
@@ -43,10 +42,8 @@ async fn run_model(
             return failed(JobStatus::Failed, error.to_job_error());
         }
     };
-    if let (Some(meter), Some(before), Some(_)) = (meter, before_load, lease.loaded_in) {
-        if let Some(after) = meter.used_mib() {
-            meter.record_load(model, before, after).await;
-        }
+    if let (Some(meter), Some(resident)) = (meter, lease.resident_mib) {
+        meter.record_load(model, resident).await;
     }
     let limits = FetchLimits::from_config(&ctx.config);
     if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs, &limits).await {

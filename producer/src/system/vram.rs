@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use comfy_table::Table;
 use gpuq_common::config::Config;
-use gpuq_common::vram::{admitted_mib, ModelVram};
+use gpuq_common::vram::{admitted_mib, packed_mib, ModelVram};
 use serde::Serialize;
 
 /// One model's VRAM, declared and measured.
@@ -17,6 +17,9 @@ pub struct VramStatus {
     pub declared_mib: u64,
     /// What workers and placement admit it with.
     pub admitted_mib: u64,
+    /// What it is packed with beside other models: its measured need once
+    /// known (may be below the declaration).
+    pub packed_mib: u64,
     /// Measured p99 over 120 % of the declaration (with enough samples).
     pub over_declared: bool,
     /// Every worker's measurements, merged; `None` before any.
@@ -35,6 +38,7 @@ pub fn statuses(config: &Config, learned: &BTreeMap<String, ModelVram>) -> Vec<V
                 model: model.id.clone(),
                 declared_mib: model.vram_mib,
                 admitted_mib: admitted_mib(model.vram_mib, measured, &config.gpu),
+                packed_mib: packed_mib(model.vram_mib, measured, &config.gpu),
                 over_declared: measured.is_some_and(|m| {
                     let mut m = m.clone();
                     m.declared_mib = model.vram_mib;
@@ -55,6 +59,7 @@ pub fn render(statuses: &[VramStatus], out: &mut String) {
             "model",
             "declared MiB",
             "admitted MiB",
+            "packed MiB",
             "resident MiB",
             "p50",
             "p99",
@@ -69,6 +74,7 @@ pub fn render(statuses: &[VramStatus], out: &mut String) {
             status.model.clone(),
             status.declared_mib.to_string(),
             status.admitted_mib.to_string(),
+            status.packed_mib.to_string(),
             cell(m.and_then(|m| m.resident_mib)),
             cell(m.map(|m| m.peaks.p50_mib)),
             cell(m.map(|m| m.peaks.p99_mib)),
@@ -78,6 +84,15 @@ pub fn render(statuses: &[VramStatus], out: &mut String) {
         ]);
     }
     out.push_str(&format!("\nVRAM, declared and measured per job\n{table}\n"));
+    let freed: u64 = statuses
+        .iter()
+        .map(|s| s.declared_mib.saturating_sub(s.packed_mib))
+        .sum();
+    if freed > 0 {
+        out.push_str(&format!(
+            "  measured needs below the declarations free {freed} MiB for packing models side by side\n"
+        ));
+    }
     for status in statuses.iter().filter(|s| s.over_declared) {
         out.push_str(&format!(
             "  ! model '{}' measured p99 {} MiB, over 120 % of its declared {} MiB: admitted with {} MiB\n",

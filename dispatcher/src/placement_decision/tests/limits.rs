@@ -46,6 +46,29 @@ fn a_loaded_model_that_fits_beside_the_main_one_stays_consumed() {
 }
 
 #[test]
+fn models_whose_measured_needs_fit_together_are_kept_beside_despite_their_declarations() {
+    let decide_with = |packed_mib: u64| {
+        let mut a = model("a", 50, 1000, 3000);
+        let mut b = model("b", 50, 1000, 3000);
+        for m in [&mut a, &mut b] {
+            m.vram_mib = 10_000; // declared (and admitted): 20 GiB together
+            m.packed_mib = packed_mib;
+        }
+        let w1 = with_resident(with_resident(worker("w1", ABC), "a", 60_000), "b", 50_000);
+        decide(
+            &snapshot(vec![a, b], vec![w1, worker("w2", ABC)]),
+            &policy(),
+        )
+    };
+    // By declaration 10 + 10 GiB do not fit 16 GiB: w1 keeps only its main model.
+    let declared = decide_with(10_000);
+    assert!(!(consumes(&declared, "w1", "a") && consumes(&declared, "w1", "b")));
+    // Measured at 4 GiB each, they fit: w1 serves both without a load.
+    let measured = decide_with(4_000);
+    assert!(consumes(&measured, "w1", "a") && consumes(&measured, "w1", "b"));
+}
+
+#[test]
 fn hosts_do_not_trade_models_and_the_result_ignores_snapshot_order() {
     let mut h2 = with_resident(worker("h2-w1", ABC), "a", 60_000);
     h2.host = "h2".into();
