@@ -279,3 +279,36 @@ async fn a_job_the_broker_times_out_sends_its_tenant_s_default_webhook() {
     assert_eq!(payload["data"]["tenant"], "acme");
     assert_eq!(payload["data"]["error"]["code"], "timeout");
 }
+
+/// A job cancelled while it waits sends its `cancelled` webhook when a
+/// worker takes its message and finds the record final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_queued_sends_its_cancelled_webhook() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = WebhookReceiver::new(port, SECRET, &dir.path().join("log"));
+    receiver.start(0);
+    let system = ConfigBuilder::one_host()
+        .sleep_model("slow", 256, 1_500)
+        .section(&format!(
+            "[webhooks]\nallow_http = true\nallow_hosts = [\"127.0.0.1:{port}\"]\n\
+             secret = \"{SECRET}\"\nretry_delays_s = [1, 2]\n"
+        ))
+        .system();
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("slow"), 1, WAIT)
+        .await;
+    let url = format!("http://127.0.0.1:{port}/hook");
+    // The first job holds the only worker; the second waits behind it.
+    let first = system.gpuq(&["submit", "slow"], WAIT);
+    assert!(first.status.success());
+    let waiting = system.gpuq(&["submit", "slow", "--webhook", &url], WAIT);
+    let job = gpuq_integration_tests::first_line(&waiting);
+    let cancel = system.gpuq(&["cancel", &job], WAIT);
+    assert!(cancel.status.success(), "{cancel:?}");
+    let requests = wait_for_requests(&receiver, 1).await;
+    assert_eq!(requests[0]["verified"], true);
+    assert_eq!(requests[0]["id"], format!("{job}.cancelled"));
+    assert_eq!(body(&requests[0])["data"]["status"], "cancelled");
+}
