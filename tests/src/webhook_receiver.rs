@@ -10,28 +10,24 @@ use std::time::{Duration, Instant};
 pub struct WebhookReceiver {
     pub port: u16,
     secret: String,
-    log: PathBuf,
+    /// Holds the log file; removed with the receiver.
+    dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
-/// A free loopback port (nothing listens on it after this returns).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl WebhookReceiver {
-    /// A receiver for `port`, logging to `log`, not started yet.
-    pub fn new(port: u16, secret: &str, log: &Path) -> WebhookReceiver {
+    /// A receiver on a free loopback port, checking `secret`, not started yet.
+    pub fn new(secret: &str) -> WebhookReceiver {
         WebhookReceiver {
-            port,
+            port: crate::http::free_port(),
             secret: secret.to_owned(),
-            log: log.to_owned(),
+            dir: tempfile::tempdir().expect("webhook receiver dir"),
             child: None,
         }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("requests.jsonl")
     }
 
     /// Starts it; it answers 500 to its first `fail_first` requests.
@@ -47,7 +43,7 @@ impl WebhookReceiver {
             .arg(root.join("tests/fixtures/webhook_receiver.py"))
             .arg(self.port.to_string())
             .arg(&self.secret)
-            .arg(&self.log)
+            .arg(self.log())
             .arg(fail_first.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -71,7 +67,7 @@ impl WebhookReceiver {
 
     /// Every request it got, in order: `{"n", "id", "verified", "status", "body"}`.
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
+        std::fs::read_to_string(self.log())
             .unwrap_or_default()
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())

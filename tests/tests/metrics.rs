@@ -15,11 +15,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_jobs_each_model_ran() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = gpuq_integration_tests::http::free_port();
     let system = ConfigBuilder::one_host()
         .dispatcher(&format!("metrics_listen = \"127.0.0.1:{port}\""))
         .echo("echo")
@@ -148,11 +144,7 @@ async fn metrics_count_the_jobs_each_model_ran() {
 /// and the fleet's total; back to zero once the jobs are done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoscaling_gauges_show_queued_work_in_gpu_seconds() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = gpuq_integration_tests::http::free_port();
     let system = ConfigBuilder::one_host()
         .dispatcher(&format!("metrics_listen = \"127.0.0.1:{port}\""))
         .sleep_model("slow", 256, 1_000)

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use gpuq_integration_tests::eventually;
 use gpuq_integration_tests::fixtures::ConfigBuilder;
-use gpuq_integration_tests::webhook_receiver::{free_port, WebhookReceiver};
-use gpuq_integration_tests::TestSystem;
+use gpuq_integration_tests::webhook_receiver::WebhookReceiver;
+use gpuq_integration_tests::{ProcessGuard, TestSystem};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -26,6 +26,16 @@ fn system(port: u16) -> TestSystem {
              secret = \"{SECRET}\"\nretry_delays_s = [1, 2]\ntimeout_ms = 2000\n"
         ))
         .system()
+}
+
+/// [`system`] with its dispatcher running and the echo queue consumed.
+async fn running(port: u16) -> (TestSystem, ProcessGuard) {
+    let system = system(port);
+    let dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
+        .await;
+    (system, dispatcher)
 }
 
 fn submit(system: &TestSystem, port: u16, extra: &[&str]) -> String {
@@ -52,15 +62,10 @@ fn body(request: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_job_posts_a_verifiable_signed_webhook() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut receiver = WebhookReceiver::new(port, SECRET, &dir.path().join("log"));
+    let mut receiver = WebhookReceiver::new(SECRET);
+    let port = receiver.port;
     receiver.start(0);
-    let system = system(port);
-    let _dispatcher = system.dispatcher(&[]);
-    system
-        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
-        .await;
+    let (system, _dispatcher) = running(port).await;
 
     // Default events: the final status only.
     let job = submit(&system, port, &[]);
@@ -111,15 +116,10 @@ async fn a_finished_job_posts_a_verifiable_signed_webhook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_receiver_gets_retries_until_it_answers_then_nothing_more() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut receiver = WebhookReceiver::new(port, SECRET, &dir.path().join("log"));
+    let mut receiver = WebhookReceiver::new(SECRET);
+    let port = receiver.port;
     receiver.start(3);
-    let system = system(port);
-    let _dispatcher = system.dispatcher(&[]);
-    system
-        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
-        .await;
+    let (system, _dispatcher) = running(port).await;
     let job = submit(&system, port, &[]);
     let requests = wait_for_requests(&receiver, 4).await;
     let statuses: Vec<i64> = requests
@@ -142,14 +142,9 @@ async fn a_failing_receiver_gets_retries_until_it_answers_then_nothing_more() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_waits_out_a_receiver_outage_across_a_dispatcher_restart() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut receiver = WebhookReceiver::new(port, SECRET, &dir.path().join("log"));
-    let system = system(port);
-    let mut dispatcher = system.dispatcher(&[]);
-    system
-        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
-        .await;
+    let mut receiver = WebhookReceiver::new(SECRET);
+    let port = receiver.port;
+    let (system, mut dispatcher) = running(port).await;
     // The receiver is down: the job still completes (a webhook never holds it).
     let job = submit(&system, port, &[]);
     let status = system.gpuq(&["status", &job, "--json"], WAIT);
@@ -168,7 +163,7 @@ async fn a_webhook_waits_out_a_receiver_outage_across_a_dispatcher_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_the_config_does_not_allow_is_refused_at_submit() {
-    let port = free_port();
+    let port = gpuq_integration_tests::http::free_port();
     let system = system(port);
     for (url, reason) in [
         ("https://hooks.example.com/x", "not in webhooks.allow_hosts"),
@@ -211,12 +206,8 @@ async fn a_webhook_the_config_does_not_allow_is_refused_at_submit() {
 /// every URL again) and lands in the dead queue that `gpuq system` counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disallowed_webhook_from_amqp_is_dead_lettered_and_the_job_completes() {
-    let port = free_port();
-    let system = system(port);
-    let _dispatcher = system.dispatcher(&[]);
-    system
-        .wait_for_consumers(&system.names.model_queue("echo"), 1, WAIT)
-        .await;
+    let port = gpuq_integration_tests::http::free_port();
+    let (system, _dispatcher) = running(port).await;
     let id = format!("amqp-hook-{}", uuid::Uuid::new_v4().simple());
     let body = format!(
         r#"{{"job_id": "{id}", "feature": "echo", "webhook": {{"url": "https://hooks.example.com/x"}}}}"#
@@ -241,9 +232,8 @@ async fn a_disallowed_webhook_from_amqp_is_dead_lettered_and_the_job_completes()
 /// webhook is the tenant's default, since the job names none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_the_broker_times_out_sends_its_tenant_s_default_webhook() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut receiver = WebhookReceiver::new(port, SECRET, &dir.path().join("log"));
+    let mut receiver = WebhookReceiver::new(SECRET);
+    let port = receiver.port;
     receiver.start(0);
     let system = ConfigBuilder::one_host()
         .echo("echo")
@@ -284,9 +274,8 @@ async fn a_job_the_broker_times_out_sends_its_tenant_s_default_webhook() {
 /// worker takes its message and finds the record final.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cancelled_while_queued_sends_its_cancelled_webhook() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut receiver = WebhookReceiver::new(port, SECRET, &dir.path().join("log"));
+    let mut receiver = WebhookReceiver::new(SECRET);
+    let port = receiver.port;
     receiver.start(0);
     let system = ConfigBuilder::one_host()
         .sleep_model("slow", 256, 1_500)
