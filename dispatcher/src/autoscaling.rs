@@ -35,6 +35,10 @@ use crate::placement_decision::{Decision, Snapshot};
 /// sentinel (Prometheus and KEDA handle it, unlike `+Inf` in some queries).
 pub const NO_WORKER_DRAIN_S: f64 = 1.0e9;
 
+/// How often the placing dispatcher reads the oldest queued jobs, ms (the
+/// other gauges follow every placement round).
+pub const OLDEST_REFRESH_MS: u64 = 5_000;
+
 /// How many of the oldest queued jobs a round reads to find each model's
 /// oldest (bounded, so a huge backlog costs one bounded read).
 pub const OLDEST_SAMPLE: usize = 500;

@@ -180,9 +180,19 @@ async fn round(
     for model in &decision.unservable {
         tracing::warn!(model = %model, "model has jobs but no live worker can serve it");
     }
-    let oldest = store.oldest_queued(autoscaling::OLDEST_SAMPLE).await?;
-    let (oldest, cut_at) = autoscaling::oldest_by_model(config.registry(), &oldest);
-    *backlog.lock() = Some(autoscaling::compute(&snapshot, &decision, &oldest, cut_at));
+    // The oldest queued jobs cost a bounded but not small read: every few
+    // seconds, not every round (a scraper does not look more often).
+    let stale = history.oldest.as_ref().is_none_or(|(read_ms, _, _)| {
+        now.saturating_sub(*read_ms) >= autoscaling::OLDEST_REFRESH_MS
+    });
+    if stale {
+        let read = store.oldest_queued(autoscaling::OLDEST_SAMPLE).await?;
+        let (oldest, cut_at) = autoscaling::oldest_by_model(config.registry(), &read);
+        history.oldest = Some((now, oldest, cut_at));
+    }
+    if let Some((_, oldest, cut_at)) = &history.oldest {
+        *backlog.lock() = Some(autoscaling::compute(&snapshot, &decision, oldest, *cut_at));
+    }
     let (assignments, changed) = assignments(&decision, host_id, now, history);
     history.stored_timings.extend(timings.clone());
     store

@@ -31,6 +31,9 @@ pub struct History {
     published: BTreeMap<String, Published>,
     /// Timings published at earlier rounds (kept when no worker reports any).
     pub stored_timings: HashMap<String, ModelTimings>,
+    /// The oldest queued job per model (`crate::autoscaling`), when read
+    /// (ms), and where the read was cut; read again only every few seconds.
+    pub oldest: Option<(u64, BTreeMap<String, u64>, Option<u64>)>,
 }
 
 impl History {
