@@ -162,11 +162,12 @@ impl ModelVram {
     }
 }
 
-/// Each model's measurements merged over workers, from the hash's fields
-/// (`<model>/<worker>` → JSON); unreadable fields are skipped.
-pub fn merge(fields: &BTreeMap<String, String>) -> BTreeMap<String, ModelVram> {
+/// Each model's measurements merged over workers, from the hash's values
+/// (each a worker's JSON; the model and worker are inside); unreadable
+/// values are skipped.
+pub fn merge<'a>(values: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, ModelVram> {
     let mut merged: BTreeMap<String, ModelVram> = BTreeMap::new();
-    for json in fields.values() {
+    for json in values {
         let Ok(one) = serde_json::from_str::<ModelVram>(json) else {
             continue;
         };
@@ -191,17 +192,17 @@ pub fn merge(fields: &BTreeMap<String, String>) -> BTreeMap<String, ModelVram> {
 }
 
 /// Every model's measurements, merged over workers: what the workers, the
-/// placing dispatcher and `gpuq system` read (one `HGETALL`).
+/// placing dispatcher and `gpuq system` read (one `HVALS`).
 #[cfg(feature = "redis")]
 pub async fn learned<C: redis::aio::ConnectionLike>(
     connection: &mut C,
     names: &crate::Names,
 ) -> redis::RedisResult<BTreeMap<String, ModelVram>> {
-    let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+    let values: Vec<String> = redis::cmd("HVALS")
         .arg(names.model_vram())
         .query_async(connection)
         .await?;
-    Ok(merge(&fields))
+    Ok(merge(&values))
 }
 
 /// One worker's own measurements (its fields), by model.
@@ -211,12 +212,12 @@ pub async fn own<C: redis::aio::ConnectionLike>(
     names: &crate::Names,
     worker: &str,
 ) -> redis::RedisResult<BTreeMap<String, ModelVram>> {
-    let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+    let values: Vec<String> = redis::cmd("HVALS")
         .arg(names.model_vram())
         .query_async(connection)
         .await?;
-    Ok(fields
-        .values()
+    Ok(values
+        .iter()
         .filter_map(|json| serde_json::from_str::<ModelVram>(json).ok())
         .filter(|vram| vram.worker == worker)
         .map(|vram| (vram.model.clone(), vram))

@@ -94,7 +94,7 @@ fn workers_fields_merge_per_model() {
         .map(|v| (v.field(), serde_json::to_string(v).unwrap()))
         .chain([("junk/w9".to_owned(), "not json".to_owned())])
         .collect();
-    let merged = merge(&fields);
+    let merged = merge(fields.values());
     let mesh = &merged["mesh"];
     assert_eq!(mesh.worker, "*");
     assert_eq!(mesh.peaks.samples, 7);
