@@ -182,9 +182,18 @@ async fn round(
     }
     // The oldest queued jobs cost a bounded but not small read: every few
     // seconds, not every round (a scraper does not look more often).
-    let stale = history.oldest.as_ref().is_none_or(|(read_ms, _, _)| {
-        now.saturating_sub(*read_ms) >= autoscaling::OLDEST_REFRESH_MS
-    });
+    // Also at once when a model has waiting jobs the last read did not see.
+    let stale = history
+        .oldest
+        .as_ref()
+        .is_none_or(|(read_ms, oldest, cut_at)| {
+            now.saturating_sub(*read_ms) >= autoscaling::OLDEST_REFRESH_MS
+                || (cut_at.is_none()
+                    && snapshot
+                        .models
+                        .iter()
+                        .any(|m| m.waiting > 0 && !oldest.contains_key(&m.id)))
+        });
     if stale {
         let read = store.oldest_queued(autoscaling::OLDEST_SAMPLE).await?;
         let (oldest, cut_at) = autoscaling::oldest_by_model(config.registry(), &read);
