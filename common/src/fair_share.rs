@@ -15,6 +15,12 @@
 //! the producer that first publishes to it and listed in the Redis set
 //! `<ns>:subqueues:<model>` (members `<level>/<tenant>`), which workers and
 //! the placing dispatcher read. Sub-queues are never deleted by gpuq.
+//!
+//! A third split serves measured VRAM (`crate::vram`): a job whose input
+//! size class needs more VRAM than the worker that received it has is given
+//! back to a *VRAM tier* of its sub-queue (`<ns>.model.<id>.vram-<mib>...`,
+//! member `<level>/<tenant>/vram-<mib>`), which only workers whose budget is
+//! at least `<mib>` consume, whether or not placement gave them the model.
 
 use crate::names::Names;
 use crate::wire::DEFAULT_TENANT;
@@ -52,11 +58,14 @@ impl Level {
     }
 }
 
-/// One sub-queue of a model: a priority level and a tenant.
+/// One sub-queue of a model: a priority level, a tenant and, for jobs given
+/// back for want of VRAM, the least budget of a worker that may take them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SubQueue {
     pub level: Level,
     pub tenant: String,
+    /// `Some(mib)`: a VRAM tier, consumed only by workers with that budget.
+    pub vram_mib: Option<u64>,
 }
 
 impl SubQueue {
@@ -65,6 +74,7 @@ impl SubQueue {
         SubQueue {
             level: Level::Normal,
             tenant: DEFAULT_TENANT.to_owned(),
+            vram_mib: None,
         }
     }
 
@@ -79,19 +89,44 @@ impl SubQueue {
             } else {
                 DEFAULT_TENANT.to_owned()
             },
+            vram_mib: None,
+        }
+    }
+
+    /// The same sub-queue's VRAM tier for workers with at least `mib`.
+    pub fn with_vram(self, mib: u64) -> SubQueue {
+        SubQueue {
+            vram_mib: Some(mib),
+            ..self
+        }
+    }
+
+    /// Whether a worker with `budget_mib` (`None`: no budget) may consume it.
+    pub fn fits(&self, budget_mib: Option<u64>) -> bool {
+        match (self.vram_mib, budget_mib) {
+            (Some(tier), Some(budget)) => budget >= tier,
+            _ => true,
         }
     }
 
     pub fn is_main(&self) -> bool {
-        self.level == Level::Normal && self.tenant == DEFAULT_TENANT
+        self.level == Level::Normal && self.tenant == DEFAULT_TENANT && self.vram_mib.is_none()
     }
 
     /// The queue's name: the model's own for [`SubQueue::main`], else
     /// `<ns>.model.<id>.<level>` (default tenant) or
-    /// `<ns>.model.<id>.<level>.<tenant>`. A model id has no `.`, so no two
-    /// sub-queues of two models share a name.
+    /// `<ns>.model.<id>.<level>.<tenant>`, with `.vram-<mib>` after the id
+    /// for a VRAM tier. A model id has no `.` and no level starts with
+    /// `vram-`, so no two sub-queues share a name.
     pub fn queue_name(&self, names: &Names, model_id: &str) -> String {
-        let main = names.model_queue(model_id);
+        let mut main = names.model_queue(model_id);
+        if let Some(mib) = self.vram_mib {
+            main = format!("{main}.vram-{mib}.{}", self.level.as_str());
+            if self.tenant != DEFAULT_TENANT {
+                main = format!("{main}.{}", self.tenant);
+            }
+            return main;
+        }
         if self.is_main() {
             main
         } else if self.tenant == DEFAULT_TENANT {
@@ -101,19 +136,33 @@ impl SubQueue {
         }
     }
 
-    /// The member of `<ns>:subqueues:<model>` naming this sub-queue.
+    /// The member of `<ns>:subqueues:<model>` naming this sub-queue:
+    /// `<level>/<tenant>`, plus `/vram-<mib>` for a VRAM tier (which a
+    /// version without tiers reads as an invalid tenant and skips).
     pub fn member(&self) -> String {
-        format!("{}/{}", self.level.as_str(), self.tenant)
+        match self.vram_mib {
+            None => format!("{}/{}", self.level.as_str(), self.tenant),
+            Some(mib) => format!("{}/{}/vram-{mib}", self.level.as_str(), self.tenant),
+        }
     }
 
     /// A member read back from Redis; `None` for one this version cannot
     /// read (it is skipped, never an error).
     pub fn from_member(member: &str) -> Option<SubQueue> {
-        let (level, tenant) = member.split_once('/')?;
+        let mut parts = member.split('/');
+        let (level, tenant) = (parts.next()?, parts.next()?);
+        let vram_mib = match parts.next() {
+            None => None,
+            Some(tier) => Some(tier.strip_prefix("vram-")?.parse().ok()?),
+        };
+        if parts.next().is_some() {
+            return None;
+        }
         crate::wire::validate_tenant(tenant).ok()?;
         Some(SubQueue {
             level: Level::parse(level)?,
             tenant: tenant.to_owned(),
+            vram_mib,
         })
     }
 }
@@ -176,5 +225,27 @@ mod tests {
         assert_eq!(SubQueue::from_member("urgent/acme"), None);
         assert_eq!(SubQueue::from_member("high/a b"), None);
         assert_eq!(SubQueue::from_member("high"), None);
+    }
+
+    #[test]
+    fn vram_tiers_have_their_own_names_and_members() {
+        let names = Names::new("ns");
+        let tier = SubQueue::main().with_vram(24576);
+        assert!(!tier.is_main());
+        assert_eq!(tier.queue_name(&names, "m"), "ns.model.m.vram-24576.normal");
+        let acme = SubQueue::for_job("acme.eu", Some(9), true).with_vram(8192);
+        assert_eq!(
+            acme.queue_name(&names, "m"),
+            "ns.model.m.vram-8192.high.acme.eu"
+        );
+        assert_eq!(acme.member(), "high/acme.eu/vram-8192");
+        assert_eq!(SubQueue::from_member(&acme.member()), Some(acme.clone()));
+        assert_eq!(SubQueue::from_member("high/acme/vram-x"), None);
+        assert_eq!(SubQueue::from_member("high/acme/gpu-1"), None);
+        assert_eq!(SubQueue::from_member("high/acme/vram-1/x"), None);
+        // Only a worker with the tier's budget (or no budget) takes it.
+        assert!(acme.fits(Some(8192)) && acme.fits(None));
+        assert!(!acme.fits(Some(8191)));
+        assert!(SubQueue::main().fits(Some(1)));
     }
 }

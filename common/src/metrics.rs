@@ -61,11 +61,19 @@ pub struct ModelMetrics {
     pub run: DurationHistogram,
     pub loads: u64,
     pub load_seconds_sum: f64,
+    /// Jobs given back because their size class needs more VRAM than the
+    /// worker has (`gpu-worker`'s give-back step).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vram_give_backs: u64,
     /// Jobs and run time by tenant: at most `tenants.max_labels` tenants by
     /// name, the rest together under [`OTHER_TENANT`], so a client that
     /// makes up tenant names cannot grow the metrics without bound.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tenants: BTreeMap<String, TenantMetrics>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The label of every tenant past `tenants.max_labels`.

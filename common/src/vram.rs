@@ -33,6 +33,10 @@ const MIN_WEIGHT: f64 = 1e-4;
 pub const MAX_CLASSES: usize = 16;
 /// A measured p99 this far above the declaration is flagged.
 pub const OVER_DECLARED_RATIO: f64 = 1.2;
+/// The share of a model's jobs its *typical* size classes hold: admission
+/// and packing use their p99; the rarer, bigger classes beyond are sent per
+/// class to a worker that fits (a worker gives such a job back).
+pub const TYPICAL_SHARE: f64 = 0.9;
 
 /// A decaying histogram of peaks, MiB, with its summary.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -150,6 +154,29 @@ impl ModelVram {
         self.observe(class, at_least_mib, now_ms);
     }
 
+    /// The peaks of the model's typical size classes: the classes by need
+    /// (their p99) from the smallest, merged until they hold
+    /// [`TYPICAL_SHARE`] of the jobs; all peaks when no class is known.
+    /// A rare input size that needs far more (TRELLIS-class models on a
+    /// huge input) then does not make the model's every job count as big:
+    /// its class is routed to a bigger worker instead.
+    pub fn typical_peaks(&self) -> PeakHistogram {
+        let total: u64 = self.classes.values().map(|h| h.samples).sum();
+        if total == 0 {
+            return self.peaks.clone();
+        }
+        let mut classes: Vec<&PeakHistogram> = self.classes.values().collect();
+        classes.sort_by_key(|h| (h.p99_mib, h.max_mib));
+        let mut typical = PeakHistogram::default();
+        for class in classes {
+            typical.merge(class);
+            if typical.samples as f64 >= TYPICAL_SHARE * total as f64 {
+                break;
+            }
+        }
+        typical
+    }
+
     /// The Redis hash field this worker writes.
     pub fn field(&self) -> String {
         format!("{}/{}", self.model, self.worker)
@@ -225,11 +252,12 @@ pub async fn own<C: redis::aio::ConnectionLike>(
 }
 
 /// The VRAM a model is admitted with: its declaration until `min_samples`
-/// jobs were measured, then `max(declared, measured p99 + margin)`.
+/// jobs were measured, then `max(declared, measured p99 + margin)`, the p99
+/// of its typical size classes ([`ModelVram::typical_peaks`]).
 pub fn admitted_mib(declared_mib: u64, learned: Option<&ModelVram>, gpu: &GpuConfig) -> u64 {
     match learned {
         Some(vram) if vram.peaks.samples >= gpu.min_samples => {
-            declared_mib.max(vram.peaks.p99_mib + gpu.vram_margin_mib)
+            declared_mib.max(vram.typical_peaks().p99_mib + gpu.vram_margin_mib)
         }
         _ => declared_mib,
     }
@@ -243,10 +271,31 @@ pub fn admitted_mib(declared_mib: u64, learned: Option<&ModelVram>, gpu: &GpuCon
 pub fn packed_mib(declared_mib: u64, learned: Option<&ModelVram>, gpu: &GpuConfig) -> u64 {
     match learned {
         Some(vram) if vram.peaks.samples >= gpu.min_samples => {
-            vram.peaks.p99_mib + gpu.vram_margin_mib
+            vram.typical_peaks().p99_mib + gpu.vram_margin_mib
         }
         _ => declared_mib,
     }
+}
+
+/// What a job of `class` needs, once the class was measured: `p99 +
+/// margin` after `gpu.min_samples` peaks, before that its largest peak plus
+/// the margin (one `out_of_memory` is evidence enough to send the next job
+/// of its class elsewhere). `None` for a class never seen.
+pub fn class_need_mib(learned: &ModelVram, class: &str, gpu: &GpuConfig) -> Option<u64> {
+    let peaks = learned.classes.get(class).filter(|h| h.samples > 0)?;
+    let figure = if peaks.samples >= gpu.min_samples {
+        peaks.p99_mib
+    } else {
+        peaks.max_mib
+    };
+    Some(figure + gpu.vram_margin_mib)
+}
+
+/// The VRAM tier a job needing `need_mib` is given back to: the need
+/// rounded up to the histogram's 5 % steps, so a model's tiers stay few
+/// (one per bucket its classes reach) however its figures drift.
+pub fn tier_mib(need_mib: u64) -> u64 {
+    bucket_of(need_mib)
 }
 
 /// The registry's models with `vram_mib` replaced by [`admitted_mib`].
@@ -267,7 +316,8 @@ pub fn admitted_models(
 
 /// A job's input size class: `<input>=<value>` for the model's
 /// `vram_size_input` (e.g. `resolution=1024`), else the inputs' bytes
-/// rounded up to a power of two (`bytes<=64KiB`).
+/// rounded up to a power of two (`bytes<=64KiB`; an artifact reference
+/// counts as its `size_bytes`).
 pub fn size_class(inputs: &ValueMap, size_input: Option<&str>) -> String {
     if let Some(key) = size_input {
         if let Some(value) = inputs.get(key) {
@@ -287,7 +337,20 @@ pub fn size_class(inputs: &ValueMap, size_input: Option<&str>) -> String {
     }
 }
 
+/// A value's bytes; an artifact reference counts as the size it names
+/// (`size_bytes`), so a job's class is the same before its references are
+/// resolved (when a worker decides to give it back) and after (when its
+/// peak is recorded).
 fn value_bytes(value: &Value) -> usize {
+    if let Value::Map(entries) = value {
+        let field = |name: &str| entries.iter().find(|(k, _)| k.as_str() == Some(name));
+        // `$artifact` is `artifacts::ARTIFACT_KEY` (a feature this module lacks).
+        if field("$artifact").is_some() {
+            if let Some(size) = field("size_bytes").and_then(|(_, v)| v.as_u64()) {
+                return usize::try_from(size).unwrap_or(usize::MAX);
+            }
+        }
+    }
     match value {
         Value::Binary(bytes) => bytes.len(),
         Value::String(s) => s.as_bytes().len(),

@@ -103,7 +103,7 @@ pub(crate) fn family(
 pub fn families(snapshot: &HostSnapshot) -> Vec<MetricFamily> {
     let (mut jobs, mut waits, mut runs, mut loads, mut load_seconds) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let (mut unloads, mut resident) = (vec![], vec![]);
+    let (mut unloads, mut resident, mut give_backs) = (vec![], vec![], vec![]);
     let (mut tenant_jobs, mut tenant_seconds) = (vec![], vec![]);
     for worker in &snapshot.workers {
         let w = worker.worker_id.as_str();
@@ -129,6 +129,10 @@ pub fn families(snapshot: &HostSnapshot) -> Vec<MetricFamily> {
                 runs.push(histogram(&m.run, &[("worker", w), ("model", model)]));
             }
             loads.push(counter(m.loads as f64, &[("worker", w), ("model", model)]));
+            if m.vram_give_backs > 0 {
+                let pairs = [("worker", w), ("model", model)];
+                give_backs.push(counter(m.vram_give_backs as f64, &pairs));
+            }
             load_seconds.push(counter(
                 m.load_seconds_sum,
                 &[("worker", w), ("model", model)],
@@ -194,6 +198,12 @@ pub fn families(snapshot: &HostSnapshot) -> Vec<MetricFamily> {
             runs,
         ),
         family("gpuq_model_loads_total", "Model loads.", COUNTER, loads),
+        family(
+            "gpuq_vram_give_backs_total",
+            "Jobs a worker gave back because their input size class needs more VRAM than it has.",
+            COUNTER,
+            give_backs,
+        ),
         family(
             "gpuq_model_load_seconds_total",
             "Time spent loading models.",
@@ -345,6 +355,7 @@ mod tests {
         model.jobs.insert("completed".into(), 3);
         model.run.observe(0.02);
         model.loads = 1;
+        model.vram_give_backs = 2;
         let acme = model.tenant("acme", 1);
         acme.jobs.insert("completed".into(), 2);
         acme.run_seconds_sum = 1.5;
@@ -394,6 +405,7 @@ mod tests {
             r#"gpuq_tenant_jobs_total{worker="h-gpu0-slot0",model="echo",tenant="acme",status="completed"} 2"#,
             r#"gpuq_tenant_run_seconds_total{worker="h-gpu0-slot0",model="echo",tenant="acme"} 1.5"#,
             r#"gpuq_tenant_run_seconds_total{worker="h-gpu0-slot0",model="echo",tenant="other"} 0.5"#,
+            r#"gpuq_vram_give_backs_total{worker="h-gpu0-slot0",model="echo"} 2"#,
         ] {
             assert!(text.contains(line), "{line} not in {text}");
         }

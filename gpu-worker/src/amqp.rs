@@ -203,6 +203,29 @@ impl Broker {
         .await
     }
 
+    /// Moves a job to another of its model's queues (a VRAM tier): declares
+    /// it (the giver may be the first to use it), then publishes the job
+    /// there, confirmed. `false` when the queue did not take it.
+    pub async fn give_back(
+        &self,
+        queue: &gpuq_common::topology::QueueSpec,
+        delivery: &Delivery,
+    ) -> Result<bool, BrokerError> {
+        let topology = Topology {
+            exchanges: Vec::new(),
+            queues: vec![queue.clone()],
+        };
+        declare_topology(&self.connection, &topology).await?;
+        self.publish_confirmed(
+            "",
+            &queue.name,
+            &delivery.0.data,
+            delivery.0.properties.clone(),
+            true,
+        )
+        .await
+    }
+
     /// Parks a job in a retry queue for `delay` (per-message TTL); the broker
     /// then dead-letters it back to its model's queue.
     pub async fn park(

@@ -184,8 +184,56 @@ impl ModelPool {
                 .is_none_or(|budget| used + vram_mib <= budget)
     }
 
-    /// The model, loaded if needed, reserved for one job.
-    pub async fn acquire(self: &Arc<Self>, model: &ModelConfig) -> Result<Lease, LoadError> {
+    /// Whether `model_id`'s job, needing `room` MiB while it runs, fits
+    /// beside the other resident models.
+    fn fits_beside(&self, residents: &[Resident], model_id: &str, room: u64) -> bool {
+        let others: u64 = residents
+            .iter()
+            .filter(|r| r.model_id != model_id)
+            .map(|r| r.vram_mib)
+            .sum();
+        let own = residents
+            .iter()
+            .find(|r| r.model_id == model_id)
+            .map_or(0, |r| r.vram_mib);
+        self.budget_mib
+            .is_none_or(|budget| others + own.max(room) <= budget)
+    }
+
+    /// Unloads the least recently used idle model other than `keep`;
+    /// `false` when every other model is running a job.
+    async fn evict_one_idle(
+        &self,
+        residents: &mut Vec<Resident>,
+        keep: &str,
+        for_model: &str,
+    ) -> bool {
+        let Some(victim) = residents
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.in_use == 0 && r.model_id != keep)
+            .min_by_key(|(_, r)| r.last_used)
+            .map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let evicted = residents.remove(victim);
+        tracing::info!(model = %evicted.model_id, for_model, "unloading least recently used model");
+        evicted.runtime.unload().await;
+        self.publish(residents, |stats| stats.unloads += 1);
+        true
+    }
+
+    /// The model, loaded if needed, reserved for one job. `job_mib` is what
+    /// the job's input size class was measured to need (`None`: unknown);
+    /// when it is more than the model is accounted with, other idle models
+    /// are unloaded until it fits beside them (capped at the budget: a job
+    /// bigger than the whole budget is given back before it gets here).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        model: &ModelConfig,
+        job_mib: Option<u64>,
+    ) -> Result<Lease, LoadError> {
         let need = self.need(model);
         if let Some(budget) = self.budget_mib.filter(|b| need > *b) {
             return Err(LoadError::new(
@@ -193,10 +241,28 @@ impl ModelPool {
                 format!("needs {need} MiB, more than this worker's budget of {budget} MiB"),
             ));
         }
+        let room = need
+            .max(job_mib.unwrap_or(0))
+            .min(self.budget_mib.unwrap_or(u64::MAX));
         loop {
             let idle = self.idle.notified();
             let mut residents = self.residents.lock().await;
-            if let Some(resident) = residents.iter_mut().find(|r| r.model_id == model.id) {
+            if residents.iter().any(|r| r.model_id == model.id) {
+                while !self.fits_beside(&residents, &model.id, room)
+                    && self
+                        .evict_one_idle(&mut residents, &model.id, &model.id)
+                        .await
+                {}
+                if !self.fits_beside(&residents, &model.id, room) {
+                    // The others are running jobs: wait for one to finish.
+                    drop(residents);
+                    idle.await;
+                    continue;
+                }
+                let resident = residents
+                    .iter_mut()
+                    .find(|r| r.model_id == model.id)
+                    .expect("resident");
                 resident.in_use += 1;
                 resident.jobs += 1;
                 resident.last_used = Instant::now();
@@ -204,22 +270,12 @@ impl ModelPool {
                 self.publish(&residents, |_| {});
                 return Ok(self.lease(&model.id, runtime, None));
             }
-            while !self.fits(&residents, need) {
-                let Some(victim) = residents
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.in_use == 0)
-                    .min_by_key(|(_, r)| r.last_used)
-                    .map(|(i, _)| i)
-                else {
-                    break;
-                };
-                let evicted = residents.remove(victim);
-                tracing::info!(model = %evicted.model_id, for_model = %model.id, "unloading least recently used model");
-                evicted.runtime.unload().await;
-                self.publish(&residents, |stats| stats.unloads += 1);
-            }
-            if !self.fits(&residents, need) {
+            while !self.fits(&residents, room)
+                && self
+                    .evict_one_idle(&mut residents, &model.id, &model.id)
+                    .await
+            {}
+            if !self.fits(&residents, room) {
                 // Every resident model is running a job: wait for one to finish.
                 drop(residents);
                 idle.await;

@@ -65,6 +65,7 @@ pub async fn consume(
     known: &mut watch::Receiver<KnownSubQueues>,
 ) -> SessionEnd {
     let config = Arc::clone(&context.config);
+    let budget = context.pool.budget_mib();
     if let Err(error) = context
         .broker
         .set_prefetch(config.worker.effective_prefetch())
@@ -80,7 +81,11 @@ pub async fn consume(
     );
     let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
     if let Err(error) = consumers
-        .apply(&queue_keys(&queues.models, &known.borrow_and_update()))
+        .apply(&queue_keys(
+            &queues.models,
+            &known.borrow_and_update(),
+            budget,
+        ))
         .await
     {
         return SessionEnd::Lost(error.to_string());
@@ -187,7 +192,7 @@ pub async fn consume(
                     continue;
                 }
                 queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
-                let keys = queue_keys(&queues.models, &known.borrow());
+                let keys = queue_keys(&queues.models, &known.borrow(), budget);
                 if keys != consumers.consuming_queues() {
                     tracing::info!(models = ?queues.models, main = ?queues.main, "consuming (placement)");
                     if let Err(error) = consumers.apply(&keys).await {
@@ -201,7 +206,7 @@ pub async fn consume(
                     known_open = false;
                     continue;
                 }
-                let keys = queue_keys(&queues.models, &known.borrow_and_update());
+                let keys = queue_keys(&queues.models, &known.borrow_and_update(), budget);
                 if keys != consumers.consuming_queues() {
                     if let Err(error) = consumers.apply(&keys).await {
                         return SessionEnd::Lost(error.to_string());

@@ -117,6 +117,17 @@ impl WorkerStats {
         model.load_seconds_sum += seconds;
     }
 
+    /// Counts a job given back for want of VRAM.
+    pub fn record_give_back(&self, model: &str) {
+        let mut metrics = self.metrics.lock();
+        metrics
+            .models
+            .entry(model.to_owned())
+            .or_default()
+            .vram_give_backs += 1;
+        self.changed.notify_one();
+    }
+
     pub fn metrics(&self) -> gpuq_common::metrics::WorkerMetrics {
         self.metrics.lock().clone()
     }

@@ -20,6 +20,8 @@ use gpuq_common::wire::value_map_to_json_string;
 use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent, ValueMap};
 use redis::AsyncCommands;
 
+mod give_back;
+
 /// Why a write is not (yet) safe; the caller retries, then requeues.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -26,20 +26,33 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// The sub-queues listed for each served model.
 pub type KnownSubQueues = BTreeMap<String, BTreeSet<SubQueue>>;
 
-/// The queues to consume for `models`: each model's own queue and its
-/// listed sub-queues.
-pub fn queue_keys(models: &BTreeSet<String>, known: &KnownSubQueues) -> BTreeSet<QueueKey> {
+/// The queues to consume for the placed `models`: each one's own queue and
+/// its listed sub-queues; and the VRAM tiers (`SubQueue::vram_mib`) that a
+/// worker with `budget_mib` fits, of every served model in `known` whether
+/// placed here or not (a tier holds jobs given back by smaller workers, and
+/// waits for a worker big enough, not for placement).
+pub fn queue_keys(
+    models: &BTreeSet<String>,
+    known: &KnownSubQueues,
+    budget_mib: Option<u64>,
+) -> BTreeSet<QueueKey> {
     let mut keys = BTreeSet::new();
+    let key = |model: &str, sub: &SubQueue| QueueKey {
+        model: model.to_owned(),
+        sub: sub.clone(),
+    };
     for model in models {
-        keys.insert(QueueKey {
-            model: model.clone(),
-            sub: SubQueue::main(),
-        });
-        for sub in known.get(model).into_iter().flatten() {
-            keys.insert(QueueKey {
-                model: model.clone(),
-                sub: sub.clone(),
-            });
+        keys.insert(key(model, &SubQueue::main()));
+    }
+    for (model, subs) in known {
+        for sub in subs {
+            let wanted = match sub.vram_mib {
+                None => models.contains(model),
+                Some(_) => sub.fits(budget_mib),
+            };
+            if wanted {
+                keys.insert(key(model, sub));
+            }
         }
     }
     keys
@@ -100,7 +113,7 @@ mod tests {
         let models: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
         let acme = SubQueue::for_job("acme", Some(9), true);
         let known: KnownSubQueues = [("a".to_owned(), [acme.clone()].into())].into();
-        let keys = queue_keys(&models, &known);
+        let keys = queue_keys(&models, &known, None);
         assert_eq!(keys.len(), 3);
         assert!(keys.contains(&QueueKey {
             model: "a".into(),
@@ -110,5 +123,37 @@ mod tests {
             model: "b".into(),
             sub: SubQueue::main()
         }));
+    }
+
+    #[test]
+    fn vram_tiers_go_to_workers_they_fit_placed_there_or_not() {
+        let placed: BTreeSet<String> = ["a".to_owned()].into();
+        let tier = SubQueue::main().with_vram(12_000);
+        let acme = SubQueue::for_job("acme", None, true);
+        // "b" is served (listed) but not placed here.
+        let known: KnownSubQueues = [
+            ("a".to_owned(), [tier.clone(), acme.clone()].into()),
+            ("b".to_owned(), [tier.clone(), acme.clone()].into()),
+        ]
+        .into();
+        let keys = |budget| -> BTreeSet<(String, SubQueue)> {
+            queue_keys(&placed, &known, budget)
+                .into_iter()
+                .map(|k| (k.model, k.sub))
+                .collect()
+        };
+        let small = keys(Some(8_192));
+        assert_eq!(
+            small,
+            [("a".into(), SubQueue::main()), ("a".into(), acme.clone())].into()
+        );
+        let big = keys(Some(16_384));
+        assert_eq!(big.len(), 4, "{big:?}");
+        assert!(big.contains(&("a".into(), tier.clone())));
+        assert!(big.contains(&("b".into(), tier)));
+        assert!(
+            !big.contains(&("b".into(), acme)),
+            "not placed: no tenant sub-queue"
+        );
     }
 }

@@ -26,10 +26,12 @@ use gpuq_common::registry::ModelConfig;
 use gpuq_common::vram::{admitted_mib, packed_mib, ModelVram};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::gpu::VramSource;
 use crate::pool::ModelPool;
 use crate::store::Store;
+use crate::worker::WorkerOptions;
 
 pub mod scripted;
 
@@ -167,7 +169,63 @@ impl VramMeter {
     }
 }
 
-/// Every `interval`, reads what all workers learned: gives the residency
+/// The latest read of what every worker learned, by model (merged).
+#[derive(Default)]
+pub struct LearnedVram(Mutex<BTreeMap<String, ModelVram>>);
+
+impl LearnedVram {
+    /// A model's merged measurements, if any worker measured it.
+    pub fn get(&self, model_id: &str) -> Option<ModelVram> {
+        self.0.lock().get(model_id).cloned()
+    }
+
+    pub fn set(&self, learned: BTreeMap<String, ModelVram>) {
+        *self.0.lock() = learned;
+    }
+}
+
+/// Opens the meter on the configured source (the pool reads the process's
+/// usage through it; synthetic models' scripted allocations fail past the
+/// worker's budget, as CUDA's would) and starts [`watch_learned`] on
+/// `background`.
+pub async fn start(
+    config: &Arc<Config>,
+    options: &WorkerOptions,
+    store: &Store,
+    (models, pool): (
+        &std::collections::HashMap<String, ModelConfig>,
+        &Arc<ModelPool>,
+    ),
+    (background, restart, stop): (&TaskTracker, &CancellationToken, &CancellationToken),
+) -> (Option<Arc<VramMeter>>, Arc<LearnedVram>) {
+    let meter = VramMeter::open(
+        config,
+        &options.worker_id,
+        options.cuda_visible_devices.as_deref(),
+        store.clone(),
+    )
+    .await;
+    if let Some(meter) = &meter {
+        let meter = Arc::clone(meter);
+        pool.set_usage_probe(Arc::new(move || meter.used_mib()));
+    }
+    if config.gpu.vram_source == VramSourceKind::Scripted {
+        scripted::set_capacity(options.vram_budget_mib.unwrap_or(0));
+    }
+    let learned = Arc::new(LearnedVram::default());
+    background.spawn(watch_learned(
+        Arc::clone(config),
+        store.clone(),
+        models.values().cloned().collect(),
+        (Arc::clone(pool), Arc::clone(&learned)),
+        restart.clone(),
+        stop.clone(),
+    ));
+    (meter, learned)
+}
+
+/// Every `interval`, reads what all workers learned (kept in `learned` for
+/// the job path's give-back): gives the residency
 /// pool each served model's measured need (`packed_mib`, which may be below
 /// the declaration: two models whose measured peaks fit together then stay
 /// loaded side by side), logs once per model a measured p99 over 120 % of
@@ -177,7 +235,7 @@ pub async fn watch_learned(
     config: Arc<Config>,
     store: Store,
     served: Vec<ModelConfig>,
-    pool: Arc<ModelPool>,
+    (pool, latest): (Arc<ModelPool>, Arc<LearnedVram>),
     restart: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -192,6 +250,7 @@ pub async fn watch_learned(
         let Ok(learned) = store.learned_vram().await else {
             continue;
         };
+        latest.set(learned.clone());
         pool.set_packed(
             served
                 .iter()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gpuq_common::config::{Config, VramSourceKind};
+use gpuq_common::config::Config;
 use gpuq_common::record::AmqpLink;
 use gpuq_common::redact_url;
 use gpuq_common::registry::{ModelConfig, Registry};
@@ -29,7 +29,6 @@ use crate::session::{consume, ExitReason, Session, SessionEnd};
 use crate::stats::WorkerStats;
 use crate::store::{Store, StoreError};
 use crate::sub_queues::KnownSubQueues;
-use crate::vram::VramMeter;
 
 /// Who this worker is and what it may serve; set by the dispatcher or by flags.
 #[derive(Debug, Clone)]
@@ -220,29 +219,14 @@ async fn serve(
             .extend(gpuq_common::webhook::queues::queue_specs(config));
     }
     let restart = CancellationToken::new();
-    let vram = VramMeter::open(
+    let (vram, learned) = crate::vram::start(
         config,
-        &options.worker_id,
-        options.cuda_visible_devices.as_deref(),
-        store.clone(),
+        options,
+        &store,
+        (&models, &pool),
+        (&background, &restart, &watching),
     )
     .await;
-    if let Some(meter) = &vram {
-        let meter = Arc::clone(meter);
-        pool.set_usage_probe(Arc::new(move || meter.used_mib()));
-    }
-    if config.gpu.vram_source == VramSourceKind::Scripted {
-        // Synthetic models' allocations fail past the budget, as CUDA's would.
-        crate::vram::scripted::set_capacity(options.vram_budget_mib.unwrap_or(0));
-    }
-    background.spawn(crate::vram::watch_learned(
-        Arc::clone(config),
-        store.clone(),
-        models.values().cloned().collect(),
-        Arc::clone(&pool),
-        restart.clone(),
-        watching.clone(),
-    ));
     let cancels = Arc::new(CancelRegistry::default());
     background.spawn(listen_for_cancels(
         store.clone(),
@@ -277,6 +261,7 @@ async fn serve(
             stats: Arc::clone(&stats),
             restart: restart.clone(),
             vram: vram.clone(),
+            learned: Arc::clone(&learned),
         });
         let session = Session {
             served: &served_ids,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::{eventually, first_line, TestSystem};
+use gpuq_producer::{JobRequest, Producer};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -38,11 +39,15 @@ fn submit(system: &TestSystem) -> String {
 }
 
 fn vram_of(system: &TestSystem) -> Value {
+    vram_of_model(system, "big3d")
+}
+
+fn vram_of_model(system: &TestSystem, model: &str) -> Value {
     let output = system.gpuq(&["system", "--json"], WAIT);
     let status: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
     status["vram"]
         .as_array()
-        .and_then(|models| models.iter().find(|m| m["model"] == "big3d").cloned())
+        .and_then(|models| models.iter().find(|m| m["model"] == model).cloned())
         .unwrap_or_default()
 }
 
@@ -181,4 +186,135 @@ async fn models_measured_below_their_declarations_stay_loaded_side_by_side() {
     let text = system.gpuq(&["system"], WAIT);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("free 5488 MiB"), "{text}");
+}
+
+/// Jobs a worker gave back for want of VRAM (its `vram_give_backs` counter).
+async fn give_backs(system: &TestSystem, worker: &str, model: &str) -> u64 {
+    let metrics = system.worker_field(worker, "metrics").await;
+    let metrics: Value = metrics
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default();
+    metrics["models"][model]["vram_give_backs"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn submit_all(producer: &Producer, jobs: Vec<JobRequest>) -> Vec<String> {
+    let ids = producer.submit_many(jobs).await;
+    ids.into_iter().map(|r| r.expect("submitted")).collect()
+}
+
+/// A rare input size that needs more than the small GPU has: the synthetic
+/// model's peak follows its `vram_peak_mib` input, which is also its size
+/// input, so each peak is a size class. The typical class (3000 MiB) fits
+/// both workers and keeps the model on both; the rare one (12000 MiB) does
+/// not fit the 8 GiB GPU. Once it was seen (one job, which may run out of
+/// memory on the small GPU), the small worker gives jobs of that class back
+/// to a VRAM tier that only the big worker consumes, and they complete there
+/// while the small worker keeps serving the typical class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_class_too_big_for_a_worker_is_given_back_to_one_that_fits() {
+    let system = ConfigBuilder::new()
+        .host("host-a")
+        .gpu(8192)
+        .gpu(16384)
+        .section(
+            "[gpu]\nvram_source = \"scripted\"\nmin_samples = 4\nsample_ms = 10\nvram_margin_mib = 256\n\
+             # Every worker consumes every model it may serve: both get big jobs.\n\
+             [placement]\nenabled = false\n",
+        )
+        .model_with("gen3d", "sleep", 2000, "vram_size_input = \"vram_peak_mib\"")
+        .params("duration_ms = 30\nvram_resident_mib = 1000\nvram_peak_mib = 3000")
+        .system();
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("gen3d"), 2, WAIT)
+        .await;
+    let producer = Producer::connect(system.config.clone()).await.unwrap();
+    let job = |peak: u64| JobRequest::new("gen3d").input("vram_peak_mib", peak);
+    let wait_all = |ids: Vec<String>| {
+        let system = &system;
+        async move {
+            let mut records = Vec::new();
+            for id in ids {
+                let record = system
+                    .wait_for_status(&id, &["completed", "failed", "timed_out"], WAIT)
+                    .await;
+                records.push((id, record));
+            }
+            records
+        }
+    };
+
+    // The typical class: 100 jobs (the rare ones stay under 10 % of all).
+    for (id, record) in
+        wait_all(submit_all(&producer, (0..100).map(|_| job(3000)).collect()).await).await
+    {
+        assert_eq!(record["status"], "completed", "{id}: {record:?}");
+    }
+    // The rare class, once: it runs out of memory on the small GPU or
+    // completes on the big one; either way its class is now measured.
+    let first = wait_all(submit_all(&producer, vec![job(12000)]).await).await;
+    let (id, record) = &first[0];
+    assert!(
+        record["status"] == "completed" || record["error_code"] == "out_of_memory",
+        "{id}: {record:?}"
+    );
+    eventually("the rare class is learned", WAIT, || async {
+        let vram = vram_of_model(&system, "gen3d");
+        vram["measured"]["classes"]["vram_peak_mib=12000"]["samples"].as_u64() >= Some(1)
+    })
+    .await;
+    // Workers read the learned figures every heartbeat.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Two at a time, so that the small worker takes one: every one
+    // completes on the big GPU, none runs out of memory.
+    for _round in 0..3 {
+        let ids = submit_all(&producer, vec![job(12000), job(12000)]).await;
+        for (id, record) in wait_all(ids).await {
+            assert_eq!(record["status"], "completed", "{id}: {record:?}");
+            assert_eq!(record["worker"], BIG, "{id}: {record:?}");
+        }
+        if give_backs(&system, SMALL, "gen3d").await > 0 {
+            break;
+        }
+    }
+    eventually("the small worker gave a job back", WAIT, || async {
+        give_backs(&system, SMALL, "gen3d").await > 0
+    })
+    .await;
+    // The small worker still serves the model's typical jobs.
+    assert!(system
+        .worker_field(SMALL, "models")
+        .await
+        .is_some_and(|models| models.contains("gen3d")));
+    let typical = wait_all(submit_all(&producer, (0..6).map(|_| job(3000)).collect()).await).await;
+    assert!(
+        typical.iter().all(|(_, r)| r["status"] == "completed"),
+        "{typical:?}"
+    );
+    assert!(
+        typical.iter().any(|(_, r)| r["worker"] == SMALL),
+        "typical jobs still run on the small worker: {typical:?}"
+    );
+
+    // A class no worker can hold: once measured (out of memory on one
+    // GPU, then the other), it fails at once with the figures instead of
+    // waiting for a worker that does not exist.
+    let mut refused = None;
+    for _try in 0..4 {
+        let (id, record) = wait_all(submit_all(&producer, vec![job(30000)]).await)
+            .await
+            .remove(0);
+        assert_eq!(record["error_code"], "out_of_memory", "{id}: {record:?}");
+        let message = record.get("error_message").cloned().unwrap_or_default();
+        if message.contains("the largest worker slot has") {
+            refused = Some(message);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let message = refused.expect("a job of a class no worker fits is refused with the figures");
+    assert!(message.contains("vram_peak_mib=30000"), "{message}");
 }

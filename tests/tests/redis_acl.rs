@@ -230,6 +230,15 @@ const GATEWAY_TOKEN_CONFIG: &str = r#"
 token = "acl-submit-token-000001"
 role = "submit"
 name = "acl"
+
+# Quotas run inside the record script (a count and a token bucket on Redis's
+# clock), so they must pass the documented ACL too.
+[tenants.default]
+max_queued = 1000
+rate_per_s = 1000
+[tenants.acl]
+max_queued = 1000
+rate_per_s = 1000
 "#;
 
 async fn gateway_runs_as_the_user(system: &TestSystem, config: &std::path::Path) {

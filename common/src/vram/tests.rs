@@ -130,3 +130,84 @@ fn classes_are_bounded() {
     assert_eq!(vram.classes.len(), MAX_CLASSES + 1);
     assert!(vram.classes["other"].samples >= 24);
 }
+
+#[test]
+fn a_class_need_is_its_largest_peak_until_min_samples_then_its_p99() {
+    let gpu = GpuConfig {
+        min_samples: 3,
+        vram_margin_mib: 100,
+        ..GpuConfig::default()
+    };
+    let mut vram = ModelVram::new("m", "w", 4000);
+    assert_eq!(class_need_mib(&vram, "resolution=1024", &gpu), None);
+    vram.observe_out_of_memory("resolution=1024", 8193, 1);
+    // One out_of_memory: its floor plus the margin.
+    assert_eq!(class_need_mib(&vram, "resolution=1024", &gpu), Some(8293));
+    vram.observe("resolution=1024", 12000, 2);
+    vram.observe("resolution=1024", 12000, 3);
+    let need = class_need_mib(&vram, "resolution=1024", &gpu).unwrap();
+    let p99 = vram.classes["resolution=1024"].p99_mib;
+    assert_eq!(need, p99 + 100);
+    assert!(need >= 12000 + 100);
+    // Another class is unknown, whatever the model's overall figures.
+    assert_eq!(class_need_mib(&vram, "resolution=256", &gpu), None);
+}
+
+#[test]
+fn tiers_round_up_in_few_steps() {
+    for need in [1u64, 500, 8193, 12100, 80000] {
+        let tier = tier_mib(need);
+        assert!(
+            tier >= need && (tier as f64) <= need as f64 * 1.06 + 1.0,
+            "{need} -> {tier}"
+        );
+    }
+    // Nearby needs share a tier.
+    let tiers: std::collections::BTreeSet<u64> = (12000..12500).map(tier_mib).collect();
+    assert!(tiers.len() <= 2, "{tiers:?}");
+}
+
+#[test]
+fn an_artifact_reference_counts_as_the_size_it_names() {
+    let reference = Value::Map(vec![
+        (Value::from("$artifact"), Value::from("a1b2")),
+        (Value::from("size_bytes"), Value::from(3u64 << 20)),
+    ]);
+    let inputs: ValueMap = [("mesh".to_owned(), reference)].into_iter().collect();
+    let resolved: ValueMap = [("mesh".to_owned(), Value::Binary(vec![0; 3 << 20]))]
+        .into_iter()
+        .collect();
+    assert_eq!(size_class(&inputs, None), "bytes<=4MiB");
+    assert_eq!(size_class(&inputs, None), size_class(&resolved, None));
+}
+
+#[test]
+fn a_rare_big_size_class_does_not_make_the_model_big() {
+    let mut vram = ModelVram::new("m", "w", 2_000);
+    for i in 0..19 {
+        vram.observe("resolution=512", 3_000, i);
+    }
+    vram.observe("resolution=2048", 12_000, 20);
+    // Overall, one job in twenty is big: the p99 is the big one's.
+    assert!(vram.peaks.p99_mib >= 12_000);
+    // The typical classes (90 % of the jobs) are the small one.
+    let typical = vram.typical_peaks();
+    assert_eq!(typical.samples, 19);
+    assert!(
+        typical.p99_mib >= 3_000 && typical.p99_mib < 3_200,
+        "{typical:?}"
+    );
+    assert!(admitted_mib(2_000, Some(&vram), &gpu(5)) < 3_800);
+    assert!(packed_mib(2_000, Some(&vram), &gpu(5)) < 3_800);
+    // The big class is known as such, for the worker's give-back.
+    assert_eq!(
+        class_need_mib(&vram, "resolution=2048", &gpu(5)),
+        Some(12_500)
+    );
+
+    // Once big jobs are common, they are typical and the model is big.
+    for i in 0..5 {
+        vram.observe("resolution=2048", 12_000, 21 + i);
+    }
+    assert!(admitted_mib(2_000, Some(&vram), &gpu(5)) >= 12_500);
+}

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | decode (or dead-letter a body that is no job) | `job/decode.rs` | the wire format, the dead-letter path |
 //! | check (route, references, queue timeout) | `job/route.rs` | the pure decisions before anything runs |
+//! | give back (size class too big for this worker) | `job/give_back.rs` | the VRAM tier it moves to |
 //! | claim, retry, give up | `job/attempts.rs` | the attempt count and its limits |
 //! | run | `job/run.rs` | the model pool, artifacts, cancel and timeout |
 //! | record, reply, ack (or forward) | `job/record.rs`, `job/reply.rs` | the outcome's Redis write, the RPC reply |
@@ -58,6 +59,9 @@ pub struct JobContext {
     pub restart: CancellationToken,
     /// Measures what models use on the GPU; `None` where it cannot be read.
     pub vram: Option<Arc<crate::vram::VramMeter>>,
+    /// What every worker learned of the models' VRAM, read every heartbeat:
+    /// a job whose size class needs more than this worker has is given back.
+    pub learned: Arc<crate::vram::LearnedVram>,
 }
 
 /// Cancel tokens of running jobs, by job id; fed by the cancel channel.
@@ -161,6 +165,10 @@ async fn process(received: Received<'_>) -> Option<Delivery> {
             job.refuse(outcome).await;
             return None;
         }
+        Checked::GiveBack(back) => {
+            job.give_back(back).await;
+            return None;
+        }
     };
     let (mut job, attempt) = match job.claim().await {
         Claimed::Run(job, attempt) => (job, attempt),
@@ -191,6 +199,7 @@ impl InFlight<'_> {
 
 mod attempts;
 mod decode;
+mod give_back;
 mod notify;
 mod record;
 mod reply;

@@ -35,6 +35,9 @@ pub(super) enum Checked {
     Forward { routing_key: String },
     /// Record this outcome without running it (bad input, waited too long).
     Refused(Outcome),
+    /// Its size class needs more VRAM than this worker has: move it to a
+    /// VRAM tier of its model (`job/give_back.rs`).
+    GiveBack(super::give_back::GiveBack),
 }
 
 impl InFlight<'_> {
@@ -57,6 +60,9 @@ impl InFlight<'_> {
         }
         if let Some(error) = queue_timeout_exceeded(&self.job, &self.delivery, config, now_ms()) {
             return Checked::Refused(failed(JobStatus::TimedOut, error));
+        }
+        if let Some(back) = self.vram_give_back() {
+            return Checked::GiveBack(back);
         }
         Checked::Run { timeout }
     }

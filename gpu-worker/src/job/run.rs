@@ -35,7 +35,13 @@ async fn run_model(
 ) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
     let meter = ctx.vram.as_deref();
-    let lease = match ctx.pool.acquire(model).await {
+    // What this job's size class was measured to need (artifact references
+    // count as the size they name, so this is known before they resolve).
+    let job_mib = ctx.learned.get(&model.id).and_then(|learned| {
+        let class = gpuq_common::vram::size_class(&inputs, model.vram_size_input.as_deref());
+        gpuq_common::vram::class_need_mib(&learned, &class, &ctx.config.gpu)
+    });
+    let lease = match ctx.pool.acquire(model, job_mib).await {
         Ok(lease) => lease,
         Err(error) => {
             tracing::error!(%error, "model load failed");

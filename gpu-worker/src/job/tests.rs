@@ -1,5 +1,5 @@
 use super::*;
-use gpuq_common::{ConfigOverrides, ErrorCode, ValueMap};
+use gpuq_common::{ConfigOverrides, ErrorCode, Value, ValueMap};
 
 const CONFIG: &str = r#"
 [jobs]
@@ -193,5 +193,55 @@ fn the_default_floor_never_exceeds_a_short_model_timeout() {
         Ok(Route::Run {
             timeout: Duration::from_secs(4)
         })
+    );
+}
+
+#[test]
+fn a_job_whose_size_class_needs_more_than_the_budget_is_given_back_to_its_vram_tier() {
+    use gpuq_common::fair_share::Level;
+    use gpuq_common::vram::ModelVram;
+    let (config, model) = setup();
+    let big_inputs = |job: &mut JobMessage| {
+        job.inputs
+            .insert("mesh".into(), Value::Binary(vec![0; 3 << 20]));
+    };
+    let mut small = job("seg", None);
+    small.inputs.insert("text".into(), Value::from("hi"));
+    let mut big = job("seg", None);
+    big_inputs(&mut big);
+    big.priority = Some(8);
+    big.tenant = Some("acme".into());
+    let mut learned = ModelVram::new("a", "w", 10);
+    // Before anything is learned: nothing is given back.
+    assert_eq!(
+        give_back::decide(&big, &model, None, Some(8192), &config),
+        None
+    );
+    learned.observe("bytes<=1KiB", 3_000, 1);
+    learned.observe_out_of_memory("bytes<=4MiB", 8_193, 2);
+    // The small class fits; no budget means nothing to give back for.
+    assert_eq!(
+        give_back::decide(&small, &model, Some(&learned), Some(8192), &config),
+        None
+    );
+    assert_eq!(
+        give_back::decide(&big, &model, Some(&learned), None, &config),
+        None
+    );
+    // The big class needs its out_of_memory floor plus the margin.
+    let back = give_back::decide(&big, &model, Some(&learned), Some(8192), &config).unwrap();
+    assert_eq!(back.class, "bytes<=4MiB");
+    assert_eq!(back.need_mib, 8_193 + config.gpu.vram_margin_mib);
+    // Its tier keeps the job's level, not its tenant, and only a worker
+    // with at least the need takes it.
+    assert_eq!(back.sub.level, Level::High);
+    assert_eq!(back.sub.tenant, gpuq_common::wire::DEFAULT_TENANT);
+    let tier = back.sub.vram_mib.unwrap();
+    assert!(tier >= back.need_mib);
+    assert!(!back.sub.fits(Some(8192)) && back.sub.fits(Some(tier)));
+    // A worker that big runs it.
+    assert_eq!(
+        give_back::decide(&big, &model, Some(&learned), Some(tier), &config),
+        None
     );
 }

@@ -80,7 +80,7 @@ fn model(id: &str) -> ModelConfig {
 }
 
 async fn use_once(pool: &Arc<ModelPool>, id: &str) {
-    let lease = pool.acquire(&model(id)).await.unwrap();
+    let lease = pool.acquire(&model(id), None).await.unwrap();
     drop(lease);
     // Releases happen on a spawned task; let it run.
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -125,7 +125,7 @@ async fn the_budget_is_never_exceeded_by_declared_sizes() {
         ["load a", "load b", "unload a", "unload b", "load big"]
     );
     assert_eq!(pool.snapshot().1.peak_resident_mib, 8000);
-    let error = pool.acquire(&model("huge")).await.err().unwrap();
+    let error = pool.acquire(&model("huge"), None).await.err().unwrap();
     assert!(
         error
             .reason
@@ -137,11 +137,11 @@ async fn the_budget_is_never_exceeded_by_declared_sizes() {
 #[tokio::test]
 async fn a_model_in_use_is_not_evicted_and_the_load_waits_for_it() {
     let (pool, log) = pool(8_000, 2);
-    let held = pool.acquire(&model("a")).await.unwrap();
+    let held = pool.acquire(&model("a"), None).await.unwrap();
     use_once(&pool, "b").await;
     let waiting = {
         let pool = Arc::clone(&pool);
-        tokio::spawn(async move { pool.acquire(&model("big")).await.map(drop) })
+        tokio::spawn(async move { pool.acquire(&model("big"), None).await.map(drop) })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     // b (idle) went; a is in use, so big (7000) still cannot fit next to it.
@@ -164,7 +164,33 @@ async fn a_gpu_without_free_memory_refuses_the_load_as_out_of_memory() {
     let (pool, _) = pool(10_000, 2);
     let probe: FreeMemoryProbe = Arc::new(|| Some(1_000));
     let pool = ModelPool::new(Some(10_000), 2, Arc::clone(&pool.loader), Some(probe));
-    let error = pool.acquire(&model("a")).await.err().unwrap();
+    let error = pool.acquire(&model("a"), None).await.err().unwrap();
     assert_eq!(error.code, ErrorCode::OutOfMemory);
     assert!(error.reason.contains("1000 MiB free"), "{error}");
+}
+
+#[tokio::test]
+async fn a_job_of_a_big_size_class_gets_room_beside_the_other_models() {
+    let (pool, log) = pool(10_000, 3);
+    use_once(&pool, "a").await;
+    use_once(&pool, "b").await;
+    assert_eq!(resident(&pool), ["a", "b"]);
+    // A job of "a" whose class needs 5000 MiB fits beside "b"
+    // (4000 + 5000 <= 10000): nothing is unloaded.
+    drop(pool.acquire(&model("a"), Some(5_000)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(resident(&pool), ["a", "b"]);
+    // One that needs 7000 MiB does not: "b" (idle) is unloaded first.
+    drop(pool.acquire(&model("a"), Some(7_000)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(resident(&pool), ["a"]);
+    assert!(log.lock().contains(&"unload b".to_owned()));
+    // Loading a model for such a job makes the same room.
+    use_once(&pool, "b").await;
+    drop(pool.acquire(&model("c"), Some(6_500)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(resident(&pool), ["c"]);
+    // More than the whole budget is capped at it (it may run out of memory,
+    // which is recorded), never an endless wait.
+    drop(pool.acquire(&model("a"), Some(50_000)).await.unwrap());
 }
