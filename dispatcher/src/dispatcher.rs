@@ -298,7 +298,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = slots_changed.notified() => {}
             _ = hangup.recv() => {
-                if let Some(new_plan) = reload(&options, &host_id, &gpus.list).await {
+                if let Some(new_plan) = reload(&options, &host_id, &gpus.list, &store).await {
                     let summary = slots.apply(&new_plan);
                     tracing::info!(?summary, "config reloaded; plan:\n{}", new_plan.describe());
                     current_plan = new_plan;
@@ -363,16 +363,22 @@ fn host_record(
     }
 }
 
-/// Re-reads the config and re-plans; on any error keeps the running plan.
-/// Heartbeat, restart and shutdown settings keep their start-up values.
-async fn reload(options: &DispatcherOptions, host_id: &str, gpus: &[GpuInfo]) -> Option<Plan> {
+/// Re-reads the config and re-plans with the measured VRAM, as at start;
+/// on any error keeps the running plan. Heartbeat, restart and shutdown
+/// settings keep their start-up values.
+async fn reload(
+    options: &DispatcherOptions,
+    host_id: &str,
+    gpus: &[GpuInfo],
+    store: &Store,
+) -> Option<Plan> {
     tracing::info!(path = %options.config_path.display(), "SIGHUP: reloading config");
     let result = async {
         let config =
             Config::load(&options.config_path, &options.overrides).map_err(|e| e.to_string())?;
-        // Declared VRAM: workers still refuse models measured past their budget.
-        let plan = make_plan(host_id, gpus, &config, options, &BTreeMap::new())
-            .map_err(|e| e.to_string())?;
+        let learned = store.learned_vram().await.unwrap_or_default();
+        let plan =
+            make_plan(host_id, gpus, &config, options, &learned).map_err(|e| e.to_string())?;
         crate::amqp::declare(&config, host_id)
             .await
             .map_err(|e| e.to_string())?;

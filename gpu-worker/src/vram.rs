@@ -213,10 +213,23 @@ pub async fn start(
         scripted::set_capacity(options.vram_budget_mib.unwrap_or(0));
     }
     let learned = Arc::new(LearnedVram::default());
+    // What it may serve by declaration; those it does not serve now were
+    // measured past its budget, and come back when they fit again.
+    let candidates = crate::worker::select_models(
+        config.registry(),
+        options.vram_budget_mib,
+        options.models.as_deref(),
+    )
+    .map(|(chosen, _)| chosen)
+    .unwrap_or_default();
+    let unserved = candidates
+        .into_iter()
+        .filter(|m| !models.contains_key(&m.id))
+        .collect();
     background.spawn(watch_learned(
         Arc::clone(config),
         store.clone(),
-        models.values().cloned().collect(),
+        (models.values().cloned().collect(), unserved),
         (Arc::clone(pool), Arc::clone(&learned)),
         restart.clone(),
         stop.clone(),
@@ -230,11 +243,12 @@ pub async fn start(
 /// the declaration: two models whose measured peaks fit together then stay
 /// loaded side by side), logs once per model a measured p99 over 120 % of
 /// its declaration, and restarts the worker (`restart`) when a served
-/// model's admitted VRAM no longer fits the pool's budget.
+/// model's admitted VRAM no longer fits the pool's budget, or an `unserved`
+/// one (refused at start for its measurement) fits again.
 pub async fn watch_learned(
     config: Arc<Config>,
     store: Store,
-    served: Vec<ModelConfig>,
+    (served, unserved): (Vec<ModelConfig>, Vec<ModelConfig>),
     (pool, latest): (Arc<ModelPool>, Arc<LearnedVram>),
     restart: CancellationToken,
     stop: CancellationToken,
@@ -274,6 +288,15 @@ pub async fn watch_learned(
             if budget_mib.is_some_and(|budget| admitted > budget) {
                 tracing::warn!(model = %model.id, admitted_mib = admitted, budget_mib = ?budget_mib,
                     "measured VRAM no longer fits this worker; restarting without the model");
+                restart.cancel();
+                return;
+            }
+        }
+        for model in &unserved {
+            let admitted = admitted_mib(model.vram_mib, learned.get(&model.id), &config.gpu);
+            if budget_mib.is_none_or(|budget| admitted <= budget) {
+                tracing::info!(model = %model.id, admitted_mib = admitted, budget_mib = ?budget_mib,
+                    "a model measured past this worker's budget fits again; restarting to serve it");
                 restart.cancel();
                 return;
             }

@@ -111,11 +111,20 @@ pub async fn run(
         &learned,
         &config.gpu,
     ));
-    let (served, refused) = select_models(
-        &admitted,
-        options.vram_budget_mib,
-        options.models.as_deref(),
-    )?;
+    let filter = options.models.as_deref();
+    let (served, refused) = match select_models(&admitted, options.vram_budget_mib, filter) {
+        Ok(chosen) => chosen,
+        // Every model it may serve was measured past its budget: it stays
+        // up serving none (its heartbeat keeps the dispatcher from starting
+        // it again and again) until one fits again (`vram::watch_learned`).
+        Err(WorkerError::NoModels(reason))
+            if select_models(config.registry(), options.vram_budget_mib, filter).is_ok() =>
+        {
+            tracing::warn!(%reason, "every model this worker may serve was measured past its budget; serving none until one fits");
+            (Vec::new(), Vec::new())
+        }
+        Err(error) => return Err(error),
+    };
     for reason in &refused {
         tracing::info!("not consuming: {reason}");
     }

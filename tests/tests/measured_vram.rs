@@ -318,3 +318,79 @@ async fn a_size_class_too_big_for_a_worker_is_given_back_to_one_that_fits() {
     let message = refused.expect("a job of a class no worker fits is refused with the figures");
     assert!(message.contains("vram_peak_mib=30000"), "{message}");
 }
+
+/// A worker whose only model was measured past its budget stays up serving
+/// nothing (heartbeating, one process) instead of exiting at every start
+/// and being restarted in a loop; a reload (SIGHUP) re-plans with the
+/// measurements, and the slot is no longer started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_only_model_outgrew_it_waits_instead_of_restarting_in_a_loop() {
+    let system = ConfigBuilder::new()
+        .host("host-a")
+        .gpu(4096)
+        .gpu(16384)
+        .section(
+            "[gpu]\nvram_source = \"scripted\"\nmin_samples = 4\nsample_ms = 10\nvram_margin_mib = 256\n",
+        )
+        .model("big3d", "sleep", 2000)
+        .params("duration_ms = 50\nvram_resident_mib = 1000\nvram_peak_mib = 6000")
+        .system();
+    let dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("big3d"), 2, WAIT)
+        .await;
+    let learning: Vec<String> = (0..8).map(|_| submit(&system)).collect();
+    for id in &learning {
+        system
+            .wait_for_status(id, &["completed", "failed"], WAIT)
+            .await;
+    }
+    eventually("the small worker drops big3d", WAIT, || async {
+        system
+            .worker_field(SMALL, "models")
+            .await
+            .is_some_and(|models| !models.contains("big3d"))
+    })
+    .await;
+    let pid = system.worker_field(SMALL, "pid").await;
+    assert!(pid.is_some());
+    // Several heartbeats later: the same process, still serving nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(system.worker_field(SMALL, "pid").await, pid);
+    assert!(system
+        .worker_field(SMALL, "models")
+        .await
+        .is_some_and(|models| !models.contains("big3d")));
+    // The big worker runs the model.
+    let id = submit(&system);
+    let record = system
+        .wait_for_status(&id, &["completed", "failed"], WAIT)
+        .await;
+    assert_eq!(record["status"], "completed", "{record:?}");
+    assert_eq!(record["worker"], BIG, "{record:?}");
+
+    // A reload plans with the measurements too: the small GPU's slot has
+    // no model left and is not started.
+    dispatcher.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the reload", WAIT, || async {
+        dispatcher.log().contains("config reloaded")
+    })
+    .await;
+    let log = dispatcher.log();
+    let reloaded = &log[log.find("config reloaded").expect("reloaded")..];
+    eventually("the reload stops the small slot", WAIT, || async {
+        let slots = system.host_slots("host-a").await;
+        slots.iter().any(|slot| {
+            slot["worker_id"] == SMALL
+                && slot["state"] == "unused"
+                && slot["models"].as_array().is_some_and(Vec::is_empty)
+        })
+    })
+    .await;
+    assert!(
+        reloaded.contains(&format!(
+            "{SMALL} on GPU 0: budget 3584 MiB, models: (no model fits; not started)"
+        )),
+        "{reloaded}"
+    );
+}
