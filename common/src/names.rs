@@ -209,6 +209,13 @@ impl Names {
         format!("{}:model_vram", self.namespace)
     }
 
+    /// Hash of measured model VRAM merged over workers, model id to JSON
+    /// [`crate::vram::ModelVram`]; written only by the placing dispatcher
+    /// (`crate::vram::stored`), expiring when none renews it.
+    pub fn model_vram_merged(&self) -> String {
+        format!("{}:model_vram_merged", self.namespace)
+    }
+
     /// Hash of measured model timings, model id to JSON [`crate::record::ModelTimings`].
     pub fn model_timings(&self) -> String {
         format!("{}:model_timings", self.namespace)

@@ -12,8 +12,9 @@
 //! Storage: Redis hash `<ns>:model_vram`, one field per model and worker
 //! (`<model>/<worker>`), each a human-readable JSON [`ModelVram`] (p50, p99,
 //! max, samples, per size class) written only by that worker: one author per
-//! field, no read-modify-write race between workers. Readers merge a
-//! model's fields ([`merge`]).
+//! field, no read-modify-write race between workers. The placing
+//! dispatcher merges them every few seconds into `<ns>:model_vram_merged`
+//! (one field per model) for everyone else to read ([`stored`]).
 
 use std::collections::BTreeMap;
 
@@ -218,39 +219,6 @@ pub fn merge<'a>(values: impl IntoIterator<Item = &'a String>) -> BTreeMap<Strin
     merged
 }
 
-/// Every model's measurements, merged over workers: what the workers, the
-/// placing dispatcher and `gpuq system` read (one `HVALS`).
-#[cfg(feature = "redis")]
-pub async fn learned<C: redis::aio::ConnectionLike>(
-    connection: &mut C,
-    names: &crate::Names,
-) -> redis::RedisResult<BTreeMap<String, ModelVram>> {
-    let values: Vec<String> = redis::cmd("HVALS")
-        .arg(names.model_vram())
-        .query_async(connection)
-        .await?;
-    Ok(merge(&values))
-}
-
-/// One worker's own measurements (its fields), by model.
-#[cfg(feature = "redis")]
-pub async fn own<C: redis::aio::ConnectionLike>(
-    connection: &mut C,
-    names: &crate::Names,
-    worker: &str,
-) -> redis::RedisResult<BTreeMap<String, ModelVram>> {
-    let values: Vec<String> = redis::cmd("HVALS")
-        .arg(names.model_vram())
-        .query_async(connection)
-        .await?;
-    Ok(values
-        .iter()
-        .filter_map(|json| serde_json::from_str::<ModelVram>(json).ok())
-        .filter(|vram| vram.worker == worker)
-        .map(|vram| (vram.model.clone(), vram))
-        .collect())
-}
-
 /// The VRAM a model is admitted with: its declaration until `min_samples`
 /// jobs were measured, then `max(declared, measured p99 + margin)`, the p99
 /// of its typical size classes ([`ModelVram::typical_peaks`]).
@@ -362,6 +330,11 @@ fn value_bytes(value: &Value) -> usize {
         _ => 8,
     }
 }
+
+#[cfg(feature = "redis")]
+pub mod stored;
+#[cfg(feature = "redis")]
+pub use stored::{learned, learned_for, own};
 
 #[cfg(test)]
 mod tests;

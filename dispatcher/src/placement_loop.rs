@@ -168,7 +168,17 @@ async fn round(
         .filter(|w| now.saturating_sub(w.heartbeat_ms) < ttl_ms)
         .collect();
     let timings = measured_timings(&workers);
-    let learned = store.learned_vram().await?;
+    // Merged every few seconds, not every round: the raw hash grows with
+    // workers × models, and the figures change slowly.
+    let merged_at = history.learned_vram.as_ref().map_or(0, |(at, _)| *at);
+    if now.saturating_sub(merged_at) >= gpuq_common::vram::stored::MERGE_INTERVAL_MS {
+        history.learned_vram = Some((now, store.merge_learned_vram().await?));
+    }
+    let learned = history
+        .learned_vram
+        .as_ref()
+        .map(|(_, learned)| learned.clone())
+        .unwrap_or_default();
     let mut snapshot = snapshot(config, now, &ready, &workers, &timings, history);
     // Models are placed by what they were measured to use, where known.
     for model in &mut snapshot.models {

@@ -181,12 +181,26 @@ impl Store {
             .collect())
     }
 
-    /// Every worker's measured VRAM, merged per model (`gpuq_common::vram`).
+    /// Every worker's measured VRAM, merged per model (`gpuq_common::vram`):
+    /// the leader's merged figures where it keeps them.
     pub async fn learned_vram(
         &self,
     ) -> Result<std::collections::BTreeMap<String, gpuq_common::vram::ModelVram>, StoreError> {
         let mut connection = self.connection.clone();
         Ok(gpuq_common::vram::learned(&mut connection, &self.names).await?)
+    }
+
+    /// The placing dispatcher's merge: every worker's raw fields merged per
+    /// model, written to the merged hash for everyone else
+    /// (`gpuq_common::vram::stored`).
+    pub async fn merge_learned_vram(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, gpuq_common::vram::ModelVram>, StoreError> {
+        use gpuq_common::vram::stored;
+        let mut connection = self.connection.clone();
+        let merged = stored::learned_raw(&mut connection, &self.names).await?;
+        stored::write_merged(&mut connection, &self.names, &merged).await?;
+        Ok(merged)
     }
 
     /// The oldest `limit` queued jobs (oldest first) as (created_ms,

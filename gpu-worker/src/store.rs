@@ -365,21 +365,24 @@ impl Store {
         Ok(())
     }
 
-    /// Every worker's measured VRAM, merged per model.
+    /// Every worker's measured VRAM of `models`, merged per model (the
+    /// placing dispatcher's merged figures where it keeps them).
     pub async fn learned_vram(
         &self,
+        models: &[String],
     ) -> Result<BTreeMap<String, gpuq_common::vram::ModelVram>, StoreError> {
         let mut connection = self.connection.clone();
-        Ok(gpuq_common::vram::learned(&mut connection, &self.names).await?)
+        Ok(gpuq_common::vram::learned_for(&mut connection, &self.names, models).await?)
     }
 
-    /// This worker's own measured VRAM fields, by model.
+    /// This worker's own measured VRAM fields of `models`.
     pub async fn own_vram(
         &self,
         worker_id: &str,
+        models: &[String],
     ) -> Result<BTreeMap<String, gpuq_common::vram::ModelVram>, StoreError> {
         let mut connection = self.connection.clone();
-        Ok(gpuq_common::vram::own(&mut connection, &self.names, worker_id).await?)
+        Ok(gpuq_common::vram::own(&mut connection, &self.names, worker_id, models).await?)
     }
 
     /// Writes one of this worker's measured VRAM fields (`<model>/<worker>`).

@@ -64,7 +64,13 @@ impl VramMeter {
             )?),
         };
         // Continue this worker's histograms across restarts.
-        let own = store.own_vram(worker_id).await.unwrap_or_default();
+        let ids: Vec<String> = config
+            .registry()
+            .models()
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        let own = store.own_vram(worker_id, &ids).await.unwrap_or_default();
         Some(Arc::new(VramMeter {
             source,
             sample: Duration::from_millis(config.gpu.sample_ms),
@@ -111,21 +117,22 @@ impl VramMeter {
         self.write(model, json).await;
     }
 
-    /// Records a job's peak (the process's, less the other loaded models'
-    /// resident sizes) in its size class; an `out_of_memory` job counts as
-    /// needing more than `oom_above_mib`.
+    /// Records a job's peak (the process's, less the resident sizes of the
+    /// other models `loaded` beside it while it ran) in its size class; an
+    /// `out_of_memory` job counts as needing more than `oom_above_mib`.
     pub async fn record_job(
         &self,
-        model: &ModelConfig,
-        class: &str,
+        (model, class): (&ModelConfig, &str),
         process_peak_mib: u64,
         oom_above_mib: Option<u64>,
+        loaded: &[String],
     ) {
         let json = {
             let mut own = self.own.lock();
+            // Only models still loaded: an evicted one's memory is freed.
             let others: u64 = own
                 .iter()
-                .filter(|(id, _)| **id != model.id)
+                .filter(|(id, _)| **id != model.id && loaded.contains(id))
                 .filter_map(|(_, v)| v.resident_mib)
                 .sum();
             let peak = process_peak_mib.saturating_sub(others);
@@ -256,12 +263,17 @@ pub async fn watch_learned(
     let budget_mib = pool.budget_mib();
     let interval = Duration::from_millis(config.worker.heartbeat_interval_ms.max(100));
     let mut warned = BTreeSet::new();
+    let ids: Vec<String> = served
+        .iter()
+        .chain(&unserved)
+        .map(|m| m.id.clone())
+        .collect();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let Ok(learned) = store.learned_vram().await else {
+        let Ok(learned) = store.learned_vram(&ids).await else {
             continue;
         };
         latest.set(learned.clone());

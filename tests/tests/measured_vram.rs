@@ -91,6 +91,44 @@ async fn a_model_measured_above_its_declaration_is_placed_only_where_it_fits() {
         "{text:?}"
     );
 
+    // The placing dispatcher keeps the merged figures (one field per
+    // model) that workers and `gpuq system` read instead of every worker's
+    // fields: the same histogram as the raw hash merged, as of its last merge.
+    let mut redis = system.redis().await;
+    let merged_key = format!("{}:model_vram_merged", system.names.namespace());
+    eventually("the merged figures are written", WAIT, || {
+        let mut redis = redis.clone();
+        let key = merged_key.clone();
+        async move {
+            let json: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("big3d")
+                .query_async(&mut redis)
+                .await
+                .unwrap_or(None);
+            json.is_some()
+        }
+    })
+    .await;
+    let json: String = redis::cmd("HGET")
+        .arg(&merged_key)
+        .arg("big3d")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let merged: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(merged["worker"], "*", "{merged}");
+    assert!(merged["peaks"]["samples"].as_u64() >= Some(4), "{merged}");
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&merged_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        ttl_ms > 0 && ttl_ms <= 10_000,
+        "the merged hash expires: {ttl_ms}"
+    );
+
     // The small worker restarts without the model; the big one keeps it.
     eventually("the small worker drops big3d", WAIT, || async {
         system

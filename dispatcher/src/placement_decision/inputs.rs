@@ -34,6 +34,9 @@ pub struct History {
     /// The oldest queued job per model (`crate::autoscaling`), when read
     /// (ms), and where the read was cut; read again only every few seconds.
     pub oldest: Option<(u64, BTreeMap<String, u64>, Option<u64>)>,
+    /// Every worker's measured VRAM, merged (and written for the others)
+    /// when (ms); merged again every `vram::stored::MERGE_INTERVAL_MS`.
+    pub learned_vram: Option<(u64, BTreeMap<String, gpuq_common::vram::ModelVram>)>,
 }
 
 impl History {

@@ -62,6 +62,8 @@ async fn run_model(
     let queue_wait_s = job
         .submitted_at_ms
         .map(|at| now_ms().saturating_sub(at) as f64 / 1000.0);
+    // The models loaded beside it as it starts (their memory is not its).
+    let loaded: Vec<String> = ctx.pool.snapshot().0.into_iter().map(|r| r.model).collect();
     let run_started = std::time::Instant::now();
     let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
     let cancel = ctx.cancels.register(&job.job_id);
@@ -100,7 +102,9 @@ async fn run_model(
             .is_some_and(|e| e.code == ErrorCode::OutOfMemory);
         // It needed more than the worker had: at least its budget.
         let oom_above = out_of_memory.then(|| ctx.pool.budget_mib().unwrap_or(peak));
-        meter.record_job(model, &size_class, peak, oom_above).await;
+        meter
+            .record_job((model, &size_class), peak, oom_above, &loaded)
+            .await;
     }
     let tenant = job.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
     let max_labels = ctx.config.tenants.max_labels as usize;
