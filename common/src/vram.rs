@@ -114,6 +114,11 @@ pub struct ModelVram {
     /// The model's own memory right after its last load (the process's
     /// usage minus what the worker used before the load).
     pub resident_mib: Option<u64>,
+    /// The highest the same usage went while it loaded (a model may load
+    /// in a wider type, or keep a copy, before it settles); admission covers
+    /// it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_peak_mib: Option<u64>,
     /// Every job's peak: the process's highest reading while it ran, minus
     /// the other loaded models' resident sizes.
     pub peaks: PeakHistogram,
@@ -215,20 +220,31 @@ pub fn merge<'a>(values: impl IntoIterator<Item = &'a String>) -> BTreeMap<Strin
             all.declared_mib = one.declared_mib;
             all.resident_mib = one.resident_mib.or(all.resident_mib);
         }
+        if one.load_peak_mib > all.load_peak_mib {
+            all.load_peak_mib = one.load_peak_mib;
+        }
     }
     merged
 }
 
 /// The VRAM a model is admitted with: its declaration until `min_samples`
 /// jobs were measured, then `max(declared, measured p99 + margin)`, the p99
-/// of its typical size classes ([`ModelVram::typical_peaks`]).
+/// of its typical size classes ([`ModelVram::typical_peaks`]), or its load
+/// peak where that is higher.
 pub fn admitted_mib(declared_mib: u64, learned: Option<&ModelVram>, gpu: &GpuConfig) -> u64 {
     match learned {
         Some(vram) if vram.peaks.samples >= gpu.min_samples => {
-            declared_mib.max(vram.typical_peaks().p99_mib + gpu.vram_margin_mib)
+            declared_mib.max(measured_need(vram) + gpu.vram_margin_mib)
         }
         _ => declared_mib,
     }
+}
+
+/// The typical p99, or the load peak where that is higher.
+fn measured_need(vram: &ModelVram) -> u64 {
+    vram.typical_peaks()
+        .p99_mib
+        .max(vram.load_peak_mib.unwrap_or(0))
 }
 
 /// The VRAM a model is packed with beside others (a worker's residency
@@ -239,7 +255,7 @@ pub fn admitted_mib(declared_mib: u64, learned: Option<&ModelVram>, gpu: &GpuCon
 pub fn packed_mib(declared_mib: u64, learned: Option<&ModelVram>, gpu: &GpuConfig) -> u64 {
     match learned {
         Some(vram) if vram.peaks.samples >= gpu.min_samples => {
-            vram.typical_peaks().p99_mib + gpu.vram_margin_mib
+            measured_need(vram) + gpu.vram_margin_mib
         }
         _ => declared_mib,
     }

@@ -68,8 +68,9 @@ pub struct ModelPool {
     /// Measured needs, MiB, by model (`crate::vram`), over the figure a
     /// model comes with; applied to loads from then on.
     packed: SyncMutex<std::collections::HashMap<String, u64>>,
-    /// The process's GPU memory, MiB, read around each load (`crate::vram`).
-    usage: SyncMutex<Option<FreeMemoryProbe>>,
+    /// The process's GPU memory, MiB, read around each load and every
+    /// interval during it (`crate::vram`).
+    usage: SyncMutex<Option<(FreeMemoryProbe, std::time::Duration)>>,
 }
 
 /// A model in use by one job; returns it to the pool when dropped.
@@ -82,6 +83,8 @@ pub struct Lease {
     /// What the load added to the process's GPU memory, MiB (read right
     /// before and after the loader, after any eviction), where measured.
     pub resident_mib: Option<u64>,
+    /// The highest the same reading went while it loaded.
+    pub load_peak_mib: Option<u64>,
 }
 
 impl Drop for Lease {
@@ -130,13 +133,38 @@ impl ModelPool {
     }
 
     /// Reads the process's GPU memory around each load from now on.
-    pub fn set_usage_probe(&self, probe: FreeMemoryProbe) {
-        *self.usage.lock() = Some(probe);
+    /// Reads the process's GPU memory with `probe` around each load and
+    /// every `sample` while it loads.
+    pub fn set_usage_probe(&self, probe: FreeMemoryProbe, sample: std::time::Duration) {
+        *self.usage.lock() = Some((probe, sample));
     }
 
     fn usage_mib(&self) -> Option<u64> {
         let probe = self.usage.lock().clone();
-        probe.and_then(|read| read())
+        probe.and_then(|(read, _)| read())
+    }
+
+    /// Runs the loader, reading the process's memory every sample; returns
+    /// its result and the highest reading (with one at the end).
+    async fn load_measured(
+        &self,
+        model: &ModelConfig,
+    ) -> (Result<Arc<dyn Runtime>, LoadError>, Option<u64>) {
+        let probe = self.usage.lock().clone();
+        let loading = (self.loader)(model.clone());
+        let Some((read, sample)) = probe else {
+            return (loading.await, None);
+        };
+        tokio::pin!(loading);
+        let mut peak = read();
+        let mut ticker = tokio::time::interval(sample);
+        let loaded = loop {
+            tokio::select! {
+                loaded = &mut loading => break loaded,
+                _ = ticker.tick() => peak = peak.max(read()),
+            }
+        };
+        (loaded, peak.max(read()))
     }
 
     /// Sets the models' measured needs (what all workers learned).
@@ -284,7 +312,7 @@ impl ModelPool {
             self.check_free_memory(model, need)?;
             let before = self.usage_mib();
             let started = Instant::now();
-            let loaded = (self.loader)(model.clone()).await;
+            let (loaded, load_peak) = self.load_measured(model).await;
             let runtime = match loaded {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -314,6 +342,9 @@ impl ModelPool {
             lease.resident_mib = before
                 .zip(self.usage_mib())
                 .map(|(before, after)| after.saturating_sub(before));
+            lease.load_peak_mib = before
+                .zip(load_peak)
+                .map(|(before, peak)| peak.saturating_sub(before));
             return Ok(lease);
         }
     }
@@ -346,6 +377,7 @@ impl ModelPool {
             runtime,
             loaded_in,
             resident_mib: None,
+            load_peak_mib: None,
         }
     }
 

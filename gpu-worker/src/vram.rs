@@ -105,12 +105,14 @@ impl VramMeter {
         (output, peak.max(self.used_mib()))
     }
 
-    /// Records a model's resident size, measured around its load.
-    pub async fn record_load(&self, model: &ModelConfig, resident: u64) {
+    /// Records a model's resident size, measured around its load, and the
+    /// highest it went while loading.
+    pub async fn record_load(&self, model: &ModelConfig, resident: u64, load_peak: Option<u64>) {
         let json = {
             let mut own = self.own.lock();
             let vram = self.entry(&mut own, model);
             vram.resident_mib = Some(resident);
+            vram.load_peak_mib = load_peak.or(vram.load_peak_mib);
             vram.updated_ms = now_ms();
             serde_json::to_string(vram)
         };
@@ -214,7 +216,8 @@ pub async fn start(
     .await;
     if let Some(meter) = &meter {
         let meter = Arc::clone(meter);
-        pool.set_usage_probe(Arc::new(move || meter.used_mib()));
+        let sample = meter.sample;
+        pool.set_usage_probe(Arc::new(move || meter.used_mib()), sample);
     }
     if config.gpu.vram_source == VramSourceKind::Scripted {
         scripted::set_capacity(options.vram_budget_mib.unwrap_or(0));

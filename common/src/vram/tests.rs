@@ -211,3 +211,23 @@ fn a_rare_big_size_class_does_not_make_the_model_big() {
     }
     assert!(admitted_mib(2_000, Some(&vram), &gpu(5)) >= 12_500);
 }
+
+#[test]
+fn a_load_that_peaks_above_the_jobs_is_admitted_by_its_load_peak() {
+    let mut vram = ModelVram::new("m", "w", 1_000);
+    for i in 0..5 {
+        vram.observe("c", 3_000, i);
+    }
+    assert_eq!(admitted_mib(1_000, Some(&vram), &gpu(5)), 3_500);
+    vram.load_peak_mib = Some(6_000);
+    assert_eq!(admitted_mib(1_000, Some(&vram), &gpu(5)), 6_500);
+    assert_eq!(packed_mib(1_000, Some(&vram), &gpu(5)), 6_500);
+    // Merged: the highest load peak of any worker.
+    let mut other = ModelVram::new("m", "w2", 1_000);
+    other.load_peak_mib = Some(7_000);
+    let values = [
+        serde_json::to_string(&vram).unwrap(),
+        serde_json::to_string(&other).unwrap(),
+    ];
+    assert_eq!(merge(&values)["m"].load_peak_mib, Some(7_000));
+}

@@ -49,7 +49,9 @@ async fn run_model(
         }
     };
     if let (Some(meter), Some(resident)) = (meter, lease.resident_mib) {
-        meter.record_load(model, resident).await;
+        meter
+            .record_load(model, resident, lease.load_peak_mib)
+            .await;
     }
     let limits = FetchLimits::from_config(&ctx.config);
     if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs, &limits).await {

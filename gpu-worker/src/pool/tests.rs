@@ -194,3 +194,32 @@ async fn a_job_of_a_big_size_class_gets_room_beside_the_other_models() {
     // which is recorded), never an endless wait.
     drop(pool.acquire(&model("a"), Some(50_000)).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_load_is_sampled_while_it_runs_and_its_peak_kept() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // The process's memory: 500 before; 5000 for a while during the load
+    // (a wider copy of the weights), 2000 once it settled.
+    let usage = Arc::new(AtomicU64::new(500));
+    let during = Arc::clone(&usage);
+    let loader: Loader = Arc::new(move |model: ModelConfig| {
+        let usage = Arc::clone(&during);
+        async move {
+            usage.store(5_000, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            usage.store(2_000, Ordering::SeqCst);
+            let log = Arc::new(SyncMutex::new(Vec::new()));
+            Ok(Arc::new(Fake { id: model.id, log }) as Arc<dyn Runtime>)
+        }
+        .boxed()
+    });
+    let pool = ModelPool::new(Some(10_000), 2, loader, None);
+    let read = Arc::clone(&usage);
+    pool.set_usage_probe(
+        Arc::new(move || Some(read.load(Ordering::SeqCst))),
+        Duration::from_millis(5),
+    );
+    let lease = pool.acquire(&model("a"), None).await.unwrap();
+    assert_eq!(lease.resident_mib, Some(1_500));
+    assert_eq!(lease.load_peak_mib, Some(4_500));
+}
