@@ -33,6 +33,8 @@ use crate::pool::ModelPool;
 use crate::store::Store;
 use crate::worker::WorkerOptions;
 
+#[cfg(all(test, feature = "torch"))]
+mod gpu_check;
 pub mod scripted;
 
 /// Measures and records one worker's VRAM use.
@@ -93,16 +95,7 @@ impl VramMeter {
     /// Runs `work`, reading the process's memory every `gpu.sample_ms`;
     /// returns its output and the highest reading (including one at the end).
     pub async fn measure<F: Future>(&self, work: F) -> (F::Output, Option<u64>) {
-        let mut peak = self.used_mib();
-        let mut ticker = tokio::time::interval(self.sample);
-        tokio::pin!(work);
-        let output = loop {
-            tokio::select! {
-                output = &mut work => break output,
-                _ = ticker.tick() => peak = peak.max(self.used_mib()),
-            }
-        };
-        (output, peak.max(self.used_mib()))
+        sample_peak(self.source.as_ref(), self.sample, work).await
     }
 
     /// Records a model's resident size, measured around its load, and the
@@ -176,6 +169,25 @@ impl VramMeter {
             Err(error) => tracing::warn!(%error, "measured vram not encoded"),
         }
     }
+}
+
+/// Runs `work`, reading `source` every `sample`; returns its output and
+/// the highest reading (including one at the end).
+pub async fn sample_peak<F: Future>(
+    source: &dyn VramSource,
+    sample: Duration,
+    work: F,
+) -> (F::Output, Option<u64>) {
+    let mut peak = source.used_mib();
+    let mut ticker = tokio::time::interval(sample);
+    tokio::pin!(work);
+    let output = loop {
+        tokio::select! {
+            output = &mut work => break output,
+            _ = ticker.tick() => peak = peak.max(source.used_mib()),
+        }
+    };
+    (output, peak.max(source.used_mib()))
 }
 
 /// The latest read of what every worker learned, by model (merged).
