@@ -12,8 +12,11 @@
 //! `out_of_memory` at once, with the figures.
 //!
 //! A tier sub-queue keeps the job's priority level but not its tenant (one
-//! tier per level and need bucket, however many tenants), so the number of
-//! queues stays small. The record stays `queued` throughout.
+//! tier per level and need bucket, however many tenants). Tiers are 5 %
+//! buckets of need, and a need only becomes a tier between this worker's
+//! budget and the fleet's largest, so a model has at most a few dozen of
+//! them whatever its inputs (3 levels × the 5 % steps between the smallest
+//! and the largest slot). The record stays `queued` throughout.
 
 use gpuq_common::config::Config;
 use gpuq_common::fair_share::SubQueue;
