@@ -30,6 +30,10 @@ pub const TARGET_OVER_NAIVE: f64 = 0.65;
 
 /// Memory of each declared GPU (one worker per GPU, no reserve), MiB.
 pub const GPU_MEMORY_MIB: u64 = 16_384;
+/// `dispatcher.max_models_per_worker` of every run.
+pub const MAX_MODELS_PER_WORKER: usize = 2;
+/// Target of placement makespan / best static makespan (issue 18).
+pub const TARGET_OVER_STATIC: f64 = 0.9;
 /// Worker heartbeat (and record refresh) interval, ms.
 const HEARTBEAT_INTERVAL_MS: u64 = 500;
 /// Run work (sum of job durations) per worker at scale 1.0, ms.
@@ -102,6 +106,12 @@ pub struct MixedOptions {
     pub fair_share: bool,
     /// Skip the naive run (for iterating on placement; no placement/naive ratio).
     pub skip_naive: bool,
+    /// Also replay the best static assignment (`best_static`), found by
+    /// search over the whole trace, and report placement / best static.
+    pub best_static: bool,
+    /// Which trace: the bursts (issue 8's), a shifting hot spot or a long
+    /// tail of rarely used models (`shapes`).
+    pub shape: shapes::TraceShape,
 }
 
 /// The trace's random numbers: ChaCha8 is documented to give the same
@@ -193,74 +203,10 @@ pub fn generate_trace(
     trace
 }
 
-/// The two runs of the benchmark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Naive,
-    Placement,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Naive => "naive",
-            Mode::Placement => "placement",
-        }
-    }
-
-    fn placement_section(self) -> String {
-        match self {
-            Mode::Naive => "[placement]\nenabled = false\n".to_owned(),
-            Mode::Placement => "[placement]\nenabled = true\n".to_owned(),
-        }
-    }
-}
-
-/// The config body of one run (`TestSystem` adds namespace and URLs).
-pub fn system_config(
-    mode: Mode,
-    models: &[SyntheticModel],
-    workers: usize,
-    fair_share: bool,
-) -> String {
-    let mut text = format!(
-        r#"
-[tenants]
-fair_share = {fair_share}
-[worker]
-concurrency = 1
-prefetch = 1
-heartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}
-heartbeat_ttl_ms = 5000
-shutdown_grace_s = 10
-[dispatcher]
-host_id = "bench"
-workers_per_gpu = 1
-vram_reserve_mib = 0
-max_models_per_worker = 2
-"#
-    );
-    for index in 0..workers {
-        text.push_str(&format!(
-            "[[dispatcher.gpus]]\nindex = {index}\nmemory_mib = {GPU_MEMORY_MIB}\n"
-        ));
-    }
-    text.push_str(&mode.placement_section());
-    for model in models {
-        text.push_str(&format!(
-            "[[models]]\nid = \"{id}\"\nfeature = \"{id}\"\nruntime = \"sleep\"\nvram_mib = {vram}\n[models.params]\nduration_ms = {duration}\nload_ms = {load}\n",
-            id = model.id,
-            vram = model.vram_mib,
-            duration = model.duration_ms,
-            load = model.load_ms,
-        ));
-    }
-    text
-}
-
 /// Everything `gpuq-bench --mixed` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct MixedReport {
+    pub shape: shapes::TraceShape,
     pub seed: u64,
     pub scale: f64,
     pub workers: usize,
@@ -281,6 +227,19 @@ pub struct MixedReport {
     pub max_queue_wait_ms: u64,
     pub placement_interval_ms: u64,
     pub min_residency_ms: u64,
+    /// The best static assignment (model ids per worker), its simulated
+    /// makespan, how many assignments were searched, and placement's
+    /// makespan over the replayed static one; with `--mixed-best-static`.
+    pub best_static: Option<StaticFigures>,
+}
+
+/// The best static baseline of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaticFigures {
+    pub workers: Vec<Vec<String>>,
+    pub simulated_s: f64,
+    pub searched: usize,
+    pub placement_over_static: f64,
 }
 
 /// Replays the trace with placement off, then on, and compares the runs.
@@ -291,18 +250,34 @@ pub async fn run(options: &MixedOptions) -> Result<MixedReport> {
     if options.workers == 0 {
         bail!("--mixed-workers must be at least 1");
     }
-    let models = &MODELS[..];
-    let trace = generate_trace(models, options.workers, options.scale, options.seed);
+    let models = &options.shape.models()[..];
+    let trace = options
+        .shape
+        .trace(options.workers, options.scale, options.seed);
     let bound = lower_bound(&trace, models, options.workers);
     let mut runs = Vec::new();
     let mut placement_workers_ran = vec![0; models.len()];
-    let modes = if options.skip_naive {
-        &[Mode::Placement][..]
+    let mut modes = Vec::new();
+    if !options.skip_naive {
+        modes.push(Mode::Naive);
+    }
+    let best = if options.best_static {
+        let limits = (GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER);
+        let best = best_static::best_static(&trace, models, options.workers, limits);
+        let Some(best) = best else {
+            bail!("no static assignment serves every model of the trace");
+        };
+        modes.push(Mode::Static);
+        Some(best)
     } else {
-        &[Mode::Naive, Mode::Placement][..]
+        None
     };
-    for &mode in modes {
-        let (jobs, metrics, lag) = replay::replay(mode, &trace, options).await?;
+    modes.push(Mode::Placement);
+    for mode in modes {
+        let slots = (mode == Mode::Static)
+            .then(|| best.as_ref().map(|b| b.workers.as_slice()))
+            .flatten();
+        let (jobs, metrics, lag) = replay::replay(mode, (models, &trace), options, slots).await?;
         let mut figures = figures(
             mode,
             models,
@@ -326,6 +301,22 @@ pub async fn run(options: &MixedOptions) -> Result<MixedReport> {
         .iter()
         .find(|r| r.mode == Mode::Naive.name())
         .map_or(f64::NAN, |r| r.makespan_s);
+    let best_static = best.map(|best| {
+        let static_s = runs
+            .iter()
+            .find(|r| r.mode == Mode::Static.name())
+            .map_or(f64::NAN, |r| r.makespan_s);
+        StaticFigures {
+            workers: best
+                .workers
+                .iter()
+                .map(|set| set.iter().map(|&m| models[m].id.to_owned()).collect())
+                .collect(),
+            simulated_s: best.simulated_ms / 1000.0,
+            searched: best.searched,
+            placement_over_static: placement.makespan_s / static_s,
+        }
+    });
     let mut trace_jobs = BTreeMap::new();
     for job in &trace {
         *trace_jobs
@@ -333,6 +324,7 @@ pub async fn run(options: &MixedOptions) -> Result<MixedReport> {
             .or_insert(0) += 1;
     }
     Ok(MixedReport {
+        shape: options.shape,
         seed: options.seed,
         scale: options.scale,
         workers: options.workers,
@@ -349,12 +341,17 @@ pub async fn run(options: &MixedOptions) -> Result<MixedReport> {
         max_queue_wait_ms: default_policy().max_queue_wait_ms,
         placement_interval_ms: default_policy().interval_ms,
         min_residency_ms: default_policy().min_residency_ms,
+        best_static,
         runs,
     })
 }
 
+mod best_static;
 mod bound;
+mod config;
+pub use config::{system_config, Mode};
 mod figures;
+pub mod shapes;
 pub use figures::{figures, JobOutcome, ModelWait, RunFigures};
 mod render;
 mod replay;

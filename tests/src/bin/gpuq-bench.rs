@@ -65,6 +65,14 @@ struct Args {
     /// Mixed benchmark without the (slow) naive run.
     #[arg(long)]
     mixed_skip_naive: bool,
+    /// Mixed benchmark: also replay the best static assignment of models to
+    /// workers (searched over the whole trace) and report placement / it.
+    #[arg(long)]
+    mixed_best_static: bool,
+    /// Mixed benchmark trace: bursts (issue 8's), hot-spot (the popular
+    /// model changes every 20 s) or long-tail (plus 12 rarely used models).
+    #[arg(long, default_value = "bursts", value_parser = parse_shape)]
+    mixed_shape: mixed::shapes::TraceShape,
     /// Runs the job-listing benchmark over this many finished jobs instead
     /// (`bench::listing`; the issue's figure is 50000).
     #[arg(long)]
@@ -113,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
             seed: args.seed,
             workers: args.mixed_workers,
             skip_naive: args.mixed_skip_naive,
+            best_static: args.mixed_best_static,
+            shape: args.mixed_shape,
             tenants: args.mixed_tenants,
             fair_share: !args.fair_share_off,
         })
@@ -152,4 +162,9 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", bench::render(&figures));
     }
     Ok(())
+}
+
+fn parse_shape(text: &str) -> Result<mixed::shapes::TraceShape, String> {
+    mixed::shapes::TraceShape::parse(text)
+        .ok_or_else(|| format!("'{text}': one of bursts, hot-spot, long-tail"))
 }

@@ -1,6 +1,8 @@
 //! The mixed benchmark's report as markdown tables and target lines.
 
-use super::{MixedReport, GPU_MEMORY_MIB, TARGET_OVER_LOWER_BOUND, TARGET_OVER_NAIVE};
+use super::{
+    MixedReport, GPU_MEMORY_MIB, TARGET_OVER_LOWER_BOUND, TARGET_OVER_NAIVE, TARGET_OVER_STATIC,
+};
 
 fn ratio_line(name: &str, value: f64, target: f64) -> String {
     let verdict = if value <= target { "met" } else { "NOT met" };
@@ -11,8 +13,8 @@ fn ratio_line(name: &str, value: f64, target: f64) -> String {
 pub fn render(report: &MixedReport) -> String {
     let bound = &report.lower_bound;
     let mut out = format!(
-        "gpuq-bench --mixed: seed {}, scale {}, {} workers (1 per GPU of {GPU_MEMORY_MIB} MiB), {} jobs, {:.1} s of work, last arrival at {:.1} s\n",
-        report.seed, report.scale, report.workers, report.jobs, report.total_work_s, report.last_arrival_s
+        "gpuq-bench --mixed: {:?} trace, seed {}, scale {}, {} workers (1 per GPU of {GPU_MEMORY_MIB} MiB), {} jobs, {:.1} s of work, last arrival at {:.1} s\n",
+        report.shape, report.seed, report.scale, report.workers, report.jobs, report.total_work_s, report.last_arrival_s
     );
     out.push_str(&format!(
         "lower bound LB = {:.2} s (work + one load per model: {:.2} s, arrival tail: {:.2} s, last job: {:.2} s); LB_issue = {:.2} s\n\n",
@@ -85,6 +87,20 @@ pub fn render(report: &MixedReport) -> String {
         report.placement_over_naive,
         TARGET_OVER_NAIVE,
     ));
+    if let Some(best) = &report.best_static {
+        let sets: Vec<String> = best.workers.iter().map(|set| set.join("+")).collect();
+        out.push_str(&format!(
+            "best static assignment: {} (simulated {:.2} s, best of {} searched)\n",
+            sets.join(", "),
+            best.simulated_s,
+            best.searched
+        ));
+        out.push_str(&ratio_line(
+            "placement/best static",
+            best.placement_over_static,
+            TARGET_OVER_STATIC,
+        ));
+    }
     let bound_s = report.max_queue_wait_ms as f64 / 1000.0;
     out.push_str(&format!(
         "worst p95 queue wait = {:.1} s (bound = max_queue_wait_ms = {bound_s:.0} s: {})\n",

@@ -12,7 +12,7 @@ use gpuq_common::{Config, ConfigOverrides, JobStatus};
 use gpuq_producer::{JobRequest, Producer};
 
 use super::{
-    system_config, JobOutcome, MixedOptions, Mode, TraceJob, HEARTBEAT_INTERVAL_MS, MODELS,
+    system_config, JobOutcome, MixedOptions, Mode, SyntheticModel, TraceJob, HEARTBEAT_INTERVAL_MS,
 };
 use crate::TestSystem;
 
@@ -20,17 +20,23 @@ use crate::TestSystem;
 /// jobs' outcomes in trace order, the workers' metrics, and the largest submit lag.
 pub(super) async fn replay(
     mode: Mode,
-    trace: &[TraceJob],
+    (models, trace): (&[SyntheticModel], &[TraceJob]),
     options: &MixedOptions,
+    slots: Option<&[super::best_static::ModelSet]>,
 ) -> Result<(Vec<JobOutcome>, Vec<WorkerMetrics>, u64)> {
-    let models = &MODELS[..];
-    let body = system_config(mode, models, options.workers, options.fair_share);
+    let body = system_config(mode, models, options.workers, options.fair_share, slots);
     // TestSystem panics on a config gpuq rejects: check it first, for a plain error.
     Config::parse(&body, None, &ConfigOverrides::default())
         .with_context(|| format!("the {} run's config is rejected", mode.name()))?;
     let system = TestSystem::new(&body);
     let dispatcher = system.dispatcher(&[]);
-    let ready = wait_for_workers(&system, mode, options.workers, Duration::from_secs(90)).await;
+    let ready = wait_for_workers(
+        &system,
+        (mode, models),
+        options.workers,
+        Duration::from_secs(90),
+    )
+    .await;
     if let Err(error) = ready {
         let log = dispatcher.log();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -53,7 +59,8 @@ pub(super) async fn replay(
         max_lag_ms = max_lag_ms.max(due.elapsed().as_millis() as u64);
         let model = &models[job.model];
         let mut request = JobRequest::new(model.id).input("duration_ms", job.duration_ms);
-        request.job_id = Some(format!("mix-{}-{i}-{}", mode.name(), &run_tag[..8]));
+        let tag = mode.name().replace(' ', "-");
+        request.job_id = Some(format!("mix-{tag}-{i}-{}", &run_tag[..8]));
         if options.tenants > 0 {
             request.tenant = Some(format!("t{}", i % options.tenants));
             request.priority = (i % 20 == 19).then_some(9);
@@ -124,10 +131,11 @@ pub(super) async fn replay(
 }
 
 /// Waits until `workers` worker records say `idle` (or `busy`); with placement
-/// off, also until every model queue has that many consumers.
+/// off, also until every model queue has that many consumers (naive) or one
+/// (static).
 async fn wait_for_workers(
     system: &TestSystem,
-    mode: Mode,
+    (mode, models): (Mode, &[SyntheticModel]),
     workers: usize,
     timeout: Duration,
 ) -> Result<()> {
@@ -150,12 +158,18 @@ async fn wait_for_workers(
             }
         }
         let mut consuming = true;
-        if ready >= workers && mode == Mode::Naive {
-            for model in &MODELS {
+        // Naive: every worker on every queue; static: someone on each.
+        let wanted = match mode {
+            Mode::Naive => Some(workers),
+            Mode::Static => Some(1),
+            Mode::Placement => None,
+        };
+        if let Some(wanted) = wanted.filter(|_| ready >= workers) {
+            for model in models {
                 let depth = system
                     .queue_depth(&system.names.model_queue(model.id))
                     .await;
-                consuming &= depth.is_some_and(|(_, c)| c as usize >= workers);
+                consuming &= depth.is_some_and(|(_, c)| c as usize >= wanted);
             }
         }
         if ready >= workers && consuming {

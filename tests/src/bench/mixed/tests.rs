@@ -142,11 +142,101 @@ fn figures_follow_their_definitions() {
 #[test]
 fn every_config_is_valid_and_declares_the_workers_and_models() {
     for mode in [Mode::Naive, Mode::Placement] {
-        let text = system_config(mode, &MODELS, 3, true);
+        let text = system_config(mode, &MODELS, 3, true, None);
         Config::parse(&text, None, &ConfigOverrides::default()).unwrap();
         assert_eq!(text.matches("[[dispatcher.gpus]]").count(), 3);
         assert_eq!(text.matches("runtime = \"sleep\"").count(), MODELS.len());
         let enabled = format!("[placement]\nenabled = {}\n", mode == Mode::Placement);
         assert!(text.contains(&enabled), "{text}");
+    }
+}
+
+#[test]
+fn the_best_static_assignment_beats_every_fitting_one_and_serves_every_model() {
+    use super::best_static::{best_static, fitting_sets, simulate};
+    let limits = (GPU_MEMORY_MIB, 2);
+    // Every set fits 16 GiB with at most two models; m1 + m4 (17000) does not.
+    let sets = fitting_sets(&MODELS, GPU_MEMORY_MIB, 2);
+    assert_eq!(sets.len(), 5 + 9);
+    assert!(!sets.contains(&vec![0, 3]));
+    let trace = generate_trace(&MODELS, 3, 0.1, 8);
+    let best = best_static(&trace, &MODELS, 3, limits).unwrap();
+    assert_eq!(best.workers.len(), 3);
+    for m in 0..MODELS.len() {
+        assert!(best.workers.iter().any(|set| set.contains(&m)));
+    }
+    assert!(best.workers.iter().all(|set| !set.is_empty()));
+    // No assignment of fitting sets is better (the local search may only improve).
+    for a in &sets {
+        for b in &sets {
+            for c in &sets {
+                let makespan =
+                    simulate(&trace, &MODELS, &[a.clone(), b.clone(), c.clone()], limits);
+                assert!(best.simulated_ms <= makespan);
+            }
+        }
+    }
+    assert_eq!(
+        simulate(&trace, &MODELS, &best.workers, limits),
+        best.simulated_ms
+    );
+}
+
+#[test]
+fn the_simulation_pays_loads_and_swaps_least_recently_used_first() {
+    use super::best_static::simulate;
+    let limits = (GPU_MEMORY_MIB, 2);
+    let job = |arrival_ms, model| TraceJob {
+        arrival_ms,
+        model,
+        duration_ms: MODELS[model].duration_ms,
+    };
+    let trace = [job(0, 0), job(0, 0), job(10_000, 2)];
+    // One worker with m1 and m3: m1 loads (3000), two jobs, then m3 loads (1000).
+    assert_eq!(simulate(&trace, &MODELS, &[vec![0, 2]], limits), 11_150.0);
+    // Two workers with m1: the two jobs run side by side, each after a load.
+    assert_eq!(
+        simulate(&trace[..2], &MODELS, &[vec![0], vec![0]], limits),
+        3_300.0
+    );
+    // A model nobody serves cannot finish.
+    assert!(simulate(&trace, &MODELS, &[vec![0]], limits).is_infinite());
+    // m1 and m4 do not fit together: m1, m4, m1 loads three times.
+    let swaps = [job(0, 0), job(0, 3), job(0, 0)];
+    assert_eq!(
+        simulate(&swaps, &MODELS, &[vec![0, 3]], limits),
+        (3000 + 300 + 2500 + 400 + 3000 + 300) as f64
+    );
+}
+
+#[test]
+fn the_other_trace_shapes_are_seeded_and_shaped_as_documented() {
+    use super::shapes::{TraceShape, HOT_SEGMENT_MS, RARE_MODELS};
+    let hot = TraceShape::HotSpot.trace(4, 0.25, 3);
+    assert_eq!(hot, TraceShape::HotSpot.trace(4, 0.25, 3));
+    // In each segment, the hot model (segment k: model k) has most arrivals.
+    let segment = (HOT_SEGMENT_MS * 0.25) as u64;
+    for k in 0..MODELS.len() as u64 {
+        let in_segment: Vec<_> = hot.iter().filter(|j| j.arrival_ms / segment == k).collect();
+        let mine = in_segment.iter().filter(|j| j.model as u64 == k).count();
+        assert!(
+            mine * 2 > in_segment.len(),
+            "segment {k}: {mine} of {}",
+            in_segment.len()
+        );
+    }
+    let tail = TraceShape::LongTail.trace(4, 0.25, 3);
+    let models = TraceShape::LongTail.models();
+    assert_eq!(models.len(), MODELS.len() + RARE_MODELS.len());
+    for (index, rare) in models.iter().enumerate().skip(MODELS.len()) {
+        let jobs = tail.iter().filter(|j| j.model == index).count();
+        assert!((1..=3).contains(&jobs), "{}: {jobs}", rare.id);
+    }
+    // The long tail cannot be pinned within memory (17 models, 4 × 2):
+    // the search starts from a spread and swaps.
+    let best = super::best_static::best_static(&tail, &models, 4, (GPU_MEMORY_MIB, 2)).unwrap();
+    assert!(best.simulated_ms.is_finite());
+    for m in 0..models.len() {
+        assert!(best.workers.iter().any(|set| set.contains(&m)));
     }
 }
