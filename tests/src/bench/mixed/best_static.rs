@@ -7,10 +7,11 @@
 //! The search: where it is small enough, every multiset of per-worker model
 //! sets that fit a worker's memory (at most `max_models`, so nothing is ever
 //! unloaded) and serve every model; then, from the best of those (or, with
-//! more models than fit, from each model on the least loaded worker), a
-//! local search that adds or removes one worker of one model at a time while
-//! the simulated makespan falls. A set that does not fit swaps models least
-//! recently used first, as a worker would.
+//! more models than can be pinned within memory, from each model on the
+//! least loaded worker), a local search that adds or removes one worker of
+//! one model at a time while the simulated makespan falls, keeping every
+//! set within memory when the exhaustive search could. A set that does not
+//! fit swaps models least recently used first, as a worker would.
 //!
 //! The simulation is list scheduling in arrival order: each job goes to the
 //! worker of its model that would finish it first, paying the model's load
@@ -109,9 +110,16 @@ pub fn best_static(
     for job in trace {
         needed[job.model] = true;
     }
-    let (start, mut searched) = match exhaustive(trace, models, workers, limits, &needed) {
-        Some(best) => (best.workers, best.searched),
-        None => (spread(trace, models, workers), 0),
+    // Where every model can be pinned within memory, the search stays
+    // there: a set that swaps looks better in the simulation than on a real
+    // worker, which alternates between its queues and reloads.
+    let (start, mut searched, within_memory) =
+        match exhaustive(trace, models, workers, limits, &needed) {
+            Some(best) => (best.workers, best.searched, true),
+            None => (spread(trace, models, workers), 0, false),
+        };
+    let fits = |set: &ModelSet| {
+        set.len() <= limits.1 && set.iter().map(|&m| models[m].vram_mib).sum::<u64>() <= limits.0
     };
     let mut best = start;
     let mut best_ms = simulate(trace, models, &best, limits);
@@ -130,6 +138,9 @@ pub fn best_static(
                         candidate[w].push(model);
                         candidate[w].sort_unstable();
                     }
+                }
+                if within_memory && !fits(&candidate[w]) {
+                    continue;
                 }
                 searched += 1;
                 let ms = simulate(trace, models, &candidate, limits);
