@@ -132,7 +132,6 @@ impl ModelPool {
         })
     }
 
-    /// Reads the process's GPU memory around each load from now on.
     /// Reads the process's GPU memory with `probe` around each load and
     /// every `sample` while it loads.
     pub fn set_usage_probe(&self, probe: FreeMemoryProbe, sample: std::time::Duration) {

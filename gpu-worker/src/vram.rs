@@ -195,9 +195,10 @@ pub async fn sample_peak<F: Future>(
 pub struct LearnedVram(Mutex<BTreeMap<String, ModelVram>>);
 
 impl LearnedVram {
-    /// A model's merged measurements, if any worker measured it.
-    pub fn get(&self, model_id: &str) -> Option<ModelVram> {
-        self.0.lock().get(model_id).cloned()
+    /// `f` of a model's merged measurements (`None` if no worker measured
+    /// it), read in place: the job path asks twice per job.
+    pub fn with<R>(&self, model_id: &str, f: impl FnOnce(Option<&ModelVram>) -> R) -> R {
+        f(self.0.lock().get(model_id))
     }
 
     pub fn set(&self, learned: BTreeMap<String, ModelVram>) {

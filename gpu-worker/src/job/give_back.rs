@@ -48,9 +48,9 @@ pub fn decide(
     budget_mib: Option<u64>,
     config: &Config,
 ) -> Option<GiveBack> {
-    let budget = budget_mib?;
+    let (budget, learned) = (budget_mib?, learned?);
     let class = size_class(&job.inputs, model.vram_size_input.as_deref());
-    let need_mib = class_need_mib(learned?, &class, &config.gpu)?;
+    let need_mib = class_need_mib(learned, &class, &config.gpu)?;
     if need_mib <= budget {
         return None;
     }
@@ -65,15 +65,10 @@ pub fn decide(
 impl InFlight<'_> {
     /// This worker's give-back decision for the job.
     pub(super) fn vram_give_back(&self) -> Option<GiveBack> {
-        let learned = self.ctx.learned.get(&self.model.id);
         let budget = self.ctx.pool.budget_mib();
-        decide(
-            &self.job,
-            self.model,
-            learned.as_ref(),
-            budget,
-            &self.ctx.config,
-        )
+        self.ctx.learned.with(&self.model.id, |learned| {
+            decide(&self.job, self.model, learned, budget, &self.ctx.config)
+        })
     }
 
     /// Moves the job to its VRAM tier (listed in Redis, then published and

@@ -37,9 +37,10 @@ async fn run_model(
     let meter = ctx.vram.as_deref();
     // What this job's size class was measured to need (artifact references
     // count as the size they name, so this is known before they resolve).
-    let job_mib = ctx.learned.get(&model.id).and_then(|learned| {
+    let job_mib = ctx.learned.with(&model.id, |learned| {
+        let learned = learned?;
         let class = gpuq_common::vram::size_class(&inputs, model.vram_size_input.as_deref());
-        gpuq_common::vram::class_need_mib(&learned, &class, &ctx.config.gpu)
+        gpuq_common::vram::class_need_mib(learned, &class, &ctx.config.gpu)
     });
     let lease = match ctx.pool.acquire(model, job_mib).await {
         Ok(lease) => lease,
