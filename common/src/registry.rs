@@ -352,6 +352,11 @@ impl Registry {
         &self.models
     }
 
+    /// Every model's id, in config order.
+    pub fn ids(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.id.clone()).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }

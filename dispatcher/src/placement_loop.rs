@@ -151,12 +151,7 @@ async fn round(
         Some(reader) => reader,
         None => broker.insert(QueueReader::connect(config, host_id).await?),
     };
-    let models: Vec<String> = config
-        .registry()
-        .models()
-        .iter()
-        .map(|m| m.id.clone())
-        .collect();
+    let models: Vec<String> = config.registry().ids();
     let queues = store.job_queues(&models).await?;
     let ready = reader.ready_counts(&queues).await?;
     let now = now_ms();

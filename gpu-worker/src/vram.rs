@@ -66,12 +66,7 @@ impl VramMeter {
             )?),
         };
         // Continue this worker's histograms across restarts.
-        let ids: Vec<String> = config
-            .registry()
-            .models()
-            .iter()
-            .map(|m| m.id.clone())
-            .collect();
+        let ids: Vec<String> = config.registry().ids();
         let own = store.own_vram(worker_id, &ids).await.unwrap_or_default();
         Some(Arc::new(VramMeter {
             source,

@@ -105,12 +105,7 @@ pub async fn run(
     tracing::info!(amqp = %redact_url(&config.amqp_nodes().join(",")), redis = %config.redis.target(), "connecting");
     let store = Store::connect(&config.redis, names.clone(), config.jobs.finished_ttl_s).await?;
     // Models are admitted by what they were measured to use, where known.
-    let ids: Vec<String> = config
-        .registry()
-        .models()
-        .iter()
-        .map(|m| m.id.clone())
-        .collect();
+    let ids: Vec<String> = config.registry().ids();
     let learned = store.learned_vram(&ids).await.unwrap_or_default();
     let admitted = Registry::new(&admitted_models(
         config.registry().models(),

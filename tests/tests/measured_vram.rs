@@ -17,19 +17,27 @@ const WAIT: Duration = Duration::from_secs(60);
 const SMALL: &str = "host-a-gpu0-slot0";
 const BIG: &str = "host-a-gpu1-slot0";
 
-fn system() -> TestSystem {
+/// Scripted VRAM readings, learned from the fourth job on.
+const SCRIPTED_GPU: &str =
+    "[gpu]\nvram_source = \"scripted\"\nmin_samples = 4\nsample_ms = 10\nvram_margin_mib = 256\n";
+
+/// A 4 GiB and a 16 GiB GPU, and `big3d` declared at 2000 MiB that peaks
+/// at 6000 (each job taking `duration_ms`).
+fn big3d_host(duration_ms: u64) -> ConfigBuilder {
     ConfigBuilder::new()
         .host("host-a")
         .gpu(4096)
         .gpu(16384)
-        .section(
-            "[gpu]\nvram_source = \"scripted\"\nmin_samples = 4\nsample_ms = 10\nvram_margin_mib = 256\n",
-        )
+        .section(SCRIPTED_GPU)
         .model("big3d", "sleep", 2000)
-        .params("duration_ms = 100\nvram_resident_mib = 1000\nvram_peak_mib = 6000")
-        // The small worker has another model to serve once big3d leaves it.
-        .echo("echo")
-        .system()
+        .params(&format!(
+            "duration_ms = {duration_ms}\nvram_resident_mib = 1000\nvram_peak_mib = 6000"
+        ))
+}
+
+fn system() -> TestSystem {
+    // The small worker has another model to serve once big3d leaves it.
+    big3d_host(100).echo("echo").system()
 }
 
 fn submit(system: &TestSystem) -> String {
@@ -256,12 +264,15 @@ async fn a_size_class_too_big_for_a_worker_is_given_back_to_one_that_fits() {
         .host("host-a")
         .gpu(8192)
         .gpu(16384)
-        .section(
-            "[gpu]\nvram_source = \"scripted\"\nmin_samples = 4\nsample_ms = 10\nvram_margin_mib = 256\n\
-             # Every worker consumes every model it may serve: both get big jobs.\n\
-             [placement]\nenabled = false\n",
+        .section(SCRIPTED_GPU)
+        // Every worker consumes every model it may serve: both get big jobs.
+        .section("[placement]\nenabled = false\n")
+        .model_with(
+            "gen3d",
+            "sleep",
+            2000,
+            "vram_size_input = \"vram_peak_mib\"",
         )
-        .model_with("gen3d", "sleep", 2000, "vram_size_input = \"vram_peak_mib\"")
         .params("duration_ms = 30\nvram_resident_mib = 1000\nvram_peak_mib = 3000")
         .system();
     let _dispatcher = system.dispatcher(&[]);
@@ -363,16 +374,7 @@ async fn a_size_class_too_big_for_a_worker_is_given_back_to_one_that_fits() {
 /// measurements, and the slot is no longer started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_only_model_outgrew_it_waits_instead_of_restarting_in_a_loop() {
-    let system = ConfigBuilder::new()
-        .host("host-a")
-        .gpu(4096)
-        .gpu(16384)
-        .section(
-            "[gpu]\nvram_source = \"scripted\"\nmin_samples = 4\nsample_ms = 10\nvram_margin_mib = 256\n",
-        )
-        .model("big3d", "sleep", 2000)
-        .params("duration_ms = 50\nvram_resident_mib = 1000\nvram_peak_mib = 6000")
-        .system();
+    let system = big3d_host(50).system();
     let dispatcher = system.dispatcher(&[]);
     system
         .wait_for_consumers(&system.names.model_queue("big3d"), 2, WAIT)
