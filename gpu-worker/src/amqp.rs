@@ -1,8 +1,9 @@
 //! Owns the worker's RabbitMQ connection.
 //!
-//! One channel consumes (with prefetch = concurrency per queue) and another
-//! publishes with confirms (dead letters, forwarded jobs, RPC replies), as lapin
-//! recommends: a slow publish confirm never stalls deliveries.
+//! One channel consumes (with prefetch = concurrency per queue) and fetches
+//! (`basic.get`, for pull mode); another publishes with confirms (dead
+//! letters, forwarded jobs, RPC replies), as lapin recommends: a slow
+//! publish confirm never stalls deliveries.
 
 use futures_util::stream::{BoxStream, StreamExt};
 use gpuq_common::amqp::{declare_topology, NoNodeError};
@@ -13,7 +14,7 @@ use gpuq_common::names::dead_letter_header;
 use gpuq_common::topology::Topology;
 use gpuq_common::{JobError, Names};
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -136,6 +137,24 @@ impl Broker {
         Ok(consumer
             .map(|delivery| delivery.map(Delivery).map_err(BrokerError::from))
             .boxed())
+    }
+
+    /// Fetches one job of a model's queue (`basic.get`, acked later like a
+    /// delivery to a consumer), or `None` when the queue is empty: a
+    /// worker in pull mode (`crate::pull`) takes exactly the job it runs.
+    pub async fn get(
+        &self,
+        model_id: &str,
+        sub: &SubQueue,
+    ) -> Result<Option<Delivery>, BrokerError> {
+        let message = self
+            .consume_channel
+            .basic_get(
+                sub.queue_name(&self.names, model_id).into(),
+                BasicGetOptions::default(),
+            )
+            .await?;
+        Ok(message.map(|message| Delivery(message.delivery)))
     }
 
     /// Stops one consumer: the broker sends it nothing more.

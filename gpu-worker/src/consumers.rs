@@ -5,9 +5,11 @@
 //! per tenant and priority level in use: `gpuq_common::fair_share`); each
 //! is consumed separately, and a held job remembers which it came from.
 //! Consumers start and stop while the worker runs (placement moves it between
-//! models, new sub-queues appear) without touching jobs in flight. A cancelled consumer is drained:
-//! what the broker sent before the cancel still arrives, and goes back to its
-//! queue, so another worker takes it.
+//! models, new sub-queues appear) without touching jobs in flight. A cancelled
+//! consumer is drained: what the broker sent before the cancel still arrives,
+//! and goes back to its queue, so another worker takes it; unless the queue
+//! is still served, only paused (pull mode, `crate::pull`), and then the job
+//! is held here like any other.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -62,6 +64,9 @@ pub struct Consumers {
     streams: StreamMap<String, BoxStream<'static, Event>>,
     /// Consumer tag of each consumed queue.
     active: BTreeMap<QueueKey, String>,
+    /// Queues whose jobs this worker runs: the consumed ones and those
+    /// paused in pull mode. Held jobs of any other go back.
+    serve: BTreeSet<QueueKey>,
     /// Tags cancelled and still draining.
     cancelling: BTreeSet<String>,
     next_tag: u64,
@@ -84,6 +89,7 @@ impl Consumers {
             keep_from_delivery: delivery_limit.saturating_sub(1).max(1),
             streams: StreamMap::new(),
             active: BTreeMap::new(),
+            serve: BTreeSet::new(),
             cancelling: BTreeSet::new(),
             next_tag: 0,
             held: VecDeque::new(),
@@ -91,14 +97,19 @@ impl Consumers {
         }
     }
 
-    /// Models consumed now.
-    pub fn consuming(&self) -> BTreeSet<String> {
-        self.active.keys().map(|key| key.model.clone()).collect()
+    /// Models served now (consumed, or fetched in pull mode).
+    pub fn serving(&self) -> BTreeSet<String> {
+        self.serve.iter().map(|key| key.model.clone()).collect()
     }
 
     /// Queues consumed now.
     pub fn consuming_queues(&self) -> BTreeSet<QueueKey> {
         self.active.keys().cloned().collect()
+    }
+
+    /// Queues served now.
+    pub fn serving_queues(&self) -> &BTreeSet<QueueKey> {
+        &self.serve
     }
 
     /// Held jobs by model.
@@ -110,29 +121,34 @@ impl Consumers {
         waiting
     }
 
-    /// Starts and cancels consumers so that exactly `desired` is consumed;
-    /// held jobs of dropped queues go back to them.
-    pub async fn apply(&mut self, desired: &BTreeSet<QueueKey>) -> Result<(), BrokerError> {
+    /// Starts and cancels consumers so that exactly `consume` is consumed,
+    /// and serves `serve` (a superset: `consume` and the queues paused in
+    /// pull mode); held jobs of queues no longer served go back to them.
+    pub async fn apply(
+        &mut self,
+        consume: &BTreeSet<QueueKey>,
+        serve: &BTreeSet<QueueKey>,
+    ) -> Result<(), BrokerError> {
+        self.serve = serve.union(consume).cloned().collect();
         let dropped: Vec<QueueKey> = self
             .active
             .keys()
-            .filter(|key| !desired.contains(*key))
+            .filter(|key| !consume.contains(*key))
             .cloned()
             .collect();
         for key in dropped {
             let tag = self.active.remove(&key).expect("active queue");
             self.broker.cancel_consumer(&tag).await?;
             self.cancelling.insert(tag);
-            let (returned, kept): (Vec<Held>, Vec<Held>) =
-                std::mem::take(&mut self.held).into_iter().partition(|h| {
-                    h.model == key.model && h.sub == key.sub && !self.should_keep(&h.delivery)
-                });
-            self.held = kept.into();
-            for held in returned {
-                held.delivery.requeue().await;
-            }
         }
-        for key in desired {
+        let (returned, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| !self.serves(&h.model, &h.sub) && !self.should_keep(&h.delivery));
+        self.held = kept.into();
+        for held in returned {
+            held.delivery.requeue().await;
+        }
+        for key in consume {
             if self.active.contains_key(key) {
                 continue;
             }
@@ -159,6 +175,11 @@ impl Consumers {
         Ok(())
     }
 
+    fn serves(&self, model: &str, sub: &SubQueue) -> bool {
+        // Few queues per worker: a scan, not a key built per held job.
+        self.serve.iter().any(|k| k.model == model && &k.sub == sub)
+    }
+
     /// A job about to reach the delivery limit runs here instead of going back.
     fn should_keep(&self, delivery: &Delivery) -> bool {
         let count = delivery.header_u64("x-delivery-count").unwrap_or(0);
@@ -176,7 +197,8 @@ impl Consumers {
         };
         match event {
             Some(Ok(delivery)) => {
-                if self.cancelling.contains(&tag) && !self.should_keep(&delivery) {
+                let returned = self.cancelling.contains(&tag) && !self.serve.contains(&key);
+                if returned && !self.should_keep(&delivery) {
                     // In a task of its own: this future may be dropped by the
                     // caller's select, and the job must not be left unacked.
                     self.requeues.spawn(async move { delivery.requeue().await });

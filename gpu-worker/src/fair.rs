@@ -26,6 +26,7 @@
 //! can exceed the limit by one each until the next read.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -169,11 +170,14 @@ impl FairScheduler {
     /// all without placement) at `now`: run the best, or wait
     /// [`LOOKAHEAD`] for the next job of the queue whose job just ended
     /// here when that queue would come before the best held one.
-    pub fn pick(&self, candidates: &[Candidate<'_>], now: Instant) -> Pick {
+    ///
+    /// Without `lookahead` (the queue's next job will not be pushed: pull
+    /// mode, `crate::pull`) it never waits.
+    pub fn pick(&self, candidates: &[Candidate<'_>], now: Instant, lookahead: bool) -> Pick {
         let Some(best) = self.best(candidates) else {
             return Pick::Blocked;
         };
-        let Some(recent) = &self.recent else {
+        let Some(recent) = self.recent.as_ref().filter(|_| lookahead) else {
             return Pick::Run(best);
         };
         let until = recent.at + LOOKAHEAD;
@@ -196,6 +200,27 @@ impl FairScheduler {
         } else {
             Pick::Run(best)
         }
+    }
+
+    /// The candidates whose tenants may start, best first: tenants by start
+    /// tag (ties to the one served least recently, then by name), and
+    /// within a tenant the highest level first, then arrival order. The
+    /// order in which a worker in pull mode tries its queues.
+    pub fn order(&self, candidates: &[Candidate<'_>]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..candidates.len())
+            .filter(|&index| self.may_start(candidates[index].tenant))
+            .collect();
+        order.sort_by(|&a, &b| {
+            let (x, y) = (&candidates[a], &candidates[b]);
+            let last = |tenant: &str| self.last_start.get(tenant).copied();
+            self.start_tag(x.tenant)
+                .total_cmp(&self.start_tag(y.tenant))
+                .then_with(|| last(x.tenant).cmp(&last(y.tenant)))
+                .then_with(|| x.tenant.cmp(y.tenant))
+                .then_with(|| y.level.cmp(&x.level))
+                .then(a.cmp(&b))
+        });
+        order
     }
 
     /// Charges a job's tenant its model's estimated run time.
@@ -256,181 +281,13 @@ impl FairScheduler {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gpuq_common::config::TenantLimits;
-
-    fn scheduler(weights: &[(&str, f64)]) -> FairScheduler {
-        let mut tenants = TenantsConfig::default();
-        for (name, weight) in weights {
-            let limits = TenantLimits {
-                weight: *weight,
-                ..TenantLimits::default()
-            };
-            tenants.named.insert((*name).to_owned(), limits);
-        }
-        FairScheduler::new(tenants)
-    }
-
-    fn job(tenant: &str, level: Level) -> Candidate<'_> {
-        Candidate {
-            tenant,
-            level,
-            model: "m",
-        }
-    }
-
-    /// Long after any job ended: the pick among held jobs alone.
-    fn later() -> Instant {
-        Instant::now() + Duration::from_secs(3600)
-    }
-
-    /// The candidate run now (no lookahead), if any.
-    fn run(s: &FairScheduler, held: &[Candidate<'_>]) -> Option<usize> {
-        match s.pick(held, later()) {
-            Pick::Run(index) => Some(index),
-            _ => None,
-        }
-    }
-
-    fn ran(s: &mut FairScheduler, tenant: &str, model: &str, run: Duration) {
-        let charge = s.started(tenant, Level::Normal, model);
-        s.finished(charge, run, Instant::now());
-    }
-
-    fn run_now(s: &FairScheduler, held: &[Candidate<'_>]) -> usize {
-        run(s, held).expect("a job to run")
-    }
-
-    /// Runs `rounds` jobs of `run` each, one slot, both tenants always
-    /// backlogged; returns how many each ran.
-    fn share(s: &mut FairScheduler, rounds: usize, run: Duration) -> HashMap<String, usize> {
-        let mut ran = HashMap::new();
-        for _ in 0..rounds {
-            let held = [job("a", Level::Normal), job("b", Level::Normal)];
-            let chosen = held[run_now(s, &held)].tenant;
-            *ran.entry(chosen.to_owned()).or_default() += 1;
-            self::ran(s, chosen, "m", run);
-        }
-        ran
-    }
-
-    #[test]
-    fn backlogged_tenants_share_by_weight() {
-        let mut equal = scheduler(&[]);
-        let ran = share(&mut equal, 100, Duration::from_millis(200));
-        assert_eq!((ran["a"], ran["b"]), (50, 50));
-        let mut weighted = scheduler(&[("a", 3.0)]);
-        let ran = share(&mut weighted, 100, Duration::from_millis(200));
-        assert!((74..=76).contains(&ran["a"]), "{ran:?}");
-    }
-
-    #[test]
-    fn shares_are_of_gpu_time_not_job_count() {
-        // a's jobs take 3x as long: it gets a quarter of the jobs, half the time.
-        let mut s = scheduler(&[]);
-        let mut time = HashMap::<&str, f64>::new();
-        for _ in 0..400 {
-            let held = [job("a", Level::Normal), job("b", Level::Normal)];
-            let chosen = held[run_now(&s, &held)].tenant;
-            let run = if chosen == "a" { 0.3 } else { 0.1 };
-            ran(&mut s, chosen, chosen, Duration::from_secs_f64(run));
-            *time.entry(chosen).or_default() += run;
-        }
-        let a_share = time["a"] / (time["a"] + time["b"]);
-        assert!((0.45..=0.55).contains(&a_share), "{a_share}");
-    }
-
-    #[test]
-    fn a_tenant_arriving_late_runs_next_and_does_not_cash_in_idle_time() {
-        let mut s = scheduler(&[]);
-        share(&mut s, 1, Duration::from_millis(200));
-        for _ in 0..50 {
-            ran(&mut s, "a", "m", Duration::from_millis(200));
-        }
-        // b held behind a's backlog: b runs next, then they alternate.
-        let held = [
-            job("a", Level::Normal),
-            job("a", Level::Normal),
-            job("b", Level::Normal),
-        ];
-        assert_eq!(run(&s, &held), Some(2));
-        let ran = share(&mut s, 20, Duration::from_millis(200));
-        assert_eq!((ran["a"], ran["b"]), (10, 10));
-    }
-
-    #[test]
-    fn a_tenant_at_its_max_running_is_passed_over_until_a_job_ends() {
-        let mut s = scheduler(&[]);
-        s.tenants.named.insert(
-            "a".into(),
-            TenantLimits {
-                max_running: Some(2),
-                ..TenantLimits::default()
-            },
-        );
-        assert_eq!(s.limited_tenants(), ["a"]);
-        // Another worker runs one of a's jobs.
-        s.set_running([("a".to_owned(), 1)].into());
-        let held = [job("a", Level::High), job("b", Level::Low)];
-        assert_eq!(run(&s, &held), Some(0));
-        let charge = s.started("a", Level::High, "m");
-        assert_eq!(run(&s, &held), Some(1), "a is at 2 running");
-        assert_eq!(s.pick(&held[..1], later()), Pick::Blocked);
-        s.finished(charge, Duration::from_millis(10), Instant::now());
-        assert_eq!(run(&s, &held[..1]), Some(0));
-    }
-
-    #[test]
-    fn within_a_tenant_the_highest_level_then_arrival_order() {
-        let s = scheduler(&[]);
-        let held = [
-            job("a", Level::Low),
-            job("a", Level::Normal),
-            job("a", Level::High),
-            job("a", Level::High),
-        ];
-        assert_eq!(run(&s, &held), Some(2));
-        assert_eq!(run(&s, &held[..2]), Some(1));
-        assert_eq!(s.pick(&[], later()), Pick::Blocked);
-    }
-
-    #[test]
-    fn a_free_slot_waits_briefly_for_the_queue_that_comes_first() {
-        // heavy (weight 3) just ended a job; only light's is held: heavy's
-        // next delivery is on its way and comes first.
-        let mut s = scheduler(&[("heavy", 3.0)]);
-        ran(&mut s, "light", "m", Duration::from_millis(200));
-        ran(&mut s, "heavy", "m", Duration::from_millis(200));
-        let ended = Instant::now();
-        let light = [job("light", Level::Normal)];
-        assert!(matches!(s.pick(&light, ended), Pick::Wait(until) if until <= ended + LOOKAHEAD));
-        let both = [job("light", Level::Normal), job("heavy", Level::Normal)];
-        assert_eq!(s.pick(&both, ended), Pick::Run(1), "it arrived");
-        assert_eq!(
-            s.pick(&light, ended + LOOKAHEAD),
-            Pick::Run(0),
-            "it did not"
-        );
-        // Another model's jobs never wait for it.
-        let other = [Candidate {
-            tenant: "light",
-            level: Level::Normal,
-            model: "n",
-        }];
-        assert_eq!(s.pick(&other, ended), Pick::Run(0));
-        // Equal weights: the tenant that just ran does not go first.
-        let mut equal = scheduler(&[]);
-        ran(&mut equal, "b", "m", Duration::from_millis(200));
-        ran(&mut equal, "a", "m", Duration::from_millis(200));
-        let b = [job("b", Level::Normal)];
-        assert_eq!(equal.pick(&b, Instant::now()), Pick::Run(0));
-        // Levels: a high job just ended; the normal one held waits for the next high.
-        let mut levels = scheduler(&[]);
-        let charge = levels.started("a", Level::High, "m");
-        levels.finished(charge, Duration::from_millis(200), ended);
-        let normal = [job("a", Level::Normal)];
-        assert_eq!(levels.pick(&normal, ended), Pick::Wait(ended + LOOKAHEAD));
-    }
+/// The scheduler's lock; its state stays usable even if a holder panicked
+/// (it only orders jobs).
+pub fn lock(scheduler: &Mutex<FairScheduler>) -> std::sync::MutexGuard<'_, FairScheduler> {
+    scheduler
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,9 @@
 //!   sleep, adapter processes, TorchScript with feature `torch`).
 //! - `placement`: the assignment from the placing dispatcher, and which held
 //!   job runs next (main and loaded models first); `consumers`: the queues
-//!   consumed now; `session`: one broker session's consume loop.
+//!   consumed now; `pull`: fetching instead of holding, for models with
+//!   several queues; `fair`: which tenant's job runs next; `session`: one
+//!   broker session's consume loop.
 //! - `pool`: model residency within the VRAM budget (load on use, LRU eviction).
 //! - `amqp`: owns lapin (consume and publish channels). `store`: owns redis.
 //! - `gpu`: owns nvml-wrapper (free memory before a load, the process's use).
@@ -25,6 +27,7 @@ mod heartbeat;
 mod job;
 mod placement;
 mod pool;
+mod pull;
 mod runtime;
 mod session;
 mod stats;

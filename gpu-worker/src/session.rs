@@ -13,10 +13,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::consumers::{Consumers, Held};
-use crate::fair::{Candidate, FairScheduler, Pick};
+use crate::amqp::BrokerError;
+use crate::consumers::{Consumers, Held, QueueKey};
+use crate::fair::{lock, Candidate, FairScheduler, Pick};
 use crate::job::{handle_delivery, JobContext};
 use crate::placement::{choose, desired_queues, Affinity, Choice};
+use crate::pull::PullMode;
 use crate::sub_queues::{queue_keys, KnownSubQueues};
 
 /// Why a worker stops of its own accord (the session sees both causes first).
@@ -56,7 +58,8 @@ const AFFINITY_GRACE: Duration = Duration::from_millis(50);
 const LIMITED_RETRY: Duration = Duration::from_millis(100);
 
 /// One broker session: consume the assigned queues, following assignment
-/// changes, and run held jobs (loaded models first) until stop or failure.
+/// changes, and run held jobs (loaded models first) until stop or failure;
+/// models with several queues are fetched from while busy (`crate::pull`).
 // Longer than 80 lines: one select loop whose arms share the session's state; split, each part would take all of it.
 pub async fn consume(
     context: Arc<JobContext>,
@@ -79,20 +82,16 @@ pub async fn consume(
         config.queues.delivery_limit,
         session.tracker.clone(),
     );
+    let mut pull = PullMode::new();
     let mut queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
-    if let Err(error) = consumers
-        .apply(&queue_keys(
-            &queues.models,
-            &known.borrow_and_update(),
-            budget,
-        ))
-        .await
-    {
+    let mut serve = queue_keys(&queues.models, &known.borrow_and_update(), budget);
+    pull.set_served(&serve);
+    if let Err(error) = consumers.apply(&pull.consumed(&serve), &serve).await {
         return SessionEnd::Lost(error.to_string());
     }
     let publish_queues = |consumers: &Consumers| {
         context.stats.set_queues(
-            consumers.consuming().into_iter().collect(),
+            consumers.serving().into_iter().collect(),
             consumers.waiting(),
         )
     };
@@ -109,69 +108,51 @@ pub async fn consume(
     let mut known_open = true;
     // Jobs handed back unclaimed (their tenant at max_running), to hold again.
     let (given_back, mut returned) = mpsc::unbounded_channel::<Held>();
+    let start = |job: Held, permit: OwnedSemaphorePermit| {
+        start_job(
+            &context,
+            session.fair,
+            session.tracker,
+            job,
+            permit,
+            &given_back,
+        )
+    };
     loop {
         let mut grace_until: Option<Instant> = None;
+        let mut started = false;
         if permit.is_some() && !consumers.held.is_empty() {
             let now = Instant::now();
             let since = *free_since.get_or_insert(now);
-            let choice = if affinity.is_none() {
-                Choice::Run(0)
-            } else {
-                let loaded: BTreeSet<String> = context
-                    .pool
-                    .snapshot()
-                    .0
-                    .into_iter()
-                    .map(|r| r.model)
-                    .collect();
-                let held: Vec<(&str, Instant)> = consumers
-                    .held
-                    .iter()
-                    .map(|h| (h.model.as_str(), h.received))
-                    .collect();
-                choose(&held, &loaded, &queues, affinity, since, now)
+            let choice = match affinity {
+                None => Choice::Run(0),
+                Some(_) => {
+                    let held: Vec<(&str, Instant)> = consumers
+                        .held
+                        .iter()
+                        .map(|h| (h.model.as_str(), h.received))
+                        .collect();
+                    let loaded = loaded_models(&context);
+                    choose(&held, &loaded, &queues, affinity, since, now)
+                }
             };
+            // The queue's next job is on its way only while it is consumed.
+            let lookahead = pull.is_empty() || pull.listening();
             match choice {
                 Choice::Run(index) => {
-                    let scheduler = Arc::clone(session.fair);
-                    match fair_pick(&consumers.held, index, affinity.is_some(), &scheduler, now) {
+                    let same_model = affinity.is_some();
+                    match fair_pick(
+                        &consumers.held,
+                        index,
+                        same_model,
+                        session.fair,
+                        now,
+                        lookahead,
+                    ) {
                         Pick::Run(index) => {
                             let job = consumers.held.remove(index).expect("chosen job is held");
-                            let permit = permit.take().expect("free slot");
-                            free_since = None;
-                            publish_queues(&consumers);
-                            let context = Arc::clone(&context);
-                            let charge = lock(&scheduler).started(
-                                &job.sub.tenant,
-                                job.sub.level,
-                                &job.model,
-                            );
-                            let given_back = given_back.clone();
-                            session.tracker.spawn(async move {
-                                let began = Instant::now();
-                                let (model, sub) = (job.model.clone(), job.sub);
-                                match handle_delivery(context, job.model, job.delivery).await {
-                                    None => lock(&scheduler).finished(
-                                        charge,
-                                        began.elapsed(),
-                                        Instant::now(),
-                                    ),
-                                    Some(delivery) => {
-                                        lock(&scheduler).given_back(charge);
-                                        let held = Held {
-                                            model,
-                                            sub,
-                                            delivery,
-                                            received: job.received,
-                                        };
-                                        if let Err(SendError(held)) = given_back.send(held) {
-                                            held.delivery.requeue().await; // the session has ended
-                                        }
-                                    }
-                                }
-                                drop(permit);
-                            });
-                            continue;
+                            start(job, permit.take().expect("free slot"));
+                            started = true;
                         }
                         // The queue whose job just ended comes first: its next is on its way.
                         Pick::Wait(until) => grace_until = Some(until),
@@ -182,7 +163,38 @@ pub async fn consume(
                 Choice::Wait(until) => grace_until = Some(until),
             }
         }
-        let wants_permit = permit.is_none() && !consumers.held.is_empty();
+        if permit.is_some() && !started && pull.due() {
+            let loaded = loaded_models(&context);
+            let fetched = pull
+                .fetch(&context.broker, session.fair, &loaded, &queues, affinity)
+                .await;
+            match fetched {
+                Ok(Some(job)) => {
+                    start(job, permit.take().expect("free slot"));
+                    started = true;
+                }
+                // Every queue is empty: consume them until the slots fill.
+                Ok(None) => {
+                    pull.listen();
+                    if let Err(error) = consumers.apply(&pull.consumed(&serve), &serve).await {
+                        return SessionEnd::Lost(error.to_string());
+                    }
+                }
+                Err(error) => return SessionEnd::Lost(error.to_string()),
+            }
+        }
+        if started {
+            free_since = None;
+            // Full: hold no more jobs of models that can be fetched.
+            if session.permits.available_permits() == 0 && pull.pause() {
+                if let Err(error) = consumers.apply(&pull.consumed(&serve), &serve).await {
+                    return SessionEnd::Lost(error.to_string());
+                }
+            }
+            publish_queues(&consumers);
+            continue;
+        }
+        let wants_permit = permit.is_none() && (!consumers.held.is_empty() || pull.due());
         tokio::select! {
             _ = session.shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
             _ = session.restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
@@ -192,27 +204,25 @@ pub async fn consume(
                     continue;
                 }
                 queues = desired_queues(assignment.borrow_and_update().as_ref(), session.served);
-                let keys = queue_keys(&queues.models, &known.borrow(), budget);
-                if keys != consumers.consuming_queues() {
+                serve = queue_keys(&queues.models, &known.borrow(), budget);
+                if &serve != consumers.serving_queues() {
                     tracing::info!(models = ?queues.models, main = ?queues.main, "consuming (placement)");
-                    if let Err(error) = consumers.apply(&keys).await {
-                        return SessionEnd::Lost(error.to_string());
-                    }
-                    publish_queues(&consumers);
                 }
+                if let Err(error) = follow(&mut consumers, &mut pull, &serve).await {
+                    return SessionEnd::Lost(error.to_string());
+                }
+                publish_queues(&consumers);
             }
             changed = known.changed(), if known_open => {
                 if changed.is_err() {
                     known_open = false;
                     continue;
                 }
-                let keys = queue_keys(&queues.models, &known.borrow_and_update(), budget);
-                if keys != consumers.consuming_queues() {
-                    if let Err(error) = consumers.apply(&keys).await {
-                        return SessionEnd::Lost(error.to_string());
-                    }
-                    publish_queues(&consumers);
+                serve = queue_keys(&queues.models, &known.borrow_and_update(), budget);
+                if let Err(error) = follow(&mut consumers, &mut pull, &serve).await {
+                    return SessionEnd::Lost(error.to_string());
                 }
+                publish_queues(&consumers);
             }
             Some(held) = returned.recv() => {
                 consumers.held.push_front(held);
@@ -232,6 +242,63 @@ pub async fn consume(
     }
 }
 
+/// Serves `serve` from now on: which models are in pull mode, and which
+/// queues are consumed, follow it.
+async fn follow(
+    consumers: &mut Consumers,
+    pull: &mut PullMode,
+    serve: &BTreeSet<QueueKey>,
+) -> Result<(), BrokerError> {
+    pull.set_served(serve);
+    let consume = pull.consumed(serve);
+    if serve != consumers.serving_queues() || consume != consumers.consuming_queues() {
+        consumers.apply(&consume, serve).await?;
+    }
+    Ok(())
+}
+
+/// Models resident in the pool now.
+fn loaded_models(context: &JobContext) -> BTreeSet<String> {
+    let residents = context.pool.snapshot().0;
+    residents.into_iter().map(|r| r.model).collect()
+}
+
+/// Runs `job` in a task of its own under `permit`, charged to its tenant;
+/// a job its tenant's `max_running` refused comes back through `given_back`.
+fn start_job(
+    context: &Arc<JobContext>,
+    scheduler: &Arc<Mutex<FairScheduler>>,
+    tracker: &TaskTracker,
+    job: Held,
+    permit: OwnedSemaphorePermit,
+    given_back: &mpsc::UnboundedSender<Held>,
+) {
+    let context = Arc::clone(context);
+    let scheduler = Arc::clone(scheduler);
+    let charge = lock(&scheduler).started(&job.sub.tenant, job.sub.level, &job.model);
+    let given_back = given_back.clone();
+    tracker.spawn(async move {
+        let began = Instant::now();
+        let (model, sub) = (job.model.clone(), job.sub);
+        match handle_delivery(context, job.model, job.delivery).await {
+            None => lock(&scheduler).finished(charge, began.elapsed(), Instant::now()),
+            Some(delivery) => {
+                lock(&scheduler).given_back(charge);
+                let held = Held {
+                    model,
+                    sub,
+                    delivery,
+                    received: job.received,
+                };
+                if let Err(SendError(held)) = given_back.send(held) {
+                    held.delivery.requeue().await; // the session has ended
+                }
+            }
+        }
+        drop(permit);
+    });
+}
+
 /// The held job a free slot runs: among the jobs of the model placement
 /// chose (`chosen`'s; any model without placement), the one fair share
 /// picks (`crate::fair`), or a short wait, or none (each of their tenants
@@ -242,6 +309,7 @@ fn fair_pick(
     same_model_only: bool,
     scheduler: &Mutex<FairScheduler>,
     now: Instant,
+    lookahead: bool,
 ) -> Pick {
     let model = held[chosen].model.as_str();
     let (indices, candidates): (Vec<usize>, Vec<Candidate<'_>>) = held
@@ -257,16 +325,8 @@ fn fair_pick(
             (index, candidate)
         })
         .unzip();
-    match lock(scheduler).pick(&candidates, now) {
+    match lock(scheduler).pick(&candidates, now, lookahead) {
         Pick::Run(pick) => Pick::Run(indices[pick]),
         other => other,
     }
-}
-
-/// The scheduler's lock; its state stays usable even if a holder panicked
-/// (it only orders jobs).
-fn lock(scheduler: &Mutex<FairScheduler>) -> std::sync::MutexGuard<'_, FairScheduler> {
-    scheduler
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

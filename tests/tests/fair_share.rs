@@ -9,6 +9,8 @@
 //! - A `high` job submitted behind a backlog on a quorum queue starts next.
 //! - A worker killed while holding jobs of several tenants loses none:
 //!   every job completes, once.
+//! - A busy worker holds no job of a model with several queues (pull
+//!   mode): what is published while its slot is full stays in the broker.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -262,6 +264,71 @@ async fn a_worker_killed_holding_jobs_of_several_tenants_loses_none() {
             "{queue}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_leaves_the_jobs_of_a_model_with_several_queues_in_the_broker() {
+    let runs = tempfile::tempdir().unwrap();
+    let system = system(runs.path(), 50, "");
+    let _dispatcher = system.dispatcher(&[]);
+    let main = system.names.model_queue("sleep");
+    system.wait_for_consumers(&main, 1, WAIT).await;
+    let producer = Producer::connect(system.config.clone()).await.unwrap();
+    // The tenants' sub-queues exist and are served before the test proper.
+    let warm = vec![job("t1", "warm-1", None), job("t2", "warm-2", None)];
+    wait_completed(&system, &submit_all(&producer, warm).await).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let queues = [
+        main.clone(),
+        format!("{main}.normal.t1"),
+        format!("{main}.normal.t2"),
+    ];
+    for queue in &queues {
+        system.wait_for_consumers(queue, 1, WAIT).await;
+    }
+
+    // The worker's one slot runs a long job.
+    let long = job("t1", "long", None).input("duration_ms", 5000);
+    let mut ids = submit_all(&producer, vec![long]).await;
+    system.wait_for_status(&ids[0], &["processing"], WAIT).await;
+    let mut backlog = Vec::new();
+    for tenant in ["default", "t1", "t2"] {
+        backlog.extend((0..3).map(|i| job(tenant, &format!("{tenant}-{i}"), None)));
+    }
+    ids.extend(submit_all(&producer, backlog).await);
+    // Long enough for any delivery to arrive; the long job still runs.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // All 3 of each queue ready: none was delivered to the busy worker.
+    // (Consumer counts do not show it: a quorum queue keeps counting a
+    // cancelled consumer until its unacked job, here the long one, settles.)
+    for queue in &queues {
+        let ready = system.queue_depth(queue).await.map(|(ready, _)| ready);
+        assert_eq!(ready, Some(3), "{queue}");
+    }
+    let waiting = system.worker_field(WORKER, "waiting").await;
+    assert!(
+        waiting.as_deref().is_none_or(|w| !w.contains("sleep")),
+        "nothing held: {waiting:?}"
+    );
+    assert_eq!(
+        system.job_hash(&ids[0]).await["status"],
+        "processing",
+        "the check ran while the slot was full"
+    );
+
+    wait_completed(&system, &ids).await;
+    let order: Vec<String> = start_order(runs.path())
+        .into_iter()
+        .filter(|t| !t.starts_with("warm"))
+        .collect();
+    assert_eq!(order.len(), 10, "each job ran once: {order:?}");
+    // Fetched in fair order by GPU time: t1 has just used 5 s, so the
+    // other two tenants' jobs all run before t1's.
+    assert_eq!(order[0], "long");
+    assert!(
+        order[7..].iter().all(|t| t.starts_with("t1-")),
+        "t1's jobs last: {order:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
