@@ -121,6 +121,10 @@ pub async fn consume(
     loop {
         let mut grace_until: Option<Instant> = None;
         let mut started = false;
+        // A stuck model thread asked for a restart: start nothing more.
+        if session.restart.is_cancelled() {
+            return SessionEnd::Stop(ExitReason::RestartRequested);
+        }
         if permit.is_some() && !consumers.held.is_empty() {
             let now = Instant::now();
             let since = *free_since.get_or_insert(now);
@@ -280,7 +284,8 @@ fn start_job(
     tracker.spawn(async move {
         let began = Instant::now();
         let (model, sub) = (job.model.clone(), job.sub);
-        match handle_delivery(context, job.model, job.delivery).await {
+        // The slot is freed when the run ends, before the outcome is recorded.
+        match handle_delivery(context, job.model, job.delivery, permit).await {
             None => lock(&scheduler).finished(charge, began.elapsed(), Instant::now()),
             Some(delivery) => {
                 lock(&scheduler).given_back(charge);
@@ -295,7 +300,6 @@ fn start_job(
                 }
             }
         }
-        drop(permit);
     });
 }
 

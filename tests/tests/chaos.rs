@@ -2,6 +2,11 @@
 //! a dispatcher is restarted. Every job must end in a final state, none may be
 //! missing, and no completed job may run again after it completed (runs are
 //! counted by the synthetic model's run log). Bounded: well under 3 minutes.
+//!
+//! Host B's workers hold two deliveries (`worker.prefetch = 2`), so a job's
+//! outcome is recorded and acked while the next one already runs on its
+//! freed slot (the pipelined path, `gpu-worker/src/job/mod.rs`); host A's
+//! hold one. The kills land at random points of both.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,10 +25,14 @@ const CHAOS: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(120);
 
 /// A host with two workers on one 8 GiB GPU that restart fast and never give
-/// up, serving a 60 ms `sleep` model that logs every run to `run_log`.
-fn host(host_id: &str, run_log: &Path) -> ConfigBuilder {
+/// up, holding `prefetch` deliveries each, serving a 60 ms `sleep` model that
+/// logs every run to `run_log`.
+fn host(host_id: &str, run_log: &Path, prefetch: u32) -> ConfigBuilder {
     ConfigBuilder::new()
         .section("[jobs]\nretry_backoff_s = 1")
+        .section(&format!(
+            "[worker]\nprefetch = {prefetch}\nheartbeat_interval_ms = 200\nheartbeat_ttl_ms = 2000\nshutdown_grace_s = 10"
+        ))
         .host(host_id)
         .dispatcher("workers_per_gpu = 2")
         .dispatcher("crash_loop_limit = 1000")
@@ -38,8 +47,8 @@ fn host(host_id: &str, run_log: &Path) -> ConfigBuilder {
 async fn every_job_ends_final_and_none_runs_after_completing_under_chaos() {
     let runs_dir = tempfile::tempdir().unwrap();
     let run_log = runs_dir.path().join("runs.log");
-    let system = host("host-a", &run_log).system();
-    let host_b = system.extra_config("host-b.toml", &host("host-b", &run_log).build());
+    let system = host("host-a", &run_log, 1).system();
+    let host_b = system.extra_config("host-b.toml", &host("host-b", &run_log, 2).build());
     let _a = system.dispatcher(&[]);
     let mut b = system.spawn_with_config("gpuq-dispatcher", &host_b, &[]);
     let queue = system.names.model_queue("sleep");

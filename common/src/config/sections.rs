@@ -269,7 +269,8 @@ impl Default for ArtifactsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
-    /// Jobs one worker runs at once. Default 1.
+    /// Model runs one worker has at once. Default 1. A job whose run has
+    /// ended records its outcome and acks beside the next run.
     pub concurrency: u32,
     /// Deliveries a worker holds per queue (AMQP prefetch); 0 means `concurrency`.
     /// `concurrency + 1` hides the broker round trip between short jobs, at the

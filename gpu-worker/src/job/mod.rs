@@ -17,6 +17,14 @@
 //! so a worker dying at any point leaves either a redelivery or a recorded
 //! outcome, never a silent loss. Settling consumes the delivery, so a job is
 //! acked or requeued exactly once.
+//!
+//! The GPU slot never waits for bookkeeping: the job holds its slot (a
+//! [`Slot`], the session's concurrency permit) only until its model run
+//! ends. Record, reply and ack then run beside the next job, which the
+//! session starts on the freed slot (issue 18). Nothing about the order
+//! above changes, only who waits for it. The one exception: a run that
+//! requested a worker restart (a stuck model thread) keeps its slot, so no
+//! other job starts on that model before the process restarts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +36,7 @@ use gpuq_common::config::Config;
 use gpuq_common::registry::ModelConfig;
 use gpuq_common::wire::Encoding;
 use gpuq_common::{JobMessage, Names};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -93,13 +102,19 @@ impl CancelRegistry {
     }
 }
 
-/// Handles one delivery from `model_id`'s queue to its ack (or requeue);
-/// returns it, unclaimed, when its tenant is at `max_running`, for the
-/// session to hold until the tenant may run again.
+/// One of the worker's `worker.concurrency` slots: a model runs only while
+/// its job holds one.
+pub type Slot = OwnedSemaphorePermit;
+
+/// Handles one delivery from `model_id`'s queue to its ack (or requeue),
+/// freeing `slot` as soon as its model run ends; returns the delivery,
+/// unclaimed, when its tenant is at `max_running`, for the session to hold
+/// until the tenant may run again.
 pub async fn handle_delivery(
     ctx: Arc<JobContext>,
     model_id: String,
     delivery: Delivery,
+    slot: Slot,
 ) -> Option<Delivery> {
     let message_id = delivery.message_id();
     let span = tracing::info_span!(
@@ -126,7 +141,7 @@ pub async fn handle_delivery(
         delivery,
         message_id,
     };
-    process(received).instrument(span).await
+    process(received, slot).instrument(span).await
 }
 
 /// A delivery not yet decoded: it may not be a job at all.
@@ -151,7 +166,8 @@ pub(crate) struct InFlight<'a> {
 }
 
 /// The whole path of one delivery; every branch ends in exactly one settle.
-async fn process(received: Received<'_>) -> Option<Delivery> {
+/// `slot` is freed when the run ends (or when the job ends without one).
+async fn process(received: Received<'_>, slot: Slot) -> Option<Delivery> {
     let Some(job) = received.decode().await else {
         return None; // not a job: dead-lettered
     };
@@ -180,6 +196,11 @@ async fn process(received: Received<'_>) -> Option<Delivery> {
         return None;
     }
     let outcome = job.run(timeout).await;
+    // The next job may start while this one is recorded, replied and acked;
+    // a run that asked for a restart keeps the slot until the process goes.
+    if !job.ctx.restart.is_cancelled() {
+        drop(slot);
+    }
     job.conclude(outcome, attempt).await;
     None
 }
