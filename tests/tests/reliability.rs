@@ -297,6 +297,52 @@ async fn cancelled_jobs_never_run_and_running_ones_are_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_its_model_loads_never_runs() {
+    let runs_dir = tempfile::tempdir().unwrap();
+    // A model that takes 4 s to load: a job claimed on a cold worker waits
+    // that long before its run.
+    let system = ConfigBuilder::new()
+        .host("host-a")
+        .gpu(8192)
+        .sleep_model("sleep", 1024, 10)
+        .params("load_ms = 4000")
+        .run_log(&runs_dir.path().join("runs.log"))
+        .system();
+    let _dispatcher = system.dispatcher(&[]);
+    system
+        .wait_for_consumers(&system.names.model_queue("sleep"), 1, WAIT)
+        .await;
+    let pid = system.worker_field(WORKER, "pid").await.unwrap();
+
+    submit(&system, "cancel-in-load", r#"{"tag": "in-load"}"#, "").await;
+    system
+        .wait_for_status("cancel-in-load", &["processing"], WAIT)
+        .await;
+    let output = system.gpuq(&["cancel", "cancel-in-load"], WAIT);
+    assert!(output.status.success(), "{output:?}");
+
+    // The model loads for the next job; the cancelled one never runs.
+    submit(&system, "after-load", r#"{"tag": "after"}"#, "").await;
+    let record = system
+        .wait_for_status("after-load", &["completed", "failed"], WAIT)
+        .await;
+    assert_eq!(record["status"], "completed", "{record:?}");
+    let record = system.job_hash("cancel-in-load").await;
+    assert_eq!(record["status"], "cancelled", "{record:?}");
+    let runs = runs(&runs_dir);
+    assert!(
+        !runs.contains_key("in-load"),
+        "the cancelled job ran: {runs:?}"
+    );
+    assert_eq!(runs["after"].len(), 1);
+    // Nothing was running to stop, so the worker did not restart.
+    assert_eq!(
+        system.worker_field(WORKER, "pid").await.as_deref(),
+        Some(pid.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_delays_the_outcome_but_loses_nothing() {
     let mut redis = PrivateRedis::start();
     let runs_dir = tempfile::tempdir().unwrap();

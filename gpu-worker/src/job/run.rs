@@ -1,5 +1,7 @@
 //! The run step: the model lease from the pool, the artifact references
-//! resolved, the model run under its timeout and the job's cancel signal, and
+//! resolved, the model run under its timeout and the job's cancel signal
+//! (listened to from the start of the step: a job cancelled while its model
+//! loads is not run), and
 //! the result turned into an outcome (outputs offloaded to the artifact store
 //! and owned by the submitter). A broken model is evicted; a thread that
 //! cannot be stopped restarts the worker once the outcome is recorded.
@@ -12,8 +14,10 @@ use gpuq_common::registry::ModelConfig;
 use gpuq_common::wire::DEFAULT_TENANT;
 use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, ValueMap};
 
+use tokio_util::sync::CancellationToken;
+
 use super::record::{completed, failed};
-use super::{InFlight, JobContext};
+use super::{CancelRegistry, InFlight, JobContext};
 use crate::runtime::{Progress, RunError};
 use crate::store::{Outcome, Store};
 
@@ -34,6 +38,10 @@ async fn run_model(
     timeout: Duration,
 ) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
+    // Listening for a cancel from here, not from the model call: a cancel
+    // that comes while the model loads (seconds to minutes) skips the run.
+    let registered = Registered::new(&ctx.cancels, &job.job_id);
+    let cancel = registered.token.clone();
     let meter = ctx.vram.as_deref();
     // What this job's size class was measured to need (artifact references
     // count as the size they name, so this is known before they resolve).
@@ -68,8 +76,14 @@ async fn run_model(
     // The models loaded beside it as it starts (their memory is not its).
     let loaded: Vec<String> = ctx.pool.snapshot().0.into_iter().map(|r| r.model).collect();
     let run_started = std::time::Instant::now();
+    if cancel.is_cancelled() {
+        tracing::info!("job cancelled before its run; not running it");
+        return failed(
+            JobStatus::Cancelled,
+            JobError::new(ErrorCode::Cancelled, "cancelled before it ran"),
+        );
+    }
     let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
-    let cancel = ctx.cancels.register(&job.job_id);
     let running = async {
         tokio::select! {
             result = lease.runtime.run(inputs, timeout, progress) => result,
@@ -80,7 +94,7 @@ async fn run_model(
         Some(meter) => meter.measure(running).await,
         None => (running.await, None),
     };
-    ctx.cancels.forget(&job.job_id);
+    drop(registered);
     if result == Err(RunError::Cancelled) {
         if lease.runtime.can_abort() {
             tracing::info!("job cancelled; stopping the model process");
@@ -119,6 +133,31 @@ async fn run_model(
         Some(run_s),
     );
     outcome
+}
+
+/// A running job's place in the cancel registry, forgotten when dropped
+/// (on every way out of the run step).
+struct Registered<'a> {
+    cancels: &'a CancelRegistry,
+    job_id: &'a str,
+    token: CancellationToken,
+}
+
+impl<'a> Registered<'a> {
+    fn new(cancels: &'a CancelRegistry, job_id: &'a str) -> Registered<'a> {
+        let token = cancels.register(job_id);
+        Registered {
+            cancels,
+            job_id,
+            token,
+        }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.cancels.forget(self.job_id);
+    }
 }
 
 /// The outcome of a run: outputs offloaded to the artifact store and owned
