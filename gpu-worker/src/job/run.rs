@@ -76,13 +76,8 @@ async fn run_model(
     // The models loaded beside it as it starts (their memory is not its).
     let loaded: Vec<String> = ctx.pool.snapshot().0.into_iter().map(|r| r.model).collect();
     let run_started = std::time::Instant::now();
-    if cancel.is_cancelled() {
-        tracing::info!("job cancelled before its run; not running it");
-        return failed(
-            JobStatus::Cancelled,
-            JobError::new(ErrorCode::Cancelled, "cancelled before it ran"),
-        );
-    }
+    // Cancelled while the model loaded: the model is not called at all.
+    let skipped = cancel.is_cancelled();
     let progress = progress_reporter(ctx.store.clone(), job.job_id.clone());
     let running = async {
         tokio::select! {
@@ -91,11 +86,16 @@ async fn run_model(
         }
     };
     let (result, process_peak) = match meter {
+        _ if skipped => {
+            drop(running); // never polled: the model is not called
+            tracing::info!("job cancelled before its run; not running it");
+            (Err(RunError::Cancelled), None)
+        }
         Some(meter) => meter.measure(running).await,
         None => (running.await, None),
     };
     drop(registered);
-    if result == Err(RunError::Cancelled) {
+    if result == Err(RunError::Cancelled) && !skipped {
         if lease.runtime.can_abort() {
             tracing::info!("job cancelled; stopping the model process");
             lease.runtime.abort().await;
@@ -106,7 +106,7 @@ async fn run_model(
         }
     }
     let run_s = run_started.elapsed().as_secs_f64();
-    let aborted = result == Err(RunError::Cancelled) && lease.runtime.can_abort();
+    let aborted = result == Err(RunError::Cancelled) && !skipped && lease.runtime.can_abort();
     drop(lease);
     if aborted {
         ctx.pool.evict(&model.id).await;
@@ -130,7 +130,7 @@ async fn run_model(
         (tenant, max_labels),
         outcome.status.as_str(),
         queue_wait_s,
-        Some(run_s),
+        (!skipped).then_some(run_s),
     );
     outcome
 }
