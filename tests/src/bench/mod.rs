@@ -110,10 +110,13 @@ const ECHO_MODEL: &str =
     "[[models]]\nid = \"echo\"\nfeature = \"echo\"\nruntime = \"echo\"\nvram_mib = 256\n";
 
 /// A running system: its config, dispatcher and worker pids.
+// Fields drop in order: the dispatcher (and its workers) stop before the
+// system's clean-up deletes the topology, or a worker still running would
+// declare its queues again and leave them on the shared broker.
 struct BenchSystem {
-    system: TestSystem,
     dispatcher: crate::ProcessGuard,
     producer: Producer,
+    system: TestSystem,
 }
 
 impl BenchSystem {
