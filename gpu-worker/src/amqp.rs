@@ -1,9 +1,13 @@
 //! Owns the worker's RabbitMQ connection.
 //!
-//! One channel consumes (with prefetch = concurrency per queue) and fetches
-//! (`basic.get`, for pull mode); another publishes with confirms (dead
-//! letters, forwarded jobs, RPC replies), as lapin recommends: a slow
-//! publish confirm never stalls deliveries.
+//! Each model's queues are consumed (with `worker.prefetch` per queue) and
+//! fetched from (`basic.get`, for pull mode) on a channel of their own, so
+//! the deliveries and acks of one model never wait on another's channel
+//! lock (issue 18); one more channel publishes with confirms (dead letters,
+//! forwarded jobs, RPC replies), as lapin recommends: a slow publish
+//! confirm never stalls deliveries. A model's channel stays open for the
+//! whole connection, even while none of its queues is consumed: closing it
+//! would requeue the deliveries it holds.
 
 use futures_util::stream::{BoxStream, StreamExt};
 use gpuq_common::amqp::{declare_topology, NoNodeError};
@@ -20,6 +24,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 mod delivery;
 pub use delivery::Delivery;
@@ -47,10 +53,14 @@ const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Broker {
     connection: Connection,
-    consume_channel: Channel,
+    /// Each model's consume channel, opened at its first consumer or fetch.
+    consume_channels: parking_lot::Mutex<HashMap<String, Channel>>,
+    /// The prefetch each consume channel is given (`set_prefetch`).
+    prefetch: AtomicU16,
     publish_channel: Channel,
     names: Names,
-    consumer_tags: parking_lot::Mutex<Vec<String>>,
+    /// Running consumers, with the channel each runs on.
+    consumer_tags: parking_lot::Mutex<Vec<(String, Channel)>>,
     /// Longest wait for a publish's confirm (`amqp.publish_timeout_ms`).
     publish_timeout: std::time::Duration,
     /// The node the connection reached, reported back when it is lost.
@@ -69,22 +79,22 @@ impl Broker {
     ) -> Result<Broker, BrokerError> {
         let (connection, node) = nodes.connect(&format!("gpuq-worker {worker_id}")).await?;
         let setup = async {
-            let consume_channel = connection.create_channel().await?;
             let publish_channel = connection.create_channel().await?;
             publish_channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             declare_topology(&connection, topology).await?;
-            Ok::<_, lapin::Error>((consume_channel, publish_channel))
+            Ok::<_, lapin::Error>(publish_channel)
         };
         // A node going down may take the handshake and never answer the
         // rest: then the next node, not a hung worker.
         let set_up = tokio::time::timeout(SETUP_TIMEOUT, setup).await;
         let failed = match set_up {
-            Ok(Ok((consume_channel, publish_channel))) => {
+            Ok(Ok(publish_channel)) => {
                 return Ok(Broker {
                     connection,
-                    consume_channel,
+                    consume_channels: parking_lot::Mutex::new(HashMap::new()),
+                    prefetch: AtomicU16::new(0),
                     publish_channel,
                     names,
                     consumer_tags: parking_lot::Mutex::new(Vec::new()),
@@ -104,10 +114,31 @@ impl Broker {
 
     /// Sets how many unacked deliveries each consumer may hold.
     pub async fn set_prefetch(&self, prefetch: u16) -> Result<(), BrokerError> {
-        self.consume_channel
+        self.prefetch.store(prefetch, Ordering::Relaxed);
+        let open: Vec<Channel> = self.consume_channels.lock().values().cloned().collect();
+        for channel in open {
+            channel
+                .basic_qos(prefetch, BasicQosOptions { global: false })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The channel `model_id`'s queues are consumed and fetched on.
+    async fn consume_channel(&self, model_id: &str) -> Result<Channel, BrokerError> {
+        if let Some(channel) = self.consume_channels.lock().get(model_id) {
+            return Ok(channel.clone());
+        }
+        let channel = self.connection.create_channel().await?;
+        let prefetch = self.prefetch.load(Ordering::Relaxed);
+        channel
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await?;
-        Ok(())
+        let mut channels = self.consume_channels.lock();
+        Ok(channels
+            .entry(model_id.to_owned())
+            .or_insert(channel)
+            .clone())
     }
 
     /// Names of this namespace's queues.
@@ -124,8 +155,8 @@ impl Broker {
         sub: &SubQueue,
         tag: &str,
     ) -> Result<BoxStream<'static, Result<Delivery, BrokerError>>, BrokerError> {
-        let consumer = self
-            .consume_channel
+        let channel = self.consume_channel(model_id).await?;
+        let consumer = channel
             .basic_consume(
                 sub.queue_name(&self.names, model_id).into(),
                 tag.into(),
@@ -133,7 +164,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        self.consumer_tags.lock().push(tag.to_owned());
+        self.consumer_tags.lock().push((tag.to_owned(), channel));
         Ok(consumer
             .map(|delivery| delivery.map(Delivery).map_err(BrokerError::from))
             .boxed())
@@ -147,8 +178,8 @@ impl Broker {
         model_id: &str,
         sub: &SubQueue,
     ) -> Result<Option<Delivery>, BrokerError> {
-        let message = self
-            .consume_channel
+        let channel = self.consume_channel(model_id).await?;
+        let message = channel
             .basic_get(
                 sub.queue_name(&self.names, model_id).into(),
                 BasicGetOptions::default(),
@@ -159,19 +190,24 @@ impl Broker {
 
     /// Stops one consumer: the broker sends it nothing more.
     pub async fn cancel_consumer(&self, tag: &str) -> Result<(), BrokerError> {
-        self.consumer_tags.lock().retain(|t| t != tag);
-        self.consume_channel
-            .basic_cancel(tag.into(), BasicCancelOptions::default())
-            .await?;
+        let channel = {
+            let mut tags = self.consumer_tags.lock();
+            let at = tags.iter().position(|(t, _)| t == tag);
+            at.map(|at| tags.remove(at).1)
+        };
+        if let Some(channel) = channel {
+            channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await?;
+        }
         Ok(())
     }
 
     /// Stops every consumer: the broker sends no more deliveries.
     pub async fn cancel_consumers(&self) {
         let tags = std::mem::take(&mut *self.consumer_tags.lock());
-        for tag in tags {
-            if let Err(error) = self
-                .consume_channel
+        for (tag, channel) in tags {
+            if let Err(error) = channel
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await
             {

@@ -57,6 +57,8 @@ pub enum Pick {
 /// What a started job was charged, settled when it ends.
 #[derive(Debug, Clone)]
 pub struct Charge {
+    /// Its key in the scheduler's in-flight ends.
+    id: u64,
     tenant: String,
     level: Level,
     model: String,
@@ -99,6 +101,9 @@ pub struct FairScheduler {
     /// Running jobs across the fleet of each tenant with `max_running`.
     running: HashMap<String, u64>,
     recent: Option<Recent>,
+    /// When each started job here is expected to end (start + estimate),
+    /// by charge id: how soon a slot frees (`soonest_end`).
+    in_flight: HashMap<u64, Instant>,
 }
 
 impl FairScheduler {
@@ -112,6 +117,7 @@ impl FairScheduler {
             estimates: HashMap::new(),
             running: HashMap::new(),
             recent: None,
+            in_flight: HashMap::new(),
         }
     }
 
@@ -127,6 +133,17 @@ impl FairScheduler {
     /// The fleet's running jobs of the limited tenants, as just read.
     pub fn set_running(&mut self, running: HashMap<String, u64>) {
         self.running = running;
+    }
+
+    /// The tenant has a `max_running` (its starts count against the fleet's).
+    pub fn is_limited(&self, tenant: &str) -> bool {
+        self.limit(tenant).is_some()
+    }
+
+    /// When the first of the jobs started here is expected to end, by its
+    /// model's estimate; `None` when none is in flight.
+    pub fn soonest_end(&self) -> Option<Instant> {
+        self.in_flight.values().min().copied()
     }
 
     fn limit(&self, tenant: &str) -> Option<u64> {
@@ -237,10 +254,14 @@ impl FairScheduler {
             .insert(tenant.to_owned(), start + estimate_s / weight);
         self.starts += 1;
         self.last_start.insert(tenant.to_owned(), self.starts);
+        let estimate = Duration::try_from_secs_f64(estimate_s).unwrap_or_default();
+        let expected_end = Instant::now() + estimate.min(Duration::from_secs(86_400));
+        self.in_flight.insert(self.starts, expected_end);
         if self.limit(tenant).is_some() {
             *self.running.entry(tenant.to_owned()).or_default() += 1;
         }
         Charge {
+            id: self.starts,
             tenant: tenant.to_owned(),
             level,
             model: model.to_owned(),
@@ -252,6 +273,7 @@ impl FairScheduler {
     /// Undoes the start of a job its tenant's `max_running` refused (at the
     /// claim): the tenant counts as at its limit until the next read.
     pub fn given_back(&mut self, charge: Charge) {
+        self.in_flight.remove(&charge.id);
         if let Some(finish) = self.finish.get_mut(&charge.tenant) {
             *finish -= charge.estimate_s / charge.weight;
         }
@@ -264,6 +286,7 @@ impl FairScheduler {
     /// `now`), and learns the model's run time from it.
     pub fn finished(&mut self, charge: Charge, ran: Duration, now: Instant) {
         let ran_s = ran.as_secs_f64();
+        self.in_flight.remove(&charge.id);
         if let Some(running) = self.running.get_mut(&charge.tenant) {
             *running = running.saturating_sub(1);
         }

@@ -1,6 +1,8 @@
 //! One broker session of a worker: consume the assigned queues, follow
 //! assignment changes, and run held jobs up to the worker's concurrency, in the
-//! order placement wants (see `placement::choose`).
+//! order placement wants (see `placement::choose`). While every slot is
+//! busy, the job the next free slot would run is claimed ahead
+//! (`session::ahead`), so that it waits only for the slot.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use gpuq_common::record::Assignment;
 use tokio::sync::mpsc::{self, error::SendError};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,10 +18,13 @@ use tokio_util::task::TaskTracker;
 use crate::amqp::BrokerError;
 use crate::consumers::{Consumers, Held, QueueKey};
 use crate::fair::{lock, Candidate, FairScheduler, Pick};
-use crate::job::{handle_delivery, JobContext};
+use crate::job::{handle_delivery, Handled, JobContext, SlotSource};
 use crate::placement::{choose, desired_queues, Affinity, Choice};
 use crate::pull::PullMode;
 use crate::sub_queues::{queue_keys, KnownSubQueues};
+
+mod ahead;
+use ahead::{ahead_pick, Ahead};
 
 /// Why a worker stops of its own accord (the session sees both causes first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,18 +108,20 @@ pub async fn consume(
         grace: AFFINITY_GRACE,
     });
     let mut permit: Option<OwnedSemaphorePermit> = None;
+    // A job claimed ahead, until it has its slot (the session takes none meanwhile).
+    let mut ahead: Option<oneshot::Receiver<()>> = None;
     let mut free_since: Option<Instant> = None;
     let mut assignment_open = true;
     let mut known_open = true;
     // Jobs handed back unclaimed (their tenant at max_running), to hold again.
     let (given_back, mut returned) = mpsc::unbounded_channel::<Held>();
-    let start = |job: Held, permit: OwnedSemaphorePermit| {
+    let start = |job: Held, slot: SlotSource| {
         start_job(
             &context,
             session.fair,
             session.tracker,
             job,
-            permit,
+            slot,
             &given_back,
         )
     };
@@ -155,7 +162,7 @@ pub async fn consume(
                     ) {
                         Pick::Run(index) => {
                             let job = consumers.held.remove(index).expect("chosen job is held");
-                            start(job, permit.take().expect("free slot"));
+                            start(job, SlotSource::Held(permit.take().expect("free slot")));
                             started = true;
                         }
                         // The queue whose job just ended comes first: its next is on its way.
@@ -174,7 +181,7 @@ pub async fn consume(
                 .await;
             match fetched {
                 Ok(Some(job)) => {
-                    start(job, permit.take().expect("free slot"));
+                    start(job, SlotSource::Held(permit.take().expect("free slot")));
                     started = true;
                 }
                 // Every queue is empty: consume them until the slots fill.
@@ -198,7 +205,27 @@ pub async fn consume(
             publish_queues(&consumers);
             continue;
         }
-        let wants_permit = permit.is_none() && (!consumers.held.is_empty() || pull.due());
+        // Every slot busy: claim the job the next free one would run now.
+        if permit.is_none() && ahead.is_none() && session.permits.available_permits() == 0 {
+            let now = Instant::now();
+            let held = &consumers.held;
+            let loaded = || loaded_models(&context);
+            match ahead_pick(held, loaded, &queues, affinity, session.fair, now) {
+                Ahead::Claim(index) => {
+                    let job = consumers.held.remove(index).expect("picked job is held");
+                    let (waiting, done) = oneshot::channel();
+                    let permits = Arc::clone(session.permits);
+                    start(job, SlotSource::Ahead { permits, waiting });
+                    ahead = Some(done);
+                    publish_queues(&consumers);
+                    continue;
+                }
+                Ahead::At(at) => grace_until = Some(grace_until.map_or(at, |g| g.min(at))),
+                Ahead::No => {}
+            }
+        }
+        let wants_permit =
+            permit.is_none() && ahead.is_none() && (!consumers.held.is_empty() || pull.due());
         tokio::select! {
             _ = session.shutdown.cancelled() => return SessionEnd::Stop(ExitReason::Shutdown),
             _ = session.restart.cancelled() => return SessionEnd::Stop(ExitReason::RestartRequested),
@@ -238,6 +265,7 @@ pub async fn consume(
                 }
                 publish_queues(&consumers);
             }
+            _ = async { ahead.as_mut().expect("guarded").await }, if ahead.is_some() => ahead = None,
             acquired = Arc::clone(session.permits).acquire_owned(), if wants_permit => {
                 permit = Some(acquired.expect("semaphore never closed"));
             }
@@ -267,14 +295,15 @@ fn loaded_models(context: &JobContext) -> BTreeSet<String> {
     residents.into_iter().map(|r| r.model).collect()
 }
 
-/// Runs `job` in a task of its own under `permit`, charged to its tenant;
-/// a job its tenant's `max_running` refused comes back through `given_back`.
+/// Runs `job` in a task of its own on the slot `slot` gives it, charged
+/// to its tenant; a job its tenant's `max_running` refused comes back
+/// through `given_back`.
 fn start_job(
     context: &Arc<JobContext>,
     scheduler: &Arc<Mutex<FairScheduler>>,
     tracker: &TaskTracker,
     job: Held,
-    permit: OwnedSemaphorePermit,
+    slot: SlotSource,
     given_back: &mpsc::UnboundedSender<Held>,
 ) {
     let context = Arc::clone(context);
@@ -285,14 +314,18 @@ fn start_job(
         let began = Instant::now();
         let (model, sub) = (job.model.clone(), job.sub);
         // The slot is freed when the run ends, before the outcome is recorded.
-        match handle_delivery(context, job.model, job.delivery, permit).await {
-            None => lock(&scheduler).finished(charge, began.elapsed(), Instant::now()),
-            Some(delivery) => {
+        match handle_delivery(context, job.model, job.delivery, slot).await {
+            Handled::Ended { ran_from } => {
+                // Charged from its slot: a job claimed ahead waited first.
+                let ran = ran_from.unwrap_or(began).elapsed();
+                lock(&scheduler).finished(charge, ran, Instant::now())
+            }
+            Handled::GivenBack(delivery) => {
                 lock(&scheduler).given_back(charge);
                 let held = Held {
                     model,
                     sub,
-                    delivery,
+                    delivery: *delivery,
                     received: job.received,
                 };
                 if let Err(SendError(held)) = given_back.send(held) {

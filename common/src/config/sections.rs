@@ -273,7 +273,8 @@ pub struct WorkerConfig {
     /// ended records its outcome and acks beside the next run.
     pub concurrency: u32,
     /// Deliveries a worker holds per queue (AMQP prefetch); 0 means `concurrency`.
-    /// `concurrency + 1` hides the broker round trip between short jobs, at the
+    /// `concurrency + 1` hides the broker round trip between short jobs (the
+    /// held job is claimed ahead and starts the moment a slot frees), at the
     /// price of one job waiting behind a running one. Default 0.
     pub prefetch: u32,
     /// How often a worker refreshes its record in Redis, milliseconds. Default 2000.

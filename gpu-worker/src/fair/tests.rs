@@ -222,3 +222,26 @@ fn the_pull_order_is_tenants_by_share_then_levels() {
     }
     assert_eq!(ran_a, 50);
 }
+
+#[test]
+fn the_soonest_end_is_the_first_running_job_by_its_model_estimate() {
+    let mut s = scheduler(&[("a", 1.0), ("b", 1.0)]);
+    assert_eq!(s.soonest_end(), None, "nothing runs");
+    // The model's first job is assumed to take FIRST_ESTIMATE_S; a run of
+    // 200 ms teaches the estimate that figure.
+    ran(&mut s, "a", "fast", Duration::from_millis(200));
+    let before = Instant::now();
+    let slow = s.started("a", Level::Normal, "slow");
+    let fast = s.started("b", Level::Normal, "fast");
+    let after = Instant::now();
+    let within = |end: Option<Instant>, estimate: Duration| {
+        let end = end.expect("a job runs");
+        before + estimate <= end && end <= after + estimate
+    };
+    assert!(within(s.soonest_end(), Duration::from_millis(200)));
+    s.finished(fast, Duration::from_millis(200), Instant::now());
+    let first = Duration::from_secs_f64(FIRST_ESTIMATE_S);
+    assert!(within(s.soonest_end(), first), "the slow one is left");
+    s.given_back(slow);
+    assert_eq!(s.soonest_end(), None, "a job given back no longer runs");
+}

@@ -9,6 +9,7 @@
 //! | check (route, references, queue timeout) | `job/route.rs` | the pure decisions before anything runs |
 //! | give back (size class too big for this worker) | `job/give_back.rs` | the VRAM tier it moves to |
 //! | claim, retry, give up | `job/attempts.rs` | the attempt count and its limits |
+//! | take the slot (cancel heard from here) | `job/slot.rs` | the slot hand-off of a job claimed ahead |
 //! | run | `job/run.rs` | the model pool, artifacts, cancel and timeout |
 //! | record, reply, ack (or forward) | `job/record.rs`, `job/reply.rs` | the outcome's Redis write, the RPC reply |
 //! | webhook (between record and ack) | `job/notify.rs` | the job's `WebhookDelivery` |
@@ -19,10 +20,12 @@
 //! acked or requeued exactly once.
 //!
 //! The GPU slot never waits for bookkeeping: the job holds its slot (a
-//! [`Slot`], the session's concurrency permit) only until its model run
+//! [`slot::Slot`], the session's concurrency permit) only until its model run
 //! ends. Record, reply and ack then run beside the next job, which the
-//! session starts on the freed slot (issue 18). Nothing about the order
-//! above changes, only who waits for it. The one exception: a run that
+//! session starts on the freed slot (issue 18), and which was usually
+//! decoded, checked and claimed while the slot was still busy (claimed
+//! ahead, `crate::session`): it only waits for the slot. Nothing about the
+//! order above changes, only who waits for it. The one exception: a run that
 //! requested a worker restart (a stuck model thread) keeps its slot, so no
 //! other job starts on that model before the process restarts.
 
@@ -36,12 +39,14 @@ use gpuq_common::config::Config;
 use gpuq_common::registry::ModelConfig;
 use gpuq_common::wire::Encoding;
 use gpuq_common::{JobMessage, Names};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::attempts::Claimed;
 use self::route::Checked;
+use self::slot::NoSlot;
+pub use self::slot::SlotSource;
 use crate::pool::ModelPool;
 use crate::stats::WorkerStats;
 use crate::store::Store;
@@ -80,16 +85,6 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    fn register(&self, job_id: &str) -> CancellationToken {
-        let token = CancellationToken::new();
-        self.running.lock().insert(job_id.to_owned(), token.clone());
-        token
-    }
-
-    fn forget(&self, job_id: &str) {
-        self.running.lock().remove(job_id);
-    }
-
     /// Cancels the job if it runs here; returns whether it did.
     pub fn cancel(&self, job_id: &str) -> bool {
         match self.running.lock().get(job_id) {
@@ -102,20 +97,25 @@ impl CancelRegistry {
     }
 }
 
-/// One of the worker's `worker.concurrency` slots: a model runs only while
-/// its job holds one.
-pub type Slot = OwnedSemaphorePermit;
+/// How a delivery's handling ended.
+pub enum Handled {
+    /// Settled (acked, requeued, forwarded or dead-lettered); `ran_from`:
+    /// when it took its slot, if it did.
+    Ended { ran_from: Option<Instant> },
+    /// Unclaimed: its tenant is at `max_running`. The session holds it
+    /// until the tenant may run again.
+    GivenBack(Box<Delivery>),
+}
 
 /// Handles one delivery from `model_id`'s queue to its ack (or requeue),
-/// freeing `slot` as soon as its model run ends; returns the delivery,
-/// unclaimed, when its tenant is at `max_running`, for the session to hold
-/// until the tenant may run again.
+/// taking its slot from `slot` for the run and freeing it as soon as the
+/// model run ends.
 pub async fn handle_delivery(
     ctx: Arc<JobContext>,
     model_id: String,
     delivery: Delivery,
-    slot: Slot,
-) -> Option<Delivery> {
+    slot: SlotSource,
+) -> Handled {
     let message_id = delivery.message_id();
     let span = tracing::info_span!(
         "job",
@@ -166,43 +166,60 @@ pub(crate) struct InFlight<'a> {
 }
 
 /// The whole path of one delivery; every branch ends in exactly one settle.
-/// `slot` is freed when the run ends (or when the job ends without one).
-async fn process(received: Received<'_>, slot: Slot) -> Option<Delivery> {
+/// The slot is taken after the claim and freed when the run ends (or when
+/// the job ends without one).
+async fn process(received: Received<'_>, slot: SlotSource) -> Handled {
+    const ENDED: Handled = Handled::Ended { ran_from: None };
     let Some(job) = received.decode().await else {
-        return None; // not a job: dead-lettered
+        return ENDED; // not a job: dead-lettered
     };
     let timeout = match job.check() {
         Checked::Run { timeout } => timeout,
         Checked::Forward { routing_key } => {
             job.forward(&routing_key).await;
-            return None;
+            return ENDED;
         }
         Checked::Refused(outcome) => {
             job.refuse(outcome).await;
-            return None;
+            return ENDED;
         }
         Checked::GiveBack(back) => {
             job.give_back(back).await;
-            return None;
+            return ENDED;
         }
     };
     let (mut job, attempt) = match job.claim().await {
         Claimed::Run(job, attempt) => (job, attempt),
-        Claimed::Settled => return None, // already final (acked) or Redis is down (requeued)
-        Claimed::GivenBack(delivery) => return Some(delivery),
+        Claimed::Settled => return ENDED, // already final (acked) or Redis is down (requeued)
+        Claimed::GivenBack(delivery) => return Handled::GivenBack(Box::new(delivery)),
     };
     if let Some(error) = job.out_of_attempts(attempt) {
         job.give_up(error, attempt).await;
-        return None;
+        return ENDED;
     }
-    let outcome = job.run(timeout).await;
+    // Its cancel is heard from the claim on (while it waits for a slot,
+    // while its model loads, while it runs).
+    let cancel = job.ctx.cancels.register(&job.job.job_id);
+    let slot = match slot.take(&cancel.token, &job.ctx.restart).await {
+        Ok(slot) => Some(slot),
+        // Cancelled while waiting: the run step ends it without the model.
+        Err(NoSlot::Cancelled) => None,
+        Err(NoSlot::Restart) => {
+            tracing::info!("the worker restarts before a slot freed; job requeued");
+            job.settle_requeue().await;
+            return ENDED;
+        }
+    };
+    let ran_from = slot.as_ref().map(|_| Instant::now());
+    let outcome = job.run(timeout, &cancel.token).await;
+    drop(cancel);
     // The next job may start while this one is recorded, replied and acked;
     // a run that asked for a restart keeps the slot until the process goes.
     if !job.ctx.restart.is_cancelled() {
         drop(slot);
     }
     job.conclude(outcome, attempt).await;
-    None
+    Handled::Ended { ran_from }
 }
 
 impl InFlight<'_> {
@@ -226,6 +243,7 @@ mod record;
 mod reply;
 mod route;
 mod run;
+mod slot;
 pub use route::{route, Route};
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! The run step: the model lease from the pool, the artifact references
 //! resolved, the model run under its timeout and the job's cancel signal
-//! (listened to from the start of the step: a job cancelled while its model
-//! loads is not run), and
+//! (listened to since the claim: a job cancelled while it waits for its
+//! slot or while its model loads is not run), and
 //! the result turned into an outcome (outputs offloaded to the artifact store
 //! and owned by the submitter). A broken model is evicted; a thread that
 //! cannot be stopped restarts the worker once the outcome is recorded.
@@ -17,17 +17,44 @@ use gpuq_common::{now_ms, ErrorCode, JobError, JobMessage, JobStatus, ValueMap};
 use tokio_util::sync::CancellationToken;
 
 use super::record::{completed, failed};
-use super::{CancelRegistry, InFlight, JobContext};
+use super::{InFlight, JobContext};
 use crate::runtime::{Progress, RunError};
 use crate::store::{Outcome, Store};
 
 impl InFlight<'_> {
     /// Runs the claimed job; its inputs move to the model (the job keeps its
     /// ids, never a second copy of the inputs).
-    pub(super) async fn run(&mut self, timeout: Duration) -> Outcome {
+    /// `cancel` is the job's, heard since its claim (`job/slot.rs`).
+    pub(super) async fn run(&mut self, timeout: Duration, cancel: &CancellationToken) -> Outcome {
         let inputs = std::mem::take(&mut self.job.inputs);
-        run_model(self.ctx, self.model, &self.job, inputs, timeout).await
+        if cancel.is_cancelled() {
+            // Cancelled before its slot: no slot, so no model lease either.
+            tracing::info!("job cancelled before its run; not running it");
+            return self.ended_unrun(failed(JobStatus::Cancelled, cancelled_error()));
+        }
+        run_model(self.ctx, self.model, &self.job, inputs, timeout, cancel).await
     }
+
+    /// Counts a job that ends before its run.
+    fn ended_unrun(&self, outcome: Outcome) -> Outcome {
+        let tenant = self.job.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+        let max_labels = self.ctx.config.tenants.max_labels as usize;
+        let status = outcome.status.as_str();
+        let queue_wait_s = queue_wait_s(&self.job);
+        let labels = (tenant, max_labels);
+        (self.ctx.stats).record_job(&self.model.id, labels, status, queue_wait_s, None);
+        outcome
+    }
+}
+
+fn cancelled_error() -> JobError {
+    JobError::new(ErrorCode::Cancelled, "cancelled while running")
+}
+
+/// Seconds from submit to now, when the submitter said when it submitted.
+fn queue_wait_s(job: &JobMessage) -> Option<f64> {
+    job.submitted_at_ms
+        .map(|at| now_ms().saturating_sub(at) as f64 / 1000.0)
 }
 
 async fn run_model(
@@ -36,12 +63,9 @@ async fn run_model(
     job: &JobMessage,
     mut inputs: ValueMap,
     timeout: Duration,
+    cancel: &CancellationToken,
 ) -> Outcome {
     let _running = ctx.stats.job_started(&job.job_id);
-    // Listening for a cancel from here, not from the model call: a cancel
-    // that comes while the model loads (seconds to minutes) skips the run.
-    let registered = Registered::new(&ctx.cancels, &job.job_id);
-    let cancel = registered.token.clone();
     let meter = ctx.vram.as_deref();
     // What this job's size class was measured to need (artifact references
     // count as the size they name, so this is known before they resolve).
@@ -70,9 +94,7 @@ async fn run_model(
     if let Some(load) = lease.loaded_in {
         ctx.stats.record_load(&model.id, load.as_secs_f64());
     }
-    let queue_wait_s = job
-        .submitted_at_ms
-        .map(|at| now_ms().saturating_sub(at) as f64 / 1000.0);
+    let queue_wait_s = queue_wait_s(job);
     // The models loaded beside it as it starts (their memory is not its).
     let loaded: Vec<String> = ctx.pool.snapshot().0.into_iter().map(|r| r.model).collect();
     let run_started = std::time::Instant::now();
@@ -94,7 +116,6 @@ async fn run_model(
         Some(meter) => meter.measure(running).await,
         None => (running.await, None),
     };
-    drop(registered);
     if result == Err(RunError::Cancelled) && !skipped {
         if lease.runtime.can_abort() {
             tracing::info!("job cancelled; stopping the model process");
@@ -135,31 +156,6 @@ async fn run_model(
     outcome
 }
 
-/// A running job's place in the cancel registry, forgotten when dropped
-/// (on every way out of the run step).
-struct Registered<'a> {
-    cancels: &'a CancelRegistry,
-    job_id: &'a str,
-    token: CancellationToken,
-}
-
-impl<'a> Registered<'a> {
-    fn new(cancels: &'a CancelRegistry, job_id: &'a str) -> Registered<'a> {
-        let token = cancels.register(job_id);
-        Registered {
-            cancels,
-            job_id,
-            token,
-        }
-    }
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.cancels.forget(self.job_id);
-    }
-}
-
 /// The outcome of a run: outputs offloaded to the artifact store and owned
 /// by the submitter, or the failure as recorded; a broken model is evicted,
 /// a stuck thread restarts the worker.
@@ -186,10 +182,7 @@ async fn outcome_of(
             }
         }
         Err(RunError::Job(error)) => failed(JobStatus::Failed, error),
-        Err(RunError::Cancelled) => failed(
-            JobStatus::Cancelled,
-            JobError::new(ErrorCode::Cancelled, "cancelled while running"),
-        ),
+        Err(RunError::Cancelled) => failed(JobStatus::Cancelled, cancelled_error()),
         Err(RunError::ModelBroken(error)) => {
             tracing::warn!(code = %error.code, "model broken; unloading it");
             ctx.pool.evict(&model.id).await;
