@@ -171,10 +171,14 @@ impl Runtime for SleepModel {
                     format!("synthetic: the job's {extra} MiB of scripted VRAM is more than the worker has left"),
                 )));
             }
-            // Report progress half-way, as a long model would.
+            // Report progress half-way, as a long model would. The run
+            // lasts `duration_ms` from here: the second sleep makes up for
+            // the first one's overshoot (a sleep wakes 50 to 100 µs late),
+            // so a benchmark's overhead is gpuq's, not the emulation's.
+            let end = std::time::Instant::now() + Duration::from_millis(duration_ms);
             std::thread::sleep(Duration::from_millis(duration_ms / 2));
             progress(0.5);
-            std::thread::sleep(Duration::from_millis(duration_ms - duration_ms / 2));
+            std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
             scripted::free(extra);
             let unlucky = params.fail_rate > 0.0 && rand::random::<f64>() < params.fail_rate;
             if forced_failure(&inputs).map_err(RunError::Job)? || unlucky {
