@@ -217,6 +217,9 @@ async fn process(received: Received<'_>, slot: SlotSource) -> Handled {
     // a run that asked for a restart keeps the slot until the process goes.
     if !job.ctx.restart.is_cancelled() {
         drop(slot);
+        // The job the slot woke (usually claimed ahead) starts first: its
+        // model runs while this one's outcome is written.
+        tokio::task::yield_now().await;
     }
     job.conclude(outcome, attempt).await;
     Handled::Ended { ran_from }
