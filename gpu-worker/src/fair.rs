@@ -26,7 +26,7 @@
 //! can exceed the limit by one each until the next read.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -101,9 +101,10 @@ pub struct FairScheduler {
     /// Running jobs across the fleet of each tenant with `max_running`.
     running: HashMap<String, u64>,
     recent: Option<Recent>,
-    /// When each started job here is expected to end (start + estimate),
-    /// by charge id: how soon a slot frees (`soonest_end`).
-    in_flight: HashMap<u64, Instant>,
+    /// When each started job here is expected to end its run (start +
+    /// estimate) and its estimate, by charge id, until its run ends: how
+    /// soon a slot frees (`soonest_end`; kept by [`RunTimes`]).
+    in_flight: HashMap<u64, (Instant, Duration)>,
 }
 
 impl FairScheduler {
@@ -143,7 +144,7 @@ impl FairScheduler {
     /// When the first of the jobs started here is expected to end, by its
     /// model's estimate; `None` when none is in flight.
     pub fn soonest_end(&self) -> Option<Instant> {
-        self.in_flight.values().min().copied()
+        self.in_flight.values().map(|(end, _)| *end).min()
     }
 
     fn limit(&self, tenant: &str) -> Option<u64> {
@@ -255,8 +256,9 @@ impl FairScheduler {
         self.starts += 1;
         self.last_start.insert(tenant.to_owned(), self.starts);
         let estimate = Duration::try_from_secs_f64(estimate_s).unwrap_or_default();
-        let expected_end = Instant::now() + estimate.min(Duration::from_secs(86_400));
-        self.in_flight.insert(self.starts, expected_end);
+        let estimate = estimate.min(Duration::from_secs(86_400));
+        let expected_end = Instant::now() + estimate;
+        self.in_flight.insert(self.starts, (expected_end, estimate));
         if self.limit(tenant).is_some() {
             *self.running.entry(tenant.to_owned()).or_default() += 1;
         }
@@ -301,6 +303,37 @@ impl FairScheduler {
             model: charge.model,
             at: now,
         });
+    }
+}
+
+/// Keeps a started job's expected end current in its scheduler: counted
+/// from the start of its run (a job claimed ahead waits for its slot
+/// first), forgotten when the run ends (its outcome is still being
+/// recorded then, but its slot is free).
+pub struct RunTimes {
+    scheduler: Arc<Mutex<FairScheduler>>,
+    id: u64,
+}
+
+impl RunTimes {
+    pub fn new(scheduler: &Arc<Mutex<FairScheduler>>, charge: &Charge) -> RunTimes {
+        RunTimes {
+            scheduler: Arc::clone(scheduler),
+            id: charge.id,
+        }
+    }
+
+    /// The run begins now.
+    pub fn began(&self) {
+        let mut scheduler = lock(&self.scheduler);
+        if let Some((end, estimate)) = scheduler.in_flight.get_mut(&self.id) {
+            *end = Instant::now() + *estimate;
+        }
+    }
+
+    /// The run ended: the slot is free.
+    pub fn ended(&self) {
+        lock(&self.scheduler).in_flight.remove(&self.id);
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::amqp::BrokerError;
 use crate::consumers::{Consumers, Held, QueueKey};
-use crate::fair::{lock, Candidate, FairScheduler, Pick};
+use crate::fair::{lock, Candidate, FairScheduler, Pick, RunTimes};
 use crate::job::{handle_delivery, Handled, JobContext, SlotSource};
 use crate::placement::{choose, desired_queues, Affinity, Choice};
 use crate::pull::PullMode;
@@ -314,7 +314,8 @@ fn start_job(
         let began = Instant::now();
         let (model, sub) = (job.model.clone(), job.sub);
         // The slot is freed when the run ends, before the outcome is recorded.
-        match handle_delivery(context, job.model, job.delivery, slot).await {
+        let run_times = RunTimes::new(&scheduler, &charge);
+        match handle_delivery(context, job.model, job.delivery, slot, run_times).await {
             Handled::Ended { ran_from } => {
                 // Charged from its slot: a job claimed ahead waited first.
                 let ran = ran_from.unwrap_or(began).elapsed();

@@ -245,3 +245,20 @@ fn the_soonest_end_is_the_first_running_job_by_its_model_estimate() {
     s.given_back(slow);
     assert_eq!(s.soonest_end(), None, "a job given back no longer runs");
 }
+
+#[test]
+fn a_run_that_ended_frees_its_slot_before_its_outcome_is_recorded() {
+    let shared = Arc::new(Mutex::new(scheduler(&[("a", 1.0)])));
+    let charge = lock(&shared).started("a", Level::Normal, "m");
+    let times = RunTimes::new(&shared, &charge);
+    // Claimed ahead, it waited; its run begins later and is counted from then.
+    let claimed_end = lock(&shared).soonest_end().expect("in flight");
+    std::thread::sleep(Duration::from_millis(5));
+    times.began();
+    let end = lock(&shared).soonest_end().expect("in flight");
+    assert!(end >= claimed_end + Duration::from_millis(5), "counted from its run");
+    times.ended();
+    assert_eq!(lock(&shared).soonest_end(), None, "its slot is free");
+    lock(&shared).finished(charge, Duration::from_millis(10), Instant::now());
+    assert_eq!(lock(&shared).soonest_end(), None);
+}

@@ -47,6 +47,7 @@ use self::attempts::Claimed;
 use self::route::Checked;
 use self::slot::NoSlot;
 pub use self::slot::SlotSource;
+use crate::fair::RunTimes;
 use crate::pool::ModelPool;
 use crate::stats::WorkerStats;
 use crate::store::Store;
@@ -100,7 +101,8 @@ impl CancelRegistry {
 /// How a delivery's handling ended.
 pub enum Handled {
     /// Settled (acked, requeued, forwarded or dead-lettered); `ran_from`:
-    /// when it took its slot, if it did.
+    /// when its run step began (it had its slot, or was cancelled while
+    /// waiting for one), if it got that far.
     Ended { ran_from: Option<Instant> },
     /// Unclaimed: its tenant is at `max_running`. The session holds it
     /// until the tenant may run again.
@@ -115,6 +117,7 @@ pub async fn handle_delivery(
     model_id: String,
     delivery: Delivery,
     slot: SlotSource,
+    run_times: RunTimes,
 ) -> Handled {
     let message_id = delivery.message_id();
     let span = tracing::info_span!(
@@ -141,7 +144,7 @@ pub async fn handle_delivery(
         delivery,
         message_id,
     };
-    process(received, slot).instrument(span).await
+    process(received, slot, run_times).instrument(span).await
 }
 
 /// A delivery not yet decoded: it may not be a job at all.
@@ -168,7 +171,7 @@ pub(crate) struct InFlight<'a> {
 /// The whole path of one delivery; every branch ends in exactly one settle.
 /// The slot is taken after the claim and freed when the run ends (or when
 /// the job ends without one).
-async fn process(received: Received<'_>, slot: SlotSource) -> Handled {
+async fn process(received: Received<'_>, slot: SlotSource, run_times: RunTimes) -> Handled {
     const ENDED: Handled = Handled::Ended { ran_from: None };
     let Some(job) = received.decode().await else {
         return ENDED; // not a job: dead-lettered
@@ -210,8 +213,11 @@ async fn process(received: Received<'_>, slot: SlotSource) -> Handled {
             return ENDED;
         }
     };
-    let ran_from = slot.as_ref().map(|_| Instant::now());
+    // Charged from here: a job claimed ahead waited for its slot first.
+    let ran_from = Instant::now();
+    run_times.began();
     let outcome = job.run(timeout, &cancel.token).await;
+    run_times.ended();
     drop(cancel);
     // The next job may start while this one is recorded, replied and acked;
     // a run that asked for a restart keeps the slot until the process goes.
@@ -222,7 +228,9 @@ async fn process(received: Received<'_>, slot: SlotSource) -> Handled {
         tokio::task::yield_now().await;
     }
     job.conclude(outcome, attempt).await;
-    Handled::Ended { ran_from }
+    Handled::Ended {
+        ran_from: Some(ran_from),
+    }
 }
 
 impl InFlight<'_> {

@@ -6,8 +6,8 @@
 //! a Redis round trip and two task hand-offs per job, while the GPU idles.
 //! Claimed ahead, the job shows `processing` a little early, so only a job
 //! that will not wait long is claimed: one at a time, and only once the
-//! first running job is expected (by its model's run-time estimate,
-//! `crate::fair`) to end within [`CLAIM_AHEAD_WINDOW`]. It is the job the
+//! first running model run is expected (by its model's run-time estimate,
+//! `crate::fair::RunTimes`) to end within [`CLAIM_AHEAD_WINDOW`]. It is the job the
 //! freed slot would run anyway (placement's choice, then fair share's), and
 //! it is never one that would change by waiting: with placement, only a
 //! job of a loaded model; never one of a tenant with a `max_running` (its
