@@ -256,7 +256,10 @@ fn a_run_that_ended_frees_its_slot_before_its_outcome_is_recorded() {
     std::thread::sleep(Duration::from_millis(5));
     times.began();
     let end = lock(&shared).soonest_end().expect("in flight");
-    assert!(end >= claimed_end + Duration::from_millis(5), "counted from its run");
+    assert!(
+        end >= claimed_end + Duration::from_millis(5),
+        "counted from its run"
+    );
     times.ended();
     assert_eq!(lock(&shared).soonest_end(), None, "its slot is free");
     lock(&shared).finished(charge, Duration::from_millis(10), Instant::now());
