@@ -158,6 +158,19 @@ impl TestSystem {
             .expect("HGET")
     }
 
+    /// SIGKILLs a worker, by the pid its record names (a crash, as the
+    /// OOM killer or a segfault would end it).
+    pub async fn kill_worker(&self, worker_id: &str) {
+        let pid: i32 = self
+            .worker_field(worker_id, "pid")
+            .await
+            .expect("the worker's record names its pid")
+            .parse()
+            .expect("a pid");
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+    }
+
     /// Messages and consumers of a queue (passive declare on a throwaway channel).
     pub async fn queue_depth(&self, queue: &str) -> Option<(u32, u32)> {
         let connection = self.amqp().await;

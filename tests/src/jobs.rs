@@ -64,3 +64,15 @@ pub async fn start_publish_json(
         .await
         .expect("publish")
 }
+
+/// How many times each tag ran, from a synthetic model's run log (one
+/// `<tag> <unix ms>` line per run, `[models.params] run_log`).
+pub fn run_counts(run_log: &std::path::Path) -> HashMap<String, usize> {
+    let mut runs = HashMap::new();
+    for line in std::fs::read_to_string(run_log).unwrap_or_default().lines() {
+        if let Some((tag, _)) = line.split_once(' ') {
+            *runs.entry(tag.to_owned()).or_default() += 1;
+        }
+    }
+    runs
+}

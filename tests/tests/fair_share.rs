@@ -24,8 +24,6 @@ use gpuq_integration_tests::eventually;
 use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::TestSystem;
 use gpuq_producer::{JobRequest, Producer};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const WAIT: Duration = Duration::from_secs(60);
 const WORKER: &str = "host-a-gpu0-slot0";
@@ -239,13 +237,7 @@ async fn a_worker_killed_holding_jobs_of_several_tenants_loses_none() {
         order.iter().any(|t| t.starts_with("t1")) && order.iter().any(|t| t.starts_with("t2"))
     })
     .await;
-    let pid: i32 = system
-        .worker_field(WORKER, "pid")
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    system.kill_worker(WORKER).await;
 
     wait_completed(&system, &ids).await;
     let mut completions: HashMap<String, u32> = HashMap::new();

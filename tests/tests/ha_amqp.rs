@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use gpuq_integration_tests::cluster::LocalCluster;
 use gpuq_integration_tests::fixtures::ConfigBuilder;
+use gpuq_integration_tests::jobs::run_counts as runs;
 use gpuq_integration_tests::TestSystem;
 
 const CLI_JOBS: usize = 300;
@@ -156,17 +157,6 @@ fn count_completions(system: &TestSystem) -> tokio::task::JoinHandle<HashMap<Str
         .recv_timeout(Duration::from_secs(10))
         .expect("events subscription");
     handle
-}
-
-/// Runs per job id from the sleep model's run log.
-fn runs(run_log: &Path) -> HashMap<String, usize> {
-    let mut runs = HashMap::new();
-    for line in std::fs::read_to_string(run_log).unwrap_or_default().lines() {
-        if let Some((tag, _)) = line.split_once(' ') {
-            *runs.entry(tag.to_owned()).or_default() += 1;
-        }
-    }
-    runs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,14 +5,12 @@
 //! waiting for its slot (killed or cancelled there), and a job running
 //! beside the previous one's unacked outcome (killed there).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use gpuq_integration_tests::fixtures::ConfigBuilder;
+use gpuq_integration_tests::jobs::run_counts as runs;
 use gpuq_integration_tests::{eventually, PrivateRedis, TestSystem};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const WAIT: Duration = Duration::from_secs(60);
 const WORKER: &str = "host-a-gpu0-slot0";
@@ -31,17 +29,6 @@ fn system(runs_log: &Path) -> TestSystem {
         .model_keys("timeout_s = 60")
         .run_log(runs_log)
         .system()
-}
-
-/// How many times each tag ran, from the synthetic model's run log.
-fn runs(log: &Path) -> HashMap<String, usize> {
-    let mut runs = HashMap::new();
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    for line in text.lines() {
-        let tag = line.split_once(' ').map_or(line, |(tag, _)| tag);
-        *runs.entry(tag.to_owned()).or_default() += 1;
-    }
-    runs
 }
 
 async fn submit(system: &TestSystem, job_id: &str, inputs: &str) {
@@ -88,13 +75,7 @@ async fn a_worker_killed_with_a_job_claimed_ahead_loses_neither_job() {
     let _dispatcher = system.dispatcher(&[]);
     claim_one_ahead(&system, &log).await;
 
-    let pid: i32 = system
-        .worker_field(WORKER, "pid")
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    system.kill_worker(WORKER).await;
 
     for job in ["running", "ahead"] {
         let record = system
@@ -204,13 +185,7 @@ async fn a_worker_killed_while_the_next_job_runs_beside_an_unacked_outcome_loses
         "the first job was requeued before the kill"
     );
 
-    let pid: i32 = system
-        .worker_field(WORKER, "pid")
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    system.kill_worker(WORKER).await;
     // The first job's redelivery finds its outcome and is acked unrun; the
     // next one runs again and its outcome is written (then awaits its WAIT).
     eventually("the redelivery is acked without running", WAIT, || async {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use gpuq_integration_tests::fixtures::ConfigBuilder;
 use gpuq_integration_tests::{eventually, PrivateRedis, TestSystem};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -99,13 +99,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_the_job_completes() {
         runs(&dir).contains_key("survivor")
     })
     .await;
-    let pid: i32 = system
-        .worker_field(WORKER, "pid")
-        .await
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    system.kill_worker(WORKER).await;
 
     let record = system
         .wait_for_status("survivor", &["completed", "failed"], WAIT)
