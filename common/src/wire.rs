@@ -310,23 +310,24 @@ impl Encoding {
                 Encoding::Msgpack
             });
         };
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        match essence.as_str() {
-            "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
-                Ok(Encoding::Msgpack)
-            }
-            "application/json" | "text/json" => Ok(Encoding::Json),
-            _ => Err(JobError::new(
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        let is = |names: &[&str]| names.iter().any(|n| essence.eq_ignore_ascii_case(n));
+        const MSGPACK: [&str; 3] = [
+            "application/msgpack",
+            "application/x-msgpack",
+            "application/vnd.msgpack",
+        ];
+        if is(&MSGPACK) {
+            Ok(Encoding::Msgpack)
+        } else if is(&["application/json", "text/json"]) {
+            Ok(Encoding::Json)
+        } else {
+            Err(JobError::new(
                 ErrorCode::UnsupportedContentType,
                 format!(
                     "content_type '{content_type}' is not supported; use '{CONTENT_TYPE_MSGPACK}' or '{CONTENT_TYPE_JSON}'"
                 ),
-            )),
+            ))
         }
     }
 
@@ -362,7 +363,18 @@ impl JobMessage {
         body: &[u8],
         fallback_job_id: Option<&str>,
     ) -> Result<JobMessage, JobError> {
-        let mut job: JobMessage = match Encoding::detect(content_type, body)? {
+        Self::decode_with_encoding(content_type, body, fallback_job_id).map(|(job, _)| job)
+    }
+
+    /// [`JobMessage::decode`], and the body's encoding (a reply uses the
+    /// job's own), found once.
+    pub fn decode_with_encoding(
+        content_type: Option<&str>,
+        body: &[u8],
+        fallback_job_id: Option<&str>,
+    ) -> Result<(JobMessage, Encoding), JobError> {
+        let encoding = Encoding::detect(content_type, body)?;
+        let mut job: JobMessage = match encoding {
             Encoding::Json => {
                 let mut job: JobMessage = serde_json::from_slice(body).map_err(|e| {
                     JobError::new(
@@ -397,7 +409,7 @@ impl JobMessage {
             job.job_id = fallback_job_id.unwrap_or_default().to_owned();
         }
         validate_job_id(&job.job_id)?;
-        Ok(job)
+        Ok((job, encoding))
     }
 }
 

@@ -15,12 +15,12 @@ impl Delivery {
         &self.0.data
     }
 
-    pub fn content_type(&self) -> Option<String> {
+    pub fn content_type(&self) -> Option<&str> {
         self.0
             .properties
             .content_type()
             .as_ref()
-            .map(|v| v.to_string())
+            .map(|v| v.as_str())
     }
 
     /// The AMQP `message_id`, the job id when the body has none.

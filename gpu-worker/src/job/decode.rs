@@ -41,8 +41,8 @@ impl<'a> Received<'a> {
                 ),
             ));
         }
-        let job = JobMessage::decode(
-            content_type.as_deref(),
+        let (job, encoding) = JobMessage::decode_with_encoding(
+            content_type,
             delivery.body(),
             self.message_id.as_deref(),
         )?;
@@ -51,8 +51,6 @@ impl<'a> Received<'a> {
             span.record("job_id", job.job_id.as_str());
         }
         span.record("feature", job.feature.as_str());
-        let encoding =
-            Encoding::detect(content_type.as_deref(), delivery.body()).unwrap_or(Encoding::Msgpack);
         Ok((job, encoding))
     }
 
