@@ -1,11 +1,13 @@
 //! Owns the worker's Redis connection: job claims, outcomes, dead-letter notes
 //! and the worker's heartbeat record.
 //!
-//! Each job costs two round trips: a claim script and an outcome script. Both
+//! Each job makes two record writes: a claim script and an outcome script. Both
 //! are Lua so that the check ("is this job already final?") and the write are
 //! one atomic step, and both publish the status event in the same step, so a
 //! subscriber never sees an event before the hash says the same. The scripts
-//! and their arguments are `gpuq_common::job_record`'s; this module sends them.
+//! and their arguments are `gpuq_common::job_record`'s; this module sends them,
+//! through `writer`, which sends the writes of many jobs in flight as one
+//! Redis call.
 
 use std::time::Duration;
 
@@ -21,6 +23,9 @@ use gpuq_common::{now_ms, JobError, JobStatus, Names, StatusEvent, ValueMap};
 use redis::AsyncCommands;
 
 mod give_back;
+mod writer;
+
+use writer::RecordWriter;
 
 /// Why a write is not (yet) safe; the caller retries, then requeues.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,8 @@ pub struct Store {
     wait_timeout_ms: u64,
     /// The job record's scripts (`gpuq_common::job_record`).
     scripts: RecordScripts,
+    /// Claims, outcomes, retries and progress, batched.
+    writer: RecordWriter,
 }
 
 impl Store {
@@ -91,13 +98,15 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2);
         let connection = RedisLink::connect(redis.target(), config).await?;
+        let scripts = RecordScripts::new();
         Ok(Store {
+            writer: RecordWriter::start(connection.clone(), scripts.clone()),
             connection,
             names,
             finished_ttl_s,
             min_replicas_acked: redis.min_replicas_acked(),
             wait_timeout_ms: redis.wait_timeout_ms,
-            scripts: RecordScripts::new(),
+            scripts,
         })
     }
 
@@ -107,13 +116,8 @@ impl Store {
         job_id: &str,
         by: &scripts::Claimant<'_>,
     ) -> Result<Claim, StoreError> {
-        let mut connection = self.connection.clone();
         let call = scripts::claim(&self.names, job_id, now_ms(), by);
-        let reply: redis::Value = self
-            .scripts
-            .invocation(&call)
-            .invoke_async(&mut connection)
-            .await?;
+        let reply = self.writer.write(call).await?;
         Ok(match reply {
             redis::Value::Int(attempt) => Claim::Run {
                 attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
@@ -143,7 +147,6 @@ impl Store {
         event: &StatusEvent,
     ) -> Result<bool, StoreError> {
         debug_assert!(outcome.status.is_final());
-        let mut connection = self.connection.clone();
         let ending = scripts::Ending {
             status: outcome.status,
             finished_ms: event.ts_ms,
@@ -157,10 +160,13 @@ impl Store {
         };
         let call = scripts::finish(&self.names, job_id, ending);
         if self.min_replicas_acked == 0 {
-            return Ok(self.scripts.finish(&mut connection, &call).await?);
+            let reply = self.writer.write(call).await?;
+            let reply: String = redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            return Ok(reply == "ok");
         }
         // The script and WAIT in one pipeline, on one server connection:
         // see `RecordScripts::finish_replicated`.
+        let mut connection = self.connection.clone();
         let (wrote, acked) = self
             .scripts
             .finish_replicated(
@@ -181,7 +187,6 @@ impl Store {
         Ok(wrote)
     }
 
-    /// Sets a running job's progress (0 to 1) and publishes it as an event.
     /// A job's record as a reader sees it (for a reply sent again).
     pub async fn recorded_outcome(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         let mut connection = self.connection.clone();
@@ -190,19 +195,15 @@ impl Store {
         Ok(JobRecord::from_hash(job_id, &hash))
     }
 
+    /// Sets a running job's progress (0 to 1) and publishes it as an event.
     pub async fn set_progress(&self, job_id: &str, progress: f64) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
         let event = StatusEvent {
             progress: Some(progress),
             ..StatusEvent::new(job_id.to_owned(), JobStatus::Processing)
         };
         let event_json = serde_json::to_string(&event).unwrap_or_default();
         let call = scripts::progress(&self.names, job_id, progress, event_json);
-        let _: i64 = self
-            .scripts
-            .invocation(&call)
-            .invoke_async(&mut connection)
-            .await?;
+        self.writer.write(call).await?;
         Ok(())
     }
 
@@ -213,7 +214,6 @@ impl Store {
         event: &StatusEvent,
         backoff: Duration,
     ) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
         let call = scripts::retry(
             &self.names,
             job_id,
@@ -221,11 +221,7 @@ impl Store {
             event.ts_ms.saturating_add(backoff.as_millis() as u64),
             serde_json::to_string(event).unwrap_or_default(),
         );
-        let _: i64 = self
-            .scripts
-            .invocation(&call)
-            .invoke_async(&mut connection)
-            .await?;
+        self.writer.write(call).await?;
         Ok(())
     }
 

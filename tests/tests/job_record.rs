@@ -5,153 +5,15 @@
 //! that holds the job are compared with what `apply` says; the tenants' load
 //! counts (`<ns>:tenant_load:<tenant>`) are compared with the records.
 
+mod record_steps;
+
 use gpuq_common::job_record::scripts::{self, Claimant, Ending, Quota};
-use gpuq_common::job_record::{after, apply, JobEvent, JobState, RecordScripts, Transition};
+use gpuq_common::job_record::{after, apply, JobState, RecordScripts, Transition};
 use gpuq_common::names::job_field;
 use gpuq_common::{ErrorCode, JobError, JobStatus, Names};
 use gpuq_integration_tests::{redis_url, TestSystem};
 use proptest::prelude::*;
-
-/// An event, and for an ending through which script it travels.
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    Event(JobEvent),
-    /// `End(Cancelled)` through the cancel script (a user's cancel).
-    Cancel,
-}
-
-impl Step {
-    fn event(self) -> JobEvent {
-        match self {
-            Step::Event(event) => event,
-            Step::Cancel => JobEvent::End(JobStatus::Cancelled),
-        }
-    }
-}
-
-/// The tenants a step may name (`None`: it names none).
-const TENANTS: [Option<&str>; 3] = [Some("t1"), Some("t2"), None];
-
-fn step() -> impl Strategy<Value = (Step, Option<&'static str>)> {
-    (event_step(), proptest::sample::select(TENANTS.to_vec()))
-}
-
-fn event_step() -> impl Strategy<Value = Step> {
-    let finals = vec![
-        JobStatus::Completed,
-        JobStatus::Failed,
-        JobStatus::Cancelled,
-        JobStatus::TimedOut,
-    ];
-    prop_oneof![
-        Just(Step::Event(JobEvent::Submit)),
-        Just(Step::Event(JobEvent::Claim)),
-        Just(Step::Event(JobEvent::Progress)),
-        Just(Step::Event(JobEvent::Retry)),
-        proptest::sample::select(finals).prop_map(|s| Step::Event(JobEvent::End(s))),
-        Just(Step::Cancel),
-    ]
-}
-
-/// Runs one step's script (naming `tenant` where the step can); `true`
-/// when the script says it wrote.
-fn run(
-    scripts: &RecordScripts,
-    names: &Names,
-    redis: &mut redis::Connection,
-    job_id: &str,
-    (step, tenant): (Step, Option<&str>),
-) -> (bool, Option<i64>) {
-    let now = gpuq_common::now_ms();
-    let error = JobError::new(ErrorCode::ModelFailed, "on purpose");
-    let call = match step {
-        Step::Event(JobEvent::Submit) => {
-            let mut fields = vec![
-                (job_field::STATUS, "queued".to_owned()),
-                (job_field::FEATURE, "f".to_owned()),
-                (job_field::ATTEMPTS, "0".to_owned()),
-                (job_field::CREATED_MS, now.to_string()),
-            ];
-            fields.extend(tenant.map(|t| (job_field::TENANT, t.to_owned())));
-            scripts::queued(names, job_id, now, 0, &fields, "{}".to_owned(), Quota::NONE)
-        }
-        Step::Event(JobEvent::Claim) => {
-            let by = Claimant {
-                feature: "f",
-                model: "m",
-                worker: "w",
-                host: "h",
-                gpu: "0",
-                metadata_json: None,
-                tenant,
-                max_running: None,
-                max_queued: None,
-            };
-            scripts::claim(names, job_id, now, &by)
-        }
-        Step::Event(JobEvent::Progress) => scripts::progress(names, job_id, 0.5, "{}".to_owned()),
-        Step::Event(JobEvent::Retry) => {
-            scripts::retry(names, job_id, Some(&error), now + 1000, "{}".to_owned())
-        }
-        Step::Event(JobEvent::End(status)) => scripts::finish(
-            names,
-            job_id,
-            Ending {
-                status,
-                finished_ms: now,
-                ttl_s: 600,
-                result_json: Some("{}".to_owned()),
-                error: (status != JobStatus::Completed).then_some(&error),
-                event_json: "{}".to_owned(),
-                feature: None,
-                model: None,
-                tenant,
-            },
-        ),
-        Step::Cancel => scripts::cancel(names, job_id, "by request", now, 600, "{}".to_owned()),
-    };
-    let reply: redis::Value = scripts.invocation(&call).invoke(redis).unwrap();
-    match reply {
-        redis::Value::Int(n) if step.event() == JobEvent::Claim => (true, Some(n)),
-        redis::Value::Int(_) if step.event() == JobEvent::Submit => {
-            let reply: scripts::QueuedReply = redis::from_redis_value(reply).unwrap();
-            (reply == scripts::QueuedReply::Written, None)
-        }
-        redis::Value::Int(n) => (n == 1, None),
-        other => {
-            let text: String = redis::from_redis_value(other).unwrap();
-            (text == "ok" || text.starts_with("was_"), None)
-        }
-    }
-}
-
-fn record(names: &Names, redis: &mut redis::Connection, job_id: &str) -> JobState {
-    let (status, attempts): (Option<String>, Option<u32>) = redis::cmd("HMGET")
-        .arg(names.job_key(job_id))
-        .arg(job_field::STATUS)
-        .arg(job_field::ATTEMPTS)
-        .query(redis)
-        .unwrap();
-    JobState {
-        status: status.and_then(|s| JobStatus::parse(&s)),
-        attempts: attempts.unwrap_or(0),
-    }
-}
-
-/// The statuses whose index holds the job.
-fn indexed_under(names: &Names, redis: &mut redis::Connection, job_id: &str) -> Vec<JobStatus> {
-    JobStatus::ALL
-        .into_iter()
-        .filter(|status| {
-            let score: Option<f64> = redis::cmd("ZSCORE")
-                .arg(names.jobs_by_status(status.as_str()))
-                .arg(job_id)
-                .query(redis)
-                .unwrap();
-            score.is_some()
-        })
-        .collect()
-}
+use record_steps::{call_of, indexed_under, outcome_of, record, step, tenant_loads};
 
 #[test]
 fn the_scripts_make_exactly_the_state_machine_s_transitions() {
@@ -178,7 +40,9 @@ fn the_scripts_make_exactly_the_state_machine_s_transitions() {
         let mut expected = JobState::default();
         for (step, tenant) in steps {
             let transition = apply(expected, step.event());
-            let (wrote, attempt) = run(&scripts, &names, redis, &job_id, (step, tenant));
+            let call = call_of(&names, &job_id, (step, tenant));
+            let reply: redis::Value = scripts.invocation(&call).invoke(redis).unwrap();
+            let (wrote, attempt) = outcome_of(step, reply);
             prop_assert_eq!(wrote, matches!(transition, Transition::Applied(_)), "{:?} from {:?}", step, expected);
             expected = after(expected, step.event());
             if let Some(attempt) = attempt {
@@ -193,39 +57,6 @@ fn the_scripts_make_exactly_the_state_machine_s_transitions() {
             prop_assert_eq!(counts, counted, "after {:?} naming {:?}", step, tenant);
         }
     });
-}
-
-/// The `queued` and `processing` counts of t1 and t2 as the records of jobs
-/// 1 to `jobs` say, then as the tenants' load hashes say.
-type Loads = Vec<(u64, u64)>;
-fn tenant_loads(names: &Names, redis: &mut redis::Connection, jobs: u32) -> (Loads, Loads) {
-    let mut pipe = redis::pipe();
-    for n in 1..=jobs {
-        pipe.cmd("HMGET")
-            .arg(names.job_key(&format!("job-{n}")))
-            .arg(job_field::STATUS)
-            .arg(job_field::TENANT);
-    }
-    let records: Vec<(Option<String>, Option<String>)> = pipe.query(redis).unwrap();
-    let mut counted = Vec::new();
-    let mut counts = Vec::new();
-    for tenant in ["t1", "t2"] {
-        let of = |status: &str| {
-            records
-                .iter()
-                .filter(|(s, t)| s.as_deref() == Some(status) && t.as_deref() == Some(tenant))
-                .count() as u64
-        };
-        counted.push((of("queued"), of("processing")));
-        let (queued, processing): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(names.tenant_load_key(tenant))
-            .arg("queued")
-            .arg("processing")
-            .query(redis)
-            .unwrap();
-        counts.push((queued.unwrap_or(0), processing.unwrap_or(0)));
-    }
-    (counted, counts)
 }
 
 fn tenant_of(names: &Names, redis: &mut redis::Connection, job_id: &str) -> Option<String> {

@@ -6,12 +6,13 @@
 //! an invocation is written once; each process's store still owns its
 //! connection and every command it sends.
 
-use super::scripts::{Script, ScriptCall};
+use super::scripts::{batch_source, Script, ScriptCall};
 
-/// One `redis::Script` per record script.
+/// One `redis::Script` per record script, and the batch of them.
 #[derive(Clone)]
 pub struct RecordScripts {
     loaded: Vec<(Script, redis::Script)>,
+    batch: redis::Script,
 }
 
 impl Default for RecordScripts {
@@ -27,6 +28,7 @@ impl RecordScripts {
                 .into_iter()
                 .map(|script| (script, redis::Script::new(&script.source())))
                 .collect(),
+            batch: redis::Script::new(&batch_source()),
         }
     }
 
@@ -49,6 +51,47 @@ impl RecordScripts {
             invocation.arg(arg);
         }
         invocation
+    }
+
+    /// Runs `calls` as one batch (`super::scripts::batch`): one reply per
+    /// call, in order, each what the call alone would have given, or its own
+    /// error. The outer error is the batch's (no op ran, or the link failed).
+    pub async fn run_batch<C>(
+        &self,
+        connection: &mut C,
+        calls: Vec<ScriptCall>,
+    ) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>>
+    where
+        C: redis::aio::ConnectionLike + Send,
+    {
+        let ops = calls.len();
+        let call = super::scripts::batch(calls);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.batch.get_hash())
+            .arg(call.keys.len())
+            .arg(&call.keys)
+            .arg(&call.args);
+        let reply: Vec<redis::Value> = query_loaded(connection, &self.batch, &cmd).await?;
+        if reply.len() != ops {
+            return Err(batch_error(format!(
+                "{} replies to a batch of {ops}",
+                reply.len()
+            )));
+        }
+        Ok(reply.into_iter().map(op_reply).collect())
+    }
+
+    /// Runs one call: its reply. As `invocation(call).invoke_async`, with
+    /// the keys and args written once, straight into the command.
+    pub async fn run<C>(
+        &self,
+        connection: &mut C,
+        call: &ScriptCall,
+    ) -> redis::RedisResult<redis::Value>
+    where
+        C: redis::aio::ConnectionLike + Send,
+    {
+        query_loaded(connection, self.script(call.script), &self.evalsha(call)).await
     }
 
     /// Runs a [`Script::Finish`] call; `true` when it wrote, `false` when the
@@ -112,6 +155,55 @@ impl RecordScripts {
             .arg(&call.args);
         cmd
     }
+}
+
+/// `cmd`, an `EVALSHA` of `script`; when Redis has not got the script (a
+/// restart, a promoted replica), loads it and sends `cmd` again.
+async fn query_loaded<C, T>(
+    connection: &mut C,
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T>
+where
+    C: redis::aio::ConnectionLike + Send,
+    T: redis::FromRedisValue,
+{
+    match cmd.query_async(connection).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            script.prepare_invoke().load_async(connection).await?;
+            cmd.query_async(connection).await
+        }
+        other => other,
+    }
+}
+
+/// One op's element of a batch reply: `{1, reply}`, `{1}` (a nil reply) or
+/// `{0, message}`.
+fn op_reply(element: redis::Value) -> redis::RedisResult<redis::Value> {
+    let redis::Value::Array(mut parts) = element else {
+        return Err(batch_error(format!("a batch op replied {element:?}")));
+    };
+    let reply = (parts.len() == 2).then(|| parts.pop()).flatten();
+    match (parts.first(), reply) {
+        (Some(redis::Value::Int(1)), reply) => Ok(reply.unwrap_or(redis::Value::Nil)),
+        (Some(redis::Value::Int(0)), Some(message)) => {
+            let message: String = redis::from_redis_value(message)?;
+            Err(batch_error(message))
+        }
+        (first, reply) => Err(batch_error(format!(
+            "a batch op replied {first:?}, {reply:?}"
+        ))),
+    }
+}
+
+fn batch_error(detail: String) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+        "record script in a batch failed",
+        detail,
+    ))
 }
 
 /// The [`Script::Queued`] reply, in a pipeline's results.

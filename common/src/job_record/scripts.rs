@@ -26,7 +26,9 @@ use crate::job_index::REINDEX_LUA;
 use crate::names::Names;
 use crate::wire::{JobError, JobStatus};
 
+mod batch;
 mod queued;
+pub use batch::{batch, batch_source, BatchCall, MAX_BATCH};
 pub use queued::{queued, QueuedReply, Quota, Rate};
 
 /// The scripts, one per kind of write.
@@ -55,7 +57,13 @@ impl Script {
 
     /// The full Lua source: the shared prelude, then the script's body.
     pub fn source(self) -> String {
-        let body = match self {
+        format!("{}\n{}", prelude(), self.body())
+    }
+
+    /// The script's own Lua, which reads `KEYS` and `ARGV` and ends with a
+    /// `return` (a batch runs it as a function of those two).
+    fn body(self) -> &'static str {
+        match self {
             Script::Queued => queued::QUEUED,
             Script::Claim => CLAIM,
             Script::Finish => FINISH,
@@ -63,9 +71,26 @@ impl Script {
             Script::Progress => PROGRESS,
             Script::Cancel => CANCEL,
             Script::Forget => FORGET,
-        };
-        format!("{}\n{REINDEX_LUA}\n{body}", is_final_lua())
+        }
     }
+
+    /// Its name in a batch's header.
+    fn name(self) -> &'static str {
+        match self {
+            Script::Queued => "queued",
+            Script::Claim => "claim",
+            Script::Finish => "finish",
+            Script::Retry => "retry",
+            Script::Progress => "progress",
+            Script::Cancel => "cancel",
+            Script::Forget => "forget",
+        }
+    }
+}
+
+/// What every script starts with: `gpuq_is_final` and the index keeping.
+fn prelude() -> String {
+    format!("{}\n{REINDEX_LUA}", is_final_lua())
 }
 
 /// `gpuq_is_final(status)`, written from [`JobStatus::is_final`] so the Lua
