@@ -4,8 +4,9 @@
 //!
 //! Every script's own body runs unchanged, as a Lua function of its `KEYS`
 //! and `ARGV`, so a batch makes exactly the transitions its scripts would
-//! make one by one, in order; `tests/tests/job_record.rs` checks that against
-//! [`crate::job_record::apply`] as it does for the single scripts. Each op
+//! make one by one, in order; `tests/tests/record_batch.rs` checks that
+//! against [`crate::job_record::apply`], as `tests/tests/job_record.rs` does
+//! for the single scripts. Each op
 //! runs under `pcall`: an op that fails (a key of the wrong type, say) gets
 //! its own error reply and the others still run, as separate calls would.
 //! The whole batch is one atomic step in Redis, which is no weaker than its
@@ -25,8 +26,9 @@
 use super::{prelude, Script, ScriptCall};
 
 /// Most ops one batch carries. A batch holds Redis for its whole run (about
-/// 30 µs per op on the project's machine), so a cap keeps other clients'
-/// waits short, as `crate::job_index::LIST_PAGE` does for listings.
+/// 50 µs per op on the project's 2-core machine, so about 1 ms for a full
+/// one), so a cap keeps other clients' waits short, as
+/// `crate::job_index::LIST_PAGE` does for listings.
 pub const MAX_BATCH: usize = 16;
 
 /// Splits the keys and args and runs each op's function.
