@@ -291,70 +291,6 @@ pub struct JobReply {
     pub finished_at_ms: u64,
 }
 
-/// Body encoding, chosen by the AMQP `content_type` property.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Msgpack,
-    Json,
-}
-
-impl Encoding {
-    /// Maps a `content_type` to an encoding. Without one, the body is sniffed:
-    /// a JSON object starts with `{`, a msgpack map never does.
-    pub fn detect(content_type: Option<&str>, body: &[u8]) -> Result<Encoding, JobError> {
-        let Some(content_type) = content_type.filter(|ct| !ct.is_empty()) else {
-            let first = body.iter().find(|b| !b.is_ascii_whitespace());
-            return Ok(if first == Some(&b'{') {
-                Encoding::Json
-            } else {
-                Encoding::Msgpack
-            });
-        };
-        let essence = content_type.split(';').next().unwrap_or_default().trim();
-        let is = |names: &[&str]| names.iter().any(|n| essence.eq_ignore_ascii_case(n));
-        const MSGPACK: [&str; 3] = [
-            "application/msgpack",
-            "application/x-msgpack",
-            "application/vnd.msgpack",
-        ];
-        if is(&MSGPACK) {
-            Ok(Encoding::Msgpack)
-        } else if is(&["application/json", "text/json"]) {
-            Ok(Encoding::Json)
-        } else {
-            Err(JobError::new(
-                ErrorCode::UnsupportedContentType,
-                format!(
-                    "content_type '{content_type}' is not supported; use '{CONTENT_TYPE_MSGPACK}' or '{CONTENT_TYPE_JSON}'"
-                ),
-            ))
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Encoding::Msgpack => CONTENT_TYPE_MSGPACK,
-            Encoding::Json => CONTENT_TYPE_JSON,
-        }
-    }
-
-    pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, EncodeError> {
-        match self {
-            Encoding::Msgpack => Ok(rmp_serde::to_vec_named(value)?),
-            Encoding::Json => Ok(serde_json::to_vec(value)?),
-        }
-    }
-}
-
-/// Serialization of our own types failed (a bug or a non-string map key).
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    #[error("msgpack encoding failed: {0}")]
-    Msgpack(#[from] rmp_serde::encode::Error),
-    #[error("json encoding failed: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
 impl JobMessage {
     /// Decodes a body and checks what any worker needs: a supported schema
     /// version and a job id (`fallback_job_id` is the AMQP `message_id`).
@@ -451,8 +387,10 @@ impl JobReply {
     }
 }
 
+mod encoding;
 mod json;
 mod tenant;
+pub use encoding::{EncodeError, Encoding};
 use json::decode_bytes_markers;
 pub use json::{value_from_json, value_map_to_json_string, value_to_json};
 pub use json::{JsonValueError, BYTES_KEY};
