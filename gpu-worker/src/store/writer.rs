@@ -10,7 +10,10 @@
 //! A batch pays it once for all its writes. A lone write waits for nothing:
 //! it goes at once, as its own script call. Only one batch is in flight at a
 //! time, so writes that come while it is out wait for its reply (about one
-//! round trip) and then go together.
+//! round trip) and then go together. That bounds a worker's record writes
+//! to `MAX_BATCH` per round trip: with Redis 10 ms away, 1,600 writes (800
+//! jobs) a second per worker, far above what GPU jobs of a second or more
+//! ask, but a limit for sub-millisecond jobs against a distant Redis.
 //!
 //! Nothing about a write's meaning changes: each op is its script, run in
 //! order, with its own reply or error (a failing op does not fail the
