@@ -18,7 +18,7 @@
 //! or decide transitions (`crate::job_record` does).
 
 /// Lua prelude defining `gpuq_reindex(job_key, old_status, new_status,
-/// cutoff_ms, old_tenant)` and the `gpuq_tenant_load` it calls.
+/// cutoff_ms, old_tenant, before)` and the `gpuq_tenant_load` it calls.
 ///
 /// - `job_key` is `<ns>:job:<id>`; the namespace and id are taken from it
 ///   (a namespace has no `:`, see `Config` validation).
@@ -31,6 +31,14 @@
 /// - `old_tenant`: the record's tenant before the write (`false`: none), for
 ///   a script that may record the tenant in the same step (a claim, an
 ///   ending); `nil` (left out): the tenant did not change.
+/// - `before` (or `nil`): the record's `feature`, `by` (`submitted_by`) and
+///   `tenant` before the write, as `HMGET` gave them. With it, an existing
+///   record's id is added to a feature, submitter or tenant index only when
+///   that field changed: every earlier write of the record added it to the
+///   indexes of the values it had, so the same `ZADD` again would change
+///   nothing (issue 18: these were 4 of a job's 10 `ZADD`s). The trim still
+///   runs on every index of the record's values. Without it, every index is
+///   written, as a first write must.
 ///
 /// It also keeps the tenant load counts (`<ns>:tenant_load:<tenant>`, fields
 /// `queued` and `processing`): when the status changes, the job leaves the
@@ -55,7 +63,7 @@ local function gpuq_tenant_load(ns, old_tenant, new_tenant, old_status, new_stat
     redis.call('HINCRBY', ns .. ':tenant_load:' .. new_tenant, new_status, 1)
   end
 end
-local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms, old_tenant)
+local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms, old_tenant, before)
   local ns, id = string.match(job_key, '^([^:]+):job:(.+)$')
   if not ns then return end
   local fields = redis.call('HMGET', job_key, 'created_ms', 'feature', 'submitted_by', 'tenant')
@@ -65,13 +73,17 @@ local function gpuq_reindex(job_key, old_status, new_status, cutoff_ms, old_tena
   end
   if old_tenant == nil then old_tenant = fields[4] end
   gpuq_tenant_load(ns, old_tenant, fields[4], old_status, new_status)
-  local keys = {ns .. ':jobs:status:' .. new_status}
-  if fields[2] then keys[#keys + 1] = ns .. ':jobs:feature:' .. fields[2] end
-  if fields[3] then keys[#keys + 1] = ns .. ':jobs:by:' .. fields[3] end
-  if fields[4] then keys[#keys + 1] = ns .. ':jobs:tenant:' .. fields[4] end
-  for _, key in ipairs(keys) do
-    redis.call('ZADD', key, score, id)
-    if cutoff_ms then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff_ms) end
+  local known = old_status and before
+  local indexes = {{ns .. ':jobs:status:' .. new_status, true}}
+  local function by_field(prefix, value, was)
+    if value then indexes[#indexes + 1] = {ns .. prefix .. value, not known or value ~= was} end
+  end
+  by_field(':jobs:feature:', fields[2], known and before.feature)
+  by_field(':jobs:by:', fields[3], known and before.by)
+  by_field(':jobs:tenant:', fields[4], known and before.tenant)
+  for _, index in ipairs(indexes) do
+    if index[2] then redis.call('ZADD', index[1], score, id) end
+    if cutoff_ms then redis.call('ZREMRANGEBYSCORE', index[1], '-inf', '(' .. cutoff_ms) end
   end
 end
 "#;

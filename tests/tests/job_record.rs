@@ -13,7 +13,9 @@ use gpuq_common::names::job_field;
 use gpuq_common::{ErrorCode, JobError, JobStatus, Names};
 use gpuq_integration_tests::{redis_url, TestSystem};
 use proptest::prelude::*;
-use record_steps::{call_of, indexed_under, outcome_of, record, step, tenant_loads};
+use record_steps::{
+    call_of, indexed_under, missing_from_field_indexes, outcome_of, record, step, tenant_loads,
+};
 
 #[test]
 fn the_scripts_make_exactly_the_state_machine_s_transitions() {
@@ -51,6 +53,8 @@ fn the_scripts_make_exactly_the_state_machine_s_transitions() {
             prop_assert_eq!(record(&names, redis, &job_id), expected, "after {:?}", step);
             let indexed = indexed_under(&names, redis, &job_id);
             prop_assert_eq!(indexed, expected.status.into_iter().collect::<Vec<_>>());
+            let missing = missing_from_field_indexes(&names, redis, &job_id);
+            prop_assert!(missing.is_empty(), "after {:?}: not in {:?}", step, missing);
             // Every job so far, not only this one: a count wrong by one job
             // would hide behind the floor at 0 if only one job were counted.
             let (counted, counts) = tenant_loads(&names, redis, job.get());

@@ -14,7 +14,9 @@ use gpuq_common::job_record::{after, apply, JobState, RecordScripts, Transition}
 use gpuq_common::{JobStatus, Names};
 use gpuq_integration_tests::{redis_url, TestSystem};
 use proptest::prelude::*;
-use record_steps::{call_of, indexed_under, outcome_of, record, step, tenant_loads};
+use record_steps::{
+    call_of, indexed_under, missing_from_field_indexes, outcome_of, record, step, tenant_loads,
+};
 
 /// Jobs each case's steps are spread over.
 const JOBS: u32 = 3;
@@ -91,6 +93,8 @@ fn batches_make_exactly_the_transitions_of_their_scripts_in_order() {
                 prop_assert_eq!(record(&names, redis, &id), *state, "job {}", id);
                 let indexed = indexed_under(&names, redis, &id);
                 prop_assert_eq!(indexed, state.status.into_iter().collect::<Vec<_>>());
+                let missing = missing_from_field_indexes(&names, redis, &id);
+                prop_assert!(missing.is_empty(), "job {}: not in {:?}", id, missing);
             }
             let (counted, counts) = tenant_loads(&names, redis, first + JOBS - 1);
             prop_assert_eq!(counts, counted);

@@ -120,9 +120,9 @@ fn is_final_lua() -> String {
 /// counted) is refused with `quota_exceeded` while the tenant already has
 /// that many jobs waiting.
 const CLAIM: &str = r#"
-local status = redis.call('HGET', KEYS[1], 'status')
+local before = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'feature', 'submitted_by')
+local status, old_tenant = before[1], before[2]
 if gpuq_is_final(status) then return status end
-local old_tenant = redis.call('HGET', KEYS[1], 'tenant')
 local tenant = old_tenant or (ARGV[9] ~= '' and ARGV[9]) or nil
 local ns = string.match(KEYS[1], '^([^:]+):job:')
 if tenant and ns then
@@ -143,11 +143,11 @@ if redis.call('HSETNX', KEYS[1], 'created_ms', now) == 1 then
   redis.call('ZADD', KEYS[3], now, ARGV[7])
 end
 if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'metadata', ARGV[8]) end
-if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'tenant', ARGV[9]) end
-gpuq_reindex(KEYS[1], status, 'processing', nil, old_tenant)
+if ARGV[9] ~= '' and not old_tenant then redis.call('HSET', KEYS[1], 'tenant', ARGV[9]) end
+gpuq_reindex(KEYS[1], status, 'processing', nil, old_tenant,
+  {feature = before[3], by = before[4], tenant = old_tenant})
 redis.call('PERSIST', KEYS[1])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-local tenant = redis.call('HGET', KEYS[1], 'tenant') or nil
 redis.call('PUBLISH', KEYS[2], cjson.encode({job_id = ARGV[7], status = 'processing',
   ts_ms = tonumber(now), feature = ARGV[2], model = ARGV[3], worker = ARGV[4], attempt = attempt,
   tenant = tenant}))
@@ -159,9 +159,9 @@ return attempt
 /// ARGV[5] error code, ARGV[6] error message, ARGV[7] event, ARGV[8]
 /// feature or '', ARGV[9] model or '', ARGV[10] tenant or ''.
 const FINISH: &str = r#"
-local status = redis.call('HGET', KEYS[1], 'status')
+local before = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'feature', 'submitted_by')
+local status, old_tenant = before[1], before[2]
 if gpuq_is_final(status) then return status end
-local old_tenant = redis.call('HGET', KEYS[1], 'tenant')
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_ms', ARGV[2])
 if ARGV[1] == 'completed' then
   redis.call('HSET', KEYS[1], 'progress', '1', 'result', ARGV[4])
@@ -171,12 +171,12 @@ else
 end
 redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'attempts', '0')
-if ARGV[8] ~= '' then redis.call('HSETNX', KEYS[1], 'feature', ARGV[8]) end
+if ARGV[8] ~= '' and not before[3] then redis.call('HSET', KEYS[1], 'feature', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[1], 'model', ARGV[9]) end
-if ARGV[10] ~= '' then redis.call('HSETNX', KEYS[1], 'tenant', ARGV[10]) end
+if ARGV[10] ~= '' and not old_tenant then redis.call('HSET', KEYS[1], 'tenant', ARGV[10]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 gpuq_reindex(KEYS[1], status, ARGV[1], tonumber(ARGV[2]) - tonumber(ARGV[3]) * 1000,
-  old_tenant)
+  old_tenant, {feature = before[3], by = before[4], tenant = old_tenant})
 redis.call('PUBLISH', KEYS[2], ARGV[7])
 return 'ok'
 "#;

@@ -66,11 +66,17 @@ pub fn call_of(names: &Names, job_id: &str, (step, tenant): (Step, Option<&str>)
                 (job_field::CREATED_MS, now.to_string()),
             ];
             fields.extend(tenant.map(|t| (job_field::TENANT, t.to_owned())));
+            // A submitter for some, so the submitter index is kept too.
+            if tenant == Some("t1") {
+                fields.push((job_field::SUBMITTED_BY, "u".to_owned()));
+            }
             scripts::queued(names, job_id, now, 0, &fields, "{}".to_owned(), Quota::NONE)
         }
         Step::Event(JobEvent::Claim) => {
             let by = Claimant {
-                feature: "f",
+                // Another feature for some claims: the claim's feature replaces
+                // the record's, and the index must follow.
+                feature: if tenant.is_none() { "g" } else { "f" },
                 model: "m",
                 worker: "w",
                 host: "h",
@@ -146,6 +152,40 @@ pub fn indexed_under(names: &Names, redis: &mut redis::Connection, job_id: &str)
                 .query(redis)
                 .unwrap();
             score.is_some()
+        })
+        .collect()
+}
+
+/// The feature, submitter and tenant indexes of the record's values that
+/// do not hold the job (every write keeps it in them): empty when right.
+pub fn missing_from_field_indexes(
+    names: &Names,
+    redis: &mut redis::Connection,
+    job_id: &str,
+) -> Vec<String> {
+    let (feature, by, tenant): (Option<String>, Option<String>, Option<String>) =
+        redis::cmd("HMGET")
+            .arg(names.job_key(job_id))
+            .arg(job_field::FEATURE)
+            .arg(job_field::SUBMITTED_BY)
+            .arg(job_field::TENANT)
+            .query(redis)
+            .unwrap();
+    let indexes = [
+        feature.map(|f| names.jobs_by_feature(&f)),
+        by.map(|b| names.jobs_by_submitter(&b)),
+        tenant.map(|t| names.jobs_by_tenant(&t)),
+    ];
+    indexes
+        .into_iter()
+        .flatten()
+        .filter(|index| {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(index)
+                .arg(job_id)
+                .query(redis)
+                .unwrap();
+            score.is_none()
         })
         .collect()
 }
