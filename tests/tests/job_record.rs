@@ -7,14 +7,15 @@
 
 mod record_steps;
 
-use gpuq_common::job_record::scripts::{self, Claimant, Ending, Quota};
+use gpuq_common::job_record::scripts::{self, Ending, Quota};
 use gpuq_common::job_record::{after, apply, JobState, RecordScripts, Transition};
 use gpuq_common::names::job_field;
 use gpuq_common::{ErrorCode, JobError, JobStatus, Names};
 use gpuq_integration_tests::{redis_url, TestSystem};
 use proptest::prelude::*;
 use record_steps::{
-    call_of, indexed_under, missing_from_field_indexes, outcome_of, record, step, tenant_loads,
+    call_of, claimant, indexed_under, missing_from_field_indexes, outcome_of, record, step,
+    tenant_loads,
 };
 
 #[test]
@@ -94,17 +95,7 @@ fn the_scripts_record_the_tenant_once_and_index_it() {
         .get_connection()
         .unwrap();
     let now = gpuq_common::now_ms();
-    let claimant = |tenant| Claimant {
-        feature: "f",
-        model: "m",
-        worker: "w",
-        host: "h",
-        gpu: "0",
-        metadata_json: None,
-        tenant,
-        max_running: None,
-        max_queued: None,
-    };
+    let claim_for = |tenant| claimant("f", tenant);
     // Written by the producer: a claim naming another tenant keeps it.
     let fields = [
         (job_field::STATUS, "queued".to_owned()),
@@ -124,7 +115,7 @@ fn the_scripts_record_the_tenant_once_and_index_it() {
     pubsub
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    let call = scripts::claim(&names, "q", now, &claimant(Some("mallory")));
+    let call = scripts::claim(&names, "q", now, &claim_for(Some("mallory")));
     let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
     assert_eq!(tenant_of(&names, &mut redis, "q").as_deref(), Some("alice"));
     assert!(!in_tenant_index(&names, &mut redis, "mallory", "q"));
@@ -132,7 +123,7 @@ fn the_scripts_record_the_tenant_once_and_index_it() {
     let event: serde_json::Value = serde_json::from_str(&event).unwrap();
     assert_eq!(event["tenant"], "alice", "{event}");
     // Published by another client: the first claim records it.
-    let call = scripts::claim(&names, "c", now, &claimant(Some("carol")));
+    let call = scripts::claim(&names, "c", now, &claim_for(Some("carol")));
     let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
     assert_eq!(tenant_of(&names, &mut redis, "c").as_deref(), Some("carol"));
     assert!(in_tenant_index(&names, &mut redis, "carol", "c"));
@@ -145,7 +136,7 @@ fn the_scripts_record_the_tenant_once_and_index_it() {
     assert_eq!(tenant_of(&names, &mut redis, "e").as_deref(), Some("dave"));
     assert!(in_tenant_index(&names, &mut redis, "dave", "e"));
     // No tenant given (an invalid one is never passed): none recorded.
-    let call = scripts::claim(&names, "n", now, &claimant(None));
+    let call = scripts::claim(&names, "n", now, &claim_for(None));
     let _: i64 = scripts.invocation(&call).invoke(&mut redis).unwrap();
     assert_eq!(tenant_of(&names, &mut redis, "n"), None);
 }
@@ -209,17 +200,7 @@ fn the_queued_script_refuses_a_tenant_at_max_queued() {
     assert!(!exists, "a refused job has no record");
     assert_eq!(submit_within(&scripts, &names, redis, "a", quota), Exists);
     // A claim moves one to processing: a place is free.
-    let by = Claimant {
-        feature: "f",
-        model: "m",
-        worker: "w",
-        host: "h",
-        gpu: "0",
-        metadata_json: None,
-        tenant: None,
-        max_running: None,
-        max_queued: None,
-    };
+    let by = claimant("f", None);
     let _: i64 = scripts
         .invocation(&scripts::claim(&names, "a", 1, &by))
         .invoke(redis)

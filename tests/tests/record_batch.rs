@@ -9,13 +9,14 @@
 
 mod record_steps;
 
-use gpuq_common::job_record::scripts::{self, Claimant, Ending};
+use gpuq_common::job_record::scripts::{self, Ending};
 use gpuq_common::job_record::{after, apply, JobState, RecordScripts, Transition};
 use gpuq_common::{JobStatus, Names};
 use gpuq_integration_tests::{redis_url, TestSystem};
 use proptest::prelude::*;
 use record_steps::{
-    call_of, indexed_under, missing_from_field_indexes, outcome_of, record, step, tenant_loads,
+    call_of, claimant, indexed_under, missing_from_field_indexes, outcome_of, record, step,
+    tenant_loads,
 };
 
 /// Jobs each case's steps are spread over.
@@ -121,17 +122,7 @@ fn an_op_that_fails_inside_a_batch_fails_alone() {
         .arg("not a hash")
         .query(redis)
         .unwrap();
-    let by = Claimant {
-        feature: "f",
-        model: "m",
-        worker: "w",
-        host: "h",
-        gpu: "0",
-        metadata_json: None,
-        tenant: Some("t1"),
-        max_running: None,
-        max_queued: None,
-    };
+    let by = claimant("f", Some("t1"));
     let ending = Ending {
         status: JobStatus::Completed,
         finished_ms: gpuq_common::now_ms(),

@@ -53,6 +53,21 @@ pub fn event_step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// A claim of `feature` by worker `w`, naming `tenant`, with no limits.
+pub fn claimant<'a>(feature: &'a str, tenant: Option<&'a str>) -> Claimant<'a> {
+    Claimant {
+        feature,
+        model: "m",
+        worker: "w",
+        host: "h",
+        gpu: "0",
+        metadata_json: None,
+        tenant,
+        max_running: None,
+        max_queued: None,
+    }
+}
+
 /// One step's script call (naming `tenant` where the step can).
 pub fn call_of(names: &Names, job_id: &str, (step, tenant): (Step, Option<&str>)) -> ScriptCall {
     let now = gpuq_common::now_ms();
@@ -73,19 +88,9 @@ pub fn call_of(names: &Names, job_id: &str, (step, tenant): (Step, Option<&str>)
             scripts::queued(names, job_id, now, 0, &fields, "{}".to_owned(), Quota::NONE)
         }
         Step::Event(JobEvent::Claim) => {
-            let by = Claimant {
-                // Another feature for some claims: the claim's feature replaces
-                // the record's, and the index must follow.
-                feature: if tenant.is_none() { "g" } else { "f" },
-                model: "m",
-                worker: "w",
-                host: "h",
-                gpu: "0",
-                metadata_json: None,
-                tenant,
-                max_running: None,
-                max_queued: None,
-            };
+            // Another feature for some claims: the claim's feature replaces
+            // the record's, and the index must follow.
+            let by = claimant(if tenant.is_none() { "g" } else { "f" }, tenant);
             scripts::claim(names, job_id, now, &by)
         }
         Step::Event(JobEvent::Progress) => scripts::progress(names, job_id, 0.5, "{}".to_owned()),
