@@ -21,6 +21,9 @@
 //! written here but by `Store::finish` directly, in its own pipeline with
 //! the `WAIT` (see `RecordScripts::finish_replicated`).
 //!
+//! A batch also stops at `MAX_BATCH_BYTES`, so large outcomes never hold
+//! Redis longer than they would alone.
+//!
 //! The task ends when the last `Store` clone (and so the last sender) is
 //! dropped; a write already taken is still sent.
 
@@ -29,6 +32,13 @@ use gpuq_common::job_record::RecordScripts;
 use gpuq_common::redis_link::RedisLink;
 use redis::{RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
+
+/// Most bytes of keys and args in one batch. Outcomes carry results a
+/// client's model produced: sixteen large ones in one script would hold
+/// Redis, and every other client, for as long as all sixteen writes take,
+/// where separate calls let other commands in between. A write over this
+/// goes alone, as it would without batching.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// Writes that may wait for the task before a sender waits too.
 const QUEUE: usize = 1024;
@@ -70,26 +80,53 @@ async fn write_batches(
 ) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut waiting, MAX_BATCH).await > 0 {
-        let (calls, replies): (Vec<_>, Vec<_>) =
-            waiting.drain(..).map(|p| (p.call, p.reply)).unzip();
-        if let [call] = calls.as_slice() {
-            let reply = scripts.run(&mut connection, call).await;
-            for sender in replies {
-                // A caller that stopped waiting needs no reply.
-                let _ = sender.send(reply.clone());
-            }
-            continue;
+        while !waiting.is_empty() {
+            let taken = batch_len(&waiting);
+            send(&mut connection, &scripts, waiting.drain(..taken).collect()).await;
         }
-        match scripts.run_batch(&mut connection, calls).await {
-            Ok(answers) => {
-                for (sender, answer) in replies.into_iter().zip(answers) {
-                    let _ = sender.send(answer);
-                }
+    }
+}
+
+/// How many of `waiting`, from the front, go in one call: as many as stay
+/// within `MAX_BATCH_BYTES` of keys and args, and at least one.
+fn batch_len(waiting: &[Pending]) -> usize {
+    let mut bytes = 0;
+    let within = waiting
+        .iter()
+        .take_while(|pending| {
+            let call = &pending.call;
+            bytes += call
+                .keys
+                .iter()
+                .chain(&call.args)
+                .map(String::len)
+                .sum::<usize>();
+            bytes <= MAX_BATCH_BYTES
+        })
+        .count();
+    within.max(1)
+}
+
+/// One Redis call for `batch`, and each caller's reply.
+async fn send(connection: &mut RedisLink, scripts: &RecordScripts, batch: Vec<Pending>) {
+    let (calls, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.call, p.reply)).unzip();
+    if let [call] = calls.as_slice() {
+        let reply = scripts.run(connection, call).await;
+        for sender in replies {
+            // A caller that stopped waiting needs no reply.
+            let _ = sender.send(reply.clone());
+        }
+        return;
+    }
+    match scripts.run_batch(connection, calls).await {
+        Ok(answers) => {
+            for (sender, answer) in replies.into_iter().zip(answers) {
+                let _ = sender.send(answer);
             }
-            Err(error) => {
-                for sender in replies {
-                    let _ = sender.send(Err(error.clone()));
-                }
+        }
+        Err(error) => {
+            for sender in replies {
+                let _ = sender.send(Err(error.clone()));
             }
         }
     }
@@ -97,4 +134,37 @@ async fn write_batches(
 
 fn gone() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "the record writer has stopped"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuq_common::job_record::scripts::Script;
+
+    fn pending(arg_bytes: usize) -> Pending {
+        let call = ScriptCall {
+            script: Script::Progress,
+            keys: vec!["k".into()],
+            args: vec!["x".repeat(arg_bytes)],
+        };
+        Pending {
+            call,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_byte_limit_and_a_large_write_goes_alone() {
+        let small = || pending(100);
+        assert_eq!(batch_len(&[small(), small(), small()]), 3);
+        let large = || pending(MAX_BATCH_BYTES);
+        assert_eq!(batch_len(&[large(), small()]), 1, "a large write alone");
+        assert_eq!(
+            batch_len(&[small(), large(), small()]),
+            1,
+            "stops before it"
+        );
+        let half = || pending(MAX_BATCH_BYTES / 2 - 10);
+        assert_eq!(batch_len(&[half(), half(), half()]), 2);
+    }
 }
