@@ -112,6 +112,9 @@ pub struct MixedOptions {
     /// Which trace: the bursts (issue 8's), a shifting hot spot or a long
     /// tail of rarely used models (`shapes`).
     pub shape: shapes::TraceShape,
+    /// Write each run's per-job timeline (worker, model, created, started,
+    /// finished) and the dispatcher's log here, to see what placement did.
+    pub timeline: Option<std::path::PathBuf>,
 }
 
 /// The trace's random numbers: ChaCha8 is documented to give the same

@@ -73,6 +73,10 @@ struct Args {
     /// model changes every 20 s) or long-tail (plus 12 rarely used models).
     #[arg(long, default_value = "bursts", value_parser = parse_shape)]
     mixed_shape: mixed::shapes::TraceShape,
+    /// Mixed benchmark: write each run's per-job timeline (CSV) and the
+    /// dispatcher's log into this directory.
+    #[arg(long)]
+    mixed_timeline: Option<std::path::PathBuf>,
     /// Runs the job-listing benchmark over this many finished jobs instead
     /// (`bench::listing`; the figure is 50000).
     #[arg(long)]
@@ -125,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
             shape: args.mixed_shape,
             tenants: args.mixed_tenants,
             fair_share: !args.fair_share_off,
+            timeline: args.mixed_timeline.clone(),
         })
         .await?;
         if args.json {

@@ -93,6 +93,9 @@ pub(super) async fn replay(
     let number = |hash: &HashMap<String, String>, field: &str| {
         hash.get(field).and_then(|v| v.parse::<u64>().ok())
     };
+    if let Some(dir) = &options.timeline {
+        write_timeline(dir, mode, (models, trace), &hashes, &dispatcher.log())?;
+    }
     let mut jobs = Vec::with_capacity(ids.len());
     for ((job, hash), id) in trace.iter().zip(&hashes).zip(&ids) {
         let model = models[job.model].id;
@@ -128,6 +131,36 @@ pub(super) async fn replay(
     drop(dispatcher); // stops it and its workers
     drop(system);
     Ok((jobs, metrics, max_lag_ms))
+}
+
+/// `<dir>/<mode>-jobs.csv`: one line per job of the trace (index, model,
+/// worker, created, started, finished ms); `<dir>/<mode>-dispatcher.log`.
+fn write_timeline(
+    dir: &std::path::Path,
+    mode: Mode,
+    (models, trace): (&[SyntheticModel], &[TraceJob]),
+    hashes: &[HashMap<String, String>],
+    log: &str,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tag = mode.name().replace(' ', "-");
+    let mut csv = String::from("job,model,worker,created_ms,started_ms,finished_ms\n");
+    for (i, (job, hash)) in trace.iter().zip(hashes).enumerate() {
+        let field = |name: &str| hash.get(name).map_or("", String::as_str);
+        let _ = writeln!(
+            csv,
+            "{i},{},{},{},{},{}",
+            models[job.model].id,
+            field("worker"),
+            field("created_ms"),
+            field("started_ms"),
+            field("finished_ms")
+        );
+    }
+    std::fs::write(dir.join(format!("{tag}-jobs.csv")), csv)?;
+    std::fs::write(dir.join(format!("{tag}-dispatcher.log")), log)?;
+    Ok(())
 }
 
 /// Waits until `workers` worker records say `idle` (or `busy`); with placement
