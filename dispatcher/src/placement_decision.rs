@@ -14,15 +14,21 @@
 //!    is on, while that model has jobs waiting (decisions do not flap);
 //! 3. free workers go to the models with the most work per worker, a model
 //!    without any worker first; a worker that would have to load the model is
-//!    added only while the model's workers have more than a load's worth of work each;
-//! 4. a model without a worker takes one from a model that has two or more; a
+//!    added only when it ends the model's work sooner by more than its load
+//!    costs the fleet (a model another worker serves beside its main one,
+//!    loaded there, counts as having half of that worker);
+//! 4. a model without a worker takes one from a model that has two or more
+//!    (one served beside another main model only while its work exceeds
+//!    what half a worker does in one load time); a
 //!    model whose backlog waited past `max_queue_wait_ms` takes one from any
 //!    model that is not starving itself (min residency does not protect it);
 //! 5. workers move from light to heavy backlogs when the gain beats the load,
 //!    once they have held their model (loaded or assigned) for `min_residency_ms`.
 //!
 //! Each worker then consumes its main model, the models pinned to it, and
-//! active models already loaded there that fit beside the main one. A worker
+//! active models already loaded there that fit beside the main one (unless
+//! they have less work per worker than the main: a worker alternates between
+//! its queues, so a side model halves the main one's pace). A worker
 //! without a main model consumes the models it has loaded, or, with none
 //! loaded, every idle model it can serve (so a fresh system answers at once
 //! and a burst is not loaded by every idle worker). Every model some worker
@@ -148,13 +154,29 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Whether one more (idle) worker that may have to load the model first
-    /// finishes its work sooner: with `r` workers on `W` ms of work, a new one
-    /// that loads for `L` helps exactly when `W / r > L`.
+    /// Whether one more (free) worker, which may have to load the model, is
+    /// worth its load `L`: with `r` workers on `W` ms of work it ends the
+    /// work `(W − r·L) / (r·(r+1))` sooner, and must beat `L / workers` (what
+    /// its load takes from the fleet) while other models wait or it would
+    /// unload a model it holds. A model served beside another worker's main
+    /// model has half that worker (the two alternate).
     fn worth_another(&self, worker: &WorkerState, id: &str) -> bool {
         let replicas = self.replicas(id);
-        let floor = self.model(id).map_or(0, |m| m.min_replicas as usize).max(1);
-        replicas < floor || self.share(id, replicas) > self.load_ms(worker, id)
+        let min = self.model(id).map_or(0, |m| m.min_replicas as usize);
+        let beside = replicas == 0 && min == 0 && self.served_beside(id);
+        if replicas < min.max(1) && !beside {
+            return true;
+        }
+        let r = if beside { 0.5 } else { replicas as f64 };
+        let load = self.load_ms(worker, id);
+        let sooner = (self.work_ms(id) - r * load) / (r * (r + 1.0));
+        let other_work = self.models.keys().any(|&m| m != id && self.waiting(m));
+        let cost = if other_work || self.evicts(worker, id) {
+            load / self.snapshot.workers.len().max(1) as f64
+        } else {
+            0.0
+        };
+        sooner > cost
     }
 
     /// Workers a model keeps whatever happens: one while it has work, and its `min_replicas`.
@@ -216,8 +238,9 @@ impl<'a> Planner<'a> {
     }
 
     /// Order of preference among workers for a model: already loaded there,
-    /// then workers whose loaded models have no work, then by id.
-    fn preference(&self, worker: &WorkerState, id: &str) -> (bool, usize, String) {
+    /// then workers whose loaded models have no work, then workers with room
+    /// for it beside what they hold, then by id.
+    fn preference(&self, worker: &WorkerState, id: &str) -> (bool, usize, bool, String) {
         let busy_residents = worker
             .resident
             .iter()
@@ -226,18 +249,20 @@ impl<'a> Planner<'a> {
         (
             Self::resident(worker, id).is_none(),
             busy_residents,
+            self.evicts(worker, id),
             worker.id.clone(),
         )
     }
 
     /// Priority of a model for its next worker: starving, then without any
-    /// worker, then below `min_replicas`, then the most work per worker.
+    /// worker (nor served beside another worker's main model), then below
+    /// `min_replicas`, then the most work per worker.
     fn priority(&self, id: &str) -> (bool, bool, bool, f64) {
         let replicas = self.replicas(id);
         let min = self.model(id).map_or(0, |m| m.min_replicas as usize);
         (
             self.starving(id) && replicas == 0,
-            self.active(id) && replicas == 0,
+            self.active(id) && replicas == 0 && !self.served_beside(id),
             replicas < min,
             self.share(id, replicas + 1),
         )
@@ -291,6 +316,7 @@ impl<'a> Planner<'a> {
             .keys()
             .copied()
             .filter(|id| self.waiting(id) && self.replicas(id) == 0)
+            .filter(|id| self.starving(id) || !self.beside_suffices(id))
             .collect();
         // The longest-starved first, then the most work.
         models.sort_by(|a, b| {

@@ -1,13 +1,56 @@
 //! Which queues each worker consumes once main models are decided: its main
 //! model, models pinned to it, loaded models with work that fit beside the main
-//! one, everything idle for workers without a main model, and every servable
-//! model somewhere.
+//! one (unless they would slow a busier main model), everything idle for
+//! workers without a main model, and every servable model somewhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Planner, WorkerState};
 
 impl Planner<'_> {
+    /// Whether a worker with another main model will consume this one too
+    /// (it is loaded there and fits beside the main): the model is served,
+    /// at no load, though it has no worker of its own.
+    pub(super) fn served_beside(&self, id: &str) -> bool {
+        self.snapshot.workers.iter().any(|worker| {
+            Self::resident(worker, id).is_some()
+                && self.can_serve(worker, id)
+                && self
+                    .main
+                    .get(worker.id.as_str())
+                    .is_some_and(|&main| main != id && self.fits_beside(worker, main, id))
+        })
+    }
+
+    /// Whether a worker on `main` should also take jobs of `other`, loaded
+    /// there. A worker alternates between the queues it consumes, so a side
+    /// model halves its main model's pace: worth it for a model no worker
+    /// has as its main, or one with less work per worker than the main.
+    fn side_helps(&self, main: &str, other: &str) -> bool {
+        let others = self.replicas(other);
+        others == 0 || self.share(main, self.replicas(main)) <= self.share(other, others)
+    }
+
+    /// Whether serving the model beside another worker's main model is
+    /// enough: it is, while its work is less than half a worker (the two
+    /// models alternate) does in one load time.
+    pub(super) fn beside_suffices(&self, id: &str) -> bool {
+        let load = self.model(id).map_or(0, |m| m.load_ms) as f64;
+        self.served_beside(id) && 2.0 * self.work_ms(id) <= load
+    }
+
+    /// Whether loading the model on the worker would unload one it holds
+    /// (it holds its most models already, or they and this one exceed its budget).
+    pub(super) fn evicts(&self, worker: &WorkerState, id: &str) -> bool {
+        if worker.resident.is_empty() || Self::resident(worker, id).is_some() {
+            return false;
+        }
+        let vram = |id: &str| self.model(id).map_or(0, |m| m.packed_mib);
+        let held: u64 = worker.resident.iter().map(|(m, _)| vram(m)).sum();
+        worker.resident.len() >= worker.max_models
+            || worker.budget_mib.is_some_and(|b| held + vram(id) > b)
+    }
+
     fn fits_beside(&self, worker: &WorkerState, main: &str, other: &str) -> bool {
         // Measured needs where known: two models whose measured peaks fit
         // together share a worker even if their declarations do not.
@@ -37,6 +80,7 @@ impl Planner<'_> {
                             && self.active(other)
                             && self.can_serve(worker, other)
                             && self.fits_beside(worker, main, other)
+                            && self.side_helps(main, other)
                         {
                             set.insert(other);
                         }

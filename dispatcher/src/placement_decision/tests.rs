@@ -332,3 +332,54 @@ fn a_model_without_a_worker_takes_one_from_a_model_with_two() {
 }
 
 mod limits;
+
+#[test]
+fn a_model_served_beside_another_main_gets_its_own_worker_only_when_that_beats_a_load() {
+    // w1 works a down and has b loaded beside it, so it consumes b too; w2
+    // holds nothing. Three jobs of b (300 ms) are not worth w2's 1 s load.
+    let mut w1 = with_resident(with_resident(worker("w1", ABC), "a", 60_000), "b", 60_000);
+    w1.main = Some(("a".into(), NOW - 60_000));
+    let w2 = worker("w2", ABC);
+    let decide_with = |b_waiting: u64| {
+        decide(
+            &snapshot(
+                vec![
+                    model("a", 5, 100, 1000),
+                    model("b", b_waiting, 100, 1000),
+                    model("c", 0, 100, 1000),
+                ],
+                vec![w1.clone(), w2.clone()],
+            ),
+            &policy(),
+        )
+    };
+    let light = decide_with(3);
+    assert_eq!(main_of(&light, "w1"), Some("a"), "{light:?}");
+    assert!(consumes(&light, "w1", "b"), "{light:?}");
+    assert_eq!(main_of(&light, "w2"), None, "{light:?}");
+    assert!(!consumes(&light, "w2", "b"), "{light:?}");
+    // Thirty jobs (3 s) are: w2 takes b.
+    let heavy = decide_with(30);
+    assert_eq!(main_of(&heavy, "w2"), Some("b"), "{heavy:?}");
+}
+
+#[test]
+fn while_other_models_wait_a_load_must_gain_more_than_it_takes_from_the_fleet() {
+    // As in idle_workers_join_while_the_work_per_worker_exceeds_a_load (12 s
+    // of work, 5 s loads, five workers), but b has jobs waiting on w5. A third
+    // worker on a would end it 0.3 s sooner, less than its load costs the fleet
+    // (5 s / 5 workers): two, not three.
+    let mut workers: Vec<WorkerState> = (1..=4).map(|i| worker(&format!("w{i}"), &["a"])).collect();
+    let mut w5 = with_resident(worker("w5", &["b"]), "b", 60_000);
+    w5.main = Some(("b".into(), NOW - 60_000));
+    workers.push(w5);
+    let decision = decide(
+        &snapshot(
+            vec![model("a", 12, 1000, 5000), model("b", 100, 1000, 5000)],
+            workers,
+        ),
+        &policy(),
+    );
+    assert_eq!(decision.replicas("a"), 2, "{decision:?}");
+    assert_eq!(main_of(&decision, "w5"), Some("b"), "{decision:?}");
+}
