@@ -304,7 +304,7 @@ impl<'a> Planner<'a> {
                 }
             }
             let Some((id, worker)) = best else { return };
-            self.main.insert(&worker.id, id);
+            self.give(worker, id);
         }
     }
 
@@ -354,7 +354,7 @@ impl<'a> Planner<'a> {
                         .then(self.preference(wa, id).cmp(&self.preference(wb, id)))
                 });
             if let Some((worker, _, _)) = donor {
-                self.main.insert(&worker.id, id);
+                self.give(worker, id);
             }
         }
     }
@@ -446,3 +446,4 @@ pub mod inputs;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod trade;

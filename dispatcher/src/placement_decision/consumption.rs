@@ -25,10 +25,18 @@ impl Planner<'_> {
     /// Whether a worker on `main` should also take jobs of `other`, loaded
     /// there. A worker alternates between the queues it consumes, so a side
     /// model halves its main model's pace: worth it for a model no worker
-    /// has as its main, or one with less work per worker than the main.
-    fn side_helps(&self, main: &str, other: &str) -> bool {
+    /// has as its main, or one with at least as much work per worker as the
+    /// main (the busier of the two gains). A side model the worker consumes
+    /// already keeps it until the main has twice its work per worker, so
+    /// the choice does not flip at every round as both backlogs drain.
+    fn side_helps(&self, worker: &WorkerState, main: &str, other: &str) -> bool {
         let others = self.replicas(other);
-        others == 0 || self.share(main, self.replicas(main)) <= self.share(other, others)
+        let kept = if worker.consuming.iter().any(|m| m == other) {
+            2.0
+        } else {
+            1.0
+        };
+        others == 0 || self.share(main, self.replicas(main)) <= kept * self.share(other, others)
     }
 
     /// Whether serving the model beside another worker's main model is
@@ -80,7 +88,7 @@ impl Planner<'_> {
                             && self.active(other)
                             && self.can_serve(worker, other)
                             && self.fits_beside(worker, main, other)
-                            && self.side_helps(main, other)
+                            && self.side_helps(worker, main, other)
                         {
                             set.insert(other);
                         }

@@ -1,6 +1,6 @@
 use super::*;
 
-const NOW: u64 = 1_000_000;
+pub(super) const NOW: u64 = 1_000_000;
 
 fn policy() -> Policy {
     Policy {
@@ -10,7 +10,7 @@ fn policy() -> Policy {
     }
 }
 
-fn model(id: &str, waiting: u64, run_ms: u64, load_ms: u64) -> ModelState {
+pub(super) fn model(id: &str, waiting: u64, run_ms: u64, load_ms: u64) -> ModelState {
     ModelState {
         id: id.into(),
         vram_mib: 6_000,
@@ -26,7 +26,7 @@ fn model(id: &str, waiting: u64, run_ms: u64, load_ms: u64) -> ModelState {
     }
 }
 
-fn worker(id: &str, eligible: &[&str]) -> WorkerState {
+pub(super) fn worker(id: &str, eligible: &[&str]) -> WorkerState {
     WorkerState {
         id: id.into(),
         host: "h1".into(),
@@ -42,7 +42,11 @@ fn workers(n: usize) -> Vec<WorkerState> {
     (1..=n).map(|i| worker(&format!("w{i}"), ABC)).collect()
 }
 
-fn with_resident(mut worker: WorkerState, model: &str, loaded_ago_ms: u64) -> WorkerState {
+pub(super) fn with_resident(
+    mut worker: WorkerState,
+    model: &str,
+    loaded_ago_ms: u64,
+) -> WorkerState {
     worker.resident.push((model.into(), NOW - loaded_ago_ms));
     worker
 }
@@ -382,4 +386,29 @@ fn while_other_models_wait_a_load_must_gain_more_than_it_takes_from_the_fleet() 
     );
     assert_eq!(decision.replicas("a"), 2, "{decision:?}");
     assert_eq!(main_of(&decision, "w5"), Some("b"), "{decision:?}");
+}
+
+#[test]
+fn a_side_model_is_consumed_only_while_it_is_as_busy_as_the_main_and_kept_until_half_as_busy() {
+    // w1's main is a, w2's is b; w1 also holds b. b (work per worker 2 s)
+    // against a: taken as a side model when a has 2 s, not when a has 3 s;
+    // once consumed, kept at 3 s and dropped at 5 s.
+    let mut w1 = with_resident(with_resident(worker("w1", ABC), "a", 60_000), "b", 60_000);
+    w1.main = Some(("a".into(), NOW - 60_000));
+    let mut w2 = with_resident(worker("w2", ABC), "b", 60_000);
+    w2.main = Some(("b".into(), NOW - 60_000));
+    let side = |a_jobs: u64, consumed: bool| {
+        let mut w1 = w1.clone();
+        if consumed {
+            w1.consuming = vec!["a".into(), "b".into()];
+        }
+        let models = vec![model("a", a_jobs, 1000, 5000), model("b", 2, 1000, 5000)];
+        let decision = decide(&snapshot(models, vec![w1, w2.clone()]), &policy());
+        assert_eq!(main_of(&decision, "w1"), Some("a"), "{decision:?}");
+        consumes(&decision, "w1", "b")
+    };
+    assert!(side(2, false));
+    assert!(!side(3, false));
+    assert!(side(3, true));
+    assert!(!side(5, true));
 }

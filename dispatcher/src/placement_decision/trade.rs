@@ -1,0 +1,82 @@
+//! Trading main models to save a load. When a worker is given a model it
+//! does not hold while another worker holds that model loaded beside a
+//! different main one, the two trade: the holder takes the model at no
+//! load, and the first worker takes the holder's main model, when that costs
+//! it a shorter load than the model it was given (the same workers end up
+//! serving the same models, for less loading).
+
+use super::{Planner, WorkerState};
+
+impl<'a> Planner<'a> {
+    /// Makes `id` the main model of `worker`, or trades (see the module).
+    pub(super) fn give(&mut self, worker: &'a WorkerState, id: &'a str) {
+        let own = self.load_ms(worker, id);
+        let trade = if own > 0.0 {
+            self.snapshot
+                .workers
+                .iter()
+                .filter(|holder| holder.id != worker.id && !self.held_by_pin(holder))
+                .filter(|holder| Self::resident(holder, id).is_some() && self.can_serve(holder, id))
+                .filter_map(|holder| {
+                    let theirs = *self.main.get(holder.id.as_str())?;
+                    let load = self.load_ms(worker, theirs);
+                    (theirs != id && self.can_serve(worker, theirs) && load < own)
+                        .then_some((holder, theirs, load))
+                })
+                .min_by(|a, b| a.2.total_cmp(&b.2).then(a.0.id.cmp(&b.0.id)))
+        } else {
+            None
+        };
+        match trade {
+            Some((holder, theirs, _)) => {
+                self.main.insert(&holder.id, id);
+                self.main.insert(&worker.id, theirs);
+            }
+            None => {
+                self.main.insert(&worker.id, id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{model, with_resident, worker, NOW};
+    use super::super::{Planner, Policy, Snapshot};
+
+    #[test]
+    fn a_worker_given_a_model_another_holds_takes_that_workers_main_instead() {
+        // w1 is to serve m1 (3 s load); w0 has m1 loaded beside its main m3,
+        // which w1 loads in 1 s: w0 takes m1, w1 takes m3.
+        let mut m1 = model("m1", 11, 300, 3000);
+        m1.vram_mib = 9000;
+        let m3 = model("m3", 160, 150, 1000);
+        let five: &[&str] = &["m1", "m2", "m3"];
+        let w0 = with_resident(with_resident(worker("w0", five), "m1", 13_000), "m3", 2_000);
+        let w1 = with_resident(worker("w1", five), "m2", 20_000);
+        let snapshot = Snapshot {
+            now_ms: NOW,
+            models: vec![m1, model("m2", 0, 200, 2000), m3],
+            workers: vec![w0, w1],
+        };
+        let policy = Policy {
+            min_residency_ms: 10_000,
+            max_queue_wait_ms: 30_000,
+            lookahead_ms: 0,
+        };
+        let mut planner = Planner {
+            snapshot: &snapshot,
+            policy: &policy,
+            models: snapshot.models.iter().map(|m| (m.id.as_str(), m)).collect(),
+            main: [("w0", "m3")].into_iter().collect(),
+        };
+        planner.give(&snapshot.workers[1], "m1");
+        assert_eq!(planner.main.get("w0"), Some(&"m1"));
+        assert_eq!(planner.main.get("w1"), Some(&"m3"));
+        // A worker that holds the model itself just takes it.
+        planner.main = [("w0", "m3")].into_iter().collect();
+        planner.give(&snapshot.workers[0], "m1");
+        assert_eq!(planner.main.get("w0"), Some(&"m1"));
+        assert_eq!(planner.main.get("w1"), None);
+    }
+}
