@@ -51,9 +51,13 @@ mod tests {
         let mut m1 = model("m1", 11, 300, 3000);
         m1.vram_mib = 9000;
         let m3 = model("m3", 160, 150, 1000);
-        let five: &[&str] = &["m1", "m2", "m3"];
-        let w0 = with_resident(with_resident(worker("w0", five), "m1", 13_000), "m3", 2_000);
-        let w1 = with_resident(worker("w1", five), "m2", 20_000);
+        let eligible: &[&str] = &["m1", "m2", "m3"];
+        let w0 = with_resident(
+            with_resident(worker("w0", eligible), "m1", 13_000),
+            "m3",
+            2_000,
+        );
+        let w1 = with_resident(worker("w1", eligible), "m2", 20_000);
         let snapshot = Snapshot {
             now_ms: NOW,
             models: vec![m1, model("m2", 0, 200, 2000), m3],
