@@ -1,7 +1,9 @@
 //! Which queues each worker consumes once main models are decided: its main
 //! model, models pinned to it, loaded models with work that fit beside the main
 //! one (unless they would slow a busier main model), everything idle for
-//! workers without a main model, and every servable model somewhere.
+//! workers without a main model, and every servable model somewhere. Also
+//! the questions the rules ask of what a worker holds: whether a model is
+//! served beside another main one, and whether a load would unload one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
