@@ -243,6 +243,10 @@ pub struct StaticFigures {
     pub simulated_s: f64,
     pub searched: usize,
     pub placement_over_static: f64,
+    /// LB (strict) / the replayed static makespan: the lowest
+    /// placement / best static that any schedule could reach on this trace.
+    /// Where it is above [`TARGET_OVER_STATIC`], that target cannot be met.
+    pub lower_bound_over_static: f64,
 }
 
 /// Replays the trace with placement off, then on, and compares the runs.
@@ -318,6 +322,7 @@ pub async fn run(options: &MixedOptions) -> Result<MixedReport> {
             simulated_s: best.simulated_ms / 1000.0,
             searched: best.searched,
             placement_over_static: placement.makespan_s / static_s,
+            lower_bound_over_static: bound.value_ms / 1000.0 / static_s,
         }
     });
     let mut trace_jobs = BTreeMap::new();

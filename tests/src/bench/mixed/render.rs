@@ -82,11 +82,15 @@ pub fn render(report: &MixedReport) -> String {
         "placement/LB_issue = {:.2}\n",
         report.placement_over_lower_bound_issue
     ));
-    out.push_str(&ratio_line(
-        "placement/naive",
-        report.placement_over_naive,
-        TARGET_OVER_NAIVE,
-    ));
+    if report.placement_over_naive.is_nan() {
+        out.push_str("placement/naive: no naive run (--mixed-skip-naive)\n");
+    } else {
+        out.push_str(&ratio_line(
+            "placement/naive",
+            report.placement_over_naive,
+            TARGET_OVER_NAIVE,
+        ));
+    }
     if let Some(best) = &report.best_static {
         let sets: Vec<String> = best.workers.iter().map(|set| set.join("+")).collect();
         out.push_str(&format!(
@@ -99,6 +103,15 @@ pub fn render(report: &MixedReport) -> String {
             "placement/best static",
             best.placement_over_static,
             TARGET_OVER_STATIC,
+        ));
+        out.push_str(&format!(
+            "LB/best static = {:.2} (no schedule's makespan / best static is lower{})\n",
+            best.lower_bound_over_static,
+            if best.lower_bound_over_static > TARGET_OVER_STATIC {
+                format!("; the {TARGET_OVER_STATIC:.2} target is below it on this trace")
+            } else {
+                String::new()
+            }
         ));
     }
     let bound_s = report.max_queue_wait_ms as f64 / 1000.0;
