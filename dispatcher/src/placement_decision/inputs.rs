@@ -194,23 +194,17 @@ fn worker_states(config: &Config, workers: &[WorkerRecord], history: &History) -
             budget_mib: (w.vram_budget_mib > 0).then_some(w.vram_budget_mib),
             max_models: config.dispatcher.max_models_per_worker as usize,
             eligible: w.models.clone(),
-            // A model being loaded is not in `resident_models` yet; it counts
-            // as held (since the heartbeat) and running, so a worker seconds
-            // into a load does not look like one with nothing busy.
             resident: w
                 .resident_models
                 .iter()
                 .map(|r| (r.model.clone(), r.loaded_at_ms))
-                .chain(w.loading.iter().map(|m| (m.clone(), w.heartbeat_ms)))
                 .collect(),
             running: w
                 .resident_models
                 .iter()
                 .filter(|r| r.in_use > 0)
                 .map(|r| r.model.clone())
-                .chain(w.loading.iter().cloned())
                 .collect(),
-            loading: w.loading.clone(),
             pinned: config
                 .placement
                 .models

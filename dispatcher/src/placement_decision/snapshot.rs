@@ -44,11 +44,8 @@ pub struct WorkerState {
     pub eligible: Vec<String>,
     /// Loaded models, with when each was loaded (ms since the epoch).
     pub resident: Vec<(String, u64)>,
-    /// Models with a job running here now (a model being loaded included).
+    /// Models with a job running here now.
     pub running: Vec<String>,
-    /// The model it is loading now; also in `resident` and `running`, so
-    /// the rules see the worker as holding it and busy with it.
-    pub loading: Option<String>,
     /// Models pinned to this worker.
     pub pinned: Vec<String>,
     /// Its main model in the last decision, and since when it has had it.
