@@ -79,12 +79,16 @@ async fn a_model_measured_above_its_declaration_is_placed_only_where_it_fits() {
             .wait_for_status(id, &["completed", "failed"], WAIT)
             .await;
     }
+    // `gpuq system` reads the placing dispatcher's merged figures, as of its
+    // last merge (every round): wait for a merge after the learning jobs.
+    eventually(
+        "the merged figures count the learning jobs",
+        WAIT,
+        || async { vram_of(&system)["measured"]["peaks"]["samples"].as_u64() >= Some(4) },
+    )
+    .await;
     let vram = vram_of(&system);
     assert_eq!(vram["declared_mib"], 2000, "{vram}");
-    assert!(
-        vram["measured"]["peaks"]["samples"].as_u64() >= Some(4),
-        "{vram}"
-    );
     // Each job's own peak: the 6000 MiB the model reported (or more, for
     // one that ran out of memory on the small GPU).
     assert!(
