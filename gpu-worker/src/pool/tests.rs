@@ -223,3 +223,51 @@ async fn a_load_is_sampled_while_it_runs_and_its_peak_kept() {
     assert_eq!(lease.resident_mib, Some(1_500));
     assert_eq!(lease.load_peak_mib, Some(4_500));
 }
+
+#[tokio::test]
+async fn the_model_being_loaded_is_named_until_the_load_ends_or_is_dropped() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&release);
+    let log = Arc::new(SyncMutex::new(Vec::new()));
+    let loader: Loader = Arc::new(move |model: ModelConfig| {
+        let (gate, log) = (Arc::clone(&gate), Arc::clone(&log));
+        async move {
+            gate.notified().await;
+            Ok(Arc::new(Fake { id: model.id, log }) as Arc<dyn Runtime>)
+        }
+        .boxed()
+    });
+    let pool = ModelPool::new(Some(10_000), 2, loader, None);
+    assert_eq!(pool.loading(), None);
+
+    let loading = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(&model("a"), None).await.map(drop) }
+    });
+    wait_until(|| pool.loading().as_deref() == Some("a")).await;
+    assert!(resident(&pool).is_empty(), "not resident while loading");
+    release.notify_one();
+    loading.await.unwrap().unwrap();
+    assert_eq!(pool.loading(), None);
+    assert_eq!(resident(&pool), ["a"]);
+
+    // A load whose caller gives up mid-way is no longer named either.
+    let abandoned = tokio::spawn({
+        let pool = Arc::clone(&pool);
+        async move { pool.acquire(&model("b"), None).await.map(drop) }
+    });
+    wait_until(|| pool.loading().as_deref() == Some("b")).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    assert_eq!(pool.loading(), None);
+}
+
+async fn wait_until(condition: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("condition not reached within a second");
+}
