@@ -135,11 +135,6 @@ pub struct WorkerRecord {
     /// Models loaded now, with their load times.
     #[serde(default)]
     pub resident_models: Vec<ResidentModel>,
-    /// The model being loaded now, if any (not yet in `resident_models`).
-    /// Placement counts it as held and busy there, so it does not take a
-    /// worker away in the middle of a load it cannot see.
-    #[serde(default)]
-    pub loading: Option<String>,
     /// Model loads and unloads since start.
     #[serde(default)]
     pub model_loads: u64,
@@ -249,7 +244,6 @@ impl WorkerRecord {
                 "resident_models",
                 serde_json::to_string(&self.resident_models).unwrap_or_default(),
             ),
-            ("loading", self.loading.clone().unwrap_or_default()),
             ("model_loads", self.model_loads.to_string()),
             ("model_unloads", self.model_unloads.to_string()),
             ("peak_resident_mib", self.peak_resident_mib.to_string()),
@@ -290,7 +284,6 @@ impl WorkerRecord {
                 .get("resident_models")
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default(),
-            loading: text(hash, "loading"),
             model_loads: parse_num(hash, "model_loads").unwrap_or(0),
             model_unloads: parse_num(hash, "model_unloads").unwrap_or(0),
             peak_resident_mib: parse_num(hash, "peak_resident_mib").unwrap_or(0),

@@ -376,7 +376,6 @@ mod tests {
             jobs_done: 3,
             jobs_failed: 0,
             resident_models: vec![],
-            loading: None,
             model_loads: 1,
             model_unloads: 0,
             peak_resident_mib: 0,

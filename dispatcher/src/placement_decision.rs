@@ -19,9 +19,9 @@
 //!    loaded there, counts as having half of that worker);
 //! 4. a model without a worker takes one from a model that has two or more
 //!    (one served beside another main model only while its work exceeds
-//!    what half a worker does in one load time; one not mid-load first); a
+//!    what half a worker does in one load time); a
 //!    model whose backlog waited past `max_queue_wait_ms` takes one from any
-//!    model not starving itself (min residency does not protect it);
+//!    model that is not starving itself (min residency does not protect it);
 //! 5. workers move from light to heavy backlogs when the gain beats the load,
 //!    once they have held their model (loaded or assigned) for `min_residency_ms`.
 //!
@@ -347,11 +347,10 @@ impl<'a> Planner<'a> {
                     };
                     allowed.then_some((w, from, from_replicas))
                 })
-                // The model with the most workers, the least work; not mid-load.
+                // Take from the model with the most workers, then the least work.
                 .min_by(|(wa, fa, ra), (wb, fb, rb)| {
                     rb.cmp(ra)
                         .then(self.share(fa, *ra).total_cmp(&self.share(fb, *rb)))
-                        .then(wa.loading.is_some().cmp(&wb.loading.is_some()))
                         .then(self.preference(wa, id).cmp(&self.preference(wb, id)))
                 });
             if let Some((worker, _, _)) = donor {

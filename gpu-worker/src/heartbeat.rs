@@ -67,7 +67,6 @@ pub async fn run(
             jobs_done: stats.jobs_done(),
             jobs_failed: stats.jobs_failed(),
             resident_models: residents,
-            loading: pool.loading(),
             model_loads: pool_stats.loads,
             model_unloads: pool_stats.unloads,
             peak_resident_mib: pool_stats.peak_resident_mib,

@@ -62,8 +62,6 @@ pub struct ModelPool {
     idle: Notify,
     /// Copy of the residents for readers that must not wait on a load.
     snapshot: SyncMutex<(Vec<ResidentModel>, PoolStats)>,
-    /// The model being loaded now (loads are one at a time: under `residents`).
-    loading: SyncMutex<Option<String>>,
     /// Lease releases (a `Drop` cannot await the pool lock); `unload_all`
     /// waits for them.
     releases: TaskTracker,
@@ -87,23 +85,6 @@ pub struct Lease {
     pub resident_mib: Option<u64>,
     /// The highest the same reading went while it loaded.
     pub load_peak_mib: Option<u64>,
-}
-
-/// Names the model being loaded for as long as it lives: cleared when the
-/// load ends, however it ends (the caller may drop the load mid-way).
-struct Loading<'a>(&'a SyncMutex<Option<String>>);
-
-impl<'a> Loading<'a> {
-    fn start(slot: &'a SyncMutex<Option<String>>, model_id: &str) -> Self {
-        *slot.lock() = Some(model_id.to_owned());
-        Loading(slot)
-    }
-}
-
-impl Drop for Loading<'_> {
-    fn drop(&mut self) {
-        *self.0.lock() = None;
-    }
 }
 
 impl Drop for Lease {
@@ -145,7 +126,6 @@ impl ModelPool {
             residents: Mutex::new(Vec::new()),
             idle: Notify::new(),
             snapshot: SyncMutex::new((Vec::new(), PoolStats::default())),
-            loading: SyncMutex::new(None),
             releases: TaskTracker::new(),
             packed: SyncMutex::new(std::collections::HashMap::new()),
             usage: SyncMutex::new(None),
@@ -203,12 +183,6 @@ impl ModelPool {
     /// Resident models and counters, without waiting for a load in progress.
     pub fn snapshot(&self) -> (Vec<ResidentModel>, PoolStats) {
         self.snapshot.lock().clone()
-    }
-
-    /// The model being loaded now, if any: the heartbeat reports it, so
-    /// placement sees a worker in the middle of a load as busy with it.
-    pub fn loading(&self) -> Option<String> {
-        self.loading.lock().clone()
     }
 
     fn publish(&self, residents: &[Resident], change: impl FnOnce(&mut PoolStats)) {
@@ -337,10 +311,7 @@ impl ModelPool {
             self.check_free_memory(model, need)?;
             let before = self.usage_mib();
             let started = Instant::now();
-            let (loaded, load_peak) = {
-                let _loading = Loading::start(&self.loading, &model.id);
-                self.load_measured(model).await
-            };
+            let (loaded, load_peak) = self.load_measured(model).await;
             let runtime = match loaded {
                 Ok(runtime) => runtime,
                 Err(error) => {

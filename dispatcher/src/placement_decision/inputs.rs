@@ -205,7 +205,6 @@ fn worker_states(config: &Config, workers: &[WorkerRecord], history: &History) -
                 .filter(|r| r.in_use > 0)
                 .map(|r| r.model.clone())
                 .collect(),
-            loading: w.loading.clone(),
             pinned: config
                 .placement
                 .models

@@ -46,9 +46,6 @@ pub struct WorkerState {
     pub resident: Vec<(String, u64)>,
     /// Models with a job running here now.
     pub running: Vec<String>,
-    /// The model it is loading now (in neither `resident` nor `running`):
-    /// only the choice of a donor in `preempt` reads it.
-    pub loading: Option<String>,
     /// Models pinned to this worker.
     pub pinned: Vec<String>,
     /// Its main model in the last decision, and since when it has had it.

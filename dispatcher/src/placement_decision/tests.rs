@@ -335,27 +335,6 @@ fn a_model_without_a_worker_takes_one_from_a_model_with_two() {
     assert_eq!(decision.replicas("b"), 1, "{decision:?}");
 }
 
-#[test]
-fn a_model_without_a_worker_takes_one_not_in_the_middle_of_a_load() {
-    // w1 was given a a second ago and is loading it; w2 has run a for 20 s.
-    // Without the rule w1 goes (nothing busy is loaded there).
-    let mut w1 = worker("w1", ABC);
-    w1.loading = Some("a".into());
-    w1.main = Some(("a".into(), NOW - 1_000));
-    let mut w2 = with_resident(worker("w2", ABC), "a", 20_000);
-    w2.running = vec!["a".into()];
-    w2.main = Some(("a".into(), NOW - 20_000));
-    let decision = decide(
-        &snapshot(
-            vec![model("a", 100, 1000, 3000), model("b", 10, 1000, 3000)],
-            vec![w1, w2],
-        ),
-        &policy(),
-    );
-    assert_eq!(main_of(&decision, "w1"), Some("a"), "{decision:?}");
-    assert_eq!(main_of(&decision, "w2"), Some("b"), "{decision:?}");
-}
-
 mod limits;
 
 #[test]

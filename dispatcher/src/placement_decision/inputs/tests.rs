@@ -46,7 +46,6 @@ fn worker(id: &str) -> WorkerRecord {
         jobs_done: 0,
         jobs_failed: 0,
         resident_models: Vec::new(),
-        loading: None,
         model_loads: 0,
         model_unloads: 0,
         peak_resident_mib: 0,
@@ -142,34 +141,6 @@ fn the_snapshot_counts_backlogs_running_jobs_pins_and_declared_timings() {
     assert_eq!(w1.budget_mib, Some(8000));
     let w2 = snapshot.workers.iter().find(|w| w.id == "w2").unwrap();
     assert_eq!(w2.pinned, vec!["a".to_owned()]);
-}
-
-#[test]
-fn a_model_being_loaded_is_named_but_neither_held_nor_running() {
-    let config = config();
-    let mut w1 = worker("w1");
-    w1.resident_models.push(ResidentModel {
-        model: "b".into(),
-        vram_mib: 2000,
-        in_use: 0,
-        loaded_at_ms: NOW - 9000,
-        load_ms: 10,
-        jobs: 4,
-    });
-    w1.loading = Some("a".into());
-    let ready = BTreeMap::from([("a".to_owned(), 3)]);
-    let snapshot = snapshot(
-        &config,
-        NOW,
-        &ready,
-        &[w1],
-        &HashMap::new(),
-        &mut History::default(),
-    );
-    let w1 = &snapshot.workers[0];
-    assert_eq!(w1.resident, vec![("b".to_owned(), NOW - 9000)]);
-    assert!(w1.running.is_empty());
-    assert_eq!(w1.loading.as_deref(), Some("a"));
 }
 
 #[test]
