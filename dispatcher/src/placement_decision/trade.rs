@@ -2,8 +2,10 @@
 //! does not hold while another worker holds that model loaded beside a
 //! different main one, the two trade: the holder takes the model at no
 //! load, and the first worker takes the holder's main model, when that costs
-//! it a shorter load than the model it was given (the same workers end up
-//! serving the same models, for less loading).
+//! it less than the load it saves (the same workers end up serving the same
+//! models, for less loading). A holder that does not hold its own main model
+//! yet (just given it) would load it anyway, so that load is no extra cost:
+//! the trade then always saves the given model's load.
 
 use super::{Planner, WorkerState};
 
@@ -19,9 +21,11 @@ impl<'a> Planner<'a> {
                 .filter(|holder| Self::resident(holder, id).is_some() && self.can_serve(holder, id))
                 .filter_map(|holder| {
                     let theirs = *self.main.get(holder.id.as_str())?;
-                    let load = self.load_ms(worker, theirs);
-                    (theirs != id && self.can_serve(worker, theirs) && load < own)
-                        .then_some((holder, theirs, load))
+                    // What the trade adds: the worker's load of `theirs`,
+                    // less the load the holder would have made of it.
+                    let extra = self.load_ms(worker, theirs) - self.load_ms(holder, theirs);
+                    (theirs != id && self.can_serve(worker, theirs) && extra < own)
+                        .then_some((holder, theirs, extra))
                 })
                 .min_by(|a, b| a.2.total_cmp(&b.2).then(a.0.id.cmp(&b.0.id)))
         } else {
@@ -82,5 +86,55 @@ mod tests {
         planner.give(&snapshot.workers[0], "m1");
         assert_eq!(planner.main.get("w0"), Some(&"m1"));
         assert_eq!(planner.main.get("w1"), None);
+    }
+
+    #[test]
+    fn a_holder_not_yet_holding_its_own_main_model_trades_even_for_a_longer_load() {
+        // w0 holds m1 and was just given m3, which it has not loaded; w1,
+        // given m1 (1 s), would load m3 (2.5 s). Without the trade both load
+        // (3.5 s); with it only w1 loads m3 (2.5 s).
+        let m1 = model("m1", 11, 300, 1000);
+        let m3 = model("m3", 40, 150, 2500);
+        let eligible: &[&str] = &["m1", "m3"];
+        let w0 = with_resident(worker("w0", eligible), "m1", 13_000);
+        let w1 = worker("w1", eligible);
+        let snapshot = Snapshot {
+            now_ms: NOW,
+            models: vec![m1, m3],
+            workers: vec![w0, w1],
+        };
+        let policy = Policy {
+            min_residency_ms: 10_000,
+            max_queue_wait_ms: 30_000,
+            lookahead_ms: 0,
+        };
+        let mut planner = Planner {
+            snapshot: &snapshot,
+            policy: &policy,
+            models: snapshot.models.iter().map(|m| (m.id.as_str(), m)).collect(),
+            main: [("w0", "m3")].into_iter().collect(),
+        };
+        planner.give(&snapshot.workers[1], "m1");
+        assert_eq!(planner.main.get("w0"), Some(&"m1"));
+        assert_eq!(planner.main.get("w1"), Some(&"m3"));
+        // Had w0 held m3 already, the trade would cost w1 2.5 s to save 1 s.
+        let w0 = with_resident(
+            with_resident(worker("w0", eligible), "m1", 13_000),
+            "m3",
+            5_000,
+        );
+        let held = Snapshot {
+            workers: vec![w0, worker("w1", eligible)],
+            ..snapshot.clone()
+        };
+        let mut planner = Planner {
+            snapshot: &held,
+            policy: &policy,
+            models: held.models.iter().map(|m| (m.id.as_str(), m)).collect(),
+            main: [("w0", "m3")].into_iter().collect(),
+        };
+        planner.give(&held.workers[1], "m1");
+        assert_eq!(planner.main.get("w0"), Some(&"m3"));
+        assert_eq!(planner.main.get("w1"), Some(&"m1"));
     }
 }
