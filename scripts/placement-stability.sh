@@ -10,6 +10,8 @@
 # Each run is a fresh system of about a minute; 5 x 5 x 3 runs take about
 # 80 minutes on the project's 2-core machine. Run nothing else meanwhile.
 # The JSON of every run is kept under target/placement-stability/.
+# GPUQ_BENCH=path/to/gpuq-bench runs that build instead (its dispatcher and
+# worker binaries beside it), without building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
@@ -18,7 +20,11 @@ worker_counts=${3:-"3 4 6"}
 shift $(( $# < 3 ? $# : 3 ))
 [ "${1:-}" = "--" ] && shift
 scripts/services.sh >&2
-cargo build --locked --release --workspace --bins >&2
+bench=${GPUQ_BENCH:-}
+if [ -z "$bench" ]; then
+    cargo build --locked --release --workspace --bins >&2
+    bench=target/release/gpuq-bench
+fi
 out=target/placement-stability
 mkdir -p "$out"
 # Interleaved (run outermost), so drift of the machine spreads over every case.
@@ -26,7 +32,7 @@ for run in $(seq 1 "$runs"); do
     for workers in $worker_counts; do
         for seed in $seeds; do
             file="$out/w${workers}-s${seed}-r${run}.json"
-            target/release/gpuq-bench --mixed --mixed-skip-naive --json \
+            "$bench" --mixed --mixed-skip-naive --json \
                 --seed "$seed" --mixed-workers "$workers" "$@" > "$file"
             python3 - "$file" "$workers" "$seed" "$run" <<'EOF'
 import json, sys
