@@ -2,7 +2,7 @@ use super::*;
 
 pub(super) const NOW: u64 = 1_000_000;
 
-fn policy() -> Policy {
+pub(super) fn policy() -> Policy {
     Policy {
         min_residency_ms: 10_000,
         max_queue_wait_ms: 30_000,

@@ -45,8 +45,28 @@ impl<'a> Planner<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{model, with_resident, worker, NOW};
+    use std::collections::BTreeMap;
+
+    use super::super::tests::{model, policy, with_resident, worker, NOW};
     use super::super::{Planner, Policy, Snapshot};
+
+    /// Each worker's main model after `id` is given to the worker at
+    /// `index`, w0 being on m3 before.
+    fn after_giving<'a>(
+        snapshot: &'a Snapshot,
+        policy: &'a Policy,
+        index: usize,
+        id: &'a str,
+    ) -> BTreeMap<&'a str, &'a str> {
+        let mut planner = Planner {
+            snapshot,
+            policy,
+            models: snapshot.models.iter().map(|m| (m.id.as_str(), m)).collect(),
+            main: [("w0", "m3")].into_iter().collect(),
+        };
+        planner.give(&snapshot.workers[index], id);
+        planner.main
+    }
 
     #[test]
     fn a_worker_given_a_model_another_holds_takes_that_workers_main_instead() {
@@ -67,25 +87,14 @@ mod tests {
             models: vec![m1, model("m2", 0, 200, 2000), m3],
             workers: vec![w0, w1],
         };
-        let policy = Policy {
-            min_residency_ms: 10_000,
-            max_queue_wait_ms: 30_000,
-            lookahead_ms: 0,
-        };
-        let mut planner = Planner {
-            snapshot: &snapshot,
-            policy: &policy,
-            models: snapshot.models.iter().map(|m| (m.id.as_str(), m)).collect(),
-            main: [("w0", "m3")].into_iter().collect(),
-        };
-        planner.give(&snapshot.workers[1], "m1");
-        assert_eq!(planner.main.get("w0"), Some(&"m1"));
-        assert_eq!(planner.main.get("w1"), Some(&"m3"));
+        let policy = policy();
+        let main = after_giving(&snapshot, &policy, 1, "m1");
+        assert_eq!(main.get("w0"), Some(&"m1"));
+        assert_eq!(main.get("w1"), Some(&"m3"));
         // A worker that holds the model itself just takes it.
-        planner.main = [("w0", "m3")].into_iter().collect();
-        planner.give(&snapshot.workers[0], "m1");
-        assert_eq!(planner.main.get("w0"), Some(&"m1"));
-        assert_eq!(planner.main.get("w1"), None);
+        let main = after_giving(&snapshot, &policy, 0, "m1");
+        assert_eq!(main.get("w0"), Some(&"m1"));
+        assert_eq!(main.get("w1"), None);
     }
 
     #[test]
@@ -93,30 +102,17 @@ mod tests {
         // w0 holds m1 and was just given m3, which it has not loaded; w1,
         // given m1 (1 s), would load m3 (2.5 s). Without the trade both load
         // (3.5 s); with it only w1 loads m3 (2.5 s).
-        let m1 = model("m1", 11, 300, 1000);
-        let m3 = model("m3", 40, 150, 2500);
         let eligible: &[&str] = &["m1", "m3"];
         let w0 = with_resident(worker("w0", eligible), "m1", 13_000);
-        let w1 = worker("w1", eligible);
         let snapshot = Snapshot {
             now_ms: NOW,
-            models: vec![m1, m3],
-            workers: vec![w0, w1],
+            models: vec![model("m1", 11, 300, 1000), model("m3", 40, 150, 2500)],
+            workers: vec![w0, worker("w1", eligible)],
         };
-        let policy = Policy {
-            min_residency_ms: 10_000,
-            max_queue_wait_ms: 30_000,
-            lookahead_ms: 0,
-        };
-        let mut planner = Planner {
-            snapshot: &snapshot,
-            policy: &policy,
-            models: snapshot.models.iter().map(|m| (m.id.as_str(), m)).collect(),
-            main: [("w0", "m3")].into_iter().collect(),
-        };
-        planner.give(&snapshot.workers[1], "m1");
-        assert_eq!(planner.main.get("w0"), Some(&"m1"));
-        assert_eq!(planner.main.get("w1"), Some(&"m3"));
+        let policy = policy();
+        let main = after_giving(&snapshot, &policy, 1, "m1");
+        assert_eq!(main.get("w0"), Some(&"m1"));
+        assert_eq!(main.get("w1"), Some(&"m3"));
         // Had w0 held m3 already, the trade would cost w1 2.5 s to save 1 s.
         let w0 = with_resident(
             with_resident(worker("w0", eligible), "m1", 13_000),
@@ -127,14 +123,8 @@ mod tests {
             workers: vec![w0, worker("w1", eligible)],
             ..snapshot.clone()
         };
-        let mut planner = Planner {
-            snapshot: &held,
-            policy: &policy,
-            models: held.models.iter().map(|m| (m.id.as_str(), m)).collect(),
-            main: [("w0", "m3")].into_iter().collect(),
-        };
-        planner.give(&held.workers[1], "m1");
-        assert_eq!(planner.main.get("w0"), Some(&"m3"));
-        assert_eq!(planner.main.get("w1"), Some(&"m1"));
+        let main = after_giving(&held, &policy, 1, "m1");
+        assert_eq!(main.get("w0"), Some(&"m3"));
+        assert_eq!(main.get("w1"), Some(&"m1"));
     }
 }
