@@ -20,25 +20,12 @@ A=$(git rev-parse --verify "$1^{commit}")
 B=$(git rev-parse --verify "$2^{commit}")
 shift 2
 ROUNDS=${BENCH_COMPARE_ROUNDS:-3}
-ROOT=$(pwd)
 WORK=$(mktemp -d /tmp/gpuq-bench-compare.XXXXXX)
-cleanup() {
-  for side in A B; do
-    git -C "$ROOT" worktree remove --force "$WORK/src-$side" >/dev/null 2>&1 || true
-  done
-}
-trap cleanup EXIT
 scripts/services.sh >&2
 
 for side in A B; do
-  commit=${!side}
-  echo "bench-compare: building $side = $commit" >&2
-  git worktree add --detach "$WORK/src-$side" "$commit" >/dev/null 2>&1
-  (cd "$WORK/src-$side" && CARGO_TARGET_DIR="$ROOT/target/bench-compare" \
-    cargo build --locked --release --workspace --bins >&2)
-  mkdir -p "$WORK/$side"
-  find "$ROOT/target/bench-compare/release" -maxdepth 1 -type f -perm -u+x \
-    -exec cp {} "$WORK/$side/" \;
+  echo "bench-compare: building $side = ${!side}" >&2
+  scripts/build-commit.sh "${!side}" "$WORK/$side"
 done
 
 for round in $(seq 1 "$ROUNDS"); do

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Placement of two commits side by side (issue 18): builds A and B like
 # scripts/bench-compare.sh (release, a git worktree each, one shared target
-# dir), then replays the mixed trace with placement only
-# (`gpuq-bench --mixed --mixed-skip-naive`) for each case, A then B, RUNS
+# dir: scripts/build-commit.sh), then replays the mixed trace with placement
+# only (`gpuq-bench --mixed --mixed-skip-naive`) for each case, A then B, RUNS
 # times, interleaved (every case of both builds once, then again), so both
 # see the same machine in the same minutes.
 #
@@ -22,25 +22,12 @@ A=$(git rev-parse --verify "$1^{commit}")
 B=$(git rev-parse --verify "$2^{commit}")
 runs=${3:-3}
 cases=${4:-"3:21 3:8 4:13 4:5 6:3"}
-ROOT=$(pwd)
 WORK=$(mktemp -d /tmp/gpuq-placement-compare.XXXXXX)
-cleanup() {
-  for side in A B; do
-    git -C "$ROOT" worktree remove --force "$WORK/src-$side" >/dev/null 2>&1 || true
-  done
-}
-trap cleanup EXIT
 scripts/services.sh >&2
 
 for side in A B; do
-  commit=${!side}
-  echo "placement-compare: building $side = $commit" >&2
-  git worktree add --detach "$WORK/src-$side" "$commit" >/dev/null 2>&1
-  (cd "$WORK/src-$side" && CARGO_TARGET_DIR="$ROOT/target/bench-compare" \
-    cargo build --locked --release --workspace --bins >&2)
-  mkdir -p "$WORK/$side"
-  find "$ROOT/target/bench-compare/release" -maxdepth 1 -type f -perm -u+x \
-    -exec cp {} "$WORK/$side/" \;
+  echo "placement-compare: building $side = ${!side}" >&2
+  scripts/build-commit.sh "${!side}" "$WORK/$side"
 done
 
 for run in $(seq 1 "$runs"); do
@@ -51,14 +38,7 @@ for run in $(seq 1 "$runs"); do
       file="$WORK/$side-w$workers-s$seed-r$run.json"
       "$WORK/$side/gpuq-bench" --mixed --mixed-skip-naive --json \
         --seed "$seed" --mixed-workers "$workers" > "$file"
-      python3 - "$file" "$side" "$workers" "$seed" "$run" <<'EOF'
-import json, sys
-report = json.load(open(sys.argv[1]))
-run = next(r for r in report["runs"] if r["mode"] == "placement")
-print(f"{sys.argv[2]} workers {sys.argv[3]} seed {sys.argv[4]} run {sys.argv[5]}: "
-      f"makespan/LB {report['placement_over_lower_bound']:.3f} "
-      f"loads {run['loads']} completed {run['completed']}/{run['jobs']}", flush=True)
-EOF
+      scripts/placement-run-line.py "$file" "$side workers $workers seed $seed run $run"
     done
   done
 done

@@ -34,14 +34,7 @@ for run in $(seq 1 "$runs"); do
             file="$out/w${workers}-s${seed}-r${run}.json"
             "$bench" --mixed --mixed-skip-naive --json \
                 --seed "$seed" --mixed-workers "$workers" "$@" > "$file"
-            python3 - "$file" "$workers" "$seed" "$run" <<'EOF'
-import json, sys
-report = json.load(open(sys.argv[1]))
-run = next(r for r in report["runs"] if r["mode"] == "placement")
-print(f"workers {sys.argv[2]} seed {sys.argv[3]} run {sys.argv[4]}: "
-      f"makespan/LB {report['placement_over_lower_bound']:.3f} "
-      f"loads {run['loads']} completed {run['completed']}/{run['jobs']}", flush=True)
-EOF
+            scripts/placement-run-line.py "$file" "workers $workers seed $seed run $run"
         done
     done
 done
