@@ -121,3 +121,75 @@ pub async fn broker_limit(system: &TestSystem, options: &BenchOptions) -> Result
     let _ = consumers.close(200, "done".into()).await;
     Ok(options.jobs as f64 / elapsed.as_secs_f64())
 }
+
+/// The broker's own floor under gpuq's latency: `samples` sequential round
+/// trips of a bare lapin pair on a queue of the same type, each a persistent
+/// publish awaited until confirmed, then its delivery awaited and acked.
+/// Returns, per round trip in ms, (publish to confirm, publish to delivery):
+/// what a gpuq submit and a whole gpuq round trip cost at the least.
+pub async fn round_trips(
+    system: &TestSystem,
+    options: &BenchOptions,
+    samples: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let queue = format!("{}.raw-latency", system.names.namespace());
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(options.queue_type.as_str().into()),
+    );
+    let connection = system.amqp().await;
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .context("declaring the raw latency queue")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let consumer = connection.create_channel().await?;
+    let mut deliveries = consumer
+        .basic_consume(
+            queue.as_str().into(),
+            "raw-latency".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let body = vec![7u8; options.payload_bytes + 120];
+    let (mut confirmed, mut delivered) = (Vec::new(), Vec::new());
+    // A few unmeasured round trips first, as for the throughput figure.
+    for sample in 0..samples + 20 {
+        let started = Instant::now();
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        let confirm = started.elapsed();
+        let delivery = tokio::time::timeout(Duration::from_secs(30), deliveries.next())
+            .await
+            .context("raw latency delivery did not come")?
+            .context("raw latency consumer ended")??;
+        let total = started.elapsed();
+        delivery.ack(BasicAckOptions::default()).await?;
+        if sample >= 20 {
+            confirmed.push(confirm.as_secs_f64() * 1000.0);
+            delivered.push(total.as_secs_f64() * 1000.0);
+        }
+    }
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    Ok((confirmed, delivered))
+}
