@@ -13,6 +13,7 @@ pub mod listing;
 pub mod mixed;
 pub mod procfs;
 mod raw;
+mod timer;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -341,7 +342,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<Figure>> {
     );
     // One job at a time per worker (a GPU), one more delivered ahead.
     let sleep = BenchSystem::start(options, 1, options.gpu_prefetch, &sleep_model, "sleep").await?;
-    let (mut efficiency, mut overhead) = (Vec::new(), Vec::new());
+    let (mut efficiency, mut overhead, mut late) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..options.runs {
         let requests: Vec<JobRequest> = (0..options.sleep_jobs)
             .map(|i| {
@@ -350,7 +351,10 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<Figure>> {
                 request
             })
             .collect();
+        // The model's last sleep is about half its duration.
+        let overshoot = timer::Overshoot::start(Duration::from_millis(options.sleep_ms / 2));
         let makespan = run_batch(&sleep, requests, timeout).await?.as_secs_f64();
+        late.push(overshoot.stop());
         let ideal =
             options.sleep_jobs as f64 * options.sleep_ms as f64 / 1000.0 / options.workers as f64;
         efficiency.push(makespan / ideal);
@@ -363,6 +367,7 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<Figure>> {
         efficiency,
     ));
     figures.push(Figure::new("GPU-bound overhead per job", "ms", overhead));
+    figures.push(Figure::new("GPU-bound floor: sleep lateness", "ms", late));
     Ok(figures)
 }
 
