@@ -18,14 +18,24 @@ use lapin::BasicProperties;
 use super::BenchOptions;
 use crate::TestSystem;
 
-/// Messages per second from first publish to last ack.
-pub async fn broker_limit(system: &TestSystem, options: &BenchOptions) -> Result<f64> {
-    let queue = format!("{}.raw", system.names.namespace());
+/// The bare queues' arguments: the same queue type as gpuq's, and an
+/// expiry, so a queue a failed run left on the shared broker goes by
+/// itself a minute after its last use (these queues are not in gpuq's
+/// topology, which the test system's clean-up deletes).
+fn queue_arguments(options: &BenchOptions) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString(options.queue_type.as_str().into()),
     );
+    arguments.insert("x-expires".into(), AMQPValue::LongUInt(60_000));
+    arguments
+}
+
+/// Messages per second from first publish to last ack.
+pub async fn broker_limit(system: &TestSystem, options: &BenchOptions) -> Result<f64> {
+    let queue = format!("{}.raw", system.names.namespace());
+    let arguments = queue_arguments(options);
     let consumers = system.amqp().await;
     let setup = consumers.create_channel().await?;
     setup
@@ -133,11 +143,7 @@ pub async fn round_trips(
     samples: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let queue = format!("{}.raw-latency", system.names.namespace());
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(options.queue_type.as_str().into()),
-    );
+    let arguments = queue_arguments(options);
     let connection = system.amqp().await;
     let channel = connection.create_channel().await?;
     channel

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Sleeps of `sleep` measured until the returned guard is stopped.
+/// Sleeps of `sleep` measured until the returned guard is stopped (or
+/// dropped: a run that failed ends the thread too, after one more sleep).
 pub struct Overshoot {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<f64>>,
+    thread: Option<std::thread::JoinHandle<Vec<f64>>>,
 }
 
 impl Overshoot {
@@ -29,14 +30,24 @@ impl Overshoot {
             }
             late_ms
         });
-        Overshoot { stop, thread }
+        Overshoot {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// The median lateness of the sleeps so far, in ms.
-    pub fn stop(self) -> f64 {
+    pub fn stop(mut self) -> f64 {
         self.stop.store(true, Ordering::Relaxed);
-        let mut late_ms = self.thread.join().unwrap_or_default();
+        let thread = self.thread.take().expect("stopped once");
+        let mut late_ms = thread.join().unwrap_or_default();
         late_ms.sort_by(f64::total_cmp);
         super::percentile(&late_ms, 50.0)
+    }
+}
+
+impl Drop for Overshoot {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
