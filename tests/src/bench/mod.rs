@@ -40,6 +40,8 @@ pub struct BenchOptions {
     pub sleep_ms: u64,
     /// Prefetch of the GPU-bound workers (concurrency 1).
     pub gpu_prefetch: u32,
+    /// The GPU-bound workers measure VRAM (scripted source).
+    pub sleep_vram_meter: bool,
 }
 
 /// One measured figure over several runs.
@@ -336,8 +338,13 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<Figure>> {
     drop(echo);
 
     // 4: GPU-bound efficiency.
+    let meter = if options.sleep_vram_meter {
+        "[gpu]\nvram_source = \"scripted\"\n"
+    } else {
+        ""
+    };
     let sleep_model = format!(
-        "[[models]]\nid = \"sleep\"\nfeature = \"sleep\"\nruntime = \"sleep\"\nvram_mib = 256\n[models.params]\nduration_ms = {}\n",
+        "{meter}[[models]]\nid = \"sleep\"\nfeature = \"sleep\"\nruntime = \"sleep\"\nvram_mib = 256\n[models.params]\nduration_ms = {}\n",
         options.sleep_ms
     );
     // One job at a time per worker (a GPU), one more delivered ahead.

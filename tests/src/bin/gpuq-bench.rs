@@ -39,6 +39,10 @@ struct Args {
     /// Prefetch of the GPU-bound workers, which run one job at a time.
     #[arg(long, default_value_t = 2)]
     gpu_prefetch: u32,
+    /// Measure the GPU-bound jobs' VRAM (the scripted source, as NVML would
+    /// on a GPU host): each job's measured peak is then written to Redis.
+    #[arg(long)]
+    sleep_vram_meter: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -150,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         sleep_jobs: args.sleep_jobs,
         sleep_ms: args.sleep_ms,
         gpu_prefetch: args.gpu_prefetch,
+        sleep_vram_meter: args.sleep_vram_meter,
     };
     let figures = bench::run(&options).await?;
     if args.json {
