@@ -10,7 +10,7 @@
 //! | give back (size class too big for this worker) | `job/give_back.rs` | the VRAM tier it moves to |
 //! | claim, retry, give up | `job/attempts.rs` | the attempt count and its limits |
 //! | take the slot (cancel heard from here) | `job/slot.rs` | the slot hand-off of a job claimed ahead |
-//! | run | `job/run.rs` | the model pool, artifacts, cancel and timeout |
+//! | run, then its bookkeeping off the slot | `job/run.rs` | the model pool, artifacts, cancel and timeout |
 //! | record, reply, ack (or forward) | `job/record.rs`, `job/reply.rs` | the outcome's Redis write, the RPC reply |
 //! | webhook (between record and ack) | `job/notify.rs` | the job's `WebhookDelivery` |
 //!
@@ -21,7 +21,8 @@
 //!
 //! The GPU slot never waits for bookkeeping: the job holds its slot (a
 //! [`slot::Slot`], the session's concurrency permit) only until its model run
-//! ends. Record, reply and ack then run beside the next job, which the
+//! ends. Output offload, the measured VRAM's write, record, reply and ack
+//! then run beside the next job, which the
 //! session starts on the freed slot (issue 18), and which was usually
 //! decoded, checked and claimed while the slot was still busy (claimed
 //! ahead, `crate::session`): it only waits for the slot. Nothing about the
@@ -216,17 +217,19 @@ async fn process(received: Received<'_>, slot: SlotSource, run_times: RunTimes) 
     // Charged from here: a job claimed ahead waited for its slot first.
     let ran_from = Instant::now();
     run_times.began();
-    let outcome = job.run(timeout, &cancel.token).await;
+    let ran = job.run(timeout, &cancel.token).await;
     run_times.ended();
     drop(cancel);
-    // The next job may start while this one is recorded, replied and acked;
-    // a run that asked for a restart keeps the slot until the process goes.
+    // The next job may start while this one's outputs are offloaded and its
+    // outcome recorded, replied and acked; a run that asked for a restart
+    // keeps the slot until the process goes.
     if !job.ctx.restart.is_cancelled() {
         drop(slot);
         // The job the slot woke (usually claimed ahead) starts first: its
-        // model runs while this one's outcome is written.
+        // model runs while this one's bookkeeping is done.
         tokio::task::yield_now().await;
     }
+    let outcome = job.outcome(ran, timeout).await;
     job.conclude(outcome, attempt).await;
     Handled::Ended {
         ran_from: Some(ran_from),

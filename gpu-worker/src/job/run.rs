@@ -5,6 +5,14 @@
 //! the result turned into an outcome (outputs offloaded to the artifact store
 //! and owned by the submitter). A broken model is evicted; a thread that
 //! cannot be stopped restarts the worker once the outcome is recorded.
+//!
+//! It comes in two halves, so that the GPU slot never waits for bookkeeping
+//! (issue 18): [`InFlight::run`] holds the slot and does what the next job
+//! on it depends on (the run, the abort of a cancelled model process, the
+//! eviction of an aborted or broken model, the restart of a stuck thread);
+//! [`InFlight::outcome`] runs once the slot is free, beside the next job:
+//! large outputs uploaded to the artifact store, their owner recorded, the
+//! job's measured VRAM written to Redis, its metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,18 +29,52 @@ use super::{InFlight, JobContext};
 use crate::runtime::{Progress, RunError};
 use crate::store::{Outcome, Store};
 
+/// How a run ended: what the slot was needed for is done; what is left
+/// ([`InFlight::outcome`]) is not the GPU's.
+pub(super) enum Ran {
+    /// Ended without calling the model (cancelled first, no lease, inputs
+    /// not resolved): the outcome, counted already where it was before.
+    Early(Outcome),
+    /// The model was called (or skipped, cancelled while it loaded).
+    Called(Box<Called>),
+}
+
+/// A called model's result and what its bookkeeping needs.
+pub(super) struct Called {
+    result: Result<ValueMap, RunError>,
+    size_class: String,
+    /// Models loaded beside it as it started (their memory is not its).
+    loaded: Vec<String>,
+    /// The process's VRAM peak while it ran, when measured.
+    process_peak: Option<u64>,
+    queue_wait_s: Option<f64>,
+    /// Seconds it ran; `None` when the model was not called.
+    run_s: Option<f64>,
+}
+
 impl InFlight<'_> {
     /// Runs the claimed job; its inputs move to the model (the job keeps its
     /// ids, never a second copy of the inputs).
     /// `cancel` is the job's, heard since its claim (`job/slot.rs`).
-    pub(super) async fn run(&mut self, timeout: Duration, cancel: &CancellationToken) -> Outcome {
+    pub(super) async fn run(&mut self, timeout: Duration, cancel: &CancellationToken) -> Ran {
         let inputs = std::mem::take(&mut self.job.inputs);
         if cancel.is_cancelled() {
             // Cancelled before its slot: no slot, so no model lease either.
             tracing::info!("job cancelled before its run; not running it");
-            return self.ended_unrun(failed(JobStatus::Cancelled, cancelled_error()));
+            return Ran::Early(self.ended_unrun(failed(JobStatus::Cancelled, cancelled_error())));
         }
         run_model(self.ctx, self.model, &self.job, inputs, timeout, cancel).await
+    }
+
+    /// The run's outcome, once its slot is free: outputs offloaded and
+    /// owned, the measured VRAM recorded, the job counted.
+    pub(super) async fn outcome(&self, ran: Ran, timeout: Duration) -> Outcome {
+        match ran {
+            Ran::Early(outcome) => outcome,
+            Ran::Called(called) => {
+                bookkeeping(self.ctx, self.model, &self.job, *called, timeout).await
+            }
+        }
     }
 
     /// Counts a job that ends before its run.
@@ -64,7 +106,7 @@ async fn run_model(
     mut inputs: ValueMap,
     timeout: Duration,
     cancel: &CancellationToken,
-) -> Outcome {
+) -> Ran {
     let _running = ctx.stats.job_started(&job.job_id);
     let meter = ctx.vram.as_deref();
     // What this job's size class was measured to need (artifact references
@@ -78,7 +120,7 @@ async fn run_model(
         Ok(lease) => lease,
         Err(error) => {
             tracing::error!(%error, "model load failed");
-            return failed(JobStatus::Failed, error.to_job_error());
+            return Ran::Early(failed(JobStatus::Failed, error.to_job_error()));
         }
     };
     if let (Some(meter), Some(resident)) = (meter, lease.resident_mib) {
@@ -88,7 +130,7 @@ async fn run_model(
     }
     let limits = FetchLimits::from_config(&ctx.config);
     if let Err(error) = ctx.artifacts.resolve_inputs(&mut inputs, &limits).await {
-        return failed(JobStatus::Failed, artifact_error(error));
+        return Ran::Early(failed(JobStatus::Failed, artifact_error(error)));
     }
     let size_class = gpuq_common::vram::size_class(&inputs, model.vram_size_input.as_deref());
     if let Some(load) = lease.loaded_in {
@@ -132,8 +174,44 @@ async fn run_model(
     if aborted {
         ctx.pool.evict(&model.id).await;
     }
-    let outcome = outcome_of(ctx, model, job, result, timeout).await;
-    if let (Some(meter), Some(peak)) = (meter, process_peak) {
+    // What the next job on this slot depends on happens before it starts.
+    match &result {
+        Err(RunError::ModelBroken(error)) => {
+            tracing::warn!(code = %error.code, "model broken; unloading it");
+            ctx.pool.evict(&model.id).await;
+        }
+        Err(RunError::TimedOut { stuck: true }) => {
+            // The model thread cannot be interrupted; the process restarts once
+            // the outcome is recorded, so its slot (and VRAM) comes back clean.
+            tracing::error!(
+                timeout_s = timeout.as_secs(),
+                "job timed out on a stuck thread; the worker will restart"
+            );
+            ctx.restart.cancel();
+        }
+        _ => {}
+    }
+    Ran::Called(Box::new(Called {
+        result,
+        size_class,
+        loaded,
+        process_peak,
+        queue_wait_s,
+        run_s: (!skipped).then_some(run_s),
+    }))
+}
+
+/// The bookkeeping of a called model, off its slot: the outcome (outputs
+/// offloaded and owned), the measured VRAM recorded, the job counted.
+async fn bookkeeping(
+    ctx: &JobContext,
+    model: &ModelConfig,
+    job: &JobMessage,
+    called: Called,
+    timeout: Duration,
+) -> Outcome {
+    let outcome = outcome_of(ctx, job, called.result, timeout).await;
+    if let (Some(meter), Some(peak)) = (ctx.vram.as_deref(), called.process_peak) {
         let out_of_memory = outcome
             .error
             .as_ref()
@@ -141,7 +219,7 @@ async fn run_model(
         // It needed more than the worker had: at least its budget.
         let oom_above = out_of_memory.then(|| ctx.pool.budget_mib().unwrap_or(peak));
         meter
-            .record_job((model, &size_class), peak, oom_above, &loaded)
+            .record_job((model, &called.size_class), peak, oom_above, &called.loaded)
             .await;
     }
     let tenant = job.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
@@ -150,18 +228,17 @@ async fn run_model(
         &model.id,
         (tenant, max_labels),
         outcome.status.as_str(),
-        queue_wait_s,
-        (!skipped).then_some(run_s),
+        called.queue_wait_s,
+        called.run_s,
     );
     outcome
 }
 
 /// The outcome of a run: outputs offloaded to the artifact store and owned
-/// by the submitter, or the failure as recorded; a broken model is evicted,
-/// a stuck thread restarts the worker.
+/// by the submitter, or the failure as recorded (a broken model was evicted
+/// and a stuck thread's restart asked for in the run, before its slot freed).
 async fn outcome_of(
     ctx: &JobContext,
-    model: &ModelConfig,
     job: &JobMessage,
     result: Result<ValueMap, RunError>,
     timeout: Duration,
@@ -183,21 +260,9 @@ async fn outcome_of(
         }
         Err(RunError::Job(error)) => failed(JobStatus::Failed, error),
         Err(RunError::Cancelled) => failed(JobStatus::Cancelled, cancelled_error()),
-        Err(RunError::ModelBroken(error)) => {
-            tracing::warn!(code = %error.code, "model broken; unloading it");
-            ctx.pool.evict(&model.id).await;
-            failed(JobStatus::Failed, error)
-        }
+        Err(RunError::ModelBroken(error)) => failed(JobStatus::Failed, error),
         Err(RunError::TimedOut { stuck }) => {
-            if stuck {
-                // The model thread cannot be interrupted; the process restarts once
-                // the outcome is recorded, so its slot (and VRAM) comes back clean.
-                tracing::error!(
-                    timeout_s = timeout.as_secs(),
-                    "job timed out on a stuck thread; the worker will restart"
-                );
-                ctx.restart.cancel();
-            } else {
+            if !stuck {
                 tracing::warn!(
                     timeout_s = timeout.as_secs(),
                     "job timed out; the model process was killed"
