@@ -18,34 +18,34 @@ use lapin::BasicProperties;
 use super::BenchOptions;
 use crate::TestSystem;
 
-/// The bare queues' arguments: the same queue type as gpuq's, and an
-/// expiry, so a queue a failed run left on the shared broker goes by
-/// itself a minute after its last use (these queues are not in gpuq's
-/// topology, which the test system's clean-up deletes).
-fn queue_arguments(options: &BenchOptions) -> FieldTable {
+/// Declares a bare queue: the same queue type as gpuq's, and an expiry, so
+/// a queue a failed run left on the shared broker goes by itself a minute
+/// after its last use (these queues are not in gpuq's topology, which the
+/// test system's clean-up deletes).
+async fn declare_raw_queue(
+    channel: &lapin::Channel,
+    queue: &str,
+    options: &BenchOptions,
+) -> Result<()> {
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString(options.queue_type.as_str().into()),
     );
     arguments.insert("x-expires".into(), AMQPValue::LongUInt(60_000));
-    arguments
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .await
+        .with_context(|| format!("declaring the bare queue {queue}"))?;
+    Ok(())
 }
 
 /// Messages per second from first publish to last ack.
 pub async fn broker_limit(system: &TestSystem, options: &BenchOptions) -> Result<f64> {
     let queue = format!("{}.raw", system.names.namespace());
-    let arguments = queue_arguments(options);
     let consumers = system.amqp().await;
     let setup = consumers.create_channel().await?;
-    setup
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            arguments,
-        )
-        .await
-        .context("declaring the raw queue")?;
+    declare_raw_queue(&setup, &queue, options).await?;
 
     // A warm-up round first: a new quorum queue is slow for its first messages.
     let warm_up = options.jobs.min(1000);
@@ -143,17 +143,9 @@ pub async fn round_trips(
     samples: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let queue = format!("{}.raw-latency", system.names.namespace());
-    let arguments = queue_arguments(options);
     let connection = system.amqp().await;
     let channel = connection.create_channel().await?;
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            arguments,
-        )
-        .await
-        .context("declaring the raw latency queue")?;
+    declare_raw_queue(&channel, &queue, options).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
