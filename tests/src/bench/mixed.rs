@@ -363,6 +363,7 @@ pub mod shapes;
 pub use figures::{figures, JobOutcome, ModelWait, RunFigures};
 mod render;
 mod replay;
+pub mod sim;
 pub use bound::{lower_bound, lower_bound_issue, LowerBound};
 pub use render::render;
 #[cfg(test)]

@@ -81,6 +81,17 @@ struct Args {
     /// dispatcher's log into this directory.
     #[arg(long)]
     mixed_timeline: Option<std::path::PathBuf>,
+    /// Simulates placement on the bursts trace instead of running it
+    /// (`bench::mixed::sim`, a model of the system): this many runs (jitter
+    /// seeds) of every `--sim-seeds` × `--sim-workers` case.
+    #[arg(long)]
+    placement_sim: Option<u64>,
+    /// Trace seeds of `--placement-sim`.
+    #[arg(long, value_delimiter = ',', default_value = "3,8,21,5,13")]
+    sim_seeds: Vec<u64>,
+    /// Worker counts of `--placement-sim`.
+    #[arg(long, value_delimiter = ',', default_value = "3,4,6")]
+    sim_workers: Vec<usize>,
     /// Runs the job-listing benchmark over this many finished jobs instead
     /// (`bench::listing`; the figure is 50000).
     #[arg(long)]
@@ -100,6 +111,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(runs) = args.placement_sim {
+        let cases = mixed::sim::study(&args.sim_seeds, &args.sim_workers, runs);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&cases)?);
+        } else {
+            print!("{}", mixed::sim::render_study(&cases));
+        }
+        return Ok(());
+    }
     if let Some(jobs) = args.listing {
         let report = listing::run(jobs).await?;
         if args.json {

@@ -1,0 +1,464 @@
+//! A discrete-event model of the mixed benchmark's placement run, for
+//! finding which placement decisions flip between runs (issue 18).
+//!
+//! A real run takes a minute and its figure moves by 0.05 between runs of
+//! the same build, as much as a rule changes it; a study of 75 runs takes an
+//! hour. This replays the same seeded trace in milliseconds of CPU, calling
+//! the dispatcher's own [`decide`] every round, against a model of what the
+//! real system does around it:
+//!
+//! - workers as the mixed benchmark configures them: one job at a time, a
+//!   prefetch of one per consumed queue (so a worker holds at most one job of
+//!   each queue, the running one included, and alternates between queues),
+//!   the worker's pick among held jobs (`gpu_worker::placement::choose`:
+//!   main model first, then a loaded one, else the oldest after a 50 ms
+//!   grace), loads that unload the least recently used model;
+//! - the broker: a FIFO per model, deliveries round-robin over the
+//!   consumers with credit, a cancelled queue's held jobs returned to it;
+//! - the records placement reads: a worker's record is rewritten on a state
+//!   change (at most every 100 ms) and every heartbeat, and lists loaded
+//!   models, not one being loaded (`sim/records.rs`);
+//! - placement rounds every 500 ms and when a worker runs dry, assignments
+//!   applied a few milliseconds after the round.
+//!
+//! The jitter seed draws the delays the real system has and the model does
+//! not know in advance (broker deliveries, per-job and per-load overheads,
+//! how long a round and an assignment take): one jitter seed is one "run",
+//! repeatable. It is a model, not the system: its figures rank policies and
+//! find flipping decisions; the figures reported in docs/benchmarks.md are
+//! the real replays'.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use gpuq_dispatcher::decide;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::{SyntheticModel, TraceJob, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER};
+
+mod records;
+mod study;
+use records::{Record, RoundHistory};
+pub use study::{render_study, study, SimCase};
+
+/// Placement rounds, µs (the default `placement.interval_ms`).
+const ROUND_US: u64 = 500_000;
+/// Shortest gap between two rounds triggered by dry workers, µs.
+const EARLIEST_REPEAT_US: u64 = 100_000;
+/// How long a worker stays dry before it announces it, µs.
+const DRY_CONFIRM_US: u64 = 50_000;
+/// Heartbeat interval and shortest gap between state-change writes, µs.
+const HEARTBEAT_US: u64 = 500_000;
+const HEARTBEAT_MIN_GAP_US: u64 = 100_000;
+/// A free worker waits this long for a job of a loaded model, µs.
+const AFFINITY_GRACE_US: u64 = 50_000;
+/// A held job this old runs next, loaded model or not (`max_queue_wait_ms`).
+const STARVE_AFTER_US: u64 = 30_000_000;
+
+/// A run still going after this long (an hour) has a job that never runs, µs.
+const HORIZON_US: u64 = 3_600_000_000;
+
+/// Ranges of the delays the jitter seed draws, µs.
+const DELIVERY_US: (u64, u64) = (300, 1_500);
+const JOB_OVERHEAD_US: (u64, u64) = (500, 3_000);
+const LOAD_OVERHEAD_US: (u64, u64) = (2_000, 30_000);
+const ROUND_TAKES_US: (u64, u64) = (2_000, 20_000);
+
+/// What one simulated run gave.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SimRun {
+    pub makespan_ms: f64,
+    pub loads: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Arrive(usize),
+    /// A job the broker sent reaches the worker.
+    Deliver {
+        worker: usize,
+        job: usize,
+    },
+    /// The worker's load (then run) of its current job ends.
+    LoadDone(usize),
+    RunDone(usize),
+    /// A free worker's grace for a job of a loaded model ends.
+    Wake(usize),
+    Publish(usize),
+    Heartbeat(usize),
+    DryCheck(usize),
+    Round,
+    /// A round's assignment reaches the worker: its queues and main model.
+    Apply {
+        worker: usize,
+        round: usize,
+    },
+}
+
+/// The worker's job in progress.
+#[derive(Debug, Clone, Copy)]
+struct Busy {
+    job: usize,
+    loading: bool,
+}
+
+#[derive(Debug, Default)]
+struct Worker {
+    /// Loaded models: model, when loaded (ms), last used (µs).
+    resident: Vec<(usize, u64, u64)>,
+    consuming: BTreeSet<usize>,
+    main: Option<usize>,
+    /// Jobs sent to it and not acked, by model (at most one each): the
+    /// job, and when it was received (`None`: on its way, or running).
+    unacked: BTreeMap<usize, (usize, Option<u64>)>,
+    busy: Option<Busy>,
+    free_since: u64,
+    finished: BTreeMap<usize, u64>,
+    record: Record,
+    published_at: Option<u64>,
+    publish_pending: bool,
+    dry_announced: bool,
+}
+
+struct Sim<'a> {
+    trace: &'a [TraceJob],
+    models: &'a [SyntheticModel],
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    queues: Vec<VecDeque<usize>>,
+    rotation: Vec<usize>,
+    workers: Vec<Worker>,
+    history: RoundHistory,
+    /// Each round's decision: per worker, its queues and main model.
+    decisions: Vec<Vec<(BTreeSet<usize>, Option<usize>)>>,
+    last_round: u64,
+    done: usize,
+    makespan: u64,
+    loads: u64,
+}
+
+/// Replays `trace` on `workers` simulated workers under the dispatcher's
+/// placement; `jitter_seed` draws the delays (one seed, one run).
+pub fn simulate_placement(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    workers: usize,
+    jitter_seed: u64,
+) -> SimRun {
+    let mut sim = Sim {
+        trace,
+        models,
+        rng: ChaCha8Rng::seed_from_u64(jitter_seed),
+        now: 0,
+        seq: 0,
+        events: BinaryHeap::new(),
+        queues: vec![VecDeque::new(); models.len()],
+        rotation: vec![0; models.len()],
+        workers: (0..workers).map(|_| Worker::default()).collect(),
+        history: RoundHistory::default(),
+        decisions: Vec::new(),
+        last_round: 0,
+        done: 0,
+        makespan: 0,
+        loads: 0,
+    };
+    for w in 0..workers {
+        // No assignment yet: a fresh worker consumes every model.
+        sim.workers[w].consuming = (0..models.len()).collect();
+        let phase = sim.rng.random_range(0..HEARTBEAT_US);
+        sim.at(phase, Event::Heartbeat(w));
+    }
+    for (i, job) in trace.iter().enumerate() {
+        sim.at(job.arrival_ms * 1000, Event::Arrive(i));
+    }
+    let first = sim.rng.random_range(0..ROUND_US);
+    sim.at(first, Event::Round);
+    while sim.done < trace.len() {
+        let Some(Reverse((at, _, event))) = sim.events.pop() else {
+            break;
+        };
+        if at > HORIZON_US {
+            // A job that never runs: a bug of the model or of the policy.
+            sim.makespan = u64::MAX;
+            break;
+        }
+        sim.now = at;
+        sim.handle(event);
+    }
+    SimRun {
+        makespan_ms: if sim.makespan == u64::MAX {
+            f64::INFINITY
+        } else {
+            sim.makespan as f64 / 1000.0
+        },
+        loads: sim.loads,
+    }
+}
+
+impl Sim<'_> {
+    fn at(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.events.push(Reverse((at, self.seq, event)));
+    }
+
+    fn draw(&mut self, (low, high): (u64, u64)) -> u64 {
+        self.rng.random_range(low..=high)
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Arrive(job) => {
+                let model = self.trace[job].model;
+                self.queues[model].push_back(job);
+                self.pump(model);
+            }
+            Event::Deliver { worker, job } => self.deliver(worker, job),
+            Event::LoadDone(w) => {
+                let busy = self.workers[w].busy.expect("a load in progress");
+                let model = self.trace[busy.job].model;
+                let loaded_ms = self.now / 1000;
+                self.workers[w].resident.push((model, loaded_ms, self.now));
+                self.workers[w].busy = Some(Busy {
+                    loading: false,
+                    ..busy
+                });
+                let run = self.trace[busy.job].duration_ms * 1000 + self.draw(JOB_OVERHEAD_US);
+                self.at(self.now + run, Event::RunDone(w));
+                self.changed(w);
+            }
+            Event::RunDone(w) => self.run_done(w),
+            Event::Wake(w) => self.try_start(w),
+            Event::Publish(w) => {
+                self.workers[w].publish_pending = false;
+                self.publish(w);
+            }
+            Event::Heartbeat(w) => {
+                self.publish(w);
+                self.at(self.now + HEARTBEAT_US, Event::Heartbeat(w));
+            }
+            Event::DryCheck(w) => {
+                let worker = &self.workers[w];
+                let dry = worker.busy.is_none() && worker.unacked.is_empty();
+                if dry && self.now.saturating_sub(self.last_round) >= EARLIEST_REPEAT_US {
+                    self.round();
+                }
+            }
+            Event::Round => {
+                self.round();
+                self.at(self.now + ROUND_US, Event::Round);
+            }
+            Event::Apply { worker, round } => self.apply(worker, round),
+        }
+    }
+
+    /// Sends queued jobs of `model` to its consumers with credit, in turn.
+    fn pump(&mut self, model: usize) {
+        let n = self.workers.len();
+        while !self.queues[model].is_empty() {
+            let start = self.rotation[model];
+            let Some(w) = (0..n).map(|i| (start + i) % n).find(|&w| {
+                let worker = &self.workers[w];
+                worker.consuming.contains(&model) && !worker.unacked.contains_key(&model)
+            }) else {
+                return;
+            };
+            self.rotation[model] = (w + 1) % n;
+            let job = self.queues[model].pop_front().expect("not empty");
+            self.workers[w].unacked.insert(model, (job, None));
+            let delay = self.draw(DELIVERY_US);
+            self.at(self.now + delay, Event::Deliver { worker: w, job });
+        }
+    }
+
+    fn deliver(&mut self, w: usize, job: usize) {
+        let model = self.trace[job].model;
+        if !self.workers[w].consuming.contains(&model) {
+            // Sent before its consumer was cancelled: back to the queue.
+            self.workers[w].unacked.remove(&model);
+            self.queues[model].push_front(job);
+            self.pump(model);
+            return;
+        }
+        self.workers[w].unacked.insert(model, (job, Some(self.now)));
+        self.changed(w);
+        self.try_start(w);
+    }
+
+    /// A free worker picks a held job as `gpu_worker::placement::choose` does.
+    fn try_start(&mut self, w: usize) {
+        let worker = &self.workers[w];
+        if worker.busy.is_some() {
+            return;
+        }
+        let mut held: Vec<(u64, usize, usize)> = worker
+            .unacked
+            .iter()
+            .filter_map(|(&model, &(job, at))| Some((at?, model, job)))
+            .collect();
+        held.sort_unstable();
+        let loaded = |m: usize| worker.resident.iter().any(|r| r.0 == m);
+        let pick = held
+            .iter()
+            .find(|(at, _, _)| self.now - at >= STARVE_AFTER_US)
+            .or_else(|| held.iter().find(|(_, m, _)| Some(*m) == worker.main))
+            .or_else(|| held.iter().find(|(_, m, _)| loaded(*m)));
+        let pick = match pick {
+            Some(pick) => *pick,
+            None => {
+                let Some(oldest) = held.first() else { return };
+                let deadline = worker.free_since + AFFINITY_GRACE_US;
+                let worth_waiting =
+                    worker.main.is_some() || worker.consuming.iter().any(|&m| loaded(m));
+                if worth_waiting && self.now < deadline {
+                    self.at(deadline, Event::Wake(w));
+                    return;
+                }
+                *oldest
+            }
+        };
+        let (_, model, job) = pick;
+        self.start(w, model, job);
+    }
+
+    fn start(&mut self, w: usize, model: usize, job: usize) {
+        self.workers[w].unacked.insert(model, (job, None));
+        let loaded = self.workers[w].resident.iter().any(|r| r.0 == model);
+        if loaded {
+            let now = self.now;
+            if let Some(r) = self.workers[w].resident.iter_mut().find(|r| r.0 == model) {
+                r.2 = now;
+            }
+            self.workers[w].busy = Some(Busy {
+                job,
+                loading: false,
+            });
+            let run = self.trace[job].duration_ms * 1000 + self.draw(JOB_OVERHEAD_US);
+            self.at(self.now + run, Event::RunDone(w));
+        } else {
+            self.unload_for(w, model);
+            self.loads += 1;
+            self.workers[w].busy = Some(Busy { job, loading: true });
+            let load = self.models[model].load_ms * 1000 + self.draw(LOAD_OVERHEAD_US);
+            self.at(self.now + load, Event::LoadDone(w));
+        }
+        self.workers[w].dry_announced = false;
+        self.changed(w);
+    }
+
+    /// Unloads least recently used models until `model` fits beside the rest.
+    fn unload_for(&mut self, w: usize, model: usize) {
+        let models = self.models;
+        let resident = &mut self.workers[w].resident;
+        resident.sort_by_key(|r| r.2);
+        let vram =
+            |held: &[(usize, u64, u64)]| -> u64 { held.iter().map(|r| models[r.0].vram_mib).sum() };
+        while !resident.is_empty()
+            && (resident.len() >= MAX_MODELS_PER_WORKER
+                || vram(resident) + models[model].vram_mib > GPU_MEMORY_MIB)
+        {
+            resident.remove(0);
+        }
+    }
+
+    fn run_done(&mut self, w: usize) {
+        let busy = self.workers[w].busy.take().expect("a job running");
+        let model = self.trace[busy.job].model;
+        self.workers[w].unacked.remove(&model);
+        *self.workers[w].finished.entry(model).or_default() += 1;
+        self.workers[w].free_since = self.now;
+        self.done += 1;
+        self.makespan = self.makespan.max(self.now);
+        self.changed(w);
+        self.pump(model);
+        self.try_start(w);
+        let worker = &self.workers[w];
+        if worker.busy.is_none() && worker.unacked.is_empty() && !worker.dry_announced {
+            self.workers[w].dry_announced = true;
+            self.at(self.now + DRY_CONFIRM_US, Event::DryCheck(w));
+        }
+    }
+
+    /// The worker's record is rewritten at once, or at most every 100 ms.
+    fn changed(&mut self, w: usize) {
+        let worker = &self.workers[w];
+        if worker.publish_pending {
+            return;
+        }
+        match worker.published_at {
+            Some(at) if self.now < at + HEARTBEAT_MIN_GAP_US => {
+                self.workers[w].publish_pending = true;
+                self.at(at + HEARTBEAT_MIN_GAP_US, Event::Publish(w));
+            }
+            _ => self.publish(w),
+        }
+    }
+
+    fn publish(&mut self, w: usize) {
+        let worker = &self.workers[w];
+        let running = worker
+            .busy
+            .filter(|b| !b.loading)
+            .map(|b| self.trace[b.job].model);
+        let mut waiting = BTreeMap::new();
+        for (&model, &(_, at)) in &worker.unacked {
+            if at.is_some() {
+                *waiting.entry(model).or_insert(0) += 1;
+            }
+        }
+        self.workers[w].record = Record {
+            resident: worker.resident.iter().map(|r| (r.0, r.1)).collect(),
+            running,
+            waiting,
+            finished: worker.finished.clone(),
+        };
+        self.workers[w].published_at = Some(self.now);
+    }
+
+    fn round(&mut self) {
+        self.last_round = self.now;
+        let ready: Vec<u64> = self.queues.iter().map(|q| q.len() as u64).collect();
+        let records: Vec<&Record> = self.workers.iter().map(|w| &w.record).collect();
+        let (snapshot, policy) = self
+            .history
+            .snapshot(self.models, &ready, &records, self.now);
+        let decision = decide(&snapshot, &policy);
+        let round = self.decisions.len();
+        let per_worker = self.history.publish(self.models, &decision, self.now);
+        self.decisions.push(per_worker);
+        for w in 0..self.workers.len() {
+            let delay = self.draw(ROUND_TAKES_US);
+            self.at(self.now + delay, Event::Apply { worker: w, round });
+        }
+    }
+
+    fn apply(&mut self, w: usize, round: usize) {
+        let (queues, main) = self.decisions[round][w].clone();
+        let worker = &mut self.workers[w];
+        if worker.consuming == queues && worker.main == main {
+            return;
+        }
+        let dropped: Vec<usize> = worker.consuming.difference(&queues).copied().collect();
+        worker.consuming = queues;
+        worker.main = main;
+        for model in dropped {
+            // Its held job (not one running or on its way) goes back.
+            if let Some(&(job, Some(_))) = self.workers[w].unacked.get(&model) {
+                self.workers[w].unacked.remove(&model);
+                self.queues[model].push_front(job);
+                self.pump(model);
+            }
+        }
+        for model in 0..self.models.len() {
+            self.pump(model);
+        }
+        self.changed(w);
+        self.try_start(w);
+    }
+}
+
+#[cfg(test)]
+mod tests;

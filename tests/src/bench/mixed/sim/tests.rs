@@ -1,0 +1,61 @@
+use super::*;
+use crate::bench::mixed::{generate_trace, lower_bound, MODELS};
+
+#[test]
+fn every_job_runs_and_the_makespan_is_above_the_lower_bound() {
+    for (workers, seed) in [(3, 8), (4, 21), (6, 3)] {
+        let trace = generate_trace(&MODELS, workers, 0.25, seed);
+        let bound = lower_bound(&trace, &MODELS, workers);
+        let run = simulate_placement(&trace, &MODELS, workers, 1);
+        assert!(run.makespan_ms.is_finite());
+        assert!(
+            run.makespan_ms >= bound.value_ms,
+            "{workers} workers, seed {seed}: {} ms under LB {} ms",
+            run.makespan_ms,
+            bound.value_ms
+        );
+        // Every model of the trace was loaded at least once.
+        assert!(run.loads >= MODELS.len() as u64, "{} loads", run.loads);
+    }
+}
+
+#[test]
+fn a_jitter_seed_names_one_run() {
+    let trace = generate_trace(&MODELS, 3, 0.25, 8);
+    let a = simulate_placement(&trace, &MODELS, 3, 7);
+    assert_eq!(a, simulate_placement(&trace, &MODELS, 3, 7));
+    let others: Vec<SimRun> = (8..12)
+        .map(|j| simulate_placement(&trace, &MODELS, 3, j))
+        .collect();
+    assert!(others.iter().any(|b| b.makespan_ms != a.makespan_ms));
+}
+
+#[test]
+fn one_model_on_one_worker_runs_back_to_back_after_one_load() {
+    let model = MODELS[2];
+    let trace: Vec<TraceJob> = (0..10)
+        .map(|i| TraceJob {
+            arrival_ms: i,
+            model: 0,
+            duration_ms: model.duration_ms,
+        })
+        .collect();
+    let run = simulate_placement(&trace, &[model], 1, 3);
+    assert_eq!(run.loads, 1);
+    let ideal = (model.load_ms + 10 * model.duration_ms) as f64;
+    // Per-job and load overheads are milliseconds, not a job's length.
+    assert!(
+        run.makespan_ms >= ideal && run.makespan_ms < ideal + 100.0,
+        "{run:?}"
+    );
+}
+
+#[test]
+fn the_study_renders_every_case() {
+    let cases = study(&[8], &[3], 2);
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0].runs.len(), 2);
+    let text = render_study(&cases);
+    assert!(text.contains("| 3 | 8 |"), "{text}");
+    assert!(text.contains("runs: 2"), "{text}");
+}
