@@ -92,6 +92,11 @@ struct Args {
     /// Worker counts of `--placement-sim`.
     #[arg(long, value_delimiter = ',', default_value = "3,4,6")]
     sim_workers: Vec<usize>,
+    /// Prints one simulated placement run's loads and assignment changes
+    /// instead: this jitter seed, the first `--sim-seeds` trace and the
+    /// first `--sim-workers` count.
+    #[arg(long)]
+    placement_sim_log: Option<u64>,
     /// Runs the job-listing benchmark over this many finished jobs instead
     /// (`bench::listing`; the figure is 50000).
     #[arg(long)]
@@ -111,6 +116,22 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(jitter) = args.placement_sim_log {
+        let (seed, workers) = (args.sim_seeds[0], args.sim_workers[0]);
+        let models = &mixed::MODELS;
+        let trace = mixed::generate_trace(models, workers, 1.0, seed);
+        let (run, log) = mixed::sim::placement_log(&trace, models, workers, jitter);
+        let bound = mixed::lower_bound(&trace, models, workers).value_ms;
+        for line in log {
+            println!("{line}");
+        }
+        println!(
+            "seed {seed}, {workers} workers, jitter {jitter}: makespan / LB {:.3}, {} loads",
+            run.makespan_ms / bound,
+            run.loads
+        );
+        return Ok(());
+    }
     if let Some(runs) = args.placement_sim {
         let cases = mixed::sim::study(&args.sim_seeds, &args.sim_workers, runs);
         if args.json {

@@ -71,6 +71,12 @@ const ROUND_TAKES_US: (u64, u64) = (2_000, 20_000);
 pub struct SimRun {
     pub makespan_ms: f64,
     pub loads: u64,
+    /// Worker-seconds spent loading.
+    pub load_s: f64,
+    /// Worker-seconds idle while jobs waited (queued or held anywhere).
+    pub idle_with_backlog_s: f64,
+    /// Worker-seconds idle with no job waiting anywhere.
+    pub idle_empty_s: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -139,6 +145,12 @@ struct Sim<'a> {
     done: usize,
     makespan: u64,
     loads: u64,
+    /// Worker-µs loading, idle with a backlog, idle without.
+    time: [u64; 3],
+    /// Placement on: rounds run, and workers pick their main model's jobs first.
+    placement: bool,
+    /// Loads and assignment changes, when asked for (`placement_log`).
+    log: Option<Vec<String>>,
 }
 
 /// Replays `trace` on `workers` simulated workers under the dispatcher's
@@ -149,6 +161,41 @@ pub fn simulate_placement(
     workers: usize,
     jitter_seed: u64,
 ) -> SimRun {
+    simulate(trace, models, workers, None, jitter_seed, false).0
+}
+
+/// One simulated placement run with its log: every load and assignment
+/// change, by time and worker. Two jitter seeds' logs side by side show
+/// where a good and a bad run of one trace part.
+pub fn placement_log(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    workers: usize,
+    jitter_seed: u64,
+) -> (SimRun, Vec<String>) {
+    simulate(trace, models, workers, None, jitter_seed, true)
+}
+
+/// Replays `trace` with placement off and each worker consuming only its
+/// set of models (the best static baseline's replay): jobs run in the
+/// order they reach the worker.
+pub fn simulate_static(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    sets: &[Vec<usize>],
+    jitter_seed: u64,
+) -> SimRun {
+    simulate(trace, models, sets.len(), Some(sets), jitter_seed, false).0
+}
+
+fn simulate(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    workers: usize,
+    sets: Option<&[Vec<usize>]>,
+    jitter_seed: u64,
+    log: bool,
+) -> (SimRun, Vec<String>) {
     let mut sim = Sim {
         trace,
         models,
@@ -165,10 +212,16 @@ pub fn simulate_placement(
         done: 0,
         makespan: 0,
         loads: 0,
+        time: [0; 3],
+        placement: true,
+        log: log.then(Vec::new),
     };
     for w in 0..workers {
         // No assignment yet: a fresh worker consumes every model.
-        sim.workers[w].consuming = (0..models.len()).collect();
+        sim.workers[w].consuming = match sets {
+            Some(sets) => sets[w].iter().copied().collect(),
+            None => (0..models.len()).collect(),
+        };
         let phase = sim.rng.random_range(0..HEARTBEAT_US);
         sim.at(phase, Event::Heartbeat(w));
     }
@@ -176,7 +229,11 @@ pub fn simulate_placement(
         sim.at(job.arrival_ms * 1000, Event::Arrive(i));
     }
     let first = sim.rng.random_range(0..ROUND_US);
-    sim.at(first, Event::Round);
+    if sets.is_none() {
+        sim.at(first, Event::Round);
+    } else {
+        sim.placement = false;
+    }
     while sim.done < trace.len() {
         let Some(Reverse((at, _, event))) = sim.events.pop() else {
             break;
@@ -186,23 +243,46 @@ pub fn simulate_placement(
             sim.makespan = u64::MAX;
             break;
         }
+        sim.account(at);
         sim.now = at;
         sim.handle(event);
     }
-    SimRun {
+    let run = SimRun {
         makespan_ms: if sim.makespan == u64::MAX {
             f64::INFINITY
         } else {
             sim.makespan as f64 / 1000.0
         },
         loads: sim.loads,
-    }
+        load_s: sim.time[0] as f64 / 1e6,
+        idle_with_backlog_s: sim.time[1] as f64 / 1e6,
+        idle_empty_s: sim.time[2] as f64 / 1e6,
+    };
+    (run, sim.log.unwrap_or_default())
 }
 
 impl Sim<'_> {
     fn at(&mut self, at: u64, event: Event) {
         self.seq += 1;
         self.events.push(Reverse((at, self.seq, event)));
+    }
+
+    /// Adds the time up to `at` to each worker's loading or idle total.
+    fn account(&mut self, at: u64) {
+        let dt = at - self.now;
+        let backlog = self.queues.iter().any(|q| !q.is_empty())
+            || self
+                .workers
+                .iter()
+                .any(|w| w.unacked.values().any(|(_, held)| held.is_some()));
+        for worker in &self.workers {
+            match worker.busy {
+                Some(Busy { loading: true, .. }) => self.time[0] += dt,
+                Some(_) => {}
+                None if backlog => self.time[1] += dt,
+                None => self.time[2] += dt,
+            }
+        }
     }
 
     fn draw(&mut self, (low, high): (u64, u64)) -> u64 {
@@ -243,7 +323,8 @@ impl Sim<'_> {
             Event::DryCheck(w) => {
                 let worker = &self.workers[w];
                 let dry = worker.busy.is_none() && worker.unacked.is_empty();
-                if dry && self.now.saturating_sub(self.last_round) >= EARLIEST_REPEAT_US {
+                let repeat = self.now.saturating_sub(self.last_round) >= EARLIEST_REPEAT_US;
+                if self.placement && dry && repeat {
                     self.round();
                 }
             }
@@ -301,6 +382,12 @@ impl Sim<'_> {
             .collect();
         held.sort_unstable();
         let loaded = |m: usize| worker.resident.iter().any(|r| r.0 == m);
+        if !self.placement {
+            let Some(&(_, model, job)) = held.first() else {
+                return;
+            };
+            return self.start(w, model, job);
+        }
         let pick = held
             .iter()
             .find(|(at, _, _)| self.now - at >= STARVE_AFTER_US)
@@ -341,6 +428,19 @@ impl Sim<'_> {
         } else {
             self.unload_for(w, model);
             self.loads += 1;
+            if let Some(log) = &mut self.log {
+                let resident: Vec<&str> = self.workers[w]
+                    .resident
+                    .iter()
+                    .map(|r| self.models[r.0].id)
+                    .collect();
+                log.push(format!(
+                    "{:9.3} gpu{w:03} load {} (loaded: {resident:?}; queued: {:?})",
+                    self.now as f64 / 1e6,
+                    self.models[model].id,
+                    self.queues.iter().map(VecDeque::len).collect::<Vec<_>>(),
+                ));
+            }
             self.workers[w].busy = Some(Busy { job, loading: true });
             let load = self.models[model].load_ms * 1000 + self.draw(LOAD_OVERHEAD_US);
             self.at(self.now + load, Event::LoadDone(w));
@@ -352,7 +452,8 @@ impl Sim<'_> {
     /// Unloads least recently used models until `model` fits beside the rest.
     fn unload_for(&mut self, w: usize, model: usize) {
         let models = self.models;
-        let resident = &mut self.workers[w].resident;
+        let worker = &mut self.workers[w];
+        let resident = &mut worker.resident;
         resident.sort_by_key(|r| r.2);
         let vram =
             |held: &[(usize, u64, u64)]| -> u64 { held.iter().map(|r| models[r.0].vram_mib).sum() };
@@ -437,10 +538,19 @@ impl Sim<'_> {
 
     fn apply(&mut self, w: usize, round: usize) {
         let (queues, main) = self.decisions[round][w].clone();
-        let worker = &mut self.workers[w];
-        if worker.consuming == queues && worker.main == main {
+        if self.workers[w].consuming == queues && self.workers[w].main == main {
             return;
         }
+        if let Some(log) = &mut self.log {
+            let name = |m: &usize| self.models[*m].id;
+            log.push(format!(
+                "{:9.3} gpu{w:03} main {:?}, queues {:?}",
+                self.now as f64 / 1e6,
+                main.as_ref().map(name),
+                queues.iter().map(name).collect::<Vec<_>>(),
+            ));
+        }
+        let worker = &mut self.workers[w];
         let dropped: Vec<usize> = worker.consuming.difference(&queues).copied().collect();
         worker.consuming = queues;
         worker.main = main;

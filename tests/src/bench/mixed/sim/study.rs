@@ -4,8 +4,12 @@
 
 use serde::Serialize;
 
-use super::super::{generate_trace, lower_bound, MODELS, TARGET_OVER_LOWER_BOUND};
-use super::{simulate_placement, SimRun};
+use super::super::best_static::best_static;
+use super::super::{
+    generate_trace, lower_bound, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER, MODELS,
+    TARGET_OVER_LOWER_BOUND,
+};
+use super::{simulate_placement, simulate_static, SimRun};
 
 /// One case of a simulated study: a trace and worker count, run once per jitter seed.
 #[derive(Debug, Clone, Serialize)]
@@ -14,6 +18,8 @@ pub struct SimCase {
     pub workers: usize,
     pub lower_bound_ms: f64,
     pub runs: Vec<SimRun>,
+    /// The best static assignment's replays in the model, one per jitter seed.
+    pub static_runs: Vec<SimRun>,
 }
 
 impl SimCase {
@@ -27,7 +33,9 @@ impl SimCase {
 }
 
 /// `gpuq-bench --placement-sim RUNS`: every seed × worker count of the
-/// bursts trace, `runs` jitter seeds each.
+/// bursts trace, `runs` jitter seeds each, with placement and with the
+/// best static assignment (searched over the whole trace, as
+/// `--mixed-best-static` does).
 pub fn study(seeds: &[u64], workers: &[usize], runs: u64) -> Vec<SimCase> {
     let models = &MODELS;
     let mut cases = Vec::new();
@@ -35,6 +43,13 @@ pub fn study(seeds: &[u64], workers: &[usize], runs: u64) -> Vec<SimCase> {
         for &seed in seeds {
             let trace = generate_trace(models, w, 1.0, seed);
             let lower_bound_ms = lower_bound(&trace, models, w).value_ms;
+            let sets = best_static(&trace, models, w, (GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER))
+                .map(|best| best.workers)
+                .unwrap_or_default();
+            let static_runs = (0..runs)
+                .filter(|_| !sets.is_empty())
+                .map(|jitter| simulate_static(&trace, models, &sets, jitter))
+                .collect();
             let runs = (0..runs)
                 .map(|jitter| simulate_placement(&trace, models, w, jitter))
                 .collect();
@@ -43,6 +58,7 @@ pub fn study(seeds: &[u64], workers: &[usize], runs: u64) -> Vec<SimCase> {
                 workers: w,
                 lower_bound_ms,
                 runs,
+                static_runs,
             });
         }
     }
@@ -50,24 +66,40 @@ pub fn study(seeds: &[u64], workers: &[usize], runs: u64) -> Vec<SimCase> {
 }
 
 /// The study as a table: per case min, median and max of makespan / LB,
-/// mean loads; then the worst run and how many runs are over the target.
+/// mean loads, load and idle time, the best static assignment's median
+/// against LB and placement's against it; then the worst run and how many
+/// runs are over the target.
 pub fn render_study(cases: &[SimCase]) -> String {
     let mut out = String::from(
-        "simulated placement (a model of the system, not a replay): makespan / LB\n\
-         | workers | seed | min | median | max | loads (mean) |\n|---|---|---:|---:|---:|---:|\n",
+        "simulated placement (a model of the system, not a replay): makespan / LB;\n\
+         means over the runs of loads and worker-seconds loading and idle; medians of\n\
+         the best static assignment replayed in the model (search: `best_static`)\n\
+         | workers | seed | min | median | max | loads | load s | idle, jobs waiting s | idle, none waiting s | best static / LB | placement / best static |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut all = Vec::new();
     for case in cases {
         let mut ratios = case.ratios();
         ratios.sort_by(f64::total_cmp);
-        let loads =
-            case.runs.iter().map(|r| r.loads).sum::<u64>() as f64 / case.runs.len().max(1) as f64;
+        let mean = |f: fn(&SimRun) -> f64| {
+            case.runs.iter().map(f).sum::<f64>() / case.runs.len().max(1) as f64
+        };
+        let static_over_lb = median(
+            case.static_runs
+                .iter()
+                .map(|r| r.makespan_ms / case.lower_bound_ms),
+        );
         if let (Some(min), Some(max)) = (ratios.first(), ratios.last()) {
             out.push_str(&format!(
-                "| {} | {} | {min:.3} | {:.3} | {max:.3} | {loads:.1} |\n",
+                "| {} | {} | {min:.3} | {:.3} | {max:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {static_over_lb:.3} | {:.3} |\n",
                 case.workers,
                 case.seed,
                 ratios[ratios.len() / 2],
+                mean(|r| r.loads as f64),
+                mean(|r| r.load_s),
+                mean(|r| r.idle_with_backlog_s),
+                mean(|r| r.idle_empty_s),
+                ratios[ratios.len() / 2] / static_over_lb,
             ));
         }
         all.extend(ratios);
@@ -83,4 +115,11 @@ pub fn render_study(cases: &[SimCase]) -> String {
         ));
     }
     out
+}
+
+/// The median of some figures (NaN when there are none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }

@@ -55,7 +55,29 @@ fn the_study_renders_every_case() {
     let cases = study(&[8], &[3], 2);
     assert_eq!(cases.len(), 1);
     assert_eq!(cases[0].runs.len(), 2);
+    assert_eq!(cases[0].static_runs.len(), 2);
     let text = render_study(&cases);
     assert!(text.contains("| 3 | 8 |"), "{text}");
     assert!(text.contains("runs: 2"), "{text}");
+}
+
+#[test]
+fn a_static_replay_whose_sets_fit_never_loads_a_model_twice() {
+    let trace = generate_trace(&MODELS, 3, 0.25, 8);
+    // m1 + m2 and m4 + m3 fit a 16 GiB worker; m5 alone.
+    let sets = vec![vec![0, 1], vec![2, 3], vec![4]];
+    let run = simulate_static(&trace, &MODELS, &sets, 2);
+    assert!(run.makespan_ms.is_finite());
+    assert!(run.loads <= 5, "{run:?}");
+    assert!(run.makespan_ms >= lower_bound(&trace, &MODELS, 3).value_ms);
+}
+
+#[test]
+fn the_log_names_every_load_and_agrees_with_the_run() {
+    let trace = generate_trace(&MODELS, 3, 0.25, 21);
+    let (run, log) = placement_log(&trace, &MODELS, 3, 4);
+    assert_eq!(run, simulate_placement(&trace, &MODELS, 3, 4));
+    let loads = log.iter().filter(|line| line.contains(" load ")).count();
+    assert_eq!(loads as u64, run.loads);
+    assert!(log.iter().any(|line| line.contains(" main Some(")), "{log:?}");
 }
