@@ -79,5 +79,8 @@ fn the_log_names_every_load_and_agrees_with_the_run() {
     assert_eq!(run, simulate_placement(&trace, &MODELS, 3, 4));
     let loads = log.iter().filter(|line| line.contains(" load ")).count();
     assert_eq!(loads as u64, run.loads);
-    assert!(log.iter().any(|line| line.contains(" main Some(")), "{log:?}");
+    assert!(
+        log.iter().any(|line| line.contains(" main Some(")),
+        "{log:?}"
+    );
 }
