@@ -10,7 +10,8 @@
 //! model.
 //!
 //! The trace, the lower bound and the figures are pure functions, tested here;
-//! [`run`] needs the real RabbitMQ, Redis and gpuq binaries.
+//! [`run`] needs the real RabbitMQ, Redis and gpuq binaries. [`sim`] is a
+//! model of the placement run, for studies too long to run for real.
 
 use std::collections::BTreeMap;
 
