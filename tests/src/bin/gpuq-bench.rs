@@ -116,6 +116,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let simulating = args.placement_sim.is_some() || args.placement_sim_log.is_some();
+    if simulating && (args.sim_workers.contains(&0) || args.sim_seeds.is_empty()) {
+        anyhow::bail!("--sim-workers must each be at least 1, and --sim-seeds name a seed");
+    }
     if let Some(jitter) = args.placement_sim_log {
         let (seed, workers) = (args.sim_seeds[0], args.sim_workers[0]);
         let models = &mixed::MODELS;
