@@ -44,8 +44,6 @@ mod worker;
 use records::{Record, RoundHistory};
 pub use study::{render_study, study, SimCase};
 
-/// Placement rounds, µs (the default `placement.interval_ms`).
-const ROUND_US: u64 = 500_000;
 /// Shortest gap between two rounds triggered by dry workers, µs.
 const EARLIEST_REPEAT_US: u64 = 100_000;
 /// How long a worker stays dry before it announces it, µs.
@@ -55,8 +53,16 @@ const HEARTBEAT_US: u64 = 500_000;
 const HEARTBEAT_MIN_GAP_US: u64 = 100_000;
 /// A free worker waits this long for a job of a loaded model, µs.
 const AFFINITY_GRACE_US: u64 = 50_000;
+
+/// Placement rounds, µs (the benchmark's `placement.interval_ms`).
+fn round_us() -> u64 {
+    super::default_policy().interval_ms * 1000
+}
+
 /// A held job this old runs next, loaded model or not (`max_queue_wait_ms`).
-const STARVE_AFTER_US: u64 = 30_000_000;
+fn starve_after_us() -> u64 {
+    super::default_policy().max_queue_wait_ms * 1000
+}
 
 /// A run still going after this long (an hour) has a job that never runs, µs.
 const HORIZON_US: u64 = 3_600_000_000;
@@ -229,7 +235,7 @@ fn simulate(
     for (i, job) in trace.iter().enumerate() {
         sim.at(job.arrival_ms * 1000, Event::Arrive(i));
     }
-    let first = sim.rng.random_range(0..ROUND_US);
+    let first = sim.rng.random_range(0..round_us());
     if sets.is_none() {
         sim.at(first, Event::Round);
     } else {
@@ -331,7 +337,7 @@ impl Sim<'_> {
             }
             Event::Round => {
                 self.round();
-                self.at(self.now + ROUND_US, Event::Round);
+                self.at(self.now + round_us(), Event::Round);
             }
             Event::Apply { worker, round } => self.apply(worker, round),
         }

@@ -11,12 +11,16 @@ use gpuq_dispatcher::{Decision, ModelState, Policy, Snapshot, WorkerState};
 
 use super::super::{SyntheticModel, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER};
 
-/// The default `[placement]` policy, as `inputs::policy` derives it.
-const POLICY: Policy = Policy {
-    min_residency_ms: 15_000,
-    max_queue_wait_ms: 30_000,
-    lookahead_ms: 1_500,
-};
+/// The benchmark's `[placement]` policy (the defaults), as `inputs::policy`
+/// derives it: arrivals look ahead three rounds.
+fn policy() -> Policy {
+    let config = super::super::default_policy();
+    Policy {
+        min_residency_ms: config.min_residency_ms,
+        max_queue_wait_ms: config.max_queue_wait_ms,
+        lookahead_ms: config.interval_ms * 3,
+    }
+}
 
 /// A worker's record as last written: loaded models (with when, ms), the
 /// model it runs (not one it is loading), jobs held by model, jobs finished.
@@ -122,7 +126,7 @@ impl RoundHistory {
             models: states,
             workers,
         };
-        (snapshot, POLICY)
+        (snapshot, policy())
     }
 
     /// Records the decision as `inputs::assignments` does (a main model

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use super::records::Record;
 use super::{
     Busy, Event, Sim, AFFINITY_GRACE_US, DELIVERY_US, DRY_CONFIRM_US, HEARTBEAT_MIN_GAP_US,
-    JOB_OVERHEAD_US, LOAD_OVERHEAD_US, STARVE_AFTER_US,
+    JOB_OVERHEAD_US, LOAD_OVERHEAD_US,
 };
 use crate::bench::mixed::{GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER};
 
@@ -66,7 +66,7 @@ impl Sim<'_> {
         }
         let pick = held
             .iter()
-            .find(|(at, _, _)| self.now - at >= STARVE_AFTER_US)
+            .find(|(at, _, _)| self.now - at >= super::starve_after_us())
             .or_else(|| held.iter().find(|(_, m, _)| Some(*m) == worker.main))
             .or_else(|| held.iter().find(|(_, m, _)| loaded(*m)));
         let pick = match pick {
