@@ -43,5 +43,8 @@ mod webhooks;
 
 pub use dispatcher::{plan_report, run, DispatcherError, DispatcherOptions};
 pub use gpu::{GpuInfo, GpuSource};
+pub use placement_decision::inputs::{
+    round as placement_round, History as PlacementHistory, Round as PlacementRound,
+};
 pub use placement_decision::{decide, Decision, ModelState, Policy, Snapshot, WorkerState};
 pub use vram_plan::{plan, OverCommitted, Plan, SlotPlan};

@@ -9,7 +9,7 @@
 //! consumers), every live worker record (models it may serve, loaded models,
 //! jobs running and held), measured model timings and VRAM (a model is
 //! placed by its admitted VRAM, `gpuq_common::vram`); estimate arrivals; run
-//! [`decide`]; write each worker's assignment with an expiry, and announce
+//! [`crate::placement_decision::decide`]; write each worker's assignment with an expiry, and announce
 //! the ones that changed on the assignments channel; and keep the
 //! autoscaling gauges (`crate::autoscaling`) from the same snapshot.
 
@@ -23,10 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{BrokerError, QueueReader};
 use crate::autoscaling::{self, SharedBacklog};
-use crate::placement_decision::decide;
-use crate::placement_decision::inputs::{assignments, measured_timings, policy, snapshot, History};
+use crate::placement_decision::inputs::{round as placement_round, History, Round};
 use crate::store::Store;
-use gpuq_common::vram::{admitted_mib, packed_mib};
 
 /// Shortest gap between two rounds triggered by idle workers.
 const EARLIEST_REPEAT: Duration = Duration::from_millis(100);
@@ -162,7 +160,6 @@ async fn round(
         .into_iter()
         .filter(|w| now.saturating_sub(w.heartbeat_ms) < ttl_ms)
         .collect();
-    let timings = measured_timings(&workers);
     // Merged every few seconds, not every round: the raw hash grows with
     // workers × models, and the figures change slowly.
     let merged_at = history.learned_vram.as_ref().map_or(0, |(at, _)| *at);
@@ -174,14 +171,13 @@ async fn round(
         .as_ref()
         .map(|(_, learned)| learned.clone())
         .unwrap_or_default();
-    let mut snapshot = snapshot(config, now, &ready, &workers, &timings, history);
-    // Models are placed by what they were measured to use, where known.
-    for model in &mut snapshot.models {
-        let measured = learned.get(&model.id);
-        model.packed_mib = packed_mib(model.vram_mib, measured, &config.gpu);
-        model.vram_mib = admitted_mib(model.vram_mib, measured, &config.gpu);
-    }
-    let decision = decide(&snapshot, &policy(config));
+    let Round {
+        snapshot,
+        decision,
+        assignments,
+        changed,
+        timings,
+    } = placement_round(config, host_id, now, &ready, &workers, &learned, history);
     for model in &decision.unservable {
         tracing::warn!(model = %model, "model has jobs but no live worker can serve it");
     }
@@ -207,8 +203,6 @@ async fn round(
     if let Some((_, oldest, cut_at)) = &history.oldest {
         *backlog.lock() = Some(autoscaling::compute(&snapshot, &decision, oldest, *cut_at));
     }
-    let (assignments, changed) = assignments(&decision, host_id, now, history);
-    history.stored_timings.extend(timings.clone());
     store
         .publish_placement(
             &assignments,

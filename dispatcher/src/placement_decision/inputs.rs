@@ -3,14 +3,21 @@
 //! placement loop's I/O (`crate::placement_loop`) and the decision itself
 //! ([`super::decide`]). Pure, so it is unit-tested below; the loop only
 //! reads queues and records and writes what these functions return.
+//!
+//! [`round`] is one round's whole pure part in the loop's order. It is
+//! public (as `gpuq_dispatcher::placement_round`) so that the mixed
+//! benchmark's placement model (`tests/src/bench/mixed/sim.rs`) runs the
+//! very code the loop runs, from records it writes as workers write them,
+//! instead of a copy of this arithmetic that could drift from it.
 
 use std::collections::{BTreeMap, HashMap};
 
 use gpuq_common::config::Config;
 use gpuq_common::record::{Assignment, ModelTimings, WorkerRecord};
 use gpuq_common::registry::{ModelConfig, RuntimeParams};
+use gpuq_common::vram::{admitted_mib, packed_mib, ModelVram};
 
-use super::{Decision, ModelState, Policy, Snapshot, WorkerState};
+use super::{decide, Decision, ModelState, Policy, Snapshot, WorkerState};
 
 /// Load time assumed for a model nobody has loaded yet, milliseconds.
 const DEFAULT_LOAD_MS: u64 = 10_000;
@@ -47,6 +54,50 @@ impl History {
             stored_timings,
             ..History::default()
         }
+    }
+}
+
+/// What one round decided, and what it publishes.
+pub struct Round {
+    pub snapshot: Snapshot,
+    pub decision: Decision,
+    /// Each worker's assignment, and the workers whose assignment changed.
+    pub assignments: Vec<(String, Assignment)>,
+    pub changed: Vec<String>,
+    /// The timings measured from the records, published with the assignments.
+    pub timings: HashMap<String, ModelTimings>,
+}
+
+/// One placement round from what the loop read: each model's ready jobs,
+/// the live workers' records and the learned VRAM. Measures the timings,
+/// builds the snapshot (a model is placed by its admitted VRAM, where
+/// learned), decides, and builds the assignments; `history` carries what
+/// the next round needs.
+pub fn round(
+    config: &Config,
+    host_id: &str,
+    now: u64,
+    ready: &BTreeMap<String, u64>,
+    workers: &[WorkerRecord],
+    learned: &BTreeMap<String, ModelVram>,
+    history: &mut History,
+) -> Round {
+    let timings = measured_timings(workers);
+    let mut snapshot = snapshot(config, now, ready, workers, &timings, history);
+    for model in &mut snapshot.models {
+        let measured = learned.get(&model.id);
+        model.packed_mib = packed_mib(model.vram_mib, measured, &config.gpu);
+        model.vram_mib = admitted_mib(model.vram_mib, measured, &config.gpu);
+    }
+    let decision = decide(&snapshot, &policy(config));
+    let (assignments, changed) = assignments(&decision, host_id, now, history);
+    history.stored_timings.extend(timings.clone());
+    Round {
+        snapshot,
+        decision,
+        assignments,
+        changed,
+        timings,
     }
 }
 

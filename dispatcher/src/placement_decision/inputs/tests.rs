@@ -200,3 +200,38 @@ fn assignments_report_only_changes_and_keep_when_a_main_model_began() {
     assignments(&decision, "host", NOW + 1000, &mut history);
     assert!(history.published.is_empty(), "workers gone are forgotten");
 }
+
+#[test]
+fn a_round_places_by_learned_vram_measures_timings_and_keeps_them() {
+    let config = config();
+    let mut w1 = worker("w1");
+    w1.metrics
+        .models
+        .insert("a".into(), measured(2, 4.0, 10, 5.0, 10));
+    let ready = BTreeMap::from([("a".to_owned(), 3), ("b".to_owned(), 0)]);
+    // Model b measured over 25 jobs at 3 GiB: admitted at 3 GiB + the margin.
+    let mut vram = gpuq_common::vram::ModelVram::new("b", "*", 2000);
+    for _ in 0..25 {
+        vram.observe("any", 3072, NOW);
+    }
+    let learned = BTreeMap::from([("b".to_owned(), vram)]);
+    let mut history = History::default();
+    let round = round(&config, "h1", NOW, &ready, &[w1], &learned, &mut history);
+    let b = round.snapshot.models.iter().find(|m| m.id == "b").unwrap();
+    assert_eq!(b.vram_mib, 3072 + config.gpu.vram_margin_mib);
+    let a = round.snapshot.models.iter().find(|m| m.id == "a").unwrap();
+    assert_eq!((a.load_ms, a.run_ms, a.vram_mib), (2000, 500, 1000));
+    assert_eq!(
+        round.timings.get("a"),
+        Some(&ModelTimings {
+            load_ms: 2000,
+            run_ms: 500
+        })
+    );
+    // The timings are kept for rounds in which no worker reports any.
+    assert_eq!(history.stored_timings.get("a"), round.timings.get("a"));
+    assert_eq!(round.decision.main.get("w1").map(String::as_str), Some("a"));
+    assert_eq!(round.changed, vec!["w1".to_owned()]);
+    assert_eq!(round.assignments[0].1.main.as_deref(), Some("a"));
+    assert_eq!(round.assignments[0].1.by, "h1");
+}

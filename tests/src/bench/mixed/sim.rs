@@ -3,9 +3,10 @@
 //!
 //! A real run takes a minute and its figure moves by 0.05 between runs of
 //! the same build, as much as a rule changes it; a study of 75 runs takes an
-//! hour. This replays the same seeded trace in milliseconds of CPU, calling
-//! the dispatcher's own [`decide`] every round, against a model of what the
-//! real system does around it:
+//! hour. This replays the same seeded trace in milliseconds of CPU, running
+//! the dispatcher's own placement round (`gpuq_dispatcher::placement_round`,
+//! which calls `decide`), against a model of what the real system does
+//! around it:
 //!
 //! - workers as the mixed benchmark configures them: one job at a time, a
 //!   prefetch of one per consumed queue (so a worker holds at most one job of
@@ -18,8 +19,10 @@
 //! - the records placement reads: a worker's record is rewritten on a state
 //!   change (at most every 100 ms) and every heartbeat, and lists loaded
 //!   models, not one being loaded (`sim/records.rs`);
-//! - placement rounds every 500 ms and when a worker runs dry, assignments
-//!   applied a few milliseconds after the round.
+//! - placement rounds every 500 ms and when a worker runs dry, each the
+//!   dispatcher's own `placement_round` on those records (timings measured
+//!   from them, snapshot, decision, assignments), assignments applied a few
+//!   milliseconds after the round.
 //!
 //! The jitter seed draws the delays the real system has and the model does
 //! not know in advance (broker deliveries, per-job and per-load overheads,
@@ -31,7 +34,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
-use gpuq_dispatcher::decide;
+use gpuq_common::metrics::WorkerMetrics;
+use gpuq_common::record::WorkerRecord;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -41,7 +45,7 @@ use super::{SyntheticModel, TraceJob};
 mod records;
 mod study;
 mod worker;
-use records::{Record, RoundHistory};
+use records::Rounds;
 pub use study::{render_study, study, SimCase};
 
 /// Shortest gap between two rounds triggered by dry workers, µs.
@@ -128,8 +132,10 @@ struct Worker {
     unacked: BTreeMap<usize, (usize, Option<u64>)>,
     busy: Option<Busy>,
     free_since: u64,
-    finished: BTreeMap<usize, u64>,
-    record: Record,
+    /// Jobs finished, loads and run times, by model id, as a worker counts them.
+    metrics: WorkerMetrics,
+    /// Its last written record (`None` only before the run starts).
+    record: Option<WorkerRecord>,
     published_at: Option<u64>,
     publish_pending: bool,
     dry_announced: bool,
@@ -145,7 +151,7 @@ struct Sim<'a> {
     queues: Vec<VecDeque<usize>>,
     rotation: Vec<usize>,
     workers: Vec<Worker>,
-    history: RoundHistory,
+    rounds: Rounds,
     /// Each round's decision: per worker, its queues and main model.
     decisions: Vec<Vec<(BTreeSet<usize>, Option<usize>)>>,
     last_round: u64,
@@ -213,7 +219,7 @@ fn simulate(
         queues: vec![VecDeque::new(); models.len()],
         rotation: vec![0; models.len()],
         workers: (0..workers).map(|_| Worker::default()).collect(),
-        history: RoundHistory::default(),
+        rounds: Rounds::new(models, workers),
         decisions: Vec::new(),
         last_round: 0,
         done: 0,
@@ -229,6 +235,7 @@ fn simulate(
             Some(sets) => sets[w].iter().copied().collect(),
             None => (0..models.len()).collect(),
         };
+        sim.workers[w].record = Some(sim.record(w));
         let phase = sim.rng.random_range(0..HEARTBEAT_US);
         sim.at(phase, Event::Heartbeat(w));
     }
@@ -309,6 +316,12 @@ impl Sim<'_> {
                 let model = self.trace[busy.job].model;
                 let loaded_ms = self.now / 1000;
                 self.workers[w].resident.push((model, loaded_ms, self.now));
+                // The worker times the load call, the model's declared load
+                // for the sleep runtime; the drawn overhead is around it.
+                let id = self.models[model].id.to_owned();
+                let metrics = self.workers[w].metrics.models.entry(id).or_default();
+                metrics.loads += 1;
+                metrics.load_seconds_sum += self.models[model].load_ms as f64 / 1000.0;
                 self.workers[w].busy = Some(Busy {
                     loading: false,
                     ..busy
@@ -346,13 +359,13 @@ impl Sim<'_> {
     fn round(&mut self) {
         self.last_round = self.now;
         let ready: Vec<u64> = self.queues.iter().map(|q| q.len() as u64).collect();
-        let records: Vec<&Record> = self.workers.iter().map(|w| &w.record).collect();
-        let (snapshot, policy) = self
-            .history
-            .snapshot(self.models, &ready, &records, self.now);
-        let decision = decide(&snapshot, &policy);
+        let records: Vec<WorkerRecord> = self
+            .workers
+            .iter()
+            .map(|w| w.record.clone().expect("written at the start"))
+            .collect();
         let round = self.decisions.len();
-        let per_worker = self.history.publish(self.models, &decision, self.now);
+        let per_worker = self.rounds.run(self.models, &ready, &records, self.now);
         self.decisions.push(per_worker);
         for w in 0..self.workers.len() {
             let delay = self.draw(ROUND_TAKES_US);

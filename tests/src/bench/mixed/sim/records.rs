@@ -1,163 +1,146 @@
-//! What the simulated placement round reads and remembers: each worker's
-//! last written record, and the round-to-round history the dispatcher keeps.
-//! It follows `gpuq_dispatcher`'s `placement_decision::inputs` (backlog =
-//! ready + held, running = jobs on loaded models, arrival rates halved
-//! each round, unserved-since, main model with since when) with the
-//! benchmark's synthetic timings, which are what the measured ones come to.
+//! What the simulated placement round reads, and the round itself.
+//!
+//! Each simulated worker writes a [`WorkerRecord`] as the real worker does:
+//! its loaded models (not one being loaded), the model it runs, the jobs it
+//! holds, and the job and load metrics the timings are measured from. The
+//! round is the dispatcher's own [`placement_round`], the pure part of the
+//! placement loop (timings, snapshot, decision, assignments, history), run
+//! on the benchmark's own config ([`system_config`] of a placement run). So
+//! the model holds no copy of the dispatcher's arithmetic: what changes in
+//! the loop changes here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use gpuq_dispatcher::{Decision, ModelState, Policy, Snapshot, WorkerState};
+use gpuq_common::metrics::WorkerMetrics;
+use gpuq_common::record::{ResidentModel, WorkerRecord};
+use gpuq_common::{Config, ConfigOverrides};
+use gpuq_dispatcher::{placement_round, PlacementHistory};
 
-use super::super::{SyntheticModel, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER};
+use super::super::config::{system_config, Mode};
+use super::super::{SyntheticModel, GPU_MEMORY_MIB};
 
-/// The benchmark's `[placement]` policy (the defaults), as `inputs::policy`
-/// derives it: arrivals look ahead three rounds.
-fn policy() -> Policy {
-    let config = super::super::default_policy();
-    Policy {
-        min_residency_ms: config.min_residency_ms,
-        max_queue_wait_ms: config.max_queue_wait_ms,
-        lookahead_ms: config.interval_ms * 3,
-    }
-}
-
-/// A worker's record as last written: loaded models (with when, ms), the
-/// model it runs (not one it is loading), jobs held by model, jobs finished.
-#[derive(Debug, Clone, Default)]
-pub struct Record {
-    pub resident: Vec<(usize, u64)>,
-    pub running: Option<usize>,
-    pub waiting: BTreeMap<usize, u64>,
-    pub finished: BTreeMap<usize, u64>,
-}
-
-/// One worker's last published assignment: its queues, and its main model
-/// with since when (ms).
-type Assigned = (BTreeSet<usize>, Option<(usize, u64)>);
-
-#[derive(Debug, Default)]
-pub struct RoundHistory {
-    /// Per model: jobs in the system and jobs finished at the last round, and when (ms).
-    previous: BTreeMap<usize, (u64, u64, u64)>,
-    arrivals_per_s: BTreeMap<usize, f64>,
-    unserved_since: BTreeMap<usize, u64>,
-    published: BTreeMap<usize, Assigned>,
-}
+/// The host id the simulated dispatcher decides as.
+const HOST: &str = "bench";
 
 fn worker_id(w: usize) -> String {
     format!("gpu{w:03}")
 }
 
-impl RoundHistory {
-    /// The decision's input at `now_us` from queue depths and records.
-    pub fn snapshot(
+/// What a simulated worker's record is written from.
+pub struct WorkerState<'a> {
+    /// Loaded models, with when they were loaded (ms).
+    pub resident: &'a [(usize, u64)],
+    /// The model of the job running (not one being loaded for).
+    pub running: Option<usize>,
+    /// Jobs delivered and not started, by model.
+    pub waiting: &'a BTreeMap<usize, u64>,
+    pub metrics: &'a WorkerMetrics,
+}
+
+/// Worker `w`'s record at `now_ms`, as a worker with one job at a time
+/// writes it.
+pub fn worker_record(
+    w: usize,
+    models: &[SyntheticModel],
+    state: WorkerState,
+    now_ms: u64,
+) -> WorkerRecord {
+    let id = |m: usize| models[m].id.to_owned();
+    WorkerRecord {
+        worker_id: worker_id(w),
+        host: HOST.to_owned(),
+        gpu: w.to_string(),
+        pid: 0,
+        state: if state.running.is_some() {
+            "busy"
+        } else {
+            "idle"
+        }
+        .to_owned(),
+        vram_budget_mib: GPU_MEMORY_MIB,
+        models: models.iter().map(|m| m.id.to_owned()).collect(),
+        consuming: Vec::new(),
+        waiting: state.waiting.iter().map(|(&m, &n)| (id(m), n)).collect(),
+        current_jobs: Vec::new(),
+        jobs_done: 0,
+        jobs_failed: 0,
+        resident_models: state
+            .resident
+            .iter()
+            .map(|&(m, loaded_at_ms)| ResidentModel {
+                model: id(m),
+                vram_mib: models[m].vram_mib,
+                in_use: usize::from(state.running == Some(m)),
+                loaded_at_ms,
+                load_ms: models[m].load_ms,
+                jobs: 0,
+            })
+            .collect(),
+        model_loads: 0,
+        model_unloads: 0,
+        peak_resident_mib: 0,
+        metrics: state.metrics.clone(),
+        amqp: Default::default(),
+        started_ms: 0,
+        heartbeat_ms: now_ms,
+    }
+}
+
+/// The simulated dispatcher: its config and the history its rounds keep.
+pub struct Rounds {
+    config: Config,
+    history: PlacementHistory,
+}
+
+impl Rounds {
+    /// The dispatcher of a placement run of `models` on `workers` workers.
+    pub fn new(models: &[SyntheticModel], workers: usize) -> Rounds {
+        let body = system_config(Mode::Placement, models, workers, false, None);
+        let config = Config::parse(&body, None, &ConfigOverrides::default())
+            .expect("the mixed benchmark's config is valid");
+        Rounds {
+            config,
+            history: PlacementHistory::default(),
+        }
+    }
+
+    /// One round at `now_us` from the ready jobs per model and every
+    /// worker's last record: each worker's queues and main model, by index.
+    pub fn run(
         &mut self,
         models: &[SyntheticModel],
         ready: &[u64],
-        records: &[&Record],
-        now_us: u64,
-    ) -> (Snapshot, Policy) {
-        let now = now_us / 1000;
-        let mut states = Vec::new();
-        for (m, model) in models.iter().enumerate() {
-            let held: u64 = records.iter().filter_map(|r| r.waiting.get(&m)).sum();
-            let running = records.iter().filter(|r| r.running == Some(m)).count() as u64;
-            let finished: u64 = records.iter().filter_map(|r| r.finished.get(&m)).sum();
-            let waiting = ready[m] + held;
-            let in_system = waiting + running;
-            if let Some((before, finished_before, at)) = self.previous.get(&m).copied() {
-                let seconds = now.saturating_sub(at) as f64 / 1000.0;
-                if seconds > 0.0 {
-                    let arrived = (in_system + finished.saturating_sub(finished_before))
-                        .saturating_sub(before) as f64;
-                    let rate = self.arrivals_per_s.entry(m).or_default();
-                    *rate = 0.5 * *rate + 0.5 * arrived / seconds;
-                }
-            }
-            self.previous.insert(m, (in_system, finished, now));
-            if waiting > 0 && running == 0 {
-                self.unserved_since.entry(m).or_insert(now);
-            } else {
-                self.unserved_since.remove(&m);
-            }
-            states.push(ModelState {
-                id: model.id.to_owned(),
-                vram_mib: model.vram_mib,
-                packed_mib: model.vram_mib,
-                load_ms: model.load_ms,
-                run_ms: model.duration_ms.max(1),
-                waiting,
-                running,
-                arrivals_per_s: self.arrivals_per_s.get(&m).copied().unwrap_or(0.0),
-                unserved_since_ms: self.unserved_since.get(&m).copied(),
-                min_replicas: 0,
-                max_replicas: 0,
-            });
-        }
-        let name = |m: usize| models[m].id.to_owned();
-        let workers = records
-            .iter()
-            .enumerate()
-            .map(|(w, record)| {
-                let published = self.published.get(&w);
-                WorkerState {
-                    id: worker_id(w),
-                    host: "bench".to_owned(),
-                    budget_mib: Some(GPU_MEMORY_MIB),
-                    max_models: MAX_MODELS_PER_WORKER,
-                    eligible: models.iter().map(|m| m.id.to_owned()).collect(),
-                    resident: record
-                        .resident
-                        .iter()
-                        .map(|&(m, at)| (name(m), at))
-                        .collect(),
-                    running: record.running.into_iter().map(name).collect(),
-                    pinned: Vec::new(),
-                    main: published.and_then(|(_, main)| main.map(|(m, since)| (name(m), since))),
-                    consuming: published
-                        .map(|(queues, _)| queues.iter().map(|&m| name(m)).collect())
-                        .unwrap_or_default(),
-                }
-            })
-            .collect();
-        let snapshot = Snapshot {
-            now_ms: now,
-            models: states,
-            workers,
-        };
-        (snapshot, policy())
-    }
-
-    /// Records the decision as `inputs::assignments` does (a main model
-    /// keeps its since while it stays) and returns each worker's queues and
-    /// main model, by worker index.
-    pub fn publish(
-        &mut self,
-        models: &[SyntheticModel],
-        decision: &Decision,
+        records: &[WorkerRecord],
         now_us: u64,
     ) -> Vec<(BTreeSet<usize>, Option<usize>)> {
-        let now = now_us / 1000;
+        let ready: BTreeMap<String, u64> = models
+            .iter()
+            .zip(ready)
+            .map(|(model, &n)| (model.id.to_owned(), n))
+            .collect();
+        let round = placement_round(
+            &self.config,
+            HOST,
+            now_us / 1000,
+            &ready,
+            records,
+            &BTreeMap::new(),
+            &mut self.history,
+        );
         let index = |id: &str| models.iter().position(|m| m.id == id);
-        let workers = self.published.len().max(decision.assignments.len());
-        let mut out = vec![(BTreeSet::new(), None); workers];
-        for (w, slot) in out.iter_mut().enumerate() {
-            let id = worker_id(w);
-            let queues: BTreeSet<usize> = decision
-                .assignments
-                .get(&id)
-                .map(|ids| ids.iter().filter_map(|m| index(m)).collect())
-                .unwrap_or_default();
-            let main = decision.main.get(&id).and_then(|m| index(m));
-            let since = match self.published.get(&w).and_then(|(_, m)| *m) {
-                Some((previous, since)) if Some(previous) == main => since,
-                _ => now,
-            };
-            self.published
-                .insert(w, (queues.clone(), main.map(|m| (m, since))));
-            *slot = (queues, main);
-        }
-        out
+        let by_id: BTreeMap<&str, _> = round
+            .assignments
+            .iter()
+            .map(|(worker, assignment)| (worker.as_str(), assignment))
+            .collect();
+        (0..records.len())
+            .map(|w| match by_id.get(worker_id(w).as_str()) {
+                Some(assignment) => (
+                    assignment.models.iter().filter_map(|m| index(m)).collect(),
+                    assignment.main.as_deref().and_then(index),
+                ),
+                None => (BTreeSet::new(), None),
+            })
+            .collect()
     }
 }

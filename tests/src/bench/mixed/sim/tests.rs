@@ -84,3 +84,44 @@ fn the_log_names_every_load_and_agrees_with_the_run() {
         "{log:?}"
     );
 }
+
+#[test]
+fn the_dispatchers_round_on_the_models_records_keeps_a_loaded_model_and_serves_a_waiting_one() {
+    use gpuq_common::metrics::WorkerMetrics;
+    use records::{worker_record, Rounds, WorkerState};
+
+    let mut metrics = WorkerMetrics::default();
+    let m0 = metrics.models.entry(MODELS[0].id.to_owned()).or_default();
+    m0.loads = 1;
+    m0.load_seconds_sum = MODELS[0].load_ms as f64 / 1000.0;
+    m0.run.observe(MODELS[0].duration_ms as f64 / 1000.0);
+    *m0.jobs.entry("completed".to_owned()).or_default() += 1;
+    let held = BTreeMap::from([(0, 1)]);
+    let none = BTreeMap::new();
+    let busy = WorkerState {
+        resident: &[(0, 1_000)],
+        running: Some(0),
+        waiting: &held,
+        metrics: &metrics,
+    };
+    let empty = WorkerMetrics::default();
+    let free = WorkerState {
+        resident: &[],
+        running: None,
+        waiting: &none,
+        metrics: &empty,
+    };
+    let records = vec![
+        worker_record(0, &MODELS, busy, 9_000),
+        worker_record(1, &MODELS, free, 9_000),
+    ];
+    assert_eq!(records[0].resident_models[0].in_use, 1);
+    let mut rounds = Rounds::new(&MODELS, 2);
+    // Four jobs of m0 ready beside the one held, six of m2.
+    let per_worker = rounds.run(&MODELS, &[4, 0, 6, 0, 0], &records, 10_000_000);
+    assert_eq!(per_worker.len(), 2);
+    assert_eq!(per_worker[0].1, Some(0), "{per_worker:?}");
+    assert!(per_worker[0].0.contains(&0), "{per_worker:?}");
+    assert_eq!(per_worker[1].1, Some(2), "{per_worker:?}");
+    assert!(per_worker[1].0.contains(&2), "{per_worker:?}");
+}
