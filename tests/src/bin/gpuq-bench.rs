@@ -81,9 +81,10 @@ struct Args {
     /// dispatcher's log into this directory.
     #[arg(long)]
     mixed_timeline: Option<std::path::PathBuf>,
-    /// Simulates placement on the bursts trace instead of running it
-    /// (`bench::mixed::sim`, a model of the system): this many runs (jitter
-    /// seeds) of every `--sim-seeds` × `--sim-workers` case.
+    /// Simulates placement instead of running it (`bench::mixed::sim`, a
+    /// model of the system): this many runs (jitter seeds) of every
+    /// `--sim-seeds` × `--sim-workers` case, on the `--mixed-shape` trace
+    /// at `--mixed-scale`.
     #[arg(long)]
     placement_sim: Option<u64>,
     /// Trace seeds of `--placement-sim`.
@@ -122,8 +123,8 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(jitter) = args.placement_sim_log {
         let (seed, workers) = (args.sim_seeds[0], args.sim_workers[0]);
-        let models = &mixed::MODELS;
-        let trace = mixed::generate_trace(models, workers, 1.0, seed);
+        let models = &args.mixed_shape.models();
+        let trace = args.mixed_shape.trace(workers, args.mixed_scale, seed);
         let (run, log) = mixed::sim::placement_log(&trace, models, workers, jitter);
         let bound = mixed::lower_bound(&trace, models, workers).value_ms;
         for line in log {
@@ -137,7 +138,11 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(runs) = args.placement_sim {
-        let cases = mixed::sim::study(&args.sim_seeds, &args.sim_workers, runs);
+        let traces = mixed::sim::StudyTraces {
+            shape: args.mixed_shape,
+            scale: args.mixed_scale,
+        };
+        let cases = mixed::sim::study(traces, &args.sim_seeds, &args.sim_workers, runs);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&cases)?);
         } else {

@@ -1,14 +1,13 @@
 //! `gpuq-bench --placement-sim`: the simulated placement run of every
-//! seed × worker count, several jitter seeds each, and its table (the same
-//! figure as `scripts/placement-stability.sh`, makespan / LB, from the model).
+//! seed × worker count of one trace shape, several jitter seeds each, and
+//! its table (the same figure as `scripts/placement-stability.sh`,
+//! makespan / LB, from the model).
 
 use serde::Serialize;
 
 use super::super::best_static::best_static;
-use super::super::{
-    generate_trace, lower_bound, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER, MODELS,
-    TARGET_OVER_LOWER_BOUND,
-};
+use super::super::shapes::TraceShape;
+use super::super::{lower_bound, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER, TARGET_OVER_LOWER_BOUND};
 use super::{simulate_placement, simulate_static, SimRun};
 
 /// One case of a simulated study: a trace and worker count, run once per jitter seed.
@@ -32,16 +31,23 @@ impl SimCase {
     }
 }
 
-/// `gpuq-bench --placement-sim RUNS`: every seed × worker count of the
-/// bursts trace, `runs` jitter seeds each, with placement and with the
+/// The traces of a study: their shape and scale (`--mixed-shape`, `--mixed-scale`).
+#[derive(Debug, Clone, Copy)]
+pub struct StudyTraces {
+    pub shape: TraceShape,
+    pub scale: f64,
+}
+
+/// `gpuq-bench --placement-sim RUNS`: every seed × worker count of one
+/// trace shape, `runs` jitter seeds each, with placement and with the
 /// best static assignment (searched over the whole trace, as
 /// `--mixed-best-static` does).
-pub fn study(seeds: &[u64], workers: &[usize], runs: u64) -> Vec<SimCase> {
-    let models = &MODELS;
+pub fn study(traces: StudyTraces, seeds: &[u64], workers: &[usize], runs: u64) -> Vec<SimCase> {
+    let models = &traces.shape.models();
     let mut cases = Vec::new();
     for &w in workers {
         for &seed in seeds {
-            let trace = generate_trace(models, w, 1.0, seed);
+            let trace = traces.shape.trace(w, traces.scale, seed);
             let lower_bound_ms = lower_bound(&trace, models, w).value_ms;
             let sets = best_static(&trace, models, w, (GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER))
                 .map(|best| best.workers)

@@ -1,4 +1,5 @@
 use super::*;
+use crate::bench::mixed::shapes::TraceShape;
 use crate::bench::mixed::{generate_trace, lower_bound, MODELS};
 
 #[test]
@@ -52,7 +53,11 @@ fn one_model_on_one_worker_runs_back_to_back_after_one_load() {
 
 #[test]
 fn the_study_renders_every_case() {
-    let cases = study(&[8], &[3], 2);
+    let bursts = StudyTraces {
+        shape: TraceShape::Bursts,
+        scale: 1.0,
+    };
+    let cases = study(bursts, &[8], &[3], 2);
     assert_eq!(cases.len(), 1);
     assert_eq!(cases[0].runs.len(), 2);
     assert_eq!(cases[0].static_runs.len(), 2);
@@ -124,4 +129,29 @@ fn the_dispatchers_round_on_the_models_records_keeps_a_loaded_model_and_serves_a
     assert!(per_worker[0].0.contains(&0), "{per_worker:?}");
     assert_eq!(per_worker[1].1, Some(2), "{per_worker:?}");
     assert!(per_worker[1].0.contains(&2), "{per_worker:?}");
+}
+
+#[test]
+fn the_hot_spot_and_long_tail_traces_run_every_job_with_placement_and_static_sets() {
+    for shape in [TraceShape::HotSpot, TraceShape::LongTail] {
+        let traces = StudyTraces { shape, scale: 0.25 };
+        let cases = study(traces, &[8], &[3], 2);
+        let case = &cases[0];
+        let models = shape.models();
+        let trace = shape.trace(3, 0.25, 8);
+        assert_eq!(
+            case.lower_bound_ms,
+            lower_bound(&trace, &models, 3).value_ms
+        );
+        assert_eq!(case.static_runs.len(), 2, "{shape:?}");
+        for run in case.runs.iter().chain(&case.static_runs) {
+            assert!(
+                run.makespan_ms.is_finite() && run.makespan_ms >= case.lower_bound_ms,
+                "{shape:?}: {run:?}"
+            );
+            // Every model with a job was loaded somewhere.
+            let used: std::collections::BTreeSet<usize> = trace.iter().map(|j| j.model).collect();
+            assert!(run.loads >= used.len() as u64, "{shape:?}: {run:?}");
+        }
+    }
 }
