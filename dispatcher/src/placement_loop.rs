@@ -7,11 +7,12 @@
 //! Rounds run every `placement.interval_ms`, and at once when a worker
 //! announces it ran out of jobs. Each round: read the queue depths (passive declares: ready messages and
 //! consumers), every live worker record (models it may serve, loaded models,
-//! jobs running and held), measured model timings and VRAM (a model is
-//! placed by its admitted VRAM, `gpuq_common::vram`); estimate arrivals; run
-//! [`crate::placement_decision::decide`]; write each worker's assignment with an expiry, and announce
-//! the ones that changed on the assignments channel; and keep the
-//! autoscaling gauges (`crate::autoscaling`) from the same snapshot.
+//! jobs running and held) and the learned VRAM; then the round's pure part,
+//! `placement_decision::inputs::round` (measured timings, arrivals, a model
+//! placed by its admitted VRAM, `decide`, the assignments); write each
+//! worker's assignment with an expiry, and announce the ones that changed
+//! on the assignments channel; and keep the autoscaling gauges
+//! (`crate::autoscaling`) from the same snapshot.
 
 use std::time::Duration;
 

@@ -27,7 +27,7 @@ fn worker_id(w: usize) -> String {
 }
 
 /// What a simulated worker's record is written from.
-pub struct WorkerState<'a> {
+pub struct RecordParts<'a> {
     /// Loaded models, with when they were loaded (ms).
     pub resident: &'a [(usize, u64)],
     /// The model of the job running (not one being loaded for).
@@ -42,7 +42,7 @@ pub struct WorkerState<'a> {
 pub fn worker_record(
     w: usize,
     models: &[SyntheticModel],
-    state: WorkerState,
+    state: RecordParts,
     now_ms: u64,
 ) -> WorkerRecord {
     let id = |m: usize| models[m].id.to_owned();

@@ -93,7 +93,7 @@ fn the_log_names_every_load_and_agrees_with_the_run() {
 #[test]
 fn the_dispatchers_round_on_the_models_records_keeps_a_loaded_model_and_serves_a_waiting_one() {
     use gpuq_common::metrics::WorkerMetrics;
-    use records::{worker_record, Rounds, WorkerState};
+    use records::{worker_record, RecordParts, Rounds};
 
     let mut metrics = WorkerMetrics::default();
     let m0 = metrics.models.entry(MODELS[0].id.to_owned()).or_default();
@@ -103,14 +103,14 @@ fn the_dispatchers_round_on_the_models_records_keeps_a_loaded_model_and_serves_a
     *m0.jobs.entry("completed".to_owned()).or_default() += 1;
     let held = BTreeMap::from([(0, 1)]);
     let none = BTreeMap::new();
-    let busy = WorkerState {
+    let busy = RecordParts {
         resident: &[(0, 1_000)],
         running: Some(0),
         waiting: &held,
         metrics: &metrics,
     };
     let empty = WorkerMetrics::default();
-    let free = WorkerState {
+    let free = RecordParts {
         resident: &[],
         running: None,
         waiting: &none,
@@ -144,13 +144,13 @@ fn the_hot_spot_and_long_tail_traces_run_every_job_with_placement_and_static_set
             lower_bound(&trace, &models, 3).value_ms
         );
         assert_eq!(case.static_runs.len(), 2, "{shape:?}");
+        let used: BTreeSet<usize> = trace.iter().map(|j| j.model).collect();
         for run in case.runs.iter().chain(&case.static_runs) {
             assert!(
                 run.makespan_ms.is_finite() && run.makespan_ms >= case.lower_bound_ms,
                 "{shape:?}: {run:?}"
             );
             // Every model with a job was loaded somewhere.
-            let used: std::collections::BTreeSet<usize> = trace.iter().map(|j| j.model).collect();
             assert!(run.loads >= used.len() as u64, "{shape:?}: {run:?}");
         }
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use gpuq_common::record::WorkerRecord;
 
-use super::records::{worker_record, WorkerState};
+use super::records::{worker_record, RecordParts};
 use super::{
     Busy, Event, Sim, AFFINITY_GRACE_US, DELIVERY_US, DRY_CONFIRM_US, HEARTBEAT_MIN_GAP_US,
     JOB_OVERHEAD_US, LOAD_OVERHEAD_US,
@@ -202,7 +202,7 @@ impl Sim<'_> {
             }
         }
         let resident: Vec<(usize, u64)> = worker.resident.iter().map(|r| (r.0, r.1)).collect();
-        let state = WorkerState {
+        let state = RecordParts {
             resident: &resident,
             running,
             waiting: &waiting,
