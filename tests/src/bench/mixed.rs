@@ -357,6 +357,7 @@ pub async fn run(options: &MixedOptions) -> Result<MixedReport> {
 
 mod best_static;
 mod bound;
+pub mod clairvoyant;
 mod config;
 pub use config::{system_config, Mode};
 mod figures;

@@ -141,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         let traces = mixed::sim::StudyTraces {
             shape: args.mixed_shape,
             scale: args.mixed_scale,
+            search: mixed::clairvoyant::Budget::FULL,
         };
         let cases = mixed::sim::study(traces, &args.sim_seeds, &args.sim_workers, runs);
         if args.json {

@@ -164,6 +164,8 @@ struct Sim<'a> {
     placement: bool,
     /// Loads and assignment changes, when asked for (`placement_log`).
     log: Option<Vec<String>>,
+    /// Each worker's jobs in the order they ran (one at a time).
+    ran: Vec<Vec<usize>>,
 }
 
 /// Replays `trace` on `workers` simulated workers under the dispatcher's
@@ -177,6 +179,18 @@ pub fn simulate_placement(
     simulate(trace, models, workers, None, jitter_seed, false).0
 }
 
+/// One simulated placement run and its schedule: each worker's jobs
+/// (indexes into the trace) in the order they ran.
+pub fn placement_schedule(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    workers: usize,
+    jitter_seed: u64,
+) -> (SimRun, Vec<Vec<usize>>) {
+    let (run, _, ran) = simulate(trace, models, workers, None, jitter_seed, false);
+    (run, ran)
+}
+
 /// One simulated placement run with its log: every load and assignment
 /// change, by time and worker. Two jitter seeds' logs side by side show
 /// where a good and a bad run of one trace part.
@@ -186,7 +200,8 @@ pub fn placement_log(
     workers: usize,
     jitter_seed: u64,
 ) -> (SimRun, Vec<String>) {
-    simulate(trace, models, workers, None, jitter_seed, true)
+    let (run, log, _) = simulate(trace, models, workers, None, jitter_seed, true);
+    (run, log)
 }
 
 /// Replays `trace` with placement off and each worker consuming only its
@@ -208,7 +223,7 @@ fn simulate(
     sets: Option<&[Vec<usize>]>,
     jitter_seed: u64,
     log: bool,
-) -> (SimRun, Vec<String>) {
+) -> (SimRun, Vec<String>, Vec<Vec<usize>>) {
     let mut sim = Sim {
         trace,
         models,
@@ -228,6 +243,7 @@ fn simulate(
         time: [0; 3],
         placement: true,
         log: log.then(Vec::new),
+        ran: vec![Vec::new(); workers],
     };
     for w in 0..workers {
         // No assignment yet: a fresh worker consumes every model.
@@ -272,7 +288,7 @@ fn simulate(
         idle_with_backlog_s: sim.time[1] as f64 / 1e6,
         idle_empty_s: sim.time[2] as f64 / 1e6,
     };
-    (run, sim.log.unwrap_or_default())
+    (run, sim.log.unwrap_or_default(), sim.ran)
 }
 
 impl Sim<'_> {

@@ -6,9 +6,13 @@
 use serde::Serialize;
 
 use super::super::best_static::best_static;
+use super::super::clairvoyant::{search, static_schedule, Budget, Clairvoyant, Rules};
 use super::super::shapes::TraceShape;
-use super::super::{lower_bound, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER, TARGET_OVER_LOWER_BOUND};
-use super::{simulate_placement, simulate_static, SimRun};
+use super::super::{
+    lower_bound, SyntheticModel, TraceJob, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER,
+    TARGET_OVER_LOWER_BOUND,
+};
+use super::{placement_schedule, simulate_static, SimRun};
 
 /// One case of a simulated study: a trace and worker count, run once per jitter seed.
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +23,12 @@ pub struct SimCase {
     pub runs: Vec<SimRun>,
     /// The best static assignment's replays in the model, one per jitter seed.
     pub static_runs: Vec<SimRun>,
+    /// The best clairvoyant dynamic schedule found (`clairvoyant`): makespan, ms.
+    pub clairvoyant_ms: f64,
+    /// Its loads.
+    pub clairvoyant_loads: usize,
+    /// The same search without loading ahead of a job's arrival, ms.
+    pub clairvoyant_online_ms: f64,
 }
 
 impl SimCase {
@@ -31,11 +41,13 @@ impl SimCase {
     }
 }
 
-/// The traces of a study: their shape and scale (`--mixed-shape`, `--mixed-scale`).
+/// The traces of a study: their shape and scale (`--mixed-shape`,
+/// `--mixed-scale`), and how long to search each for a clairvoyant schedule.
 #[derive(Debug, Clone, Copy)]
 pub struct StudyTraces {
     pub shape: TraceShape,
     pub scale: f64,
+    pub search: Budget,
 }
 
 /// `gpuq-bench --placement-sim RUNS`: every seed × worker count of one
@@ -49,26 +61,64 @@ pub fn study(traces: StudyTraces, seeds: &[u64], workers: &[usize], runs: u64) -
         for &seed in seeds {
             let trace = traces.shape.trace(w, traces.scale, seed);
             let lower_bound_ms = lower_bound(&trace, models, w).value_ms;
-            let sets = best_static(&trace, models, w, (GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER))
+            let limits = (GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER);
+            let sets = best_static(&trace, models, w, limits)
                 .map(|best| best.workers)
                 .unwrap_or_default();
             let static_runs = (0..runs)
                 .filter(|_| !sets.is_empty())
                 .map(|jitter| simulate_static(&trace, models, &sets, jitter))
                 .collect();
-            let runs = (0..runs)
-                .map(|jitter| simulate_placement(&trace, models, w, jitter))
+            let placed: Vec<(SimRun, Vec<Vec<usize>>)> = (0..runs)
+                .map(|jitter| placement_schedule(&trace, models, w, jitter))
                 .collect();
+            // The best placement run's schedule is a start of the search too.
+            let placement_best = placed
+                .iter()
+                .min_by(|a, b| a.0.makespan_ms.total_cmp(&b.0.makespan_ms))
+                .map(|(_, schedule)| schedule.clone());
+            let runs = placed.into_iter().map(|(run, _)| run).collect();
+            let starts: Vec<Vec<Vec<usize>>> = placement_best.into_iter().collect();
+            let clairvoyant =
+                clairvoyant(&trace, models, (w, &sets), starts, (traces.search, seed));
             cases.push(SimCase {
                 seed,
                 workers: w,
                 lower_bound_ms,
                 runs,
                 static_runs,
+                clairvoyant_ms: clairvoyant[0].makespan_ms,
+                clairvoyant_loads: clairvoyant[0].loads,
+                clairvoyant_online_ms: clairvoyant[1].makespan_ms,
             });
         }
     }
     cases
+}
+
+/// The best schedules found knowing the whole trace: with preloading, and
+/// without; from the static sets' schedule and the caller's `starts`.
+fn clairvoyant(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    (w, sets): (usize, &[Vec<usize>]),
+    mut starts: Vec<Vec<Vec<usize>>>,
+    (budget, seed): (Budget, u64),
+) -> [Clairvoyant; 2] {
+    let rules = |preload| Rules {
+        memory_mib: GPU_MEMORY_MIB,
+        max_models: MAX_MODELS_PER_WORKER,
+        preload,
+    };
+    starts.extend(static_schedule(trace, models, sets, rules(false)));
+    // Without preloading first: its schedule is also one with preloading,
+    // and a start for that search.
+    let online = search(trace, models, (w, rules(false)), &starts, (budget, seed));
+    starts.push(online.workers.clone());
+    [
+        search(trace, models, (w, rules(true)), &starts, (budget, seed)),
+        online,
+    ]
 }
 
 /// The study as a table: per case min, median and max of makespan / LB,
@@ -79,9 +129,11 @@ pub fn render_study(cases: &[SimCase]) -> String {
     let mut out = String::from(
         "simulated placement (a model of the system, not a replay): makespan / LB;\n\
          means over the runs of loads and worker-seconds loading and idle; medians of\n\
-         the best static assignment replayed in the model (search: `best_static`)\n\
-         | workers | seed | min | median | max | loads | load s | idle, jobs waiting s | idle, none waiting s | best static / LB | placement / best static |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         the best static assignment replayed in the model (search: `best_static`); the\n\
+         best clairvoyant dynamic schedule found (`clairvoyant`) over LB, its loads, and\n\
+         the best found when no load starts before its job arrives, over LB\n\
+         | workers | seed | min | median | max | loads | load s | idle, jobs waiting s | idle, none waiting s | best static / LB | placement / best static | clairvoyant / LB | its loads | no preload / LB |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut all = Vec::new();
     for case in cases {
@@ -97,7 +149,7 @@ pub fn render_study(cases: &[SimCase]) -> String {
         );
         if let (Some(min), Some(max)) = (ratios.first(), ratios.last()) {
             out.push_str(&format!(
-                "| {} | {} | {min:.3} | {:.3} | {max:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {static_over_lb:.3} | {:.3} |\n",
+                "| {} | {} | {min:.3} | {:.3} | {max:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {static_over_lb:.3} | {:.3} | {:.3} | {} | {:.3} |\n",
                 case.workers,
                 case.seed,
                 ratios[ratios.len() / 2],
@@ -106,6 +158,9 @@ pub fn render_study(cases: &[SimCase]) -> String {
                 mean(|r| r.idle_with_backlog_s),
                 mean(|r| r.idle_empty_s),
                 ratios[ratios.len() / 2] / static_over_lb,
+                case.clairvoyant_ms / case.lower_bound_ms,
+                case.clairvoyant_loads,
+                case.clairvoyant_online_ms / case.lower_bound_ms,
             ));
         }
         all.extend(ratios);
@@ -118,6 +173,24 @@ pub fn render_study(cases: &[SimCase]) -> String {
             all.len(),
             all[all.len() / 2],
             TARGET_OVER_LOWER_BOUND,
+        ));
+    }
+    for (name, makespan) in [
+        ("clairvoyant", (|c| c.clairvoyant_ms) as fn(&SimCase) -> f64),
+        ("no preload", |c| c.clairvoyant_online_ms),
+    ] {
+        let ratios: Vec<f64> = cases
+            .iter()
+            .map(|case| makespan(case) / case.lower_bound_ms)
+            .collect();
+        let worst = ratios.iter().copied().fold(0.0, f64::max);
+        let over = ratios
+            .iter()
+            .filter(|r| **r > TARGET_OVER_LOWER_BOUND)
+            .count();
+        out.push_str(&format!(
+            "{name} schedules found: worst {worst:.3}, cases over {TARGET_OVER_LOWER_BOUND}: {over} of {}\n",
+            cases.len()
         ));
     }
     out

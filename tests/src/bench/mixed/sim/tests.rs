@@ -1,6 +1,13 @@
 use super::*;
+use crate::bench::mixed::clairvoyant::Budget;
 use crate::bench::mixed::shapes::TraceShape;
 use crate::bench::mixed::{generate_trace, lower_bound, MODELS};
+
+/// A short search: the tests check the study's shape, not its figures.
+const QUICK: Budget = Budget {
+    rounds: 1,
+    steps: 2_000,
+};
 
 #[test]
 fn every_job_runs_and_the_makespan_is_above_the_lower_bound() {
@@ -18,6 +25,15 @@ fn every_job_runs_and_the_makespan_is_above_the_lower_bound() {
         // Every model of the trace was loaded at least once.
         assert!(run.loads >= MODELS.len() as u64, "{} loads", run.loads);
     }
+}
+
+#[test]
+fn a_placement_runs_schedule_runs_every_job_once() {
+    use crate::bench::mixed::clairvoyant::complete;
+    let trace = generate_trace(&MODELS, 4, 0.25, 21);
+    let (run, schedule) = placement_schedule(&trace, &MODELS, 4, 3);
+    assert_eq!(run, simulate_placement(&trace, &MODELS, 4, 3));
+    assert!(complete(&schedule, trace.len(), 4), "{schedule:?}");
 }
 
 #[test]
@@ -56,6 +72,7 @@ fn the_study_renders_every_case() {
     let bursts = StudyTraces {
         shape: TraceShape::Bursts,
         scale: 1.0,
+        search: QUICK,
     };
     let cases = study(bursts, &[8], &[3], 2);
     assert_eq!(cases.len(), 1);
@@ -64,6 +81,7 @@ fn the_study_renders_every_case() {
     let text = render_study(&cases);
     assert!(text.contains("| 3 | 8 |"), "{text}");
     assert!(text.contains("runs: 2"), "{text}");
+    assert!(text.contains("clairvoyant schedules found"), "{text}");
 }
 
 #[test]
@@ -134,7 +152,11 @@ fn the_dispatchers_round_on_the_models_records_keeps_a_loaded_model_and_serves_a
 #[test]
 fn the_hot_spot_and_long_tail_traces_run_every_job_with_placement_and_static_sets() {
     for shape in [TraceShape::HotSpot, TraceShape::LongTail] {
-        let traces = StudyTraces { shape, scale: 0.25 };
+        let traces = StudyTraces {
+            shape,
+            scale: 0.25,
+            search: QUICK,
+        };
         let cases = study(traces, &[8], &[3], 2);
         let case = &cases[0];
         let models = shape.models();
@@ -153,5 +175,13 @@ fn the_hot_spot_and_long_tail_traces_run_every_job_with_placement_and_static_set
             // Every model with a job was loaded somewhere.
             assert!(run.loads >= used.len() as u64, "{shape:?}: {run:?}");
         }
+        // The schedule found without preloading is a start of the search
+        // with it, so that search ends no higher; both are real schedules.
+        assert!(
+            case.clairvoyant_ms <= case.clairvoyant_online_ms,
+            "{case:?}"
+        );
+        assert!(case.clairvoyant_ms >= case.lower_bound_ms, "{case:?}");
+        assert!(case.clairvoyant_loads >= used.len(), "{case:?}");
     }
 }

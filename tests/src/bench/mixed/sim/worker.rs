@@ -145,6 +145,7 @@ impl Sim<'_> {
 
     pub(super) fn run_done(&mut self, w: usize) {
         let busy = self.workers[w].busy.take().expect("a job running");
+        self.ran[w].push(busy.job);
         let model = self.trace[busy.job].model;
         self.workers[w].unacked.remove(&model);
         // The worker times the run call, the job's sleep; the drawn
