@@ -134,8 +134,6 @@ struct Worker {
     free_since: u64,
     /// Jobs finished, loads and run times, by model id, as a worker counts them.
     metrics: WorkerMetrics,
-    /// Its last written record (`None` only before the run starts).
-    record: Option<WorkerRecord>,
     published_at: Option<u64>,
     publish_pending: bool,
     dry_announced: bool,
@@ -166,6 +164,8 @@ struct Sim<'a> {
     log: Option<Vec<String>>,
     /// Each worker's jobs in the order they ran (one at a time).
     ran: Vec<Vec<usize>>,
+    /// Each worker's last written record, as placement reads it.
+    records: Vec<WorkerRecord>,
 }
 
 /// Replays `trace` on `workers` simulated workers under the dispatcher's
@@ -244,6 +244,7 @@ fn simulate(
         placement: true,
         log: log.then(Vec::new),
         ran: vec![Vec::new(); workers],
+        records: Vec::with_capacity(workers),
     };
     for w in 0..workers {
         // No assignment yet: a fresh worker consumes every model.
@@ -251,7 +252,8 @@ fn simulate(
             Some(sets) => sets[w].iter().copied().collect(),
             None => (0..models.len()).collect(),
         };
-        sim.workers[w].record = Some(sim.record(w));
+        let record = sim.record(w);
+        sim.records.push(record);
         let phase = sim.rng.random_range(0..HEARTBEAT_US);
         sim.at(phase, Event::Heartbeat(w));
     }
@@ -375,13 +377,10 @@ impl Sim<'_> {
     fn round(&mut self) {
         self.last_round = self.now;
         let ready: Vec<u64> = self.queues.iter().map(|q| q.len() as u64).collect();
-        let records: Vec<WorkerRecord> = self
-            .workers
-            .iter()
-            .map(|w| w.record.clone().expect("written at the start"))
-            .collect();
         let round = self.decisions.len();
-        let per_worker = self.rounds.run(self.models, &ready, &records, self.now);
+        let per_worker = self
+            .rounds
+            .run(self.models, &ready, &self.records, self.now);
         self.decisions.push(per_worker);
         for w in 0..self.workers.len() {
             let delay = self.draw(ROUND_TAKES_US);

@@ -185,7 +185,7 @@ impl Sim<'_> {
     }
 
     pub(super) fn publish(&mut self, w: usize) {
-        self.workers[w].record = Some(self.record(w));
+        self.records[w] = self.record(w);
         self.workers[w].published_at = Some(self.now);
     }
 
