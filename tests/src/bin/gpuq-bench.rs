@@ -95,7 +95,8 @@ struct Args {
     sim_workers: Vec<usize>,
     /// Prints one simulated placement run's loads and assignment changes
     /// instead: this jitter seed, the first `--sim-seeds` trace and the
-    /// first `--sim-workers` count.
+    /// first `--sim-workers` count; then the loads of the best schedule
+    /// found knowing the trace (`bench::mixed::clairvoyant`).
     #[arg(long)]
     placement_sim_log: Option<u64>,
     /// Runs the job-listing benchmark over this many finished jobs instead
@@ -134,6 +135,21 @@ async fn main() -> anyhow::Result<()> {
             "seed {seed}, {workers} workers, jitter {jitter}: makespan / LB {:.3}, {} loads",
             run.makespan_ms / bound,
             run.loads
+        );
+        let traces = mixed::sim::StudyTraces {
+            shape: args.mixed_shape,
+            scale: args.mixed_scale,
+            search: mixed::clairvoyant::Budget::FULL,
+        };
+        let (makespan_ms, loads) = mixed::sim::clairvoyant_loads(traces, (seed, workers), jitter);
+        println!("the best schedule found knowing the trace, no load before its job arrives:");
+        for line in &loads {
+            println!("{line}");
+        }
+        println!(
+            "makespan / LB {:.3}, {} loads (no per-job overhead)",
+            makespan_ms / bound,
+            loads.len()
         );
         return Ok(());
     }

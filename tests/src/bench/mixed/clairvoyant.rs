@@ -81,6 +81,45 @@ pub fn timeline(
     jobs: &[usize],
     rules: Rules,
 ) -> (u64, usize) {
+    walk(trace, models, jobs, rules, |_, _, _| {})
+}
+
+/// Each load of a schedule, by worker, as log lines: when it starts, the
+/// model, and the models resident before it (what `--placement-sim-log`
+/// prints of placement's run, for the schedule found).
+pub fn load_log(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    schedule: &[Vec<usize>],
+    rules: Rules,
+) -> Vec<(u64, String)> {
+    let mut lines = Vec::new();
+    for (w, jobs) in schedule.iter().enumerate() {
+        walk(trace, models, jobs, rules, |at, model, resident| {
+            let held: Vec<&str> = resident.iter().map(|&(m, _)| models[m].id).collect();
+            lines.push((
+                at,
+                format!(
+                    "{:9.3} gpu{w:03} load {} (loaded: {held:?})",
+                    at as f64 / 1000.0,
+                    models[model].id
+                ),
+            ));
+        });
+    }
+    lines.sort();
+    lines
+}
+
+/// [`timeline`], calling `on_load(start ms, model, resident models and
+/// their next use)` before each load unloads anything.
+fn walk(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    jobs: &[usize],
+    rules: Rules,
+    mut on_load: impl FnMut(u64, usize, &[(usize, usize)]),
+) -> (u64, usize) {
     let Rules {
         memory_mib,
         max_models,
@@ -107,6 +146,8 @@ pub fn timeline(
             held.1 = next_use[i];
             free.max(arrival_ms)
         } else {
+            let load_at = if preload { free } else { free.max(arrival_ms) };
+            on_load(load_at, model, &resident);
             let vram = |held: &[(usize, usize)]| -> u64 {
                 held.iter().map(|&(m, _)| models[m].vram_mib).sum()
             };
@@ -121,11 +162,7 @@ pub fn timeline(
             }
             resident.push((model, next_use[i]));
             loads += 1;
-            if preload {
-                (free + models[model].load_ms).max(arrival_ms)
-            } else {
-                free.max(arrival_ms) + models[model].load_ms
-            }
+            (load_at + models[model].load_ms).max(arrival_ms)
         };
         free = start + duration_ms;
     }

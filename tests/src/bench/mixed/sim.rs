@@ -46,7 +46,7 @@ mod records;
 mod study;
 mod worker;
 use records::Rounds;
-pub use study::{render_study, study, SimCase, StudyTraces};
+pub use study::{clairvoyant_loads, render_study, study, SimCase, StudyTraces};
 
 /// Shortest gap between two rounds triggered by dry workers, µs.
 const EARLIEST_REPEAT_US: u64 = 100_000;

@@ -149,3 +149,22 @@ fn one_worker_runs_a_models_jobs_together_out_of_arrival_order() {
     assert!(!complete(&[vec![0, 1, 2, 2]], 4, 1));
     assert!(!complete(&[vec![0, 1], vec![2, 3]], 4, 1));
 }
+
+#[test]
+fn the_load_log_names_each_load_when_it_starts() {
+    let trace = vec![job(0, 0), job(5_000, 3)];
+    let log = load_log(&trace, &MODELS, &[vec![0, 1]], LIMITS);
+    // m1 loads at 0; m4 (which does not fit beside it) once m1's job ends
+    // at 3,300 with preloading, when its job arrives without.
+    let starts: Vec<u64> = log.iter().map(|(at, _)| *at).collect();
+    assert_eq!(starts, vec![0, 3_300]);
+    assert!(
+        log[1].1.contains("gpu000 load m4 (loaded: [\"m1\"])"),
+        "{log:?}"
+    );
+    let online = Rules {
+        preload: false,
+        ..LIMITS
+    };
+    assert_eq!(load_log(&trace, &MODELS, &[vec![0, 1]], online)[1].0, 5_000);
+}

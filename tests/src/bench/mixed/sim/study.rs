@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::super::best_static::best_static;
-use super::super::clairvoyant::{search, static_schedule, Budget, Clairvoyant, Rules};
+use super::super::clairvoyant::{load_log, search, static_schedule, Budget, Clairvoyant, Rules};
 use super::super::shapes::TraceShape;
 use super::super::{
     lower_bound, SyntheticModel, TraceJob, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER,
@@ -96,6 +96,49 @@ pub fn study(traces: StudyTraces, seeds: &[u64], workers: &[usize], runs: u64) -
     cases
 }
 
+/// `--placement-sim-log`'s second part: the loads of the best schedule
+/// found knowing the trace, without loading ahead of arrivals (placement's
+/// own class of schedule), started from this placement run's schedule; and
+/// its makespan, ms.
+pub fn clairvoyant_loads(
+    traces: StudyTraces,
+    (seed, workers): (u64, usize),
+    jitter: u64,
+) -> (f64, Vec<String>) {
+    let models = &traces.shape.models();
+    let trace = traces.shape.trace(workers, traces.scale, seed);
+    let sets = best_static(
+        &trace,
+        models,
+        workers,
+        (GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER),
+    )
+    .map(|best| best.workers)
+    .unwrap_or_default();
+    let (_, ran) = placement_schedule(&trace, models, workers, jitter);
+    let [_, online] = clairvoyant(
+        &trace,
+        models,
+        (workers, &sets),
+        vec![ran],
+        (traces.search, seed),
+    );
+    let lines = load_log(&trace, models, &online.workers, rules(false));
+    (
+        online.makespan_ms,
+        lines.into_iter().map(|(_, line)| line).collect(),
+    )
+}
+
+/// What a schedule of the benchmark's workers may do.
+fn rules(preload: bool) -> Rules {
+    Rules {
+        memory_mib: GPU_MEMORY_MIB,
+        max_models: MAX_MODELS_PER_WORKER,
+        preload,
+    }
+}
+
 /// The best schedules found knowing the whole trace: with preloading, and
 /// without; from the static sets' schedule and the caller's `starts`.
 fn clairvoyant(
@@ -105,11 +148,6 @@ fn clairvoyant(
     mut starts: Vec<Vec<Vec<usize>>>,
     (budget, seed): (Budget, u64),
 ) -> [Clairvoyant; 2] {
-    let rules = |preload| Rules {
-        memory_mib: GPU_MEMORY_MIB,
-        max_models: MAX_MODELS_PER_WORKER,
-        preload,
-    };
     starts.extend(static_schedule(trace, models, sets, rules(false)));
     // Without preloading first: its schedule is also one with preloading,
     // and a start for that search.
