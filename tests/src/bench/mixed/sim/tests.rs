@@ -37,6 +37,26 @@ fn a_placement_runs_schedule_runs_every_job_once() {
 }
 
 #[test]
+fn the_log_of_the_schedule_found_names_each_of_its_loads() {
+    let traces = StudyTraces {
+        shape: TraceShape::Bursts,
+        scale: 0.25,
+        search: QUICK,
+    };
+    let (makespan_ms, loads) = clairvoyant_loads(traces, (8, 3), 1);
+    let trace = generate_trace(&MODELS, 3, 0.25, 8);
+    assert!(makespan_ms >= lower_bound(&trace, &MODELS, 3).value_ms);
+    // Every model of the trace loads at least once, each on its own line, in time order.
+    assert!(loads.len() >= MODELS.len(), "{loads:?}");
+    assert!(loads.iter().all(|l| l.contains(" load m")), "{loads:?}");
+    let starts: Vec<f64> = loads
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{loads:?}");
+}
+
+#[test]
 fn a_jitter_seed_names_one_run() {
     let trace = generate_trace(&MODELS, 3, 0.25, 8);
     let a = simulate_placement(&trace, &MODELS, 3, 7);
