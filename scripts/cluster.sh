@@ -128,8 +128,18 @@ wait_rabbit_node() { # N
     ((SECONDS < deadline)) || die "$(node_name "$n") did not open its distribution port in ${BOOT_TIMEOUT_S} s"
     sleep 0.5
   done
-  ctl_quiet "$n" -q await_startup -t "$BOOT_TIMEOUT_S" ||
-    die "$(node_name "$n") did not start; see $(node_dir "$n")/log"
+  # The port can open while the node is still in its prelaunch phase, under
+  # another name (epmd: gpuqN_prelaunch_PID), and await_startup gives up at
+  # once on a node that is "not running at all": ask again until the deadline.
+  local out
+  until out=$(ctl "$n" -q await_startup -t "$BOOT_TIMEOUT_S" 2>&1); do
+    ours "$(recorded_pid "rabbit$n")" || die "$(node_name "$n") exited; see $(node_dir "$n")/log"
+    if ((SECONDS >= deadline)); then
+      echo "$out" >&2
+      die "$(node_name "$n") did not start; see $(node_dir "$n")/log"
+    fi
+    sleep 1
+  done
 }
 
 join_rabbit_node() { # N
