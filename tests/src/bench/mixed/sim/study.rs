@@ -116,11 +116,15 @@ pub fn clairvoyant_loads(
     .map(|best| best.workers)
     .unwrap_or_default();
     let (_, ran) = placement_schedule(&trace, models, workers, jitter);
-    let [_, online] = clairvoyant(
+    // Only the no-preload search: the one with preloading is not printed.
+    let starts: Vec<Vec<Vec<usize>>> = std::iter::once(ran)
+        .chain(static_schedule(&trace, models, &sets, rules(false)))
+        .collect();
+    let online = search(
         &trace,
         models,
-        (workers, &sets),
-        vec![ran],
+        (workers, rules(false)),
+        &starts,
         (traces.search, seed),
     );
     let lines = load_log(&trace, models, &online.workers, rules(false));
