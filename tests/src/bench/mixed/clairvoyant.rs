@@ -38,29 +38,52 @@ use super::{SyntheticModel, TraceJob};
 /// Starting and final temperature of the annealing, ms of makespan.
 const TEMPERATURE_MS: (f64, f64) = (300.0, 0.5);
 
-/// How long a search runs: annealings, and steps per annealing.
+/// How long a search runs: annealings, and steps per annealing; and what
+/// it minimises besides the makespan.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
     pub rounds: usize,
     pub steps: usize,
+    /// Weight of the workers' mean end beside the makespan in the score:
+    /// [`PLATEAUS`] only breaks the makespan's ties; a heavier weight makes
+    /// loads and idle ends cost on every worker, not only the last.
+    pub mean_weight: f64,
 }
+
+/// The mean weight that breaks the makespan's plateaus.
+pub const PLATEAUS: f64 = 0.05;
 
 impl Budget {
     /// What the benchmark's figures use (about half a second a case, release build).
     pub const FULL: Budget = Budget {
         rounds: 4,
         steps: 75_000,
+        mean_weight: PLATEAUS,
     };
 }
 
 /// What a schedule may do: each worker's memory and model count, and
-/// whether a load may start before its job arrives.
+/// whether a load may start before its job arrives; and where the workers
+/// begin.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rules {
+pub struct Rules<'a> {
     pub memory_mib: u64,
     pub max_models: usize,
     /// A load starts when the worker frees, not when its job arrives.
     pub preload: bool,
+    /// Each worker's state at time 0, by index; a worker past its end
+    /// begins free and empty (a whole trace: `&[]`). Replanning the rest of
+    /// a run (`sim/replan.rs`) starts from the workers' present state.
+    pub begin: &'a [Start],
+}
+
+/// A worker's state when its schedule begins.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Start {
+    /// When it frees from the job it has in hand, ms.
+    pub free_ms: u64,
+    /// The models loaded on it.
+    pub resident: Vec<usize>,
 }
 
 /// The best dynamic schedule found.
@@ -74,14 +97,33 @@ pub struct Clairvoyant {
 }
 
 /// The end of one worker's timeline and its loads, for its jobs (trace
-/// indexes, in the order it runs them) under the rules of the module doc.
+/// indexes, in the order it runs them) under the rules of the module doc,
+/// the worker beginning free and empty.
 pub fn timeline(
     trace: &[TraceJob],
     models: &[SyntheticModel],
     jobs: &[usize],
     rules: Rules,
 ) -> (u64, usize) {
-    walk(trace, models, jobs, rules, |_, _, _| {})
+    walk(
+        trace,
+        models,
+        (&Start::default(), jobs),
+        rules,
+        |_, _, _| {},
+    )
+}
+
+/// [`timeline`] of worker `w`, beginning as `rules.begin` says.
+pub fn worker_timeline(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    (w, jobs): (usize, &[usize]),
+    rules: Rules,
+) -> (u64, usize) {
+    let fresh = Start::default();
+    let begin = rules.begin.get(w).unwrap_or(&fresh);
+    walk(trace, models, (begin, jobs), rules, |_, _, _| {})
 }
 
 /// Each load of a schedule, by worker, as log lines: when it starts, the
@@ -94,18 +136,26 @@ pub fn load_log(
     rules: Rules,
 ) -> Vec<(u64, String)> {
     let mut lines = Vec::new();
+    let fresh = Start::default();
     for (w, jobs) in schedule.iter().enumerate() {
-        walk(trace, models, jobs, rules, |at, model, resident| {
-            let held: Vec<&str> = resident.iter().map(|&(m, _)| models[m].id).collect();
-            lines.push((
-                at,
-                format!(
-                    "{:9.3} gpu{w:03} load {} (loaded: {held:?})",
-                    at as f64 / 1000.0,
-                    models[model].id
-                ),
-            ));
-        });
+        let begin = rules.begin.get(w).unwrap_or(&fresh);
+        walk(
+            trace,
+            models,
+            (begin, jobs),
+            rules,
+            |at, model, resident| {
+                let held: Vec<&str> = resident.iter().map(|&(m, _)| models[m].id).collect();
+                lines.push((
+                    at,
+                    format!(
+                        "{:9.3} gpu{w:03} load {} (loaded: {held:?})",
+                        at as f64 / 1000.0,
+                        models[model].id
+                    ),
+                ));
+            },
+        );
     }
     lines.sort();
     lines
@@ -116,7 +166,7 @@ pub fn load_log(
 fn walk(
     trace: &[TraceJob],
     models: &[SyntheticModel],
-    jobs: &[usize],
+    (begin, jobs): (&Start, &[usize]),
     rules: Rules,
     mut on_load: impl FnMut(u64, usize, &[(usize, usize)]),
 ) -> (u64, usize) {
@@ -124,6 +174,7 @@ fn walk(
         memory_mib,
         max_models,
         preload,
+        ..
     } = rules;
     // The position of each job's model's next use on this worker.
     let mut next_use = vec![usize::MAX; jobs.len()];
@@ -134,8 +185,12 @@ fn walk(
         seen[model] = i;
     }
     // Resident models and their next use.
-    let mut resident: Vec<(usize, usize)> = Vec::with_capacity(max_models);
-    let (mut free, mut loads) = (0u64, 0usize);
+    let mut resident: Vec<(usize, usize)> = begin
+        .resident
+        .iter()
+        .map(|&m| (m, seen.get(m).copied().unwrap_or(usize::MAX)))
+        .collect();
+    let (mut free, mut loads) = (begin.free_ms, 0usize);
     for (i, &job) in jobs.iter().enumerate() {
         let TraceJob {
             arrival_ms,
@@ -178,7 +233,8 @@ pub fn evaluate(
 ) -> (u64, usize) {
     schedule
         .iter()
-        .map(|jobs| timeline(trace, models, jobs, rules))
+        .enumerate()
+        .map(|(w, jobs)| worker_timeline(trace, models, (w, jobs), rules))
         .fold((0, 0), |(end, loads), (e, l)| (end.max(e), loads + l))
 }
 
@@ -213,7 +269,7 @@ fn earliest(
 ) -> Option<usize> {
     candidates.min_by_key(|&w| {
         jobs[w].push(j);
-        let end = timeline(trace, models, &jobs[w], rules).0;
+        let end = worker_timeline(trace, models, (w, &jobs[w]), rules).0;
         jobs[w].pop();
         (end, w)
     })
@@ -240,13 +296,7 @@ pub fn search(
     if !trace.is_empty() {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for _ in 0..budget.rounds {
-            let found = anneal(
-                trace,
-                models,
-                rules,
-                best.1.clone(),
-                (budget.steps, &mut rng),
-            );
+            let found = anneal(trace, models, rules, best.1.clone(), (budget, &mut rng));
             best = best.min(found);
         }
     }
@@ -280,17 +330,21 @@ fn anneal(
     models: &[SyntheticModel],
     rules: Rules,
     mut schedule: Vec<Vec<usize>>,
-    (steps, rng): (usize, &mut ChaCha8Rng),
+    (budget, rng): (Budget, &mut ChaCha8Rng),
 ) -> (u64, Vec<Vec<usize>>) {
+    let Budget {
+        steps, mean_weight, ..
+    } = budget;
     let workers = schedule.len();
     let mut ends: Vec<u64> = schedule
         .iter()
-        .map(|j| timeline(trace, models, j, rules).0)
+        .enumerate()
+        .map(|(w, j)| worker_timeline(trace, models, (w, j), rules).0)
         .collect();
-    // The makespan first; the mean of the workers' ends breaks its plateaus.
+    // The makespan, and the mean of the workers' ends as the budget weighs it.
     let score = |ends: &[u64]| {
         let max = ends.iter().copied().max().unwrap_or(0) as f64;
-        max + 0.05 * ends.iter().sum::<u64>() as f64 / ends.len() as f64
+        max + mean_weight * ends.iter().sum::<u64>() as f64 / ends.len() as f64
     };
     let mut current = score(&ends);
     let mut best = (ends.iter().copied().max().unwrap_or(0), schedule.clone());
@@ -340,9 +394,9 @@ fn anneal(
         };
         to_jobs.splice(position..position, moved);
         let mut trial = ends.clone();
-        trial[to] = timeline(trace, models, &to_jobs, rules).0;
+        trial[to] = worker_timeline(trace, models, (to, &to_jobs), rules).0;
         if to != from {
-            trial[from] = timeline(trace, models, &from_jobs, rules).0;
+            trial[from] = worker_timeline(trace, models, (from, &from_jobs), rules).0;
         }
         let candidate = score(&trial);
         let accept = candidate <= current

@@ -43,6 +43,7 @@ use serde::Serialize;
 use super::{SyntheticModel, TraceJob};
 
 mod records;
+mod replan;
 mod study;
 mod worker;
 use records::Rounds;
@@ -119,6 +120,8 @@ enum Event {
 struct Busy {
     job: usize,
     loading: bool,
+    /// When it should end (load and run, without the drawn overheads), µs.
+    ends_us: u64,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +163,8 @@ struct Sim<'a> {
     time: [u64; 3],
     /// Placement on: rounds run, and workers pick their main model's jobs first.
     placement: bool,
+    /// Rounds replan the jobs there with a search (`replan`), not placement's.
+    oracle: bool,
     /// Loads and assignment changes, when asked for (`placement_log`).
     log: Option<Vec<String>>,
     /// Each worker's jobs in the order they ran (one at a time).
@@ -176,7 +181,26 @@ pub fn simulate_placement(
     workers: usize,
     jitter_seed: u64,
 ) -> SimRun {
-    simulate(trace, models, workers, None, jitter_seed, false).0
+    simulate(
+        trace,
+        models,
+        workers,
+        Control::Placement,
+        jitter_seed,
+        false,
+    )
+    .0
+}
+
+/// [`simulate_placement`] with each round's decision taken by the
+/// replanning oracle (`sim/replan.rs`) instead of placement's rules.
+pub fn simulate_oracle(
+    trace: &[TraceJob],
+    models: &[SyntheticModel],
+    workers: usize,
+    jitter_seed: u64,
+) -> SimRun {
+    simulate(trace, models, workers, Control::Oracle, jitter_seed, false).0
 }
 
 /// One simulated placement run and its schedule: each worker's jobs
@@ -187,7 +211,14 @@ pub fn placement_schedule(
     workers: usize,
     jitter_seed: u64,
 ) -> (SimRun, Vec<Vec<usize>>) {
-    let (run, _, ran) = simulate(trace, models, workers, None, jitter_seed, false);
+    let (run, _, ran) = simulate(
+        trace,
+        models,
+        workers,
+        Control::Placement,
+        jitter_seed,
+        false,
+    );
     (run, ran)
 }
 
@@ -200,7 +231,14 @@ pub fn placement_log(
     workers: usize,
     jitter_seed: u64,
 ) -> (SimRun, Vec<String>) {
-    let (run, log, _) = simulate(trace, models, workers, None, jitter_seed, true);
+    let (run, log, _) = simulate(
+        trace,
+        models,
+        workers,
+        Control::Placement,
+        jitter_seed,
+        true,
+    );
     (run, log)
 }
 
@@ -213,14 +251,33 @@ pub fn simulate_static(
     sets: &[Vec<usize>],
     jitter_seed: u64,
 ) -> SimRun {
-    simulate(trace, models, sets.len(), Some(sets), jitter_seed, false).0
+    simulate(
+        trace,
+        models,
+        sets.len(),
+        Control::Static(sets),
+        jitter_seed,
+        false,
+    )
+    .0
+}
+
+/// What decides which queues the workers consume.
+#[derive(Clone, Copy)]
+enum Control<'a> {
+    /// The dispatcher's placement round.
+    Placement,
+    /// Fixed sets of models, one per worker, and no rounds.
+    Static(&'a [Vec<usize>]),
+    /// The replanning oracle's rounds.
+    Oracle,
 }
 
 fn simulate(
     trace: &[TraceJob],
     models: &[SyntheticModel],
     workers: usize,
-    sets: Option<&[Vec<usize>]>,
+    control: Control,
     jitter_seed: u64,
     log: bool,
 ) -> (SimRun, Vec<String>, Vec<Vec<usize>>) {
@@ -242,15 +299,16 @@ fn simulate(
         loads: 0,
         time: [0; 3],
         placement: true,
+        oracle: matches!(control, Control::Oracle),
         log: log.then(Vec::new),
         ran: vec![Vec::new(); workers],
         records: Vec::with_capacity(workers),
     };
     for w in 0..workers {
         // No assignment yet: a fresh worker consumes every model.
-        sim.workers[w].consuming = match sets {
-            Some(sets) => sets[w].iter().copied().collect(),
-            None => (0..models.len()).collect(),
+        sim.workers[w].consuming = match control {
+            Control::Static(sets) => sets[w].iter().copied().collect(),
+            _ => (0..models.len()).collect(),
         };
         let record = sim.record(w);
         sim.records.push(record);
@@ -261,10 +319,10 @@ fn simulate(
         sim.at(job.arrival_ms * 1000, Event::Arrive(i));
     }
     let first = sim.rng.random_range(0..round_us());
-    if sets.is_none() {
-        sim.at(first, Event::Round);
-    } else {
+    if let Control::Static(_) = control {
         sim.placement = false;
+    } else {
+        sim.at(first, Event::Round);
     }
     while sim.done < trace.len() {
         let Some(Reverse((at, _, event))) = sim.events.pop() else {
@@ -340,11 +398,13 @@ impl Sim<'_> {
                 let metrics = self.workers[w].metrics.models.entry(id).or_default();
                 metrics.loads += 1;
                 metrics.load_seconds_sum += self.models[model].load_ms as f64 / 1000.0;
+                let duration_us = self.trace[busy.job].duration_ms * 1000;
                 self.workers[w].busy = Some(Busy {
                     loading: false,
+                    ends_us: self.now + duration_us,
                     ..busy
                 });
-                let run = self.trace[busy.job].duration_ms * 1000 + self.draw(JOB_OVERHEAD_US);
+                let run = duration_us + self.draw(JOB_OVERHEAD_US);
                 self.at(self.now + run, Event::RunDone(w));
                 self.changed(w);
             }
@@ -372,53 +432,6 @@ impl Sim<'_> {
             }
             Event::Apply { worker, round } => self.apply(worker, round),
         }
-    }
-
-    fn round(&mut self) {
-        self.last_round = self.now;
-        let ready: Vec<u64> = self.queues.iter().map(|q| q.len() as u64).collect();
-        let round = self.decisions.len();
-        let per_worker = self
-            .rounds
-            .run(self.models, &ready, &self.records, self.now);
-        self.decisions.push(per_worker);
-        for w in 0..self.workers.len() {
-            let delay = self.draw(ROUND_TAKES_US);
-            self.at(self.now + delay, Event::Apply { worker: w, round });
-        }
-    }
-
-    fn apply(&mut self, w: usize, round: usize) {
-        let (queues, main) = self.decisions[round][w].clone();
-        if self.workers[w].consuming == queues && self.workers[w].main == main {
-            return;
-        }
-        if let Some(log) = &mut self.log {
-            let name = |m: &usize| self.models[*m].id;
-            log.push(format!(
-                "{:9.3} gpu{w:03} main {:?}, queues {:?}",
-                self.now as f64 / 1e6,
-                main.as_ref().map(name),
-                queues.iter().map(name).collect::<Vec<_>>(),
-            ));
-        }
-        let worker = &mut self.workers[w];
-        let dropped: Vec<usize> = worker.consuming.difference(&queues).copied().collect();
-        worker.consuming = queues;
-        worker.main = main;
-        for model in dropped {
-            // Its held job (not one running or on its way) goes back.
-            if let Some(&(job, Some(_))) = self.workers[w].unacked.get(&model) {
-                self.workers[w].unacked.remove(&model);
-                self.queues[model].push_front(job);
-                self.pump(model);
-            }
-        }
-        for model in 0..self.models.len() {
-            self.pump(model);
-        }
-        self.changed(w);
-        self.try_start(w);
     }
 }
 

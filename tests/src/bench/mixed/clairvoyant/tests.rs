@@ -7,10 +7,12 @@ const LIMITS: Rules = Rules {
     memory_mib: GPU_MEMORY_MIB,
     max_models: 2,
     preload: true,
+    begin: &[],
 };
 const QUICK: Budget = Budget {
     rounds: 2,
     steps: 5_000,
+    mean_weight: PLATEAUS,
 };
 
 fn job(arrival_ms: u64, model: usize) -> TraceJob {
@@ -38,6 +40,34 @@ fn a_load_starts_when_the_worker_frees_and_hides_in_idle_time() {
     // A job at 0 waits for the load.
     let trace = vec![job(0, 2), job(0, 2)];
     assert_eq!(timeline(&trace, &MODELS, &[0, 1], LIMITS), (1_300, 1));
+}
+
+#[test]
+fn a_worker_begins_busy_and_holding_the_models_rules_say() {
+    // Worker 0 is busy until 2 s and holds m3; worker 1 is past `begin`.
+    let begin = [Start {
+        free_ms: 2_000,
+        resident: vec![2],
+    }];
+    let rules = Rules {
+        begin: &begin,
+        preload: false,
+        ..LIMITS
+    };
+    let trace = vec![job(0, 2), job(0, 2)];
+    // On worker 0, no load, from 2 s; on worker 1, one load from 0 (the
+    // makespan still waits for worker 0 to free).
+    let on = |w: usize| {
+        let mut schedule = vec![Vec::new(); 2];
+        schedule[w] = vec![0, 1];
+        evaluate(&trace, &MODELS, &schedule, rules)
+    };
+    assert_eq!(on(0), (2_300, 0));
+    assert_eq!(on(1), (2_000, 1));
+    // Its models count in memory and in Belady's rule: m1 loads beside m3,
+    // m4 unloads m1 (never used again), so m3 runs without a load.
+    let trace = vec![job(0, 0), job(0, 3), job(0, 2)];
+    assert_eq!(evaluate(&trace, &MODELS, &[vec![0, 1, 2]], rules).1, 2);
 }
 
 #[test]

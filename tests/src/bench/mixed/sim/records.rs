@@ -18,6 +18,7 @@ use gpuq_dispatcher::{placement_round, PlacementHistory};
 
 use super::super::config::{system_config, Mode};
 use super::super::{SyntheticModel, GPU_MEMORY_MIB};
+use super::{Event, Sim, ROUND_TAKES_US};
 
 /// The host id the simulated dispatcher decides as.
 const HOST: &str = "bench";
@@ -142,5 +143,59 @@ impl Rounds {
                 None => (BTreeSet::new(), None),
             })
             .collect()
+    }
+}
+
+impl Sim<'_> {
+    /// A placement round (or the oracle's): its decision, applied to each
+    /// worker after the drawn time a round and an assignment take.
+    pub(super) fn round(&mut self) {
+        self.last_round = self.now;
+        let ready: Vec<u64> = self.queues.iter().map(|q| q.len() as u64).collect();
+        let round = self.decisions.len();
+        let per_worker = if self.oracle {
+            self.replan(round)
+        } else {
+            self.rounds
+                .run(self.models, &ready, &self.records, self.now)
+        };
+        self.decisions.push(per_worker);
+        for w in 0..self.workers.len() {
+            let delay = self.draw(ROUND_TAKES_US);
+            self.at(self.now + delay, Event::Apply { worker: w, round });
+        }
+    }
+
+    pub(super) fn apply(&mut self, w: usize, round: usize) {
+        let (queues, main) = self.decisions[round][w].clone();
+        if self.workers[w].consuming == queues && self.workers[w].main == main {
+            return;
+        }
+        if let Some(log) = &mut self.log {
+            let name = |m: &usize| self.models[*m].id;
+            log.push(format!(
+                "{:9.3} gpu{w:03} main {:?}, queues {:?}",
+                self.now as f64 / 1e6,
+                main.as_ref().map(name),
+                queues.iter().map(name).collect::<Vec<_>>(),
+            ));
+        }
+        let worker = &mut self.workers[w];
+        let dropped: Vec<usize> = worker.consuming.difference(&queues).copied().collect();
+        worker.consuming = queues;
+        worker.main = main;
+        for model in dropped {
+            // Its held job (not one running or on its way) goes back.
+            if let Some(&(job, Some(_))) = self.workers[w].unacked.get(&model) {
+                self.workers[w].unacked.remove(&model);
+                self.queues[model].push_front(job);
+                self.pump(model);
+            }
+        }
+        for model in 0..self.models.len() {
+            self.pump(model);
+        }
+        self.changed(w);
+        self.try_start(w);
     }
 }

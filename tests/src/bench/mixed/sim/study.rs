@@ -12,7 +12,7 @@ use super::super::{
     lower_bound, SyntheticModel, TraceJob, GPU_MEMORY_MIB, MAX_MODELS_PER_WORKER,
     TARGET_OVER_LOWER_BOUND,
 };
-use super::{placement_schedule, simulate_static, SimRun};
+use super::{placement_schedule, simulate_oracle, simulate_static, SimRun};
 
 /// One case of a simulated study: a trace and worker count, run once per jitter seed.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +23,8 @@ pub struct SimCase {
     pub runs: Vec<SimRun>,
     /// The best static assignment's replays in the model, one per jitter seed.
     pub static_runs: Vec<SimRun>,
+    /// The replanning oracle's runs (`sim/replan.rs`), one per jitter seed.
+    pub oracle_runs: Vec<SimRun>,
     /// The best clairvoyant dynamic schedule found (`clairvoyant`): makespan, ms.
     pub clairvoyant_ms: f64,
     /// Its loads.
@@ -32,12 +34,19 @@ pub struct SimCase {
 }
 
 impl SimCase {
-    /// Makespan / LB of each run.
+    /// Makespan / LB of each placement run.
     pub fn ratios(&self) -> Vec<f64> {
-        self.runs
+        self.over_lb(&self.runs)
+    }
+
+    /// Makespan / LB of each of `runs`, sorted.
+    fn over_lb(&self, runs: &[SimRun]) -> Vec<f64> {
+        let mut ratios: Vec<f64> = runs
             .iter()
             .map(|r| r.makespan_ms / self.lower_bound_ms)
-            .collect()
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios
     }
 }
 
@@ -51,10 +60,15 @@ pub struct StudyTraces {
 }
 
 /// `gpuq-bench --placement-sim RUNS`: every seed × worker count of one
-/// trace shape, `runs` jitter seeds each, with placement and with the
-/// best static assignment (searched over the whole trace, as
-/// `--mixed-best-static` does).
-pub fn study(traces: StudyTraces, seeds: &[u64], workers: &[usize], runs: u64) -> Vec<SimCase> {
+/// trace shape, `runs_per_case` jitter seeds each, with placement, with
+/// the best static assignment (searched over the whole trace, as
+/// `--mixed-best-static` does) and with the replanning oracle.
+pub fn study(
+    traces: StudyTraces,
+    seeds: &[u64],
+    workers: &[usize],
+    runs_per_case: u64,
+) -> Vec<SimCase> {
     let models = &traces.shape.models();
     let mut cases = Vec::new();
     for &w in workers {
@@ -65,11 +79,11 @@ pub fn study(traces: StudyTraces, seeds: &[u64], workers: &[usize], runs: u64) -
             let sets = best_static(&trace, models, w, limits)
                 .map(|best| best.workers)
                 .unwrap_or_default();
-            let static_runs = (0..runs)
+            let static_runs = (0..runs_per_case)
                 .filter(|_| !sets.is_empty())
                 .map(|jitter| simulate_static(&trace, models, &sets, jitter))
                 .collect();
-            let placed: Vec<(SimRun, Vec<Vec<usize>>)> = (0..runs)
+            let placed: Vec<(SimRun, Vec<Vec<usize>>)> = (0..runs_per_case)
                 .map(|jitter| placement_schedule(&trace, models, w, jitter))
                 .collect();
             // The best placement run's schedule is a start of the search too.
@@ -78,6 +92,9 @@ pub fn study(traces: StudyTraces, seeds: &[u64], workers: &[usize], runs: u64) -
                 .min_by(|a, b| a.0.makespan_ms.total_cmp(&b.0.makespan_ms))
                 .map(|(_, schedule)| schedule.clone());
             let runs = placed.into_iter().map(|(run, _)| run).collect();
+            let oracle_runs = (0..runs_per_case)
+                .map(|jitter| simulate_oracle(&trace, models, w, jitter))
+                .collect();
             let starts: Vec<Vec<Vec<usize>>> = placement_best.into_iter().collect();
             let clairvoyant =
                 clairvoyant(&trace, models, (w, &sets), starts, (traces.search, seed));
@@ -87,6 +104,7 @@ pub fn study(traces: StudyTraces, seeds: &[u64], workers: &[usize], runs: u64) -
                 lower_bound_ms,
                 runs,
                 static_runs,
+                oracle_runs,
                 clairvoyant_ms: clairvoyant[0].makespan_ms,
                 clairvoyant_loads: clairvoyant[0].loads,
                 clairvoyant_online_ms: clairvoyant[1].makespan_ms,
@@ -135,11 +153,12 @@ pub fn clairvoyant_loads(
 }
 
 /// What a schedule of the benchmark's workers may do.
-fn rules(preload: bool) -> Rules {
+pub(super) fn rules(preload: bool) -> Rules<'static> {
     Rules {
         memory_mib: GPU_MEMORY_MIB,
         max_models: MAX_MODELS_PER_WORKER,
         preload,
+        begin: &[],
     }
 }
 
@@ -173,17 +192,20 @@ pub fn render_study(cases: &[SimCase]) -> String {
          means over the runs of loads and worker-seconds loading and idle; medians of\n\
          the best static assignment replayed in the model (search: `best_static`); the\n\
          best clairvoyant dynamic schedule found (`clairvoyant`) over LB, its loads, and\n\
-         the best found when no load starts before its job arrives, over LB\n\
-         | workers | seed | min | median | max | loads | load s | idle, jobs waiting s | idle, none waiting s | best static / LB | placement / best static | clairvoyant / LB | its loads | no preload / LB |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         the best found when no load starts before its job arrives, over LB; the\n\
+         replanning oracle's runs (`sim/replan.rs`) over LB, median and max, and mean loads\n\
+         | workers | seed | min | median | max | loads | load s | idle, jobs waiting s | idle, none waiting s | best static / LB | placement / best static | clairvoyant / LB | its loads | no preload / LB | oracle median | oracle max | oracle loads |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    let mut all = Vec::new();
+    let (mut all, mut all_oracle) = (Vec::new(), Vec::new());
     for case in cases {
-        let mut ratios = case.ratios();
-        ratios.sort_by(f64::total_cmp);
+        let ratios = case.ratios();
+        let oracle = case.over_lb(&case.oracle_runs);
         let mean = |f: fn(&SimRun) -> f64| {
             case.runs.iter().map(f).sum::<f64>() / case.runs.len().max(1) as f64
         };
+        let oracle_loads = case.oracle_runs.iter().map(|r| r.loads as f64).sum::<f64>()
+            / case.oracle_runs.len().max(1) as f64;
         let static_over_lb = median(
             case.static_runs
                 .iter()
@@ -191,7 +213,7 @@ pub fn render_study(cases: &[SimCase]) -> String {
         );
         if let (Some(min), Some(max)) = (ratios.first(), ratios.last()) {
             out.push_str(&format!(
-                "| {} | {} | {min:.3} | {:.3} | {max:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {static_over_lb:.3} | {:.3} | {:.3} | {} | {:.3} |\n",
+                "| {} | {} | {min:.3} | {:.3} | {max:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {static_over_lb:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {oracle_loads:.1} |\n",
                 case.workers,
                 case.seed,
                 ratios[ratios.len() / 2],
@@ -203,19 +225,30 @@ pub fn render_study(cases: &[SimCase]) -> String {
                 case.clairvoyant_ms / case.lower_bound_ms,
                 case.clairvoyant_loads,
                 case.clairvoyant_online_ms / case.lower_bound_ms,
+                median(oracle.iter().copied()),
+                oracle.last().copied().unwrap_or(f64::NAN),
             ));
         }
         all.extend(ratios);
+        all_oracle.extend(oracle);
     }
-    all.sort_by(f64::total_cmp);
-    let over = all.iter().filter(|r| **r > TARGET_OVER_LOWER_BOUND).count();
-    if let Some(worst) = all.last() {
-        out.push_str(&format!(
-            "runs: {}, median {:.3}, worst {worst:.3}, over {}: {over}\n",
-            all.len(),
-            all[all.len() / 2],
-            TARGET_OVER_LOWER_BOUND,
-        ));
+    for (label, ratios) in [
+        ("runs", &mut all),
+        ("replanning oracle runs", &mut all_oracle),
+    ] {
+        ratios.sort_by(f64::total_cmp);
+        let over = ratios
+            .iter()
+            .filter(|r| **r > TARGET_OVER_LOWER_BOUND)
+            .count();
+        if let Some(worst) = ratios.last() {
+            out.push_str(&format!(
+                "{label}: {}, median {:.3}, worst {worst:.3}, over {}: {over}\n",
+                ratios.len(),
+                ratios[ratios.len() / 2],
+                TARGET_OVER_LOWER_BOUND,
+            ));
+        }
     }
     for (name, makespan) in [
         ("clairvoyant", (|c| c.clairvoyant_ms) as fn(&SimCase) -> f64),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::bench::mixed::clairvoyant::Budget;
+use crate::bench::mixed::clairvoyant::{Budget, PLATEAUS};
 use crate::bench::mixed::shapes::TraceShape;
 use crate::bench::mixed::{generate_trace, lower_bound, MODELS};
 
@@ -7,6 +7,7 @@ use crate::bench::mixed::{generate_trace, lower_bound, MODELS};
 const QUICK: Budget = Budget {
     rounds: 1,
     steps: 2_000,
+    mean_weight: PLATEAUS,
 };
 
 #[test]
@@ -24,6 +25,19 @@ fn every_job_runs_and_the_makespan_is_above_the_lower_bound() {
         );
         // Every model of the trace was loaded at least once.
         assert!(run.loads >= MODELS.len() as u64, "{} loads", run.loads);
+    }
+}
+
+#[test]
+fn the_replanning_oracle_runs_every_job_repeatably_above_the_lower_bound() {
+    for (workers, seed) in [(3, 8), (4, 21)] {
+        let trace = generate_trace(&MODELS, workers, 0.25, seed);
+        let bound = lower_bound(&trace, &MODELS, workers).value_ms;
+        let run = simulate_oracle(&trace, &MODELS, workers, 1);
+        assert!(run.makespan_ms.is_finite(), "{run:?}");
+        assert!(run.makespan_ms >= bound, "{run:?} under LB {bound} ms");
+        assert!(run.loads >= MODELS.len() as u64, "{run:?}");
+        assert_eq!(run, simulate_oracle(&trace, &MODELS, workers, 1));
     }
 }
 
@@ -98,10 +112,12 @@ fn the_study_renders_every_case() {
     assert_eq!(cases.len(), 1);
     assert_eq!(cases[0].runs.len(), 2);
     assert_eq!(cases[0].static_runs.len(), 2);
+    assert_eq!(cases[0].oracle_runs.len(), 2);
     let text = render_study(&cases);
     assert!(text.contains("| 3 | 8 |"), "{text}");
     assert!(text.contains("runs: 2"), "{text}");
     assert!(text.contains("clairvoyant schedules found"), "{text}");
+    assert!(text.contains("replanning oracle runs: 2"), "{text}");
 }
 
 #[test]

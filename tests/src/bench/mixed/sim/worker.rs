@@ -100,6 +100,7 @@ impl Sim<'_> {
             self.workers[w].busy = Some(Busy {
                 job,
                 loading: false,
+                ends_us: self.now + self.trace[job].duration_ms * 1000,
             });
             let run = self.trace[job].duration_ms * 1000 + self.draw(JOB_OVERHEAD_US);
             self.at(self.now + run, Event::RunDone(w));
@@ -119,7 +120,13 @@ impl Sim<'_> {
                     self.queues.iter().map(VecDeque::len).collect::<Vec<_>>(),
                 ));
             }
-            self.workers[w].busy = Some(Busy { job, loading: true });
+            let ends_us =
+                self.now + (self.models[model].load_ms + self.trace[job].duration_ms) * 1000;
+            self.workers[w].busy = Some(Busy {
+                job,
+                loading: true,
+                ends_us,
+            });
             let load = self.models[model].load_ms * 1000 + self.draw(LOAD_OVERHEAD_US);
             self.at(self.now + load, Event::LoadDone(w));
         }
