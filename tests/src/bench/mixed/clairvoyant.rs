@@ -71,9 +71,8 @@ pub struct Rules<'a> {
     pub max_models: usize,
     /// A load starts when the worker frees, not when its job arrives.
     pub preload: bool,
-    /// Each worker's state at time 0, by index; a worker past its end
-    /// begins free and empty (a whole trace: `&[]`). Replanning the rest of
-    /// a run (`sim/replan.rs`) starts from the workers' present state.
+    /// Each worker's state at time 0, by index, past its end free and empty
+    /// (`&[]` for a whole trace; the workers' present state to replan a run).
     pub begin: &'a [Start],
 }
 
@@ -84,6 +83,19 @@ pub struct Start {
     pub free_ms: u64,
     /// The models loaded on it.
     pub resident: Vec<usize>,
+}
+
+/// A worker free and empty at time 0.
+static FRESH: Start = Start {
+    free_ms: 0,
+    resident: Vec::new(),
+};
+
+impl Rules<'_> {
+    /// Where worker `w` begins.
+    fn begin_of(&self, w: usize) -> &Start {
+        self.begin.get(w).unwrap_or(&FRESH)
+    }
 }
 
 /// The best dynamic schedule found.
@@ -105,13 +117,7 @@ pub fn timeline(
     jobs: &[usize],
     rules: Rules,
 ) -> (u64, usize) {
-    walk(
-        trace,
-        models,
-        (&Start::default(), jobs),
-        rules,
-        |_, _, _| {},
-    )
+    walk(trace, models, (&FRESH, jobs), rules, |_, _, _| {})
 }
 
 /// [`timeline`] of worker `w`, beginning as `rules.begin` says.
@@ -121,9 +127,13 @@ pub fn worker_timeline(
     (w, jobs): (usize, &[usize]),
     rules: Rules,
 ) -> (u64, usize) {
-    let fresh = Start::default();
-    let begin = rules.begin.get(w).unwrap_or(&fresh);
-    walk(trace, models, (begin, jobs), rules, |_, _, _| {})
+    walk(
+        trace,
+        models,
+        (rules.begin_of(w), jobs),
+        rules,
+        |_, _, _| {},
+    )
 }
 
 /// Each load of a schedule, by worker, as log lines: when it starts, the
@@ -136,13 +146,11 @@ pub fn load_log(
     rules: Rules,
 ) -> Vec<(u64, String)> {
     let mut lines = Vec::new();
-    let fresh = Start::default();
     for (w, jobs) in schedule.iter().enumerate() {
-        let begin = rules.begin.get(w).unwrap_or(&fresh);
         walk(
             trace,
             models,
-            (begin, jobs),
+            (rules.begin_of(w), jobs),
             rules,
             |at, model, resident| {
                 let held: Vec<&str> = resident.iter().map(|&(m, _)| models[m].id).collect();

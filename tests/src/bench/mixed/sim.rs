@@ -22,7 +22,8 @@
 //! - placement rounds every 500 ms and when a worker runs dry, each the
 //!   dispatcher's own `placement_round` on those records (timings measured
 //!   from them, snapshot, decision, assignments), assignments applied a few
-//!   milliseconds after the round.
+//!   milliseconds after the round (or, as a yardstick, the decision of a
+//!   replanning oracle: `sim/replan.rs`).
 //!
 //! The jitter seed draws the delays the real system has and the model does
 //! not know in advance (broker deliveries, per-job and per-load overheads,
