@@ -182,15 +182,7 @@ pub fn simulate_placement(
     workers: usize,
     jitter_seed: u64,
 ) -> SimRun {
-    simulate(
-        trace,
-        models,
-        workers,
-        Control::Placement,
-        jitter_seed,
-        false,
-    )
-    .0
+    placement_schedule(trace, models, workers, jitter_seed).0
 }
 
 /// [`simulate_placement`] with each round's decision taken by the
